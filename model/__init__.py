@@ -1,0 +1,1 @@
+"""painnfx subpackage."""

@@ -1,0 +1,79 @@
+"""Full, symmetric neighbor lists with periodic shifts, computed by vesin.
+
+Convention used everywhere in painnfx: an edge e = (i <- j) has ``edge_index[:, e] = (i, j)``
+and ``r_ij = R[j] - R[i] + S_e @ cell``; both (i, j) and (j, i) are present. Pairs are
+included when ``d < cutoff`` (strictly), the same rule the cosine cutoff uses, so an atom
+exactly at the cutoff contributes nothing either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import vesin
+
+from .validation import check_cell, check_positions
+
+
+@dataclass
+class NeighborList:
+    """Edges of one system: index (2, E) int64, integer cell shifts (E, 3), Cartesian shifts (E, 3)."""
+
+    edge_index: torch.Tensor
+    cell_shifts: torch.Tensor
+    shifts: torch.Tensor
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edge_index.shape[1])
+
+
+def neighbor_list(
+    positions,
+    cutoff: float,
+    cell=None,
+    pbc=False,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> NeighborList:
+    """Neighbor list of one system.
+
+    ``positions`` (N, 3) in Angstrom; ``cell`` (3, 3) rows are lattice vectors (or None);
+    ``pbc`` a bool or three bools. Non-periodic directions need no cell: a cell that is
+    zero along them is allowed. An empty system or isolated atoms give E = 0.
+    """
+    pos = np.ascontiguousarray(
+        positions.detach().cpu().numpy() if torch.is_tensor(positions) else positions,
+        dtype=np.float64,
+    )
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise ValueError(f"positions must have shape (N, 3), got {pos.shape}")
+    check_positions(pos)
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+    cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    check_cell(cell, pbc)
+    if not cutoff > 0:
+        raise ValueError(f"cutoff must be positive, got {cutoff}")
+
+    if len(pos) == 0:
+        i = j = np.zeros(0, dtype=np.int64)
+        s = np.zeros((0, 3), dtype=np.int64)
+    else:
+        nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+        i, j, s = nl.compute(points=pos, box=cell, periodic=pbc.tolist(), quantities="ijS")
+        i, j, s = i.astype(np.int64), j.astype(np.int64), s.astype(np.int64)
+        # vesin includes d <= cutoff; keep the strict rule d < cutoff.
+        r = pos[j] - pos[i] + s @ cell
+        keep = np.einsum("ij,ij->i", r, r) < cutoff * cutoff
+        i, j, s = i[keep], j[keep], s[keep]
+        order = np.lexsort((j, i))
+        i, j, s = i[order], j[order], s[order]
+
+    edge_index = torch.from_numpy(np.stack([i, j])).to(device)
+    cell_shifts = torch.from_numpy(s).to(device)
+    shifts = cell_shifts.to(dtype) @ torch.as_tensor(cell, dtype=dtype, device=device)
+    return NeighborList(edge_index, cell_shifts, shifts)
+
