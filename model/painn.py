@@ -15,7 +15,7 @@ else is measured against.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import List, Optional
 
 import torch
@@ -142,6 +142,14 @@ class PaiNN(nn.Module):
         elif kwargs:
             raise TypeError("pass either a PaiNNConfig or keyword arguments, not both")
         self.config = config
+        if config.seed is None:
+            self._build(config)
+        else:  # seeded weights without touching the caller's random stream
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                self._build(config)
+
+    def _build(self, config: PaiNNConfig) -> None:
         n, L = config.n_atom_basis, config.n_interactions
         self.n_atom_basis = n
         self.n_interactions = L
@@ -160,12 +168,6 @@ class PaiNN(nn.Module):
         self.register_buffer("atomref", torch.zeros(config.max_z))
         self.register_buffer("energy_scale", torch.ones(()))
         self.register_buffer("energy_shift", torch.zeros(()))
-        if config.seed is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(config.seed)
-                for module in self.modules():
-                    if module is not self and hasattr(module, "reset_parameters"):
-                        module.reset_parameters()
 
     def forward(
         self,

@@ -13,6 +13,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .validation import check_system_tensors
+
 
 @dataclass
 class Properties:
@@ -35,6 +37,7 @@ def compute_properties(
     n_systems: int = 1,
 ) -> Properties:
     """Evaluate E, F = -dE/dR and, with ``stress=True`` (one system, ``cell`` given), sigma."""
+    check_system_tensors(model, positions, numbers, edge_index, shifts)
     positions = positions.detach().requires_grad_(True)
     inputs = [positions]
     if stress:

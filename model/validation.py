@@ -65,8 +65,31 @@ def check_overlaps(edge_index: torch.Tensor, r_ij: torch.Tensor) -> None:
         )
 
 
-def check_tensor(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device) -> None:
-    if t.dtype != dtype:
-        raise InputError(f"{name} has dtype {t.dtype}, but the model runs in {dtype}; convert it first")
-    if t.device != device:
-        raise InputError(f"{name} is on {t.device}, but the model is on {device}")
+def check_system_tensors(model, positions, numbers, edge_index, shifts) -> None:
+    """Shapes, dtypes and devices of a model call, checked against the model's parameters."""
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    dtype = param.dtype if param is not None else positions.dtype
+    device = param.device if param is not None else positions.device
+    if not positions.is_floating_point():
+        raise InputError(f"positions must be floating point, got {positions.dtype}")
+    for name, t in (("positions", positions), ("shifts", shifts)):
+        if t.dtype != dtype:
+            raise InputError(
+                f"{name} has dtype {t.dtype} but the model's parameters are {dtype}; "
+                f"convert with .to({dtype}) (or the model with .to({t.dtype}))"
+            )
+    for name, t in (("positions", positions), ("numbers", numbers), ("edge_index", edge_index), ("shifts", shifts)):
+        if t.device != device:
+            raise InputError(f"{name} is on {t.device} but the model is on {device}")
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise InputError(f"positions must have shape (N, 3), got {tuple(positions.shape)}")
+    if numbers.dtype not in (torch.int64, torch.int32) or numbers.shape != positions.shape[:1]:
+        raise InputError(f"numbers must be an integer tensor of shape ({positions.shape[0]},), got {numbers.dtype} {tuple(numbers.shape)}")
+    if edge_index.dtype != torch.int64 or edge_index.ndim != 2 or edge_index.shape[0] != 2:
+        raise InputError(f"edge_index must be int64 of shape (2, E), got {edge_index.dtype} {tuple(edge_index.shape)}")
+    if shifts.shape != (edge_index.shape[1], 3):
+        raise InputError(f"shifts must have shape ({edge_index.shape[1]}, 3), got {tuple(shifts.shape)}")
+    if not bool(torch.isfinite(positions).all()):
+        raise InputError("positions contain NaN or inf")
+    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= positions.shape[0]):
+        raise InputError(f"edge_index refers to atoms outside 0..{positions.shape[0] - 1}")

@@ -1,0 +1,85 @@
+"""Hypothesis strategies shared by the test suite: structures and model configurations."""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+from hypothesis import strategies as st
+
+SMALL_CONFIG = dict(n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0)
+
+
+@st.composite
+def model_configs(draw, cutoff: float = 3.0):
+    """Small PaiNN configurations covering every architectural option."""
+    return dict(
+        n_atom_basis=draw(st.sampled_from([4, 8, 16])),
+        n_interactions=draw(st.integers(1, 3)),
+        n_rbf=draw(st.integers(2, 10)),
+        cutoff=cutoff,
+        radial_basis=draw(st.sampled_from(["gaussian", "bessel"])),
+        shared_filters=draw(st.booleans()),
+        shared_interactions=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def _spread_points(rng: np.random.Generator, n: int, box: np.ndarray, min_dist: float) -> np.ndarray:
+    """n random points in the box, rejecting ones closer than min_dist (no periodicity)."""
+    pts: list[np.ndarray] = []
+    tries = 0
+    while len(pts) < n and tries < 200 * (n + 1):
+        p = rng.random(3) @ box
+        if all(np.linalg.norm(p - q) >= min_dist for q in pts):
+            pts.append(p)
+        tries += 1
+    return np.array(pts).reshape(-1, 3)
+
+
+@st.composite
+def molecules(draw, max_atoms: int = 12, elements=(1, 6, 7, 8)):
+    """Finite clusters (no pbc) of 1..max_atoms atoms, atoms at least 0.7 A apart."""
+    n = draw(st.integers(1, max_atoms))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    size = draw(st.floats(1.5, 6.0))
+    pos = _spread_points(rng, n, np.eye(3) * size, 0.7)
+    numbers = rng.choice(np.array(elements), size=len(pos))
+    return Atoms(numbers=numbers, positions=pos, pbc=False)
+
+
+@st.composite
+def periodic_cells(draw, max_atoms: int = 8, elements=(13, 29), mixed_pbc: bool = True):
+    """Periodic (or partly periodic) cells, including small ones where atoms see their own images."""
+    n = draw(st.integers(1, max_atoms))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    lengths = np.array([draw(st.floats(1.8, 6.0)) for _ in range(3)])
+    shear = draw(st.floats(0.0, 0.3))
+    cell = np.diag(lengths)
+    cell[1, 0] = shear * lengths[1]
+    cell[2, 0] = 0.5 * shear * lengths[2]
+    pos = _spread_points(rng, n, cell, 0.9)
+    if mixed_pbc:
+        pbc = draw(st.sampled_from([(True, True, True), (True, True, False), (True, False, False)]))
+    else:
+        pbc = (True, True, True)
+    numbers = rng.choice(np.array(elements), size=len(pos))
+    atoms = Atoms(numbers=numbers, positions=pos, cell=cell, pbc=pbc)
+    if all(pbc):
+        # the periodic images of distinct points must not overlap either
+        from ase.geometry import get_distances
+
+        _, d = get_distances(atoms.positions, cell=cell, pbc=pbc)
+        np.fill_diagonal(d, np.inf)
+        if len(pos) > 1 and d.min() < 0.5:
+            atoms = atoms[:1]
+    return atoms
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q

@@ -1,0 +1,85 @@
+"""The ASE calculator: round trips through ASE and clear errors for bad structures."""
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.calculators.calculator import PropertyNotImplementedError
+
+from helpers import evaluate
+from painnfx.model.calculator import PaiNNCalculator
+from painnfx.model.checkpoint import save_checkpoint
+from painnfx.model.painn import PaiNN, PaiNNConfig
+from painnfx.model.validation import InputError
+from strategies import SMALL_CONFIG
+
+
+def _model(**kw):
+    return PaiNN(PaiNNConfig(**dict(SMALL_CONFIG, seed=1, **kw)))
+
+
+def test_default_calculator_runs():
+    atoms = molecule("H2O")
+    atoms.calc = PaiNNCalculator()
+    e = atoms.get_potential_energy()
+    f = atoms.get_forces()
+    assert np.isfinite(e) and f.shape == (3, 3)
+    assert atoms.get_potential_energy(force_consistent=True) == e
+    np.testing.assert_allclose(f.sum(0), 0, atol=1e-10)  # no net force on a free molecule
+
+
+def test_forces_and_stress_through_ase():
+    model = _model()
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.rattle(0.05, seed=2)
+    atoms.calc = PaiNNCalculator(model, optimize=False)
+    ref = evaluate(model.double(), atoms, stress=True)
+    np.testing.assert_allclose(atoms.get_forces(), ref.forces.numpy(), rtol=1e-12, atol=1e-12)
+    s = ref.stress.numpy()
+    np.testing.assert_allclose(atoms.get_stress(), [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]], rtol=1e-12)
+    np.testing.assert_allclose(atoms.get_stress(voigt=False), atoms.get_stress(voigt=False).T)
+
+
+def test_checkpoint_path_and_float32(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(_model(), path)
+    atoms = molecule("CH4")
+    atoms.calc = PaiNNCalculator(str(path), dtype=torch.float32, optimize=False)
+    e32 = atoms.get_potential_energy()
+    atoms.calc = PaiNNCalculator(str(path), optimize=False)
+    assert abs(e32 - atoms.get_potential_energy()) < 1e-4
+
+
+def test_stress_of_a_molecule_is_not_implemented():
+    atoms = molecule("H2O")
+    atoms.calc = PaiNNCalculator(_model(), optimize=False)
+    with pytest.raises(PropertyNotImplementedError, match="periodic"):
+        atoms.get_stress()
+
+
+@pytest.mark.parametrize(
+    "atoms, match",
+    [
+        (Atoms("H2", positions=[[0, 0, 0], [np.nan, 0, 0]]), "NaN"),
+        (Atoms("H2", positions=[[0, 0, 0], [0, 0, 1e-8]]), "atom 0 overlaps atom 1"),
+        (Atoms("Cu", positions=[[0, 0, 0]], cell=[[1e-7, 0, 0], [0, 3, 0], [0, 0, 3]], pbc=True), "own periodic image"),
+        (Atoms("Au", positions=[[0, 0, 0]]), r"unknown element\(s\) \['Au'\]"),
+    ],
+)
+def test_bad_structures_raise_clear_errors(atoms, match):
+    atoms.calc = PaiNNCalculator(_model(elements=[1, 6, 29]), optimize=False)
+    with pytest.raises(InputError, match=match):
+        atoms.get_potential_energy()
+
+
+def test_empty_system():
+    atoms = Atoms()
+    atoms.calc = PaiNNCalculator(_model(), optimize=False)
+    assert atoms.get_potential_energy() == 0.0
+    assert atoms.get_forces().shape == (0, 3)
+
+
+def test_model_argument_type_checked():
+    with pytest.raises(TypeError, match="model must be"):
+        PaiNNCalculator(model=42)
