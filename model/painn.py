@@ -200,7 +200,12 @@ class PaiNN(nn.Module):
             q, mu = interaction(q, mu, w_ij, dir_ij, idx_i, idx_j, n_atoms)
             q, mu = mixing(q, mu)
 
-        e_atom = self.energy_head(q.squeeze(1)).squeeze(-1)
+        return self.readout(q.squeeze(1), numbers, batch, n_systems)
+
+    def readout(self, q: torch.Tensor, numbers: torch.Tensor, batch: Optional[torch.Tensor] = None,
+                n_systems: int = 1) -> torch.Tensor:
+        """Per-system energy from final scalar features q (N, F)."""
+        e_atom = self.energy_head(q).squeeze(-1)
         e_atom = e_atom * self.energy_scale + self.energy_shift + self.atomref[numbers]
         if batch is None:
             return e_atom.sum()[None]

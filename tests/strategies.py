@@ -83,3 +83,43 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     if np.linalg.det(q) < 0:
         q[:, 0] = -q[:, 0]
     return q
+
+
+@st.composite
+def message_inputs(draw, dtype=None, max_atoms: int = 7, max_edges: int = 40):
+    """Random arguments of painn_message: unsorted and repeated edges, isolated atoms, edges
+    at exactly the cutoff, tiny edges, E = 0, one atom, mu = None (first layer)."""
+    import torch
+
+    dtype = dtype or torch.float64
+    seed = draw(st.integers(0, 2**32 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    n = draw(st.integers(1, max_atoms))
+    e = draw(st.integers(0, max_edges))
+    f = draw(st.integers(1, 5))
+    k = draw(st.integers(2, 7))
+    rc = draw(st.floats(1.5, 6.0))
+    basis = draw(st.sampled_from(["gaussian", "bessel"]))
+    lengths = torch.rand(e, generator=gen, dtype=torch.float64) * 1.2 * rc + 0.05
+    special = draw(st.lists(st.sampled_from(["at_cutoff", "tiny", "beyond"]), max_size=min(e, 3)))
+    for slot, kind in enumerate(special):
+        lengths[slot] = {"at_cutoff": rc, "tiny": 1e-3, "beyond": 1.5 * rc}[kind]
+    direction = torch.randn(e, 3, generator=gen, dtype=torch.float64)
+    direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    r = direction * lengths[:, None]
+    # leave the last atom isolated sometimes
+    hi = n - 1 if (n > 1 and draw(st.booleans())) else n
+    idx_i = torch.randint(0, hi, (e,), generator=gen)
+    idx_j = torch.randint(0, hi, (e,), generator=gen)
+    x = torch.randn(n, 3 * f, generator=gen, dtype=torch.float64)
+    mu = None if draw(st.booleans()) else torch.randn(n, 3, f, generator=gen, dtype=torch.float64)
+    weight = torch.randn(3 * f, k, generator=gen, dtype=torch.float64) / k**0.5
+    bias = torch.randn(3 * f, generator=gen, dtype=torch.float64) * 0.1
+    if basis == "gaussian":
+        offsets = torch.linspace(0, rc, k, dtype=torch.float64)
+        params = torch.stack([offsets, torch.full((k,), float(offsets[1] - offsets[0]), dtype=torch.float64)])
+    else:
+        params = (torch.arange(1, k + 1, dtype=torch.float64) * np.pi / rc)[None]
+    cast = lambda t: None if t is None else t.to(dtype)
+    return dict(r=cast(r), idx_i=idx_i, idx_j=idx_j, x=cast(x), mu=cast(mu), weight=cast(weight),
+                bias=cast(bias), basis_params=params.to(dtype), basis=basis, cutoff=rc)

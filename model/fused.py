@@ -1,0 +1,68 @@
+"""A hand-assembled fused PaiNN: the same network with each interaction's edge work done by
+``painnfx.ops.painn_message`` (geometry, basis, cutoff, filter, gather, products, scatter in
+one op with an analytical backward). It shares its parameters with the PaiNN it wraps and
+has the same call signature, so energies, forces and stress are directly comparable.
+
+This is what ``optimize`` produces automatically from a traced graph; having it by hand
+pins down the target and measures the fused ops on their own.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from painnfx.ops import painn_message
+
+from .painn import PaiNN
+from .radial import BesselRBF, GaussianRBF
+
+
+def basis_spec(radial_basis: nn.Module) -> tuple[str, torch.Tensor]:
+    """(basis name, basis_params) of a PaiNN radial basis module, as the fused ops take them."""
+    if isinstance(radial_basis, GaussianRBF):
+        return "gaussian", torch.stack([radial_basis.offsets, radial_basis.widths])
+    if isinstance(radial_basis, BesselRBF):
+        return "bessel", radial_basis.freqs[None]
+    raise TypeError(f"no fused implementation for radial basis {type(radial_basis).__name__}")
+
+
+class FusedPaiNN(nn.Module):
+    def __init__(self, model: PaiNN, chunk_size: int = 0):
+        super().__init__()
+        self.model = model
+        self.cutoff = model.cutoff
+        self.config = model.config
+        self.chunk_size = chunk_size
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        shifts: torch.Tensor,
+        batch: Optional[torch.Tensor] = None,
+        n_systems: int = 1,
+    ) -> torch.Tensor:
+        m = self.model
+        f = m.n_atom_basis
+        idx_i, idx_j = edge_index[0], edge_index[1]
+        r = positions[idx_j] - positions[idx_i] + shifts
+        basis, basis_params = basis_spec(m.radial_basis)
+        rc = float(m.cutoff_fn.cutoff)
+        weight, bias = m.filter_net.weight, m.filter_net.bias
+
+        q = m.embedding(numbers)[:, None]
+        mu = None  # zero in the first layer: the op skips the mu_j term
+        for layer, (interaction, mixing) in enumerate(zip(m.interactions, m.mixing)):
+            rows = slice(0, 3 * f) if m.share_filters else slice(3 * f * layer, 3 * f * (layer + 1))
+            x = interaction.interatomic_context_net(q).squeeze(1)
+            dq, dmu = painn_message(
+                r, idx_i, idx_j, x, mu, weight[rows], bias[rows], basis_params, basis, rc, self.chunk_size
+            )
+            q = q + dq[:, None]
+            mu = dmu if mu is None else mu + dmu
+            q, mu = mixing(q, mu)
+        return m.readout(q.squeeze(1), numbers, batch, n_systems)

@@ -1,0 +1,117 @@
+"""Reference backend: the fused ops' analytical forward and backward in chunked torch ops.
+
+Runs on any device. Edges are processed in chunks of ``C`` edges, so that besides the
+inputs and outputs the op holds only O(C * (K + F)) temporaries: no (E, 3F) tensor is ever
+materialised. The backward is written in differentiable torch ops, so autograd can
+differentiate it again (double backward, i.e. training on forces).
+
+Memory bound (bytes, element size s; temporaries only, inputs/outputs excluded):
+    forward   <= s * C * (2K + 16F + 8)
+    backward  <= s * C * (3K + 30F + 24)
+with C = chunk_edges(F, K, dtype) chosen so that this stays under ``CHUNK_BYTES``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .radial import basis_values, cosine_cutoff
+
+#: Budget for per-chunk temporaries of one fused op call.
+CHUNK_BYTES = 32 * 2**20
+
+
+def chunk_edges(n_features: int, n_rbf: int, dtype: torch.dtype, chunk_size: int = 0) -> int:
+    """Edges per chunk: ``chunk_size`` if positive, else the most that fit in CHUNK_BYTES."""
+    if chunk_size > 0:
+        return chunk_size
+    itemsize = torch.finfo(dtype).bits // 8
+    per_edge = itemsize * (3 * n_rbf + 30 * n_features + 24)
+    return max(256, CHUNK_BYTES // per_edge)
+
+
+def _geometry(r: torch.Tensor):
+    d = torch.linalg.vector_norm(r, dim=1)
+    return d, r / d[:, None]
+
+
+def radial_filter_forward(d, weight, bias, basis_params, basis: str, cutoff: float):
+    phi, _ = basis_values(d, basis, basis_params, derivative=False)
+    fc, _ = cosine_cutoff(d, cutoff, derivative=False)
+    return torch.addmm(bias, phi, weight.t()) * fc[:, None]
+
+
+def radial_filter_backward(grad, d, weight, bias, basis_params, basis: str, cutoff: float):
+    """(dL/dd, dL/dweight, dL/dbias) for W = (phi(d) Wf^T + bf) fc(d)."""
+    phi, dphi = basis_values(d, basis, basis_params)
+    fc, dfc = cosine_cutoff(d, cutoff)
+    a = torch.addmm(bias, phi, weight.t())
+    g_fc = grad * fc[:, None]
+    gd = ((g_fc @ weight) * dphi).sum(1) + (grad * a).sum(1) * dfc
+    return gd, g_fc.t() @ phi, g_fc.sum(0)
+
+
+def message_forward(r, idx_i, idx_j, x, mu: Optional[torch.Tensor], weight, bias, basis_params,
+                    basis: str, cutoff: float, chunk_size: int = 0):
+    n_atoms, f = x.shape[0], x.shape[1] // 3
+    dq = x.new_zeros(n_atoms, f)
+    dmu = x.new_zeros(n_atoms, 3, f)
+    c = chunk_edges(f, weight.shape[1], x.dtype, chunk_size)
+    for s in range(0, r.shape[0], c):
+        ii, jj = idx_i[s:s + c], idx_j[s:s + c]
+        d, u = _geometry(r[s:s + c])
+        w = radial_filter_forward(d, weight, bias, basis_params, basis, cutoff)
+        m = w * x[jj]
+        ms, mvr, mvv = m.split(f, dim=1)
+        dq.index_add_(0, ii, ms)
+        dmu_e = mvr[:, None, :] * u[:, :, None]
+        if mu is not None:
+            dmu_e = dmu_e + mvv[:, None, :] * mu[jj]
+        dmu.index_add_(0, ii, dmu_e)
+    return dq, dmu
+
+
+def message_backward(gq, gmu, r, idx_i, idx_j, x, mu: Optional[torch.Tensor], weight, bias, basis_params,
+                     basis: str, cutoff: float, chunk_size: int = 0, weight_grad: bool = True):
+    """(dL/dr, dL/dx, dL/dmu or None, dL/dweight or None, dL/dbias or None); see DESIGN.md sec. 2."""
+    f = x.shape[1] // 3
+    gx = torch.zeros_like(x)
+    gmu_in = torch.zeros_like(mu) if mu is not None else None
+    gw = torch.zeros_like(weight) if weight_grad else None
+    gb = torch.zeros_like(bias) if weight_grad else None
+    gr_parts = []
+    c = chunk_edges(f, weight.shape[1], x.dtype, chunk_size)
+    for s in range(0, r.shape[0], c):
+        ii, jj = idx_i[s:s + c], idx_j[s:s + c]
+        d, u = _geometry(r[s:s + c])
+        phi, dphi = basis_values(d, basis, basis_params)
+        fc, dfc = cosine_cutoff(d, cutoff)
+        a = torch.addmm(bias, phi, weight.t())
+        ws, wvr, wvv = (a * fc[:, None]).split(f, dim=1)
+        xs, xvr, xvv = x[jj].split(f, dim=1)
+        gqi, gmui = gq[ii], gmu[ii]
+        t = (u[:, :, None] * gmui).sum(1)
+        parts_w = [gqi * xs, t * xvr]
+        parts_x = [gqi * ws, t * wvr]
+        if mu is not None:
+            sv = (gmui * mu[jj]).sum(1)
+            parts_w.append(sv * xvv)
+            parts_x.append(sv * wvv)
+            gmu_in.index_add_(0, jj, gmui * (wvv * xvv)[:, None, :])
+        else:
+            zero = torch.zeros_like(xvv)
+            parts_w.append(zero)
+            parts_x.append(zero)
+        g_w = torch.cat(parts_w, dim=1)
+        gx.index_add_(0, jj, torch.cat(parts_x, dim=1))
+        gu = (gmui * (wvr * xvr)[:, None, :]).sum(2)
+        g_fc = g_w * fc[:, None]
+        gd = ((g_fc @ weight) * dphi).sum(1) + (g_w * a).sum(1) * dfc
+        gr_parts.append(gd[:, None] * u + (gu - (gu * u).sum(1, keepdim=True) * u) / d[:, None])
+        if weight_grad:
+            gw = gw + g_fc.t() @ phi
+            gb = gb + g_fc.sum(0)
+    gr = torch.cat(gr_parts) if gr_parts else torch.zeros_like(r)
+    return gr, gx, gmu_in, gw, gb

@@ -1,0 +1,252 @@
+"""``painnfx bench``: energy+forces timings of several variants on the standard set.
+
+Every (system, variant) pair runs in a fresh Python process so that peak memory (max RSS
+on CPU, ``torch.cuda.max_memory_allocated`` on GPU) and torch.compile's caches belong to
+that pair alone. Within a process: one untimed call (compilation happens here and is
+reported as ``first_call_s``), ``warmup`` more untimed calls, then repeated timed calls
+until ``min_repeats`` are done and ``max_time`` seconds have passed (or ``max_repeats``).
+The median is reported; ratios are taken within one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(system: str, variant: str, *, dtype: str, device: str, threads: int, warmup: int,
+            min_repeats: int, max_repeats: int, max_time: float, seed: int = 0) -> dict:
+    """Run one (system, variant) pair in this process and return its record."""
+    from painnfx.model.default import random_model
+    from painnfx.model.neighbors import neighbor_list
+
+    from .systems import gpu_systems
+    from .variants import VARIANTS, Prepared, Unavailable
+
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    dt = DTYPES[dtype]
+    atoms = gpu_systems()[system]
+    model = random_model(seed).to(device=dev, dtype=dt)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    nl = neighbor_list(atoms.positions, model.cutoff, atoms.cell.array, atoms.pbc, dtype=dt, device=dev)
+    prepared = Prepared(
+        torch.as_tensor(atoms.positions, dtype=dt, device=dev),
+        torch.as_tensor(atoms.numbers, device=dev),
+        nl.edge_index, nl.shifts, nl.cell_shifts,
+        torch.as_tensor(atoms.cell.array, dtype=dt, device=dev), atoms.pbc,
+    )
+    record = {"system": system, "variant": variant, "n_atoms": len(atoms), "n_edges": nl.n_edges}
+    try:
+        step = VARIANTS[variant](model, prepared)
+    except Unavailable as exc:
+        return {**record, "error": str(exc)}
+    base_rss = _rss_bytes()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        base_cuda = torch.cuda.memory_allocated(dev)
+    try:
+        t0 = time.perf_counter()
+        step()
+        _sync(dev)
+        record["first_call_s"] = time.perf_counter() - t0
+        for _ in range(warmup):
+            step()
+        _sync(dev)
+        times = []
+        start = time.perf_counter()
+        while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < max_time):
+            t = time.perf_counter()
+            step()
+            _sync(dev)
+            times.append(time.perf_counter() - t)
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        return {**record, "error": f"out of memory: {str(exc).splitlines()[0]}"}
+    record.update(
+        median_s=statistics.median(times),
+        min_s=min(times),
+        repeats=len(times),
+        peak_rss_mb=(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_rss) / 2**20,
+    )
+    if dev.type == "cuda":
+        record["peak_cuda_mb"] = (torch.cuda.max_memory_allocated(dev) - base_cuda) / 2**20
+    return record
+
+
+def environment(device: str, threads: int, dtype: str) -> dict:
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or _cpu_name(),
+        "threads": threads,
+        "dtype": dtype,
+        "device": device,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def run(args) -> dict:
+    from tqdm import tqdm
+
+    from .systems import gpu_systems, standard_systems
+    from .variants import DEFAULT_VARIANTS, VARIANTS
+
+    systems = args.systems or list(standard_systems())
+    variants = args.variants or DEFAULT_VARIANTS
+    unknown = [s for s in systems if s not in gpu_systems()] + [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown system/variant: {unknown}; systems: {list(gpu_systems())}, variants: {list(VARIANTS)}")
+    results = []
+    pairs = [(s, v) for s in systems for v in variants]
+    for system, variant in tqdm(pairs, desc="bench", unit="case", disable=args.quiet):
+        cmd = [sys.executable, "-m", "painnfx.tools.bench", "--worker", system, variant,
+               "--dtype", args.dtype, "--device", args.device, "--threads", str(args.threads),
+               "--warmup", str(args.warmup), "--min-repeats", str(args.min_repeats),
+               "--max-repeats", str(args.max_repeats), "--max-time", str(args.max_time)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            results.append({"system": system, "variant": variant, "error": " | ".join(tail)})
+        else:
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        if not args.quiet:
+            r = results[-1]
+            msg = f"{r['median_s'] * 1e3:9.2f} ms" if "median_s" in r else f"error: {r['error'][:80]}"
+            tqdm.write(f"{system:>9} {variant:>12} {msg}")
+    report = {"environment": environment(args.device, args.threads, args.dtype), "results": results,
+              "speedups_vs_eager": speedups(results)}
+    return report
+
+
+def speedups(results: list[dict]) -> dict:
+    eager = {r["system"]: r["median_s"] for r in results if r["variant"] == "eager" and "median_s" in r}
+    out: dict = {}
+    for r in results:
+        if "median_s" in r and r["system"] in eager:
+            out.setdefault(r["system"], {})[r["variant"]] = eager[r["system"]] / r["median_s"]
+    return out
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [r for r in report["results"] if "median_s" in r]
+    variants = sorted({r["variant"] for r in results}, key=lambda v: (v != "eager", v))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for v in variants:
+        rs = sorted((r for r in results if r["variant"] == v), key=lambda r: r["n_atoms"])
+        ax.loglog([r["n_atoms"] for r in rs], [r["median_s"] * 1e3 for r in rs], "o-", label=v)
+        sp = report["speedups_vs_eager"]
+        ax2.semilogx([r["n_atoms"] for r in rs], [sp[r["system"]][v] for r in rs], "o-", label=v)
+    env = report["environment"]
+    where = env.get("gpu") or f"{env['processor']}, {env['threads']} threads"
+    ax.set(xlabel="atoms", ylabel="energy+forces, median ms", title=f"{where} ({env['dtype']})")
+    ax2.set(xlabel="atoms", ylabel="speedup over eager autograd", title="ratio, same run")
+    ax2.axhline(1.0, color="gray", lw=0.8)
+    for a in (ax, ax2):
+        a.grid(True, which="both", alpha=0.3)
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def markdown_table(report: dict) -> str:
+    results = [r for r in report["results"]]
+    variants = sorted({r["variant"] for r in results}, key=lambda v: (v != "eager", v))
+    systems = list(dict.fromkeys(r["system"] for r in results))
+    by = {(r["system"], r["variant"]): r for r in results}
+    lines = ["| system | atoms | edges | " + " | ".join(f"{v} ms (x eager)" for v in variants) + " |",
+             "|---|---|---|" + "---|" * len(variants)]
+    for s in systems:
+        any_r = next(r for r in results if r["system"] == s)
+        cells = []
+        for v in variants:
+            r = by.get((s, v), {})
+            if "median_s" in r:
+                sp = report["speedups_vs_eager"].get(s, {}).get(v)
+                cells.append(f"{r['median_s'] * 1e3:.2f} ({sp:.2f}x)" if sp else f"{r['median_s'] * 1e3:.2f}")
+            else:
+                cells.append("n/a")
+        lines.append(f"| {s} | {any_r.get('n_atoms', '')} | {any_r.get('n_edges', '')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--systems", nargs="*", help="subset of the standard set (default: all)")
+    p.add_argument("--variants", nargs="*", help="eager, compile, compile-ro, schnetpack, fused, optimized ...")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--min-repeats", type=int, default=5)
+    p.add_argument("--max-repeats", type=int, default=200)
+    p.add_argument("--max-time", type=float, default=3.0, help="seconds of timed calls per case (after min-repeats)")
+    p.add_argument("--case-timeout", type=float, default=1800.0)
+    p.add_argument("--out", default="docs/perf/cpu_bench", help="output stem: writes STEM.json, STEM.png, STEM.md")
+    p.add_argument("--quiet", action="store_true")
+
+
+def main_bench(args) -> int:
+    report = run(args)
+    stem = Path(args.out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    stem.with_suffix(".md").write_text(markdown_table(report) + "\n")
+    plot(report, stem.with_suffix(".png"))
+    print(markdown_table(report))
+    print(f"wrote {stem}.json, {stem}.md, {stem}.png")
+    return 0
+
+
+def _worker_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--worker", nargs=2)
+    add_arguments(p)
+    a = p.parse_args(argv)
+    rec = measure(a.worker[0], a.worker[1], dtype=a.dtype, device=a.device, threads=a.threads,
+                  warmup=a.warmup, min_repeats=a.min_repeats, max_repeats=a.max_repeats, max_time=a.max_time)
+    print(json.dumps(rec))
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1:])

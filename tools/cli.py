@@ -1,0 +1,34 @@
+"""The ``painnfx`` command: one entry point with subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import bench, md
+
+    parser = argparse.ArgumentParser(
+        prog="painnfx",
+        description="Fast PaiNN potentials: benchmarks, molecular dynamics and graph inspection.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("md", help="run MD with the default model through the ASE calculator",
+                       description=md.__doc__)
+    md.add_arguments(p)
+    p.set_defaults(func=md.main_md)
+    p = sub.add_parser("bench", help="time energy+forces of eager, torch.compile, schnetpack, ... side by side",
+                       description=bench.__doc__)
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.main_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The standard benchmark set: small molecules, a 50-atom alkane and Cu fcc supercells."""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk, molecule
+
+
+def alkane(n_carbon: int = 16) -> Atoms:
+    """A zig-zag n-alkane C_nH_{2n+2} (C16H34 has 50 atoms)."""
+    cc, ch, half = 1.54, 1.09, np.deg2rad(109.5) / 2
+    dx, dy = cc * np.sin(half), cc * np.cos(half)
+    carbons = np.array([[k * dx, (k % 2) * dy, 0.0] for k in range(n_carbon)])
+    symbols, pos = [], []
+    for k, c in enumerate(carbons):
+        symbols.append("C")
+        pos.append(c)
+        side = -1.0 if k % 2 == 0 else 1.0
+        for z in (-1.0, 1.0):
+            symbols.append("H")
+            pos.append(c + ch * np.array([0.0, side * np.cos(half), z * np.sin(half)]))
+    for end, sign in ((0, -1.0), (n_carbon - 1, 1.0)):
+        symbols.append("H")
+        pos.append(carbons[end] + ch * np.array([sign, 0.0, 0.0]))
+    return Atoms(symbols, positions=pos)
+
+
+def copper(repeat) -> Atoms:
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * repeat
+    atoms.rattle(0.02, seed=0)
+    return atoms
+
+
+def standard_systems() -> dict[str, Atoms]:
+    return {
+        "H2O": molecule("H2O"),
+        "CH4": molecule("CH4"),
+        "benzene": molecule("C6H6"),
+        "C16H34": alkane(16),
+        "Cu500": copper((5, 5, 5)),
+        "Cu2048": copper((8, 8, 8)),
+        "Cu8000": copper((20, 10, 10)),
+    }
+
+
+def gpu_systems() -> dict[str, Atoms]:
+    systems = standard_systems()
+    systems.update({"Cu32000": copper((20, 20, 20)), "Cu108000": copper((30, 30, 30))})
+    return systems

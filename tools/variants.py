@@ -1,0 +1,77 @@
+"""Ways of computing energy + forces that the benchmark compares, all on the same weights.
+
+Each variant turns (model, prepared system) into a zero-argument ``step`` that computes
+energy and forces once; ``None`` means the variant is unavailable here (with the reason).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from painnfx.model.painn import PaiNN
+from painnfx.model.properties import compute_properties
+
+
+@dataclass
+class Prepared:
+    positions: torch.Tensor
+    numbers: torch.Tensor
+    edge_index: torch.Tensor
+    shifts: torch.Tensor
+    cell_shifts: torch.Tensor
+    cell: torch.Tensor
+    pbc: object
+
+
+def _autograd_step(evaluator, s: Prepared) -> Callable[[], object]:
+    def step():
+        return compute_properties(evaluator, s.positions, s.numbers, s.edge_index, s.shifts)
+
+    return step
+
+
+def eager(model: PaiNN, s: Prepared):
+    return _autograd_step(model, s)
+
+
+def compiled(mode: Optional[str]):
+    def make(model: PaiNN, s: Prepared):
+        fn = torch.compile(model, mode=mode, dynamic=False, fullgraph=False)
+        return _autograd_step(fn, s)
+
+    return make
+
+
+def schnetpack(model: PaiNN, s: Prepared):
+    try:
+        from painnfx.model.schnetpack_interop import schnetpack_inputs, to_schnetpack
+    except ImportError as exc:  # pragma: no cover
+        raise Unavailable(f"schnetpack not importable: {exc}")
+    try:
+        nnpot = to_schnetpack(model).to(s.positions.device)
+    except ImportError as exc:
+        raise Unavailable(f"schnetpack not importable: {exc}")
+    inputs = schnetpack_inputs(s.positions, s.numbers, s.edge_index, s.cell_shifts, s.cell, s.pbc)
+
+    def step():
+        out = nnpot(dict(inputs))
+        return out["energy"], out["forces"]
+
+    return step
+
+
+class Unavailable(RuntimeError):
+    """This variant cannot run in this environment."""
+
+
+VARIANTS: dict[str, Callable] = {
+    "eager": eager,
+    "compile": compiled(None),
+    "compile-ro": compiled("reduce-overhead"),
+    "schnetpack": schnetpack,
+}
+
+DEFAULT_VARIANTS = ["eager", "compile", "schnetpack"]
