@@ -49,7 +49,7 @@ class FusedPaiNN(nn.Module):
         m = self.model
         f = m.n_atom_basis
         idx_i, idx_j = edge_index[0], edge_index[1]
-        r = positions[idx_j] - positions[idx_i] + shifts
+        r = positions.index_select(0, idx_j) - positions.index_select(0, idx_i) + shifts
         basis, basis_params = basis_spec(m.radial_basis)
         rc = float(m.cutoff_fn.cutoff)
         weight, bias = m.filter_net.weight, m.filter_net.bias

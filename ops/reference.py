@@ -19,8 +19,9 @@ import torch
 
 from .radial import basis_values, cosine_cutoff
 
-#: Budget for per-chunk temporaries of one fused op call.
-CHUNK_BYTES = 32 * 2**20
+#: Budget for per-chunk temporaries of one fused op call. 8 MiB (C ~ 530 edges at F=128,
+#: float32) keeps the working set cache-resident; 32 MiB measured ~25% slower on CPU.
+CHUNK_BYTES = 8 * 2**20
 
 
 def chunk_edges(n_features: int, n_rbf: int, dtype: torch.dtype, chunk_size: int = 0) -> int:
@@ -30,6 +31,9 @@ def chunk_edges(n_features: int, n_rbf: int, dtype: torch.dtype, chunk_size: int
     itemsize = torch.finfo(dtype).bits // 8
     per_edge = itemsize * (3 * n_rbf + 30 * n_features + 24)
     return max(256, CHUNK_BYTES // per_edge)
+
+
+# Gathers use index_select: on CPU it is ~7x faster than advanced indexing t[idx].
 
 
 def _geometry(r: torch.Tensor):
@@ -63,19 +67,25 @@ def message_forward(r, idx_i, idx_j, x, mu: Optional[torch.Tensor], weight, bias
         ii, jj = idx_i[s:s + c], idx_j[s:s + c]
         d, u = _geometry(r[s:s + c])
         w = radial_filter_forward(d, weight, bias, basis_params, basis, cutoff)
-        m = w * x[jj]
+        m = w * x.index_select(0, jj)
         ms, mvr, mvv = m.split(f, dim=1)
         dq.index_add_(0, ii, ms)
-        dmu_e = mvr[:, None, :] * u[:, :, None]
+        # dmu_e[c, f] = u[c] mvr[f] (+ mvv[f] mu_j[c, f]); broadcasting beats bmm with
+        # inner size 1 on CPU
+        dmu_e = u[:, :, None] * mvr[:, None, :]
         if mu is not None:
-            dmu_e = dmu_e + mvv[:, None, :] * mu[jj]
+            dmu_e = torch.addcmul(dmu_e, mvv[:, None, :], mu.index_select(0, jj))
         dmu.index_add_(0, ii, dmu_e)
     return dq, dmu
 
 
 def message_backward(gq, gmu, r, idx_i, idx_j, x, mu: Optional[torch.Tensor], weight, bias, basis_params,
                      basis: str, cutoff: float, chunk_size: int = 0, weight_grad: bool = True):
-    """(dL/dr, dL/dx, dL/dmu or None, dL/dweight or None, dL/dbias or None); see DESIGN.md sec. 2."""
+    """(dL/dr, dL/dx, dL/dmu or None, dL/dweight or None, dL/dbias or None); see DESIGN.md sec. 2.
+
+    Per edge, with G = [gq_i, t, s] (t = u . gmu_i, s = sum_c gmu_i[c] mu_j[c]):
+    dL/dW = G * x_j, dL/dx_j = G * W, dL/du = gmu_i (W_vr x_vr,j), dL/dmu_j = gmu_i W_vv x_vv,j.
+    """
     f = x.shape[1] // 3
     gx = torch.zeros_like(x)
     gmu_in = torch.zeros_like(mu) if mu is not None else None
@@ -89,29 +99,26 @@ def message_backward(gq, gmu, r, idx_i, idx_j, x, mu: Optional[torch.Tensor], we
         phi, dphi = basis_values(d, basis, basis_params)
         fc, dfc = cosine_cutoff(d, cutoff)
         a = torch.addmm(bias, phi, weight.t())
-        ws, wvr, wvv = (a * fc[:, None]).split(f, dim=1)
-        xs, xvr, xvv = x[jj].split(f, dim=1)
-        gqi, gmui = gq[ii], gmu[ii]
+        w = a * fc[:, None]
+        xj = x.index_select(0, jj)
+        gmui = gmu.index_select(0, ii)
         t = (u[:, :, None] * gmui).sum(1)
-        parts_w = [gqi * xs, t * xvr]
-        parts_x = [gqi * ws, t * wvr]
         if mu is not None:
-            sv = (gmui * mu[jj]).sum(1)
-            parts_w.append(sv * xvv)
-            parts_x.append(sv * wvv)
-            gmu_in.index_add_(0, jj, gmui * (wvv * xvv)[:, None, :])
+            muj = mu.index_select(0, jj)
+            sv = (gmui * muj).sum(1)
         else:
-            zero = torch.zeros_like(xvv)
-            parts_w.append(zero)
-            parts_x.append(zero)
-        g_w = torch.cat(parts_w, dim=1)
-        gx.index_add_(0, jj, torch.cat(parts_x, dim=1))
-        gu = (gmui * (wvr * xvr)[:, None, :]).sum(2)
-        g_fc = g_w * fc[:, None]
-        gd = ((g_fc @ weight) * dphi).sum(1) + (g_w * a).sum(1) * dfc
+            sv = torch.zeros_like(t)
+        g = torch.cat([gq.index_select(0, ii), t, sv], dim=1)
+        g_w = g * xj
+        gx.index_add_(0, jj, g * w)
+        wx = w * xj
+        if mu is not None:
+            gmu_in.index_add_(0, jj, gmui * wx[:, None, 2 * f:])
+        gu = (gmui * wx[:, None, f:2 * f]).sum(2)
+        gd = fc * ((g_w @ weight) * dphi).sum(1) + (g_w * a).sum(1) * dfc
         gr_parts.append(gd[:, None] * u + (gu - (gu * u).sum(1, keepdim=True) * u) / d[:, None])
         if weight_grad:
-            gw = gw + g_fc.t() @ phi
-            gb = gb + g_fc.sum(0)
+            gw = gw + g_w.t() @ (phi * fc[:, None])
+            gb = gb + g_w.t() @ fc
     gr = torch.cat(gr_parts) if gr_parts else torch.zeros_like(r)
     return gr, gx, gmu_in, gw, gb

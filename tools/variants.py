@@ -37,6 +37,12 @@ def eager(model: PaiNN, s: Prepared):
     return _autograd_step(model, s)
 
 
+def fused(model: PaiNN, s: Prepared):
+    from painnfx.model.fused import FusedPaiNN
+
+    return _autograd_step(FusedPaiNN(model), s)
+
+
 def compiled(mode: Optional[str]):
     def make(model: PaiNN, s: Prepared):
         fn = torch.compile(model, mode=mode, dynamic=False, fullgraph=False)
@@ -71,6 +77,7 @@ VARIANTS: dict[str, Callable] = {
     "eager": eager,
     "compile": compiled(None),
     "compile-ro": compiled("reduce-overhead"),
+    "fused": fused,
     "schnetpack": schnetpack,
 }
 

@@ -1,0 +1,60 @@
+"""The painnfx command line: md (the README's main job) and bench, on tiny settings."""
+
+import json
+
+import pytest
+
+from painnfx.tools.bench import markdown_table, measure, speedups
+from painnfx.tools.cli import build_parser, main
+from painnfx.tools.systems import alkane, standard_systems
+
+
+def test_standard_systems_sizes():
+    sizes = {k: len(v) for k, v in standard_systems().items()}
+    assert sizes == {"H2O": 3, "CH4": 5, "benzene": 12, "C16H34": 50, "Cu500": 500, "Cu2048": 2048, "Cu8000": 8000}
+    a = alkane(16)
+    from ase.geometry import get_distances
+
+    _, d = get_distances(a.positions)
+    d[range(len(a)), range(len(a))] = 10
+    assert d.min() > 0.9  # a sane molecule: no overlapping atoms
+
+
+def test_md_text_output(capsys):
+    assert main(["md", "--steps", "3", "--compare-steps", "2", "--size", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "steps/s" in out and "energy drift" in out and "speedup" in out
+
+
+def test_md_json_summary(capsys):
+    main(["md", "--steps", "4", "--compare-steps", "3", "--size", "1", "--json", "--quiet", "--dtype", "float64"])
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["atoms"] == 4 and summary["steps"] == 4
+    assert summary["steps_per_s"] > 0
+    assert summary["max_position_difference_A"] < 1e-8
+    assert abs(summary["energy_drift_eV_per_atom"]) < 1e-2
+
+
+@pytest.mark.parametrize("variant", ["eager", "fused"])
+def test_bench_measure_one_case(variant):
+    rec = measure("H2O", variant, dtype="float32", device="cpu", threads=1, warmup=0,
+                  min_repeats=2, max_repeats=2, max_time=0.0)
+    assert rec["repeats"] == 2 and rec["median_s"] > 0 and rec["n_atoms"] == 3
+
+
+def test_bench_report_helpers():
+    results = [
+        {"system": "H2O", "variant": "eager", "n_atoms": 3, "n_edges": 6, "median_s": 2.0},
+        {"system": "H2O", "variant": "fused", "n_atoms": 3, "n_edges": 6, "median_s": 1.0},
+        {"system": "H2O", "variant": "compile", "error": "boom"},
+    ]
+    sp = speedups(results)
+    assert sp == {"H2O": {"eager": 1.0, "fused": 2.0}}
+    table = markdown_table({"results": results, "speedups_vs_eager": sp})
+    assert "1000.00 (2.00x)" in table and "n/a" in table
+
+
+def test_help_lists_subcommands():
+    text = build_parser().format_help()
+    assert "md" in text and "bench" in text
