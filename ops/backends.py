@@ -57,11 +57,16 @@ def backends_for(device: torch.device) -> list[Backend]:
     return sorted(usable, key=lambda b: -b.priority)
 
 
-def select(device: torch.device) -> Backend:
-    if _forced is not None:
-        backend = _REGISTRY[_forced]
+def select(device: torch.device, name: str = "auto") -> Backend:
+    """The backend to run on ``device``: ``name`` if given (not "auto"), else the one forced
+    by ``use_backend``, else the best available."""
+    wanted = name if name != "auto" else _forced
+    if wanted is not None:
+        backend = _REGISTRY.get(wanted)
+        if backend is None:
+            raise ValueError(f"unknown backend {wanted!r}; registered: {available_backends()}")
         if backend not in backends_for(device):
-            raise RuntimeError(f"backend {_forced!r} is not available on {device}")
+            raise RuntimeError(f"backend {wanted!r} is not available on {device}")
         return backend
     return backends_for(device)[0]
 

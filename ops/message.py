@@ -31,15 +31,16 @@ _EMPTY = (0,)
 @torch.library.custom_op("painnfx::painn_message", mutates_args=())
 def painn_message(
     r: Tensor, idx_i: Tensor, idx_j: Tensor, x: Tensor, mu: Optional[Tensor], weight: Tensor,
-    bias: Tensor, basis_params: Tensor, basis: str, cutoff: float, chunk_size: int = 0,
+    bias: Tensor, basis_params: Tensor, basis: str, cutoff: float, chunk_size: int = 0, backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     check_message(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, values=True)
-    backend = select(x.device)
+    backend = select(x.device, backend)
     return backend.message_forward(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, chunk_size)
 
 
 @painn_message.register_fake
-def _painn_message_fake(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, chunk_size=0):
+def _painn_message_fake(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, chunk_size=0,
+                        backend="auto"):
     check_message(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, values=False)
     n, f = x.shape[0], x.shape[1] // 3
     return x.new_empty(n, f), x.new_empty(n, 3, f)
@@ -49,10 +50,10 @@ def _painn_message_fake(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basi
 def painn_message_backward(
     gq: Tensor, gmu: Tensor, r: Tensor, idx_i: Tensor, idx_j: Tensor, x: Tensor, mu: Optional[Tensor],
     weight: Tensor, bias: Tensor, basis_params: Tensor, basis: str, cutoff: float, chunk_size: int,
-    weight_grad: bool,
+    weight_grad: bool, backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dL/dr, dL/dx, dL/dmu, dL/dweight, dL/dbias); empty tensors for the ones not computed."""
-    backend = select(x.device)
+    backend = select(x.device, backend)
     gr, gx, gmu_in, gw, gb = backend.message_backward(
         gq, gmu, r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, chunk_size, weight_grad
     )
@@ -64,7 +65,7 @@ def painn_message_backward(
 
 @painn_message_backward.register_fake
 def _painn_message_backward_fake(gq, gmu, r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff,
-                                 chunk_size, weight_grad):
+                                 chunk_size, weight_grad, backend="auto"):
     def empty():
         return x.new_empty(_EMPTY)
 
@@ -75,9 +76,9 @@ def _painn_message_backward_fake(gq, gmu, r, idx_i, idx_j, x, mu, weight, bias, 
 
 
 def _setup_context(ctx, inputs, output):
-    r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, chunk_size = inputs
+    r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, chunk_size, backend = inputs
     ctx.save_for_backward(r, idx_i, idx_j, x, mu, weight, bias, basis_params)
-    ctx.basis, ctx.cutoff, ctx.chunk_size = basis, cutoff, chunk_size
+    ctx.basis, ctx.cutoff, ctx.chunk_size, ctx.backend = basis, cutoff, chunk_size, backend
 
 
 def _backward(ctx, gq, gmu):
@@ -92,11 +93,11 @@ def _backward(ctx, gq, gmu):
         # create_graph=True: differentiable analytical backward, so it can be differentiated again
         gr, gx, gmu_in, gw, gb = reference.message_backward(*args)
     else:
-        gr, gx, gmu_in, gw, gb = painn_message_backward(*args)
+        gr, gx, gmu_in, gw, gb = painn_message_backward(*args, ctx.backend)
     return (
         gr if need[0] else None, None, None, gx if need[3] else None,
         gmu_in if (mu is not None and need[4]) else None,
-        gw if need[5] else None, gb if need[6] else None, None, None, None, None,
+        gw if need[5] else None, gb if need[6] else None, None, None, None, None, None,
     )
 
 

@@ -18,33 +18,35 @@ from .checks import check_radial
 
 
 @torch.library.custom_op("painnfx::radial_filter", mutates_args=())
-def radial_filter(d: Tensor, weight: Tensor, bias: Tensor, basis_params: Tensor, basis: str, cutoff: float) -> Tensor:
+def radial_filter(d: Tensor, weight: Tensor, bias: Tensor, basis_params: Tensor, basis: str, cutoff: float,
+                  backend: str = "auto") -> Tensor:
     check_radial("radial_filter", d, weight, bias, basis_params, basis, cutoff, values=True)
-    return select(d.device).radial_filter_forward(d, weight, bias, basis_params, basis, cutoff)
+    return select(d.device, backend).radial_filter_forward(d, weight, bias, basis_params, basis, cutoff)
 
 
 @radial_filter.register_fake
-def _radial_filter_fake(d, weight, bias, basis_params, basis, cutoff):
+def _radial_filter_fake(d, weight, bias, basis_params, basis, cutoff, backend="auto"):
     check_radial("radial_filter", d, weight, bias, basis_params, basis, cutoff, values=False)
     return d.new_empty(d.shape[0], weight.shape[0])
 
 
 @torch.library.custom_op("painnfx::radial_filter_backward", mutates_args=())
 def radial_filter_backward(
-    grad: Tensor, d: Tensor, weight: Tensor, bias: Tensor, basis_params: Tensor, basis: str, cutoff: float
+    grad: Tensor, d: Tensor, weight: Tensor, bias: Tensor, basis_params: Tensor, basis: str, cutoff: float,
+    backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return select(d.device).radial_filter_backward(grad, d, weight, bias, basis_params, basis, cutoff)
+    return select(d.device, backend).radial_filter_backward(grad, d, weight, bias, basis_params, basis, cutoff)
 
 
 @radial_filter_backward.register_fake
-def _radial_filter_backward_fake(grad, d, weight, bias, basis_params, basis, cutoff):
+def _radial_filter_backward_fake(grad, d, weight, bias, basis_params, basis, cutoff, backend="auto"):
     return torch.empty_like(d), torch.empty_like(weight), torch.empty_like(bias)
 
 
 def _setup_context(ctx, inputs, output):
-    d, weight, bias, basis_params, basis, cutoff = inputs
+    d, weight, bias, basis_params, basis, cutoff, backend = inputs
     ctx.save_for_backward(d, weight, bias, basis_params)
-    ctx.basis, ctx.cutoff = basis, cutoff
+    ctx.basis, ctx.cutoff, ctx.backend = basis, cutoff, backend
 
 
 def _backward(ctx, grad):
@@ -53,9 +55,9 @@ def _backward(ctx, grad):
     if torch.is_grad_enabled():
         gd, gw, gb = reference.radial_filter_backward(*args)
     else:
-        gd, gw, gb = radial_filter_backward(*args)
+        gd, gw, gb = radial_filter_backward(*args, ctx.backend)
     need = ctx.needs_input_grad
-    return gd if need[0] else None, gw if need[1] else None, gb if need[2] else None, None, None, None
+    return gd if need[0] else None, gw if need[1] else None, gb if need[2] else None, None, None, None, None
 
 
 radial_filter.register_autograd(_backward, setup_context=_setup_context)

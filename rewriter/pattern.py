@@ -200,6 +200,7 @@ linear = op(aten.linear)
 norm = op(aten.linalg_vector_norm)
 to_dtype = op(aten._to_copy, aten.to)
 zeros = op(aten.zeros, aten.zeros_like, aten.new_zeros)
+ones_like = op(aten.ones_like)
 
 
 def last_dim(rank_of: Callable[[], int]) -> Lit:

@@ -88,3 +88,13 @@ def test_backend_registry():
     with pytest.raises(ValueError, match="unknown backend"):
         with use_backend("nope"):
             pass
+
+
+def test_backend_argument_reaches_backward():
+    inp = _inputs()
+    r = inp["r"].clone().requires_grad_(True)
+    dq, dmu = painn_message(r, *list(inp.values())[1:], "gaussian", 3.0, 0, "reference")
+    (g,) = torch.autograd.grad(dq.sum() + dmu.sum(), r)
+    assert torch.isfinite(g).all()
+    with pytest.raises(ValueError, match="unknown backend"):
+        painn_message(r, *list(inp.values())[1:], "gaussian", 3.0, 0, "tpu")

@@ -1,0 +1,106 @@
+"""What the pass pipeline did, for people (text) and machines (JSON)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import torch.fx as fx
+
+#: ops that only reinterpret memory or shapes: no kernel of their own
+_METADATA = {
+    "view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "select", "slice", "split", "split_with_sizes",
+    "getitem", "t", "expand", "permute", "transpose", "sym_size", "alias", "detach",
+}
+#: rough number of kernels autograd runs for one op's backward (estimate, by op name)
+_BACKWARD_KERNELS = {
+    "mul": 2, "div": 3, "add": 1, "sub": 1, "linear": 3, "index": 1, "index_add": 1, "exp": 1, "pow": 2,
+    "sin": 2, "cos": 2, "linalg_vector_norm": 3, "embedding": 1, "silu": 2, "sum": 1, "cat": 1, "where": 2,
+    "sqrt": 2, "zeros": 0, "zeros_like": 0, "lt": 0, "eq": 0, "to": 1, "_to_copy": 1, "ones_like": 0,
+    "fused_radial_filter": 1, "fused_painn_message": 1,
+}
+
+
+def op_name(node: fx.Node) -> str:
+    t = node.target
+    packet = getattr(t, "overloadpacket", None)
+    if packet is not None:
+        return packet.__name__
+    return getattr(t, "__name__", str(t))
+
+
+def op_counts(gm: fx.GraphModule) -> Counter:
+    return Counter(op_name(n) for n in gm.graph.nodes if n.op == "call_function")
+
+
+def launch_estimate(gm: fx.GraphModule) -> dict:
+    """Kernel launches of one forward and one backward, estimated from the op list (CUDA)."""
+    fwd = bwd = 0
+    for n in gm.graph.nodes:
+        if n.op != "call_function":
+            continue
+        name = op_name(n)
+        if name in _METADATA:
+            continue
+        fwd += 1
+        bwd += _BACKWARD_KERNELS.get(name, 2)
+    return {"forward": fwd, "backward": bwd, "total": fwd + bwd}
+
+
+@dataclass
+class PassResult:
+    name: str
+    lines: list = field(default_factory=list)
+    matches: list = field(default_factory=list)
+    rejected: list = field(default_factory=list)
+
+
+@dataclass
+class OptimizeReport:
+    model: str
+    backend: str
+    passes: list = field(default_factory=list)
+    nodes_before: int = 0
+    nodes_after: int = 0
+    ops_before: dict = field(default_factory=dict)
+    ops_after: dict = field(default_factory=dict)
+    launches_before: dict = field(default_factory=dict)
+    launches_after: dict = field(default_factory=dict)
+    fused_nodes: int = 0
+    applied: bool = False
+    graph_before: str = ""
+    graph_after: str = ""
+
+    def to_dict(self, graphs: bool = False) -> dict:
+        d = asdict(self)
+        if not graphs:
+            d.pop("graph_before")
+            d.pop("graph_after")
+        return d
+
+    def summary(self) -> str:
+        if not self.applied:
+            return f"optimize({self.model}): nothing matched; the model runs unchanged"
+        return (f"optimize({self.model}): {self.fused_nodes} fused nodes, {self.nodes_before} -> {self.nodes_after} "
+                f"graph nodes, est. kernel launches {self.launches_before.get('total')} -> "
+                f"{self.launches_after.get('total')} per energy+forces")
+
+    def to_text(self) -> str:
+        out = [self.summary(), ""]
+        for p in self.passes:
+            out.append(f"[{p.name}]")
+            for line in p.lines:
+                out.append(f"  {line}")
+            for m in p.matches:
+                out.append("  matched " + ", ".join(f"{k}={v}" for k, v in m.items()))
+            for r in p.rejected:
+                out.append(f"  REJECTED {r}")
+            if not (p.lines or p.matches or p.rejected):
+                out.append("  (nothing)")
+        out.append("")
+        out.append(f"nodes: {self.nodes_before} -> {self.nodes_after}")
+        out.append(f"kernel launches (estimate, fwd+bwd): {self.launches_before} -> {self.launches_after}")
+        before, after = Counter(self.ops_before), Counter(self.ops_after)
+        names = sorted(set(before) | set(after), key=lambda k: -max(before[k], after[k]))
+        out.append("ops (before -> after): " + ", ".join(f"{k} {before[k]}->{after[k]}" for k in names if before[k] != after[k]))
+        return "\n".join(out)
