@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import warnings
 
 import numpy as np
 import torch
@@ -57,15 +57,26 @@ class PaiNNCalculator(Calculator):
 
     @staticmethod
     def _maybe_optimize(model, optimize):
+        """``optimize``: True (required), False (never) or "auto" (when it applies; any failure
+        falls back to the plain model with a warning, never to a broken one)."""
         if optimize is False:
             return model
+        from painnfx.rewriter import optimize as run_optimize
+
+        if optimize is True:
+            fast = run_optimize(model)
+            if not fast.applied:
+                raise RuntimeError("optimize=True, but nothing in this model could be rewritten:\n"
+                                   + fast.report.to_text())
+            return fast
         try:
-            from painnfx.rewriter import optimize as run_optimize  # layer above: optional
-        except ImportError:
-            if optimize is True:
-                raise
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fast = run_optimize(model)
+        except Exception as exc:  # pragma: no cover - defensive: auto never breaks the calculator
+            warnings.warn(f"PaiNNCalculator: optimize failed ({exc}); using the unoptimized model", stacklevel=3)
             return model
-        return run_optimize(model)
+        return fast if fast.applied else model
 
     @property
     def optimized(self) -> bool:

@@ -179,6 +179,12 @@ class PaiNN(nn.Module):
         n_systems: int = 1,
     ) -> torch.Tensor:
         """Total energy per system, shape (n_systems,)."""
+        return aggregate(self.atomic_energies(positions, numbers, edge_index, shifts), batch, n_systems)
+
+    def atomic_energies(
+        self, positions: torch.Tensor, numbers: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-atom energies e_i, shape (N,)."""
         idx_i = edge_index[0]
         idx_j = edge_index[1]
         n_atoms = numbers.shape[0]
@@ -199,16 +205,21 @@ class PaiNN(nn.Module):
         for interaction, mixing, w_ij in zip(self.interactions, self.mixing, filter_list):
             q, mu = interaction(q, mu, w_ij, dir_ij, idx_i, idx_j, n_atoms)
             q, mu = mixing(q, mu)
+        return self.atomwise(q.squeeze(1), numbers)
 
-        return self.readout(q.squeeze(1), numbers, batch, n_systems)
+    def atomwise(self, q: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """Per-atom energy from final scalar features q (N, F)."""
+        e_atom = self.energy_head(q).squeeze(-1)
+        return e_atom * self.energy_scale + self.energy_shift + self.atomref[numbers]
 
     def readout(self, q: torch.Tensor, numbers: torch.Tensor, batch: Optional[torch.Tensor] = None,
                 n_systems: int = 1) -> torch.Tensor:
         """Per-system energy from final scalar features q (N, F)."""
-        e_atom = self.energy_head(q).squeeze(-1)
-        e_atom = e_atom * self.energy_scale + self.energy_shift + self.atomref[numbers]
-        if batch is None:
-            return e_atom.sum()[None]
-        return torch.zeros(n_systems, dtype=e_atom.dtype, device=e_atom.device).index_add(
-            0, batch, e_atom
-        )
+        return aggregate(self.atomwise(q, numbers), batch, n_systems)
+
+
+def aggregate(e_atom: torch.Tensor, batch: Optional[torch.Tensor] = None, n_systems: int = 1) -> torch.Tensor:
+    """Sum per-atom energies per system: (n_systems,)."""
+    if batch is None:
+        return e_atom.sum()[None]
+    return torch.zeros(n_systems, dtype=e_atom.dtype, device=e_atom.device).index_add(0, batch, e_atom)

@@ -9,27 +9,12 @@ head with one hidden layer of F/2.
 
 from __future__ import annotations
 
-import typing
-
 import torch
 import torch.nn.functional as F
 
+from painnfx.rewriter.adapters import import_schnetpack
+
 from .painn import PaiNN, PaiNNConfig
-
-
-def import_schnetpack():
-    """Import schnetpack, patching the one name it needs from older torch.
-
-    schnetpack 2.1 does ``from torch.utils.data.dataloader import T_co``, which torch >= 2.6
-    no longer defines. It is only a type annotation, so a covariant TypeVar stands in.
-    """
-    import torch.utils.data.dataloader as dataloader
-
-    if not hasattr(dataloader, "T_co"):
-        dataloader.T_co = typing.TypeVar("T_co", covariant=True)
-    import schnetpack
-
-    return schnetpack
 
 
 def _find(modules, cls):

@@ -34,53 +34,104 @@ class Captured:
     inputs: list[GraphInput]
     module: torch.nn.Module
     constants: dict = field(default_factory=dict)  # placeholder name -> tensor (buffers, lifted constants)
+    target: "Target" = None
 
     def placeholders(self) -> list[fx.Node]:
         return [n for n in self.gm.graph.nodes if n.op == "placeholder"]
 
 
-USER_INPUTS = ("positions", "numbers", "edge_index", "shifts")
+class Target(torch.nn.Module):
+    """What gets captured: a module with tensor inputs ``names`` built from a system."""
+
+    names: tuple = ()
+
+    def user_inputs(self, positions, numbers, edge_index, shifts) -> dict:
+        raise NotImplementedError
+
+    def dynamic_shapes(self, n, e) -> tuple:
+        raise NotImplementedError
 
 
-def example_inputs(module: torch.nn.Module, n_atoms: int = 7, seed: int = 0):
-    """A small molecule-like system with all pairs as edges (E = N (N-1)), in the module's dtype."""
-    p = next(iter(module.parameters()))
-    gen = torch.Generator().manual_seed(seed)
-    pos = (torch.rand(n_atoms, 3, generator=gen, dtype=torch.float64) * 2.5).to(dtype=p.dtype, device=p.device)
-    numbers = torch.tensor([1, 6, 7, 8, 1, 6, 8][:n_atoms] + [1] * max(0, n_atoms - 7), device=p.device)
-    ii, jj = torch.meshgrid(torch.arange(n_atoms), torch.arange(n_atoms), indexing="ij")
-    keep = ii != jj
-    edge_index = torch.stack([ii[keep], jj[keep]]).to(p.device)
-    shifts = torch.zeros(edge_index.shape[1], 3, dtype=p.dtype, device=p.device)
-    return pos, numbers, edge_index, shifts
+class AtomicEnergies(Target):
+    """Per-atom energies of a painnfx PaiNN: one graph serves single and batched calls."""
 
+    names = ("positions", "numbers", "edge_index", "shifts")
 
-class _Energy(torch.nn.Module):
-    """Pins the call to the single-system path (batch=None)."""
-
-    def __init__(self, module):
+    def __init__(self, model):
         super().__init__()
-        self.m = module
+        self.m = model
+        self.cutoff = float(model.cutoff)
+
+    def forward(self, positions, numbers, edge_index, shifts):
+        return self.m.atomic_energies(positions, numbers, edge_index, shifts)
+
+    def user_inputs(self, positions, numbers, edge_index, shifts):
+        return dict(positions=positions, numbers=numbers, edge_index=edge_index, shifts=shifts)
+
+    def dynamic_shapes(self, n, e):
+        return ({0: n}, {0: n}, {1: e}, {0: e})
+
+
+class TotalEnergy(AtomicEnergies):
+    """Any module with the painnfx energy signature (single-system path)."""
 
     def forward(self, positions, numbers, edge_index, shifts):
         return self.m(positions, numbers, edge_index, shifts)
 
 
-def capture(module: torch.nn.Module, example: Optional[tuple] = None) -> Captured:
-    example = example if example is not None else example_inputs(module)
+class SchnetpackRepresentation(Target):
+    """A schnetpack PaiNN representation as (r_ij, Z, idx_i, idx_j) -> (q, mu)."""
+
+    names = ("r_ij", "numbers", "idx_i", "idx_j")
+
+    def __init__(self, representation):
+        super().__init__()
+        from .adapters import import_schnetpack
+
+        self.m = representation
+        self.keys = import_schnetpack().properties
+        self.cutoff = float(representation.cutoff)
+
+    def forward(self, r_ij, numbers, idx_i, idx_j):
+        p = self.keys
+        out = self.m({p.Z: numbers, p.Rij: r_ij, p.idx_i: idx_i, p.idx_j: idx_j})
+        return out["scalar_representation"], out["vector_representation"]
+
+    def user_inputs(self, positions, numbers, edge_index, shifts):
+        r = positions[edge_index[1]] - positions[edge_index[0]] + shifts
+        return dict(r_ij=r, numbers=numbers, idx_i=edge_index[0].contiguous(), idx_j=edge_index[1].contiguous())
+
+    def dynamic_shapes(self, n, e):
+        return ({0: e}, {0: n}, {0: e}, {0: e})
+
+
+def example_system(like: torch.Tensor, n_atoms: int = 7, seed: int = 0):
+    """A small molecule-like system with all pairs as edges (E = N (N-1)), in ``like``'s dtype."""
+    gen = torch.Generator().manual_seed(seed)
+    pos = (torch.rand(n_atoms, 3, generator=gen, dtype=torch.float64) * 2.5).to(dtype=like.dtype, device=like.device)
+    numbers = torch.tensor(([1, 6, 7, 8] * n_atoms)[:n_atoms], device=like.device)
+    ii, jj = torch.meshgrid(torch.arange(n_atoms), torch.arange(n_atoms), indexing="ij")
+    keep = ii != jj
+    edge_index = torch.stack([ii[keep], jj[keep]]).to(like.device)
+    shifts = torch.zeros(edge_index.shape[1], 3, dtype=like.dtype, device=like.device)
+    return pos, numbers, edge_index, shifts
+
+
+def capture(target: Target) -> Captured:
+    p = next(iter(target.parameters()))
+    user = target.user_inputs(*example_system(p))
+    example = tuple(user[k] for k in target.names)
     n, e = Dim("n_atoms", min=2), Dim("n_edges", min=2)
-    wrapper = _Energy(module)
-    ep = export(wrapper, example, dynamic_shapes=({0: n}, {0: n}, {1: e}, {0: e}), strict=False)
-    gm = ep.graph_module
+    ep = export(target, example, dynamic_shapes=target.dynamic_shapes(n, e), strict=False)
     inputs, constants = [], {}
-    user_names = iter(USER_INPUTS)
+    user_names = iter(target.names)
     for spec in ep.graph_signature.input_specs:
         node = spec.arg.name
         if spec.kind == InputKind.PARAMETER:
             inputs.append(GraphInput("parameter", spec.target, node))
         elif spec.kind == InputKind.BUFFER:
             inputs.append(GraphInput("buffer", spec.target, node))
-            constants[node] = wrapper.get_buffer(spec.target).detach()
+            constants[node] = target.get_buffer(spec.target).detach()
         elif spec.kind == InputKind.CONSTANT_TENSOR:
             inputs.append(GraphInput("constant", spec.target, node))
             constants[node] = ep.constants[spec.target].detach()
@@ -88,4 +139,4 @@ def capture(module: torch.nn.Module, example: Optional[tuple] = None) -> Capture
             inputs.append(GraphInput("user", next(user_names), node))
         else:
             raise NotImplementedError(f"unsupported graph input kind {spec.kind}")
-    return Captured(gm=gm, inputs=inputs, module=wrapper, constants=constants)
+    return Captured(gm=ep.graph_module, inputs=inputs, module=target, constants=constants, target=target)

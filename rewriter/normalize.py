@@ -5,11 +5,12 @@ Canonical forms (aten level):
     norm      sqrt(sum(x**2 | x*x, dim, keepdim))        -> linalg_vector_norm(x, 2, dim, keepdim)
     division  x * reciprocal(y) | x * y**-1              -> x / y
     scaling   -x -> x * -1;  x / c -> x * (1/c) for a constant c;  (x * c1) * c2 -> x * (c1 c2)
-    square    x * x                                      -> x ** 2
+    square    x * x | square(x)                          -> x ** 2;   x * 1 -> x
     gather    index_select(x, 0, i)                      -> x[i]  (aten.index)
     scatter   scatter_add(zeros, 0, i expanded, s)       -> index_add(zeros, 0, i, s)
     linear    addmm(b, x, W.t()) | x @ W.t() (+ b)       -> linear(x, W, b)
     in-place  a.mul_(b) etc. whose input is not read again -> a * b
+    identity  detach(x) | lift_fresh_copy(x) | alias(x)  -> x
 Constants: nodes computed only from buffers and literals are evaluated once (``fold_constants``);
 parameters stay graph inputs so the optimized module keeps using the live weights.
 """
@@ -240,6 +241,23 @@ def _rule_square(g, node, consts):
     return False
 
 
+def _rule_square_op(g, node, consts):
+    if _is(node, aten.square):
+        _replace(g, node, aten.pow.Tensor_Scalar, [node.args[0], 2])
+        return True
+    return False
+
+
+def _rule_mul_one(g, node, consts):
+    if _is(node, aten.mul) and len(node.args) == 2:
+        for x, c in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
+            if isinstance(x, fx.Node) and _scalar(c) and c == 1:
+                node.replace_all_uses_with(x)
+                g.erase_node(node)
+                return True
+    return False
+
+
 def _rule_neg(g, node, consts):
     if _is(node, aten.neg):
         _replace(g, node, aten.mul.Tensor, [node.args[0], -1.0])
@@ -327,6 +345,10 @@ def _rule_scatter_add(g, node, consts):
 
 
 def _transposed_weight(w):
+    """W if w is W transposed (W 2-D): W.t(), W.T, W.mT, W.permute(1, 0), W.transpose(0, 1)."""
+    if _is(w, aten.numpy_T, aten.mT, aten.adjoint):
+        val = w.args[0].meta.get("val") if isinstance(w.args[0], fx.Node) else None
+        return w.args[0] if val is not None and val.dim() == 2 else None
     if _is(w, aten.t) or (_is(w, aten.permute) and list(w.args[1]) == [1, 0]):
         return w.args[0]
     if _is(w, aten.transpose) and sorted(w.args[1:3]) in ([0, 1], [-2, -1], [-1, 0]):
@@ -355,10 +377,25 @@ def _rule_linear(g, node, consts):
     return False
 
 
+_IDENTITIES = {aten.detach, aten.detach_, aten.lift_fresh_copy, aten.lift_fresh, aten.alias}
+
+
+def _rule_identity(g, node, consts):
+    """detach / lift_fresh_copy / alias return their input's values: use the input."""
+    if node.op == "call_function" and _packet(node.target) in _IDENTITIES and isinstance(node.args[0], fx.Node):
+        node.replace_all_uses_with(node.args[0])
+        g.erase_node(node)
+        return True
+    return False
+
+
 _RULES: list[tuple[str, Callable]] = [
+    ("identity", _rule_identity),
     ("norm", _rule_norm),
     ("division", _rule_reciprocal),
     ("square", _rule_square),
+    ("square op", _rule_square_op),
+    ("multiplication by one", _rule_mul_one),
     ("negation", _rule_neg),
     ("division by constant", _rule_div_by_constant),
     ("constant scale chain", _rule_scale_chain),

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from . import normalize
-from .adapters import energy_module
-from .capture import Captured, capture
+from .adapters import is_schnetpack_potential
+from .capture import AtomicEnergies, Captured, SchnetpackRepresentation, Target, TotalEnergy, capture
 from .passes import (
     RewriteState, eliminate_dead_code, fold_zero_mu, fuse_filter_into_message, match_cosine_cutoff, match_message,
     match_radial_basis, match_radial_filter,
@@ -49,80 +49,112 @@ PIPELINE = [
 ]
 
 
-class OptimizedModel(nn.Module):
-    """The rewritten energy graph, fed with the live parameters of the original model."""
+def aggregate(e_atom: torch.Tensor, batch: Optional[torch.Tensor], n_systems: int) -> torch.Tensor:
+    """Per-system sums of per-atom energies, spelled as the eager PaiNN spells them."""
+    if batch is None:
+        return e_atom.sum()[None]
+    return torch.zeros(n_systems, dtype=e_atom.dtype, device=e_atom.device).index_add(0, batch, e_atom)
 
-    def __init__(self, model: nn.Module, energy: nn.Module, cap: Optional[Captured], report: OptimizeReport):
+
+class GraphRunner(nn.Module):
+    """Calls a rewritten graph with the live parameters and buffers of the captured module."""
+
+    def __init__(self, cap: Captured):
         super().__init__()
-        self.model = model
-        self.energy = energy
-        self.graph_module = cap.gm if (cap is not None and report.applied) else None
-        self._inputs = cap.inputs if cap is not None else []
-        self._root = cap.module if cap is not None else None
-        self.report = report
-        self.cutoff = float(getattr(model, "cutoff", getattr(energy, "cutoff", 0.0)))
-        self.config = getattr(model, "config", None)
-        p = next(iter(model.parameters()))
-        self._dtype, self._device = p.dtype, p.device
+        self.graph_module = cap.gm
+        self._inputs = cap.inputs
+        self._target = [cap.target]  # a list: not registered as a submodule twice
+        p = next(iter(cap.target.parameters()))
+        self.dtype, self.device = p.dtype, p.device
 
-    @property
-    def applied(self) -> bool:
-        return self.graph_module is not None
-
-    def _graph_args(self, user: dict) -> list:
+    def forward(self, **user):
+        target = self._target[0]
         args = []
         for gi in self._inputs:
             if gi.kind == "user":
                 args.append(user[gi.name])
             elif gi.kind == "parameter":
-                args.append(self._root.get_parameter(gi.name))
+                args.append(target.get_parameter(gi.name))
             elif gi.kind == "buffer":
-                args.append(self._root.get_buffer(gi.name))
+                args.append(target.get_buffer(gi.name))
             else:
                 args.append(getattr(self.graph_module, gi.name, None))
-        return args
+        return self.graph_module(*args)
+
+    def check(self, t: torch.Tensor) -> None:
+        if t.dtype != self.dtype or t.device != self.device:
+            raise ValueError(
+                f"this optimized model was built for {self.dtype} on {self.device}; got {t.dtype} on {t.device}. "
+                "Convert the model first, then call optimize() again"
+            )
+
+
+class OptimizedModel(nn.Module):
+    """A painnfx-signature energy model whose graph has fused nodes. Shares parameters with
+    ``model``; ``report`` says what was rewritten. When nothing could be rewritten it simply
+    runs ``model``."""
+
+    def __init__(self, model: nn.Module, cap: Optional[Captured], report: OptimizeReport, per_atom: bool):
+        super().__init__()
+        self.model = model
+        self.runner = GraphRunner(cap) if (cap is not None and report.applied) else None
+        self.per_atom = per_atom
+        self.report = report
+        self.cutoff = float(getattr(model, "cutoff", 0.0))
+        self.config = getattr(model, "config", None)
+
+    @property
+    def applied(self) -> bool:
+        return self.runner is not None
 
     def forward(self, positions, numbers, edge_index, shifts, batch=None, n_systems: int = 1):
-        if not self.applied or batch is not None:
-            # batched calls (one energy per system) run the original module
-            return self.energy(positions, numbers, edge_index, shifts, batch, n_systems)
-        if positions.dtype != self._dtype or positions.device != self._device:
-            raise ValueError(
-                f"this optimized model was built for {self._dtype} on {self._device}; got positions in "
-                f"{positions.dtype} on {positions.device}. Convert the model first, then call optimize() again"
-            )
-        user = {"positions": positions, "numbers": numbers, "edge_index": edge_index, "shifts": shifts}
-        (energy,) = self.graph_module(*self._graph_args(user))
-        return energy
+        if self.runner is None or (batch is not None and not self.per_atom):
+            if batch is None:
+                return self.model(positions, numbers, edge_index, shifts)
+            return self.model(positions, numbers, edge_index, shifts, batch, n_systems)
+        self.runner.check(positions)
+        (out,) = self.runner(positions=positions, numbers=numbers, edge_index=edge_index, shifts=shifts)
+        if not self.per_atom:
+            return out
+        return aggregate(out, batch, n_systems)
 
 
-def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, _sabotage=None) -> OptimizedModel:
-    """Rewrite ``model``'s energy graph with fused ops; same call signature and results.
+class OptimizedRepresentation(nn.Module):
+    """Drop-in for a schnetpack PaiNN representation: inputs dict -> inputs dict with
+    ``scalar_representation`` and ``vector_representation``, computed by the rewritten graph."""
 
-    ``model``: a painnfx PaiNN, a schnetpack NeuralNetworkPotential with a PaiNN representation,
-    or any module with the painnfx energy signature. ``backend``: "auto" (best for the device),
-    "reference" or "cuda". ``verify``: check every rewrite on probe systems before applying it.
-    Constants (basis centres, widths, cutoff) are read from the model's buffers now: optimize
-    again after changing them, or after changing the model's dtype or device.
-    """
-    from painnfx.ops.backends import available_backends
+    def __init__(self, representation: nn.Module, cap: Captured, report: OptimizeReport):
+        super().__init__()
+        self.original = representation
+        self.runner = GraphRunner(cap)
+        self.report = report
+        self.cutoff = representation.cutoff
+        self.keys = cap.target.keys
 
-    if backend != "auto" and backend not in available_backends():
-        raise ValueError(f"unknown backend {backend!r}; available: {available_backends()}")
-    energy = energy_module(model)
-    name = type(model).__name__
+    def forward(self, inputs: dict) -> dict:
+        p = self.keys
+        r = inputs[p.Rij]
+        self.runner.check(r)
+        q, mu = self.runner(r_ij=r, numbers=inputs[p.Z], idx_i=inputs[p.idx_i].long(), idx_j=inputs[p.idx_j].long())
+        inputs["scalar_representation"] = q
+        inputs["vector_representation"] = mu
+        return inputs
+
+
+def rewrite(target: Target, backend: str = "auto", verify: bool = True, name: str = "model", _sabotage=None):
+    """Capture ``target`` and run the pass pipeline: (Captured or None, OptimizeReport)."""
     report = OptimizeReport(model=name, backend=backend)
-    p = next(iter(energy.parameters()), None)
+    p = next(iter(target.parameters()), None)
     if p is None:
         report.passes.append(PassResult("capture", rejected=["model has no parameters"]))
-        return OptimizedModel(model, energy, None, report)
+        return None, report
     try:
-        cap = capture(energy)
+        cap = capture(target)
     except Exception as exc:  # capture limits are reported, and the model still runs
         report.passes.append(PassResult("capture", rejected=[f"{type(exc).__name__}: {str(exc).splitlines()[0]}"]))
-        warnings.warn(f"painnfx.optimize: could not capture {name}; running it unoptimized ({exc})", stacklevel=2)
-        return OptimizedModel(model, energy, None, report)
-
+        return None, report
+    report.passes.append(PassResult("capture", lines=[f"torch.export: {len(cap.gm.graph.nodes)} nodes, inputs "
+                                                      f"{', '.join(target.names)} (atoms and edges symbolic)"]))
     report.graph_before = cap.gm.code
     report.nodes_before = len(cap.gm.graph.nodes)
     report.ops_before = dict(op_counts(cap.gm))
@@ -145,6 +177,41 @@ def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, _s
     report.ops_after = dict(op_counts(cap.gm))
     report.launches_after = launch_estimate(cap.gm)
     report.graph_after = cap.gm.code
+    return cap, report
+
+
+def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, _sabotage=None):
+    """Rewrite ``model``'s energy graph with fused ops; same call signature and results.
+
+    * a painnfx PaiNN (or any module with its energy signature) -> ``OptimizedModel``;
+    * a schnetpack ``NeuralNetworkPotential`` with a PaiNN representation -> a copy of that
+      potential whose ``representation`` runs the rewritten graph (its own input modules,
+      output heads, forces/stress and postprocessors run unchanged; the original is untouched).
+
+    ``backend``: "auto" (best for the device), "reference" or "cuda". ``verify``: check every
+    rewrite on probe systems before applying it. Constants (basis centres, widths, cutoff) are
+    read from the model's buffers now: optimize again after changing them, the dtype or the
+    device. The returned object has ``.report`` (``OptimizeReport``). If nothing matches, the
+    result runs the original model and says so, with a warning.
+    """
+    from painnfx.ops.backends import available_backends
+
+    if backend != "auto" and backend not in available_backends():
+        raise ValueError(f"unknown backend {backend!r}; available: {available_backends()}")
+    name = type(model).__name__
+    if is_schnetpack_potential(model):
+        cap, report = rewrite(SchnetpackRepresentation(model.representation), backend, verify, name, _sabotage)
+        new = copy.copy(model)
+        new._modules = dict(model._modules)
+        if report.applied:
+            new.representation = OptimizedRepresentation(model.representation, cap, report)
+        else:
+            warnings.warn(f"painnfx.optimize: nothing was rewritten in {name}; it runs unchanged", stacklevel=2)
+        new.report = report
+        return new
+    per_atom = hasattr(model, "atomic_energies")
+    target = AtomicEnergies(model) if per_atom else TotalEnergy(model)
+    cap, report = rewrite(target, backend, verify, name, _sabotage)
     if not report.applied:
-        warnings.warn(f"painnfx.optimize: nothing matched in {name}; it runs unchanged", stacklevel=2)
-    return OptimizedModel(model, energy, cap, report)
+        warnings.warn(f"painnfx.optimize: nothing was rewritten in {name}; it runs unchanged", stacklevel=2)
+    return OptimizedModel(model, cap, report, per_atom)

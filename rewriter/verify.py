@@ -24,36 +24,38 @@ class Verdict:
 
 
 def probe_systems(cap: Captured, seeds: Sequence[int] = (1, 2)) -> list[list]:
-    """Flat graph arguments for random probe systems (a cluster and a cell with shifts)."""
-    module = cap.module
-    p = next(iter(module.parameters()))
-    cutoff = float(getattr(module.m, "cutoff", 5.0))
+    """Flat graph arguments for random probe systems (a cluster, and one whose edges carry
+    periodic-image shifts), with the model's live parameters and buffers."""
+    target = cap.target
+    p = next(iter(target.parameters()))
+    cutoff = float(getattr(target, "cutoff", 5.0)) or 5.0
     out = []
     for seed in seeds:
         gen = torch.Generator().manual_seed(seed)
         n = 6 + seed
         pos = torch.rand(n, 3, generator=gen, dtype=torch.float64) * 0.6 * cutoff
-        numbers = torch.tensor([1, 6, 7, 8][seed % 4:] + [1, 6, 7, 8] * n)[:n]
+        numbers = torch.tensor(([1, 6, 7, 8] * n)[seed % 4:][:n])
         ii, jj = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
         keep = ii != jj
         ei = torch.stack([ii[keep], jj[keep]])
         shifts = torch.zeros(ei.shape[1], 3, dtype=torch.float64)
-        if seed % 2 == 0:  # periodic-image-like shifts on some edges
+        if seed % 2 == 0:
             shifts[::5] = torch.randn(len(shifts[::5]), 3, generator=gen, dtype=torch.float64) * 0.5
         r = pos[ei[1]] - pos[ei[0]] + shifts
         keep = r.norm(dim=1) > 0.3  # well-separated probes
         ei, shifts = ei[:, keep], shifts[keep]
-        user = {"positions": pos.to(p.dtype), "numbers": numbers, "edge_index": ei, "shifts": shifts.to(p.dtype)}
+        user = target.user_inputs(pos.to(p.dtype).to(p.device), numbers.to(p.device), ei.to(p.device),
+                                  shifts.to(p.dtype).to(p.device))
         args = []
         for gi in cap.inputs:
             if gi.kind == "user":
-                args.append(user[gi.name].to(p.device))
+                args.append(user[gi.name])
             elif gi.kind == "constant":
                 args.append(cap.constants[gi.node])
             elif gi.kind == "parameter":
-                args.append(module.get_parameter(gi.name).detach())
+                args.append(target.get_parameter(gi.name).detach())
             else:
-                args.append(module.get_buffer(gi.name).detach())
+                args.append(target.get_buffer(gi.name).detach())
         out.append(args)
     return out
 

@@ -1,0 +1,60 @@
+"""optimize() on schnetpack NeuralNetworkPotentials, without touching their code."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+
+from helpers import system_tensors
+from painnfx.model.painn import PaiNN, PaiNNConfig
+from painnfx.rewriter import optimize
+from strategies import model_configs, periodic_cells
+
+spk_interop = pytest.importorskip("painnfx.model.schnetpack_interop")
+try:
+    spk = spk_interop.import_schnetpack()
+except ImportError:  # pragma: no cover
+    pytest.skip("schnetpack is not installed", allow_module_level=True)
+
+pytestmark = [pytest.mark.schnetpack, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+def _inputs(atoms, cutoff):
+    pos, numbers, nl, cell = system_tensors(atoms, cutoff)
+    return lambda: spk_interop.schnetpack_inputs(pos, numbers, nl.edge_index, nl.cell_shifts, cell, atoms.pbc,
+                                                 stress=True)
+
+
+@settings(max_examples=6)
+@given(model_configs(), periodic_cells(mixed_pbc=False, max_atoms=5))
+def test_schnetpack_potential_same_results(cfg, atoms):
+    model = PaiNN(PaiNNConfig(**cfg)).double()
+    nnpot = spk_interop.to_schnetpack(model, stress=True)
+    fast = optimize(nnpot)
+    assert fast.report.applied, fast.report.to_text()
+    assert type(nnpot.representation).__name__ == "PaiNN"  # the user's model is untouched
+    make = _inputs(atoms, cfg["cutoff"])
+    a, b = fast(make()), nnpot(make())
+    for key in ("energy", "forces", "stress"):
+        scale = max(1.0, float(b[key].abs().max()))
+        torch.testing.assert_close(a[key], b[key], rtol=1e-10, atol=1e-10 * scale, msg=key)
+
+
+def test_schnetpack_built_natively_with_bessel_and_shared_filters():
+    torch.manual_seed(0)
+    rep = spk.representation.PaiNN(n_atom_basis=16, n_interactions=2, radial_basis=spk.nn.BesselRBF(8, 4.0),
+                                   cutoff_fn=spk.nn.CosineCutoff(4.0), shared_filters=True)
+    nnpot = spk.model.NeuralNetworkPotential(
+        representation=rep, input_modules=[spk.atomistic.Strain(), spk.atomistic.PairwiseDistances()],
+        output_modules=[spk.atomistic.Atomwise(n_in=16, output_key="energy"),
+                        spk.atomistic.Forces(calc_stress=True)],
+    ).double()
+    fast = optimize(nnpot)
+    assert fast.report.fused_nodes == 2
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.61) * (2, 2, 2)
+    atoms.rattle(0.05, seed=3)
+    make = _inputs(atoms, 4.0)
+    a, b = fast(make()), nnpot(make())
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-10, atol=1e-12, msg=key)
