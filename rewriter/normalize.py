@@ -60,6 +60,18 @@ def _pure(node: fx.Node) -> bool:
     return not any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
 
 
+def drop_dead_nodes(cap: Captured) -> list[str]:
+    """Remove nodes no longer used (leftovers of folding and canonicalisation)."""
+    g = cap.gm.graph
+    before = len(g.nodes)
+    g.eliminate_dead_code()
+    for name, _ in list(cap.gm.named_buffers()):
+        if name.startswith("_painnfx_") and not any(n.op == "get_attr" and n.target == name for n in g.nodes):
+            delattr(cap.gm, name)
+    removed = before - len(g.nodes)
+    return [f"removed {removed} unused nodes"] if removed else []
+
+
 def strip_runtime_asserts(cap: Captured) -> list[str]:
     g, n = cap.gm.graph, 0
     for node in list(g.nodes):

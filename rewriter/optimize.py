@@ -27,7 +27,7 @@ from .passes import (
     match_radial_basis, match_radial_filter,
 )
 from .replacements import fused_painn_message, fused_radial_filter
-from .report import OptimizeReport, PassResult, launch_estimate, op_counts
+from .report import OptimizeReport, PassResult, graph_table, launch_estimate, op_counts
 
 NORMALIZE = [
     normalize.strip_runtime_asserts,
@@ -37,6 +37,7 @@ NORMALIZE = [
     normalize.canonicalize,
     normalize.fold_constants,
     normalize.eliminate_common_subexpressions,
+    normalize.drop_dead_nodes,
 ]
 PIPELINE = [
     match_radial_basis,
@@ -164,6 +165,7 @@ def rewrite(target: Target, backend: str = "auto", verify: bool = True, name: st
         norm.lines += [f"{fn.__name__}: {line}" for line in fn(cap)]
     report.passes.append(norm)
 
+    report.table_before = graph_table(cap.gm)
     state = RewriteState(cap=cap, backend=backend, verify=verify, dtype=p.dtype, sabotage=_sabotage)
     for pass_fn in PIPELINE:
         report.passes.append(pass_fn(state))
@@ -177,6 +179,7 @@ def rewrite(target: Target, backend: str = "auto", verify: bool = True, name: st
     report.ops_after = dict(op_counts(cap.gm))
     report.launches_after = launch_estimate(cap.gm)
     report.graph_after = cap.gm.code
+    report.table_after = graph_table(cap.gm)
     return cap, report
 
 

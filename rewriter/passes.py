@@ -178,7 +178,8 @@ def match_radial_filter(state: RewriteState) -> PassResult:
                                   cutoff=cut["cutoff"], n_rbf=basis["n_rbf"])
         state.changed()
         res.matches.append({"kind": "radial_filter", "node": new.name, "basis": basis["basis"], "K": basis["n_rbf"],
-                            "rc": cut["cutoff"], "weight": weight.name, "verified_rel_error": f"{err:.1e}"})
+                            "rc": cut["cutoff"], "weight": weight.name, "verified_rel_error": f"{err:.1e}",
+                            "region": sorted(n.name for n in region)})
     return res
 
 
@@ -320,7 +321,8 @@ def _fuse_group(state, rf, info, items, res):
         state.changed()
         res.matches.append({"kind": "fused_painn_message", "node": fused.name, "layer_rows": f"{row0}:{row0 + rows}",
                             "mu": "None (folded zero)" if mu_zero else msg["mu"].name,
-                            "verified_rel_error": f"{err:.1e}"})
+                            "verified_rel_error": f"{err:.1e}",
+                            "region": sorted(n.name for n in set(region) if n.target is not fused_radial_filter)})
         if mu_zero:
             res.lines.append(f"{fused.name}: mu is provably zero, the mu_j term is folded away")
 

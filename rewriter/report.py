@@ -47,6 +47,15 @@ def launch_estimate(gm: fx.GraphModule) -> dict:
     return {"forward": fwd, "backward": bwd, "total": fwd + bwd}
 
 
+def graph_table(gm: fx.GraphModule) -> list:
+    """The graph as plain data: one dict per node (name, op, target, input names)."""
+    rows = []
+    for n in gm.graph.nodes:
+        target = op_name(n) if n.op == "call_function" else str(n.target)
+        rows.append({"name": n.name, "op": n.op, "target": target, "inputs": [a.name for a in n.all_input_nodes]})
+    return rows
+
+
 @dataclass
 class PassResult:
     name: str
@@ -70,12 +79,14 @@ class OptimizeReport:
     applied: bool = False
     graph_before: str = ""
     graph_after: str = ""
+    table_before: list = field(default_factory=list)  # normalized graph, before the rewrites
+    table_after: list = field(default_factory=list)
 
     def to_dict(self, graphs: bool = False) -> dict:
         d = asdict(self)
         if not graphs:
-            d.pop("graph_before")
-            d.pop("graph_after")
+            for key in ("graph_before", "graph_after", "table_before", "table_after"):
+                d.pop(key)
         return d
 
     def summary(self) -> str:
@@ -92,7 +103,7 @@ class OptimizeReport:
             for line in p.lines:
                 out.append(f"  {line}")
             for m in p.matches:
-                out.append("  matched " + ", ".join(f"{k}={v}" for k, v in m.items()))
+                out.append("  matched " + ", ".join(f"{k}={v}" for k, v in m.items() if k != "region"))
             for r in p.rejected:
                 out.append(f"  REJECTED {r}")
             if not (p.lines or p.matches or p.rejected):

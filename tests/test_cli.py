@@ -58,3 +58,30 @@ def test_bench_report_helpers():
 def test_help_lists_subcommands():
     text = build_parser().format_help()
     assert "md" in text and "bench" in text
+
+
+def test_inspect_text_json_and_dot(tmp_path, capsys):
+    cfg = '{"n_atom_basis": 8, "n_rbf": 4, "n_interactions": 2, "seed": 1}'
+    assert main(["inspect", "--random", cfg]) == 0
+    text = capsys.readouterr().out
+    for needle in ("[match_radial_basis]", "gaussian_rbf", "rc=5.0", "fused_painn_message", "folded", "kernel launches"):
+        assert needle in text
+    assert main(["inspect", "--random", cfg, "--json", "--dot", str(tmp_path / "g"), "--format"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["applied"] and report["fused_nodes"] == 2
+    assert report["launches_after"]["total"] < report["launches_before"]["total"]
+    dot = (tmp_path / "g_before.dot").read_text()
+    assert "digraph" in dot and "#fde0dd" in dot  # a highlighted region
+    assert "fused_painn_message" in (tmp_path / "g_after.dot").read_text()
+
+
+def test_inspect_checkpoint_and_pickle_guard(tmp_path, capsys):
+    from painnfx.model.checkpoint import save_checkpoint
+    from painnfx.model.default import random_model
+
+    path = tmp_path / "m.pt"
+    save_checkpoint(random_model(0, n_atom_basis=8, n_rbf=4, n_interactions=1), path)
+    assert main(["inspect", "--checkpoint", str(path)]) == 0
+    assert "fused_painn_message" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="allow-pickle"):
+        main(["inspect", "--schnetpack", str(path)])

@@ -43,6 +43,19 @@ def fused(model: PaiNN, s: Prepared):
     return _autograd_step(FusedPaiNN(model), s)
 
 
+def optimized(model: PaiNN, s: Prepared):
+    import warnings
+
+    from painnfx.rewriter import optimize
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = optimize(model)
+    if not fast.applied:
+        raise Unavailable("optimize() rewrote nothing")
+    return _autograd_step(fast, s)
+
+
 def compiled(mode: Optional[str]):
     def make(model: PaiNN, s: Prepared):
         fn = torch.compile(model, mode=mode, dynamic=False, fullgraph=False)
@@ -78,7 +91,8 @@ VARIANTS: dict[str, Callable] = {
     "compile": compiled(None),
     "compile-ro": compiled("reduce-overhead"),
     "fused": fused,
+    "optimized": optimized,
     "schnetpack": schnetpack,
 }
 
-DEFAULT_VARIANTS = ["eager", "compile", "schnetpack"]
+DEFAULT_VARIANTS = ["eager", "compile", "schnetpack", "fused", "optimized"]

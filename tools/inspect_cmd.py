@@ -1,0 +1,85 @@
+"""``painnfx inspect``: run the optimize pipeline on a model and show what it did.
+
+Prints the pass report (what matched, which constants, what was fused or rejected, node and
+op counts before/after, estimated kernel launches for energy+forces), optionally the graphs
+as code, writes Graphviz files with the matched regions highlighted (SVG/PNG when the
+``dot`` program is installed), and ``--json`` for machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="painnfx checkpoint (default: the built-in default model)")
+    src.add_argument("--schnetpack", metavar="FILE",
+                     help="a schnetpack model saved with torch.save (a pickle: needs --allow-pickle)")
+    src.add_argument("--random", metavar="JSON", help='random PaiNN with this config, e.g. \'{"radial_basis": "bessel"}\'')
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow unpickling a schnetpack model file (runs code from the file: only for files you trust)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--graphs", action="store_true", help="print the graph before and after as code")
+    p.add_argument("--dot", metavar="STEM", help="write STEM_before.dot/STEM_after.dot (+ .svg/.png with graphviz)")
+    p.add_argument("--format", nargs="*", default=["svg", "png"], help="rendered formats when graphviz is installed")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def load_model(args):
+    dtype = getattr(torch, args.dtype)
+    if args.schnetpack:
+        if not args.allow_pickle:
+            raise SystemExit("painnfx inspect: schnetpack model files are pickles that run code when loaded; "
+                             "pass --allow-pickle if you trust this file")
+        from painnfx.rewriter.adapters import import_schnetpack
+
+        import_schnetpack()
+        model = torch.load(args.schnetpack, map_location="cpu", weights_only=False)
+        return model.to(dtype)
+    if args.random:
+        from painnfx.model.default import random_model
+
+        return random_model(**json.loads(args.random)).to(dtype)
+    if args.checkpoint:
+        from painnfx.model.checkpoint import load_checkpoint
+
+        return load_checkpoint(args.checkpoint).to(dtype)
+    from painnfx.model.default import default_model
+
+    return default_model().to(dtype)
+
+
+def main_inspect(args) -> int:
+    from painnfx.rewriter import optimize
+
+    model = load_model(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = optimize(model, backend=args.backend)
+    report = fast.report
+    written = []
+    if args.dot:
+        from .graphviz import write_graphs
+
+        written = write_graphs(report, Path(args.dot), tuple(args.format))
+    if args.json:
+        d = report.to_dict(graphs=args.graphs)
+        d["files"] = [str(w) for w in written]
+        json.dump(d, sys.stdout, indent=2)
+        print()
+        return 0
+    print(report.to_text())
+    if args.graphs:
+        print("\n# graph before\n" + report.graph_before)
+        print("\n# graph after\n" + report.graph_after)
+    for w in written:
+        print(f"wrote {w}")
+    return 0
