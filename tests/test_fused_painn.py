@@ -3,7 +3,7 @@
 import torch
 from hypothesis import given, settings
 
-from helpers import evaluate, system_tensors
+from helpers import evaluate, perturbed_model, system_tensors
 from painnfx.model.fused import FusedPaiNN
 from painnfx.model.painn import PaiNN, PaiNNConfig
 from painnfx.model.properties import compute_properties
@@ -11,11 +11,7 @@ from strategies import model_configs, molecules, periodic_cells
 
 
 def _pair(cfg, dtype=torch.float64):
-    model = PaiNN(PaiNNConfig(**cfg)).to(dtype)
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(cfg["seed"])
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype))
+    model = perturbed_model(cfg, dtype)
     return model, FusedPaiNN(model, chunk_size=7)
 
 

@@ -7,9 +7,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from helpers import evaluate, system_tensors
+from helpers import evaluate, perturbed_model, system_tensors
 from painnfx.model.calculator import PaiNNCalculator
-from painnfx.model.painn import PaiNN, PaiNNConfig
 from painnfx.model.properties import compute_properties
 from painnfx.rewriter import optimize
 from strategies import model_configs, molecules, periodic_cells
@@ -18,12 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def _model(cfg, dtype=torch.float64):
-    model = PaiNN(PaiNNConfig(**cfg)).to(dtype)
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(cfg["seed"])
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype))
-    return model
+    return perturbed_model(cfg, dtype)
 
 
 def _close(a, b, rtol):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from helpers import system_tensors
+from helpers import perturbed_model, system_tensors
 from painnfx.model.painn import PaiNN, PaiNNConfig
 from painnfx.model.properties import compute_properties
 from strategies import model_configs, molecules, periodic_cells
@@ -36,12 +36,7 @@ def _assert_same(model, nnpot, atoms, stress):
 
 
 def _perturbed(cfg):
-    model = PaiNN(PaiNNConfig(**cfg)).double()
-    with torch.no_grad():  # non-zero biases, so every parameter matters
-        gen = torch.Generator().manual_seed(cfg["seed"])
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return model
+    return perturbed_model(cfg)  # non-zero biases, so every parameter matters
 
 
 @settings(max_examples=15)

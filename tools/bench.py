@@ -1,8 +1,12 @@
 """``painnfx bench``: energy+forces timings of several variants on the standard set.
 
-Every (system, variant) pair runs in a fresh Python process so that peak memory (max RSS
-on CPU, ``torch.cuda.max_memory_allocated`` on GPU) and torch.compile's caches belong to
-that pair alone. Within a process: one untimed call (compilation happens here and is
+Every (system, variant) pair runs in a fresh Python process so that torch.compile's caches
+and the memory high-water mark belong to that pair alone. Peak memory (CPU) comes from a
+second process per pair run with ``MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0``,
+so that every tensor of 64 KiB or more is mmapped and returned on free and the resident set
+tracks live tensor memory: after warm-up the kernel's high-water mark (VmHWM) is reset and
+the rise over the resident set during one call is reported. On GPU it is
+``torch.cuda.max_memory_allocated`` over the timed calls. Within a process: one untimed call (compilation happens here and is
 reported as ``first_call_s``), ``warmup`` more untimed calls, then repeated timed calls
 until ``min_repeats`` are done and ``max_time`` seconds have passed (or ``max_repeats``).
 The median is reported; ratios are taken within one run only.
@@ -31,9 +35,30 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process (VmHWM); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
 def measure(system: str, variant: str, *, dtype: str, device: str, threads: int, warmup: int,
@@ -64,10 +89,6 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
         step = VARIANTS[variant](model, prepared)
     except Unavailable as exc:
         return {**record, "error": str(exc)}
-    base_rss = _rss_bytes()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-        base_cuda = torch.cuda.memory_allocated(dev)
     try:
         t0 = time.perf_counter()
         step()
@@ -76,6 +97,12 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
         for _ in range(warmup):
             step()
         _sync(dev)
+        # peak memory of the steady-state calls only: reset the high-water marks after warm-up
+        base_rss = _rss_bytes()
+        hwm_reset = _reset_peak_rss()
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+            base_cuda = torch.cuda.memory_allocated(dev)
         times = []
         start = time.perf_counter()
         while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < max_time):
@@ -89,7 +116,8 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
         median_s=statistics.median(times),
         min_s=min(times),
         repeats=len(times),
-        peak_rss_mb=(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_rss) / 2**20,
+        rss_rise_mb=(_peak_rss_bytes() - base_rss) / 2**20,
+        rss_method="VmHWM reset after warm-up" if hwm_reset else "ru_maxrss (includes setup)",
     )
     if dev.type == "cuda":
         record["peak_cuda_mb"] = (torch.cuda.max_memory_allocated(dev) - base_cuda) / 2**20
@@ -146,6 +174,15 @@ def run(args) -> dict:
             results.append({"system": system, "variant": variant, "error": " | ".join(tail)})
         else:
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            if args.device == "cpu" and not args.no_memory and "median_s" in results[-1]:
+                mem_cmd = cmd[:cmd.index("--warmup")] + ["--warmup", "1", "--min-repeats", "1", "--max-repeats", "1",
+                                                         "--max-time", "0"]
+                mem = subprocess.run(mem_cmd, capture_output=True, text=True, timeout=args.case_timeout,
+                                     env={**os.environ, **MEMORY_ENV})
+                if mem.returncode == 0:
+                    rec = json.loads(mem.stdout.strip().splitlines()[-1])
+                    results[-1]["peak_mb"] = rec.get("rss_rise_mb")
+                    results[-1]["peak_method"] = "RSS rise over one warm call, mmap threshold 64 KiB, VmHWM reset"
         if not args.quiet:
             r = results[-1]
             msg = f"{r['median_s'] * 1e3:9.2f} ms" if "median_s" in r else f"error: {r['error'][:80]}"
@@ -195,7 +232,7 @@ def markdown_table(report: dict) -> str:
     variants = sorted({r["variant"] for r in results}, key=lambda v: (v != "eager", v))
     systems = list(dict.fromkeys(r["system"] for r in results))
     by = {(r["system"], r["variant"]): r for r in results}
-    lines = ["| system | atoms | edges | " + " | ".join(f"{v} ms (x eager)" for v in variants) + " |",
+    lines = ["| system | atoms | edges | " + " | ".join(f"{v}: ms (x eager), peak" for v in variants) + " |",
              "|---|---|---|" + "---|" * len(variants)]
     for s in systems:
         any_r = next(r for r in results if r["system"] == s)
@@ -204,7 +241,10 @@ def markdown_table(report: dict) -> str:
             r = by.get((s, v), {})
             if "median_s" in r:
                 sp = report["speedups_vs_eager"].get(s, {}).get(v)
-                cells.append(f"{r['median_s'] * 1e3:.2f} ({sp:.2f}x)" if sp else f"{r['median_s'] * 1e3:.2f}")
+                cell = f"{r['median_s'] * 1e3:.2f} ({sp:.2f}x)" if sp else f"{r['median_s'] * 1e3:.2f}"
+                if r.get("peak_mb") is not None:
+                    cell += f", {r['peak_mb']:.0f} MB"
+                cells.append(cell)
             else:
                 cells.append("n/a")
         lines.append(f"| {s} | {any_r.get('n_atoms', '')} | {any_r.get('n_edges', '')} | " + " | ".join(cells) + " |")
@@ -223,6 +263,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-time", type=float, default=3.0, help="seconds of timed calls per case (after min-repeats)")
     p.add_argument("--case-timeout", type=float, default=1800.0)
     p.add_argument("--out", default="docs/perf/cpu_bench", help="output stem: writes STEM.json, STEM.png, STEM.md")
+    p.add_argument("--no-memory", action="store_true", help="skip the separate peak-memory pass")
     p.add_argument("--quiet", action="store_true")
 
 

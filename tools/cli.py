@@ -7,7 +7,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, inspect_cmd, md
+    from . import bench, distill, inspect_cmd, md
 
     parser = argparse.ArgumentParser(
         prog="painnfx",
@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description=bench.__doc__)
     bench.add_arguments(p)
     p.set_defaults(func=bench.main_bench)
+    p = sub.add_parser("distill", help="train a PaiNN student on an EMT teacher (energies, forces)",
+                       description=distill.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    distill.add_arguments(p)
+    p.set_defaults(func=distill.main_distill)
     p = sub.add_parser("inspect", help="show what optimize() matches, fuses and rejects in a model",
                        description=inspect_cmd.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     inspect_cmd.add_arguments(p)

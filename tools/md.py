@@ -56,17 +56,39 @@ def run_md(atoms, calc, args, steps: int, progress: bool, trajectory=None):
         traj = Trajectory(trajectory, "w", atoms)
         dyn.attach(traj.write, interval=args.traj_interval)
     energies, positions = [atoms.get_total_energy()], [atoms.positions.copy()]
+    potential = [atoms.get_potential_energy()]
     step_times = []
     with tqdm(total=steps, desc="md", unit="step", disable=not progress) as bar:
         for _ in range(steps):
             t0 = time.perf_counter()
             dyn.run(1)
             energies.append(atoms.get_total_energy())
+            potential.append(atoms.get_potential_energy())
             step_times.append(time.perf_counter() - t0)
             positions.append(atoms.positions.copy())
             bar.update(1)
     seconds = sum(step_times[1:]) if steps > 1 else sum(step_times)
+    run_md.last_potential = np.array(potential)
     return np.array(energies), np.array(positions), seconds
+
+
+def plot_energy(total, potential, n_atoms, args, summary, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.arange(len(total)) * args.timestep / 1000.0
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    a1.plot(t, (total - total[0]) / n_atoms * 1000, label="total")
+    a1.set(ylabel="E_tot - E_tot(0), meV/atom", title=f"{n_atoms} atoms, {args.thermostat}, dt = {args.timestep} fs")
+    a2.plot(t, potential / n_atoms, color="C1", label="potential")
+    a2.set(xlabel="time, ps", ylabel="E_pot, eV/atom")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,6 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trajectory", help="write an ASE .traj file")
     p.add_argument("--traj-interval", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", help="write a PNG of total/potential energy per atom vs time")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true")
 
@@ -117,6 +140,8 @@ def main_md(args) -> int:
         "energy_drift_eV_per_atom": float(drift[-1] / n),
         "max_energy_deviation_eV_per_atom": float(np.abs(drift).max() / n),
     }
+    if args.plot:
+        plot_energy(energies, run_md.last_potential, n, args, summary, args.plot)
     k = min(args.compare_steps, args.steps)
     if k > 0:
         plain = PaiNNCalculator(calc.model, device=args.device, dtype=dtype, optimize=False)
