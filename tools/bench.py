@@ -280,6 +280,9 @@ def main_bench(args) -> int:
 
 
 def _worker_main(argv: list[str]) -> None:
+    from .allocator import tune_malloc
+
+    tune_malloc()  # every timed variant gets the same allocator settings (not the memory pass)
     p = argparse.ArgumentParser()
     p.add_argument("--worker", nargs=2)
     add_arguments(p)

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .allocator import tune_malloc
+
+    tune_malloc()
     args = build_parser().parse_args(argv)
     return args.func(args)
 
