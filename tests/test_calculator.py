@@ -19,14 +19,21 @@ def _model(**kw):
     return PaiNN(PaiNNConfig(**dict(SMALL_CONFIG, seed=1, **kw)))
 
 
-def test_default_calculator_runs():
-    atoms = molecule("H2O")
+def test_default_calculator_runs_and_knows_its_elements():
+    from ase.cluster import Icosahedron
+
+    atoms = Icosahedron("Cu", 2)
+    atoms.rattle(0.05, seed=0)
     atoms.calc = PaiNNCalculator()
     e = atoms.get_potential_energy()
     f = atoms.get_forces()
-    assert np.isfinite(e) and f.shape == (3, 3)
+    assert np.isfinite(e) and f.shape == (13, 3)
     assert atoms.get_potential_energy(force_consistent=True) == e
-    np.testing.assert_allclose(f.sum(0), 0, atol=1e-10)  # no net force on a free molecule
+    np.testing.assert_allclose(f.sum(0), 0, atol=1e-10)  # no net force on a free cluster
+    water = molecule("H2O")
+    water.calc = PaiNNCalculator()
+    with pytest.raises(InputError, match=r"unknown element\(s\) \['H', 'O'\]"):
+        water.get_potential_energy()
 
 
 def test_forces_and_stress_through_ase():

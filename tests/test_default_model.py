@@ -16,7 +16,8 @@ from painnfx.model.default import default_checkpoint_path, default_model, is_tra
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 #: NVE bound for the default model: |E_tot(t) - E_tot(0)| per atom over 100 fs at 1 fs, float64
-NVE_BOUND_EV_PER_ATOM = 1e-3
+#: (measured 5.6e-6 to 7.7e-6 eV/atom for seeds 0-2: about 7x margin)
+NVE_BOUND_EV_PER_ATOM = 5e-5
 
 
 def test_default_checkpoint_is_shipped_and_loads_weights_only():
