@@ -13,7 +13,6 @@ values (basis centres, widths, cutoff) as constants.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.fx as fx

@@ -21,7 +21,7 @@ pass, which knows which placeholders are buffers and what value each folded node
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any as AnyT
 from typing import Callable, Optional, Sequence
 
@@ -126,7 +126,6 @@ class Op(Pattern):
     args: tuple
     name: Optional[str] = None
     commutative: bool = False
-    single_use: bool = False  # the node may not be used outside the match (checked later)
 
     def match(self, value, ctx, caps):
         if not isinstance(value, fx.Node) or value.op != "call_function":
@@ -203,13 +202,9 @@ zeros = op(aten.zeros, aten.zeros_like, aten.new_zeros)
 ones_like = op(aten.ones_like)
 
 
-def last_dim(rank_of: Callable[[], int]) -> Lit:
-    return Lit(pred=lambda v: v == -1 or v == rank_of())
-
-
 def find_all(graph: fx.Graph, pattern: Pattern, ctx: MatchContext) -> list[dict]:
-    """Every node where ``pattern`` matches (in graph order), with its captures; a node
-    already captured by an earlier match is not matched again as a root."""
+    """Every node where ``pattern`` matches (in graph order), with its captures (the root
+    node under ``"_root"``)."""
     found = []
     for node in graph.nodes:
         caps = pattern.match(node, ctx, {})

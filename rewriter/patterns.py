@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from .pattern import (
-    AnyOf, Const, Lit, Var, add, any_of, cos, div, eq, exp, getitem, index, index_add, linear, lt, mul, pow_, sin,
+    Const, Lit, Var, add, any_of, cos, div, eq, exp, getitem, index, index_add, linear, lt, mul, pow_, sin,
     ones_like, split, sub, to_dtype, unsqueeze, where, zeros,
 )
 

@@ -1,7 +1,6 @@
 """optimize(model) gives the same energy, forces and stress as the model, for random
 configurations and systems, for painnfx's PaiNN and schnetpack's NeuralNetworkPotential."""
 
-import warnings
 
 import pytest
 import torch

@@ -1,12 +1,11 @@
 """painnfx PaiNN == schnetpack PaiNN on the same weights, converted either way."""
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 
 from helpers import perturbed_model, system_tensors
-from painnfx.model.painn import PaiNN, PaiNNConfig
+from painnfx.model.painn import PaiNN
 from painnfx.model.properties import compute_properties
 from strategies import model_configs, molecules, periodic_cells
 
