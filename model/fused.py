@@ -14,19 +14,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from painnfx.ops import painn_message
+from painnfx.ops import painn_message, prepare_edges
+from painnfx.ops.radial import basis_of_module, cutoff_of_module
 
 from .painn import PaiNN
-from .radial import BesselRBF, GaussianRBF
-
-
-def basis_spec(radial_basis: nn.Module) -> tuple[str, torch.Tensor]:
-    """(basis name, basis_params) of a PaiNN radial basis module, as the fused ops take them."""
-    if isinstance(radial_basis, GaussianRBF):
-        return "gaussian", torch.stack([radial_basis.offsets, radial_basis.widths])
-    if isinstance(radial_basis, BesselRBF):
-        return "bessel", radial_basis.freqs[None]
-    raise TypeError(f"no fused implementation for radial basis {type(radial_basis).__name__}")
 
 
 class FusedPaiNN(nn.Module):
@@ -50,18 +41,18 @@ class FusedPaiNN(nn.Module):
         f = m.n_atom_basis
         idx_i, idx_j = edge_index[0], edge_index[1]
         r = positions.index_select(0, idx_j) - positions.index_select(0, idx_i) + shifts
-        basis, basis_params = basis_spec(m.radial_basis)
-        rc = float(m.cutoff_fn.cutoff)
+        basis, basis_params = basis_of_module(m.radial_basis)
+        cutoff, cutoff_params = cutoff_of_module(m.cutoff_fn)
         weight, bias = m.filter_net.weight, m.filter_net.bias
+        edges = list(prepare_edges(r, idx_i, idx_j, numbers.shape[0]))
 
         q = m.embedding(numbers)[:, None]
         mu = None  # zero in the first layer: the op skips the mu_j term
         for layer, (interaction, mixing) in enumerate(zip(m.interactions, m.mixing)):
             rows = slice(0, 3 * f) if m.share_filters else slice(3 * f * layer, 3 * f * (layer + 1))
             x = interaction.interatomic_context_net(q).squeeze(1)
-            dq, dmu = painn_message(
-                r, idx_i, idx_j, x, mu, weight[rows], bias[rows], basis_params, basis, rc, self.chunk_size
-            )
+            dq, dmu = painn_message(r, idx_i, idx_j, edges, x, mu, weight[rows], bias[rows], basis_params.to(r.dtype),
+                                    basis, cutoff, list(cutoff_params), self.chunk_size)
             q = q + dq[:, None]
             mu = dmu if mu is None else mu + dmu
             q, mu = mixing(q, mu)

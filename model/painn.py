@@ -179,7 +179,7 @@ class PaiNN(nn.Module):
         n_systems: int = 1,
     ) -> torch.Tensor:
         """Total energy per system, shape (n_systems,)."""
-        return aggregate(self.atomic_energies(positions, numbers, edge_index, shifts), batch, n_systems)
+        return self.aggregate(self.atomic_energies(positions, numbers, edge_index, shifts), batch, n_systems)
 
     def atomic_energies(
         self, positions: torch.Tensor, numbers: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor
@@ -215,11 +215,14 @@ class PaiNN(nn.Module):
     def readout(self, q: torch.Tensor, numbers: torch.Tensor, batch: Optional[torch.Tensor] = None,
                 n_systems: int = 1) -> torch.Tensor:
         """Per-system energy from final scalar features q (N, F)."""
-        return aggregate(self.atomwise(q, numbers), batch, n_systems)
+        return self.aggregate(self.atomwise(q, numbers), batch, n_systems)
+
+    @staticmethod
+    def aggregate(e_atom: torch.Tensor, batch: Optional[torch.Tensor] = None, n_systems: int = 1) -> torch.Tensor:
+        """Sum per-atom energies per system: (n_systems,)."""
+        if batch is None:
+            return e_atom.sum()[None]
+        return torch.zeros(n_systems, dtype=e_atom.dtype, device=e_atom.device).index_add(0, batch, e_atom)
 
 
-def aggregate(e_atom: torch.Tensor, batch: Optional[torch.Tensor] = None, n_systems: int = 1) -> torch.Tensor:
-    """Sum per-atom energies per system: (n_systems,)."""
-    if batch is None:
-        return e_atom.sum()[None]
-    return torch.zeros(n_systems, dtype=e_atom.dtype, device=e_atom.device).index_add(0, batch, e_atom)
+aggregate = PaiNN.aggregate

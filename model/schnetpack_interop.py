@@ -12,9 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from painnfx.ops.radial import basis_of_module
 from painnfx.rewriter.adapters import import_schnetpack
 
 from .painn import PaiNN, PaiNNConfig
+from .radial import RADIAL_BASES
 
 
 def _find(modules, cls):
@@ -35,12 +37,12 @@ def from_schnetpack(nnpot, energy_key: str = "energy") -> PaiNN:
     if not isinstance(rep.cutoff_fn, spk.nn.CosineCutoff):
         raise ValueError(f"cutoff {type(rep.cutoff_fn).__name__} is not supported (CosineCutoff only)")
     rbf = rep.radial_basis
-    if isinstance(rbf, spk.nn.GaussianRBF):
-        kind = "gaussian"
-    elif isinstance(rbf, spk.nn.BesselRBF):
-        kind = "bessel"
-    else:
-        raise ValueError(f"radial basis {type(rbf).__name__} is not supported")
+    try:
+        kind, _ = basis_of_module(rbf)
+    except TypeError as exc:
+        raise ValueError(f"radial basis {type(rbf).__name__} is not supported") from exc
+    if kind not in RADIAL_BASES:
+        raise ValueError(f"radial basis {kind!r} has no painnfx PaiNN module")
     act = rep.interactions[0].interatomic_context_net[0].activation
     if act is not F.silu and not isinstance(act, torch.nn.SiLU):
         raise ValueError(f"activation {act} is not supported (SiLU only)")
@@ -93,10 +95,7 @@ def to_schnetpack(model: PaiNN, energy_key: str = "energy", stress: bool = False
     cfg = model.config
     if bool(model.atomref.abs().max() > 0) or float(model.energy_scale) != 1.0 or float(model.energy_shift) != 0.0:
         raise ValueError("model has atomref/scale/shift; schnetpack expresses those as postprocessors")
-    if cfg.radial_basis == "gaussian":
-        rbf = spk.nn.GaussianRBF(n_rbf=cfg.n_rbf, cutoff=cfg.cutoff)
-    else:
-        rbf = spk.nn.BesselRBF(n_rbf=cfg.n_rbf, cutoff=cfg.cutoff)
+    rbf = getattr(spk.nn, type(model.radial_basis).__name__)(n_rbf=cfg.n_rbf, cutoff=cfg.cutoff)
     rep = spk.representation.PaiNN(
         n_atom_basis=cfg.n_atom_basis,
         n_interactions=cfg.n_interactions,

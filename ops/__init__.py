@@ -1,11 +1,16 @@
 """painnfx.ops: fused PaiNN operations with analytical forward and backward.
 
-Importing this package registers the torch.library custom ops ``painnfx::painn_message``
-and ``painnfx::radial_filter`` (and their backward ops) with the reference backend.
+Importing this package registers the torch.library custom ops ``painnfx::prepare_edges``,
+``painnfx::painn_message`` and ``painnfx::radial_filter`` (and their backward ops), with the
+reference implementation as every device's default; other backends register per device
+type through ``ops.dispatch``. Radial bases and cutoffs are defined once in ``ops.radial``.
 """
 
-from .backends import available_backends, register_backend, use_backend
+from .dispatch import available_backends, register_backend, use_backend
+from .edges import prepare_edges
+from .errors import InputError
 from .message import painn_message
 from .radial_filter import radial_filter
 
-__all__ = ["painn_message", "radial_filter", "available_backends", "register_backend", "use_backend"]
+__all__ = ["prepare_edges", "painn_message", "radial_filter", "available_backends", "register_backend",
+           "use_backend", "InputError"]

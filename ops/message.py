@@ -4,14 +4,16 @@ r"""``painnfx::painn_message``: one PaiNN interaction's edge work as a single op
     dq_i  = sum_{e=(i<-j)} W_s x_s,j
     dmu_i = sum_{e=(i<-j)} W_vr x_vr,j u_e + W_vv x_vv,j mu_j
 
-Inputs: r (E, 3) edge vectors R[j] - R[i] + shift, idx_i/idx_j (E,) int64, x (N, 3F) the
-interaction's context-net output, mu (N, 3, F) or None (= zero, the first layer),
-weight (3F, K), bias (3F,) this layer's filter slice, basis_params (see ops.radial),
-basis "gaussian" | "bessel", cutoff rc. Outputs dq (N, F), dmu (N, 3, F).
+Inputs: r (E, 3) edge vectors R[j] - R[i] + shift, idx_i/idx_j (E,) int64, edges (the
+4 tensors of ``prepare_edges`` for this edge list), x (N, 3F) the interaction's context-net
+output, mu (N, 3, F) or None (= zero, the first layer), weight (3F, K), bias (3F,) this
+layer's filter slice, basis_params and basis (a radial-basis spec name), cutoff (a cutoff
+spec name) and cutoff_params (ops.radial). Outputs dq (N, F), dmu (N, 3, F).
 
-The backward (``painnfx::painn_message_backward``, same backend dispatch) is analytical. With
-``create_graph=True`` the differentiable reference backward runs instead, so double backward
-works on every backend.
+Backward: ``painnfx::painn_message_backward``, dispatched per device like the forward, under
+the backend override that was in effect at forward time. With ``create_graph=True`` the
+differentiable reference backward runs instead (torch ops recorded by autograd), so double
+backward works on every backend.
 """
 
 from __future__ import annotations
@@ -21,51 +23,64 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import reference
-from .backends import select
+from . import dispatch, reference
 from .checks import check_message
+from .edges import check_plan
 
+OP, BACKWARD = "painn_message", "painn_message_backward"
 _EMPTY = (0,)
 
 
-@torch.library.custom_op("painnfx::painn_message", mutates_args=())
-def painn_message(
-    r: Tensor, idx_i: Tensor, idx_j: Tensor, x: Tensor, mu: Optional[Tensor], weight: Tensor,
-    bias: Tensor, basis_params: Tensor, basis: str, cutoff: float, chunk_size: int = 0, backend: str = "auto",
+def _painn_message_body(
+    r: Tensor, idx_i: Tensor, idx_j: Tensor, edges: list[Tensor], x: Tensor, mu: Optional[Tensor], weight: Tensor,
+    bias: Tensor, basis_params: Tensor, basis: str, cutoff: str, cutoff_params: list[float], chunk_size: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    check_message(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, values=True)
-    backend = select(x.device, backend)
-    return backend.message_forward(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, chunk_size)
+    check_message(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params)
+    check_plan(OP, edges, x.shape[0], r.shape[0])
+    return dispatch.run(OP, x.device.type, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
+                        cutoff_params, chunk_size)
+
+
+painn_message = torch.library.custom_op("painnfx::painn_message", mutates_args=())(_painn_message_body)
 
 
 @painn_message.register_fake
-def _painn_message_fake(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, chunk_size=0,
-                        backend="auto"):
-    check_message(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, values=False)
+def _painn_message_fake(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params,
+                        chunk_size=0):
+    check_message(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params)
+    check_plan(OP, edges, x.shape[0], r.shape[0])
     n, f = x.shape[0], x.shape[1] // 3
     return x.new_empty(n, f), x.new_empty(n, 3, f)
 
 
-@torch.library.custom_op("painnfx::painn_message_backward", mutates_args=())
-def painn_message_backward(
-    gq: Tensor, gmu: Tensor, r: Tensor, idx_i: Tensor, idx_j: Tensor, x: Tensor, mu: Optional[Tensor],
-    weight: Tensor, bias: Tensor, basis_params: Tensor, basis: str, cutoff: float, chunk_size: int,
-    weight_grad: bool, backend: str = "auto",
+def _reference_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params,
+                       chunk_size):
+    return reference.message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
+                                     cutoff_params, chunk_size)
+
+
+def _painn_message_backward_body(
+    gq: Tensor, gmu: Tensor, r: Tensor, idx_i: Tensor, idx_j: Tensor, edges: list[Tensor], x: Tensor,
+    mu: Optional[Tensor], weight: Tensor, bias: Tensor, basis_params: Tensor, basis: str, cutoff: str,
+    cutoff_params: list[float], chunk_size: int, weight_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dL/dr, dL/dx, dL/dmu, dL/dweight, dL/dbias); empty tensors for the ones not computed."""
-    backend = select(x.device, backend)
-    gr, gx, gmu_in, gw, gb = backend.message_backward(
-        gq, gmu, r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, chunk_size, weight_grad
-    )
+    gr, gx, gmu_in, gw, gb = dispatch.run(BACKWARD, x.device.type, gq, gmu, r, idx_i, idx_j, edges, x, mu, weight,
+                                          bias, basis_params, basis, cutoff, cutoff_params, chunk_size, weight_grad)
+
     def empty():  # one fresh tensor per missing output: outputs must not alias each other
         return x.new_empty(_EMPTY)
 
     return gr, gx, empty() if gmu_in is None else gmu_in, empty() if gw is None else gw, empty() if gb is None else gb
 
 
+painn_message_backward = torch.library.custom_op(
+    "painnfx::painn_message_backward", mutates_args=())(_painn_message_backward_body)
+
+
 @painn_message_backward.register_fake
-def _painn_message_backward_fake(gq, gmu, r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff,
-                                 chunk_size, weight_grad, backend="auto"):
+def _painn_message_backward_fake(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
+                                 cutoff_params, chunk_size, weight_grad):
     def empty():
         return x.new_empty(_EMPTY)
 
@@ -76,29 +91,36 @@ def _painn_message_backward_fake(gq, gmu, r, idx_i, idx_j, x, mu, weight, bias, 
 
 
 def _setup_context(ctx, inputs, output):
-    r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, chunk_size, backend = inputs
-    ctx.save_for_backward(r, idx_i, idx_j, x, mu, weight, bias, basis_params)
-    ctx.basis, ctx.cutoff, ctx.chunk_size, ctx.backend = basis, cutoff, chunk_size, backend
+    r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params, chunk_size = inputs
+    ctx.save_for_backward(r, idx_i, idx_j, x, mu, weight, bias, basis_params, *edges)
+    ctx.consts = (basis, cutoff, list(cutoff_params), chunk_size)
+    ctx.backend = dispatch.forced()
 
 
 def _backward(ctx, gq, gmu):
-    r, idx_i, idx_j, x, mu, weight, bias, basis_params = ctx.saved_tensors
+    r, idx_i, idx_j, x, mu, weight, bias, basis_params, *edges = ctx.saved_tensors
     need = ctx.needs_input_grad
-    gq = torch.zeros_like(x[:, : x.shape[1] // 3]) if gq is None else gq
-    gmu = torch.zeros(x.shape[0], 3, x.shape[1] // 3, dtype=x.dtype, device=x.device) if gmu is None else gmu
-    weight_grad = bool(need[5] or need[6])
-    args = (gq, gmu, r, idx_i, idx_j, x, mu, weight, bias, basis_params, ctx.basis, ctx.cutoff, ctx.chunk_size,
-            weight_grad)
+    f = x.shape[1] // 3
+    gq = x.new_zeros(x.shape[0], f) if gq is None else gq
+    gmu = x.new_zeros(x.shape[0], 3, f) if gmu is None else gmu
+    weight_grad = bool(need[6] or need[7])
+    args = (gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, *ctx.consts, weight_grad)
     if torch.is_grad_enabled():
-        # create_graph=True: differentiable analytical backward, so it can be differentiated again
+        # create_graph=True: the differentiable analytical backward, so it can be differentiated again
         gr, gx, gmu_in, gw, gb = reference.message_backward(*args)
     else:
-        gr, gx, gmu_in, gw, gb = painn_message_backward(*args, ctx.backend)
-    return (
-        gr if need[0] else None, None, None, gx if need[3] else None,
-        gmu_in if (mu is not None and need[4]) else None,
-        gw if need[5] else None, gb if need[6] else None, None, None, None, None, None,
+        with dispatch.use_backend(ctx.backend):
+            gr, gx, gmu_in, gw, gb = painn_message_backward(*args)
+    grads = (
+        gr if need[0] else None, None, None, [None] * len(edges), gx if need[4] else None,
+        gmu_in if (mu is not None and need[5]) else None,
+        gw if need[6] else None, gb if need[7] else None, None, None, None, None, None,
     )
+    return grads[: len(need)]  # a defaulted argument the caller left out has no entry
 
 
 painn_message.register_autograd(_backward, setup_context=_setup_context)
+dispatch.define(OP, painn_message, _painn_message_body)
+dispatch.define(BACKWARD, painn_message_backward, _painn_message_backward_body)
+dispatch.implement(OP, dispatch.REFERENCE, _reference_forward)
+dispatch.implement(BACKWARD, dispatch.REFERENCE, reference.message_backward)

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from .radial import basis_values, cosine_cutoff
+from .radial import basis_values, cutoff_values
 
 #: Budget for per-chunk temporaries of one fused op call. 16 MiB (C ~ 1070 edges at F=128,
 #: float32): interleaved timings on Cu500 put 1024-2137 edges best, 534 ~15% and 256 ~55% slower.
@@ -41,24 +41,25 @@ def _geometry(r: torch.Tensor):
     return d, r / d[:, None]
 
 
-def radial_filter_forward(d, weight, bias, basis_params, basis: str, cutoff: float):
+def radial_filter_forward(d, weight, bias, basis_params, basis: str, cutoff: str, cutoff_params):
     phi, _ = basis_values(d, basis, basis_params, derivative=False)
-    fc, _ = cosine_cutoff(d, cutoff, derivative=False)
+    fc, _ = cutoff_values(d, cutoff, cutoff_params, derivative=False)
     return torch.addmm(bias, phi, weight.t()) * fc[:, None]
 
 
-def radial_filter_backward(grad, d, weight, bias, basis_params, basis: str, cutoff: float):
+def radial_filter_backward(grad, d, weight, bias, basis_params, basis: str, cutoff: str, cutoff_params):
     """(dL/dd, dL/dweight, dL/dbias) for W = (phi(d) Wf^T + bf) fc(d)."""
     phi, dphi = basis_values(d, basis, basis_params)
-    fc, dfc = cosine_cutoff(d, cutoff)
+    fc, dfc = cutoff_values(d, cutoff, cutoff_params)
     a = torch.addmm(bias, phi, weight.t())
     g_fc = grad * fc[:, None]
     gd = ((g_fc @ weight) * dphi).sum(1) + (grad * a).sum(1) * dfc
     return gd, g_fc.t() @ phi, g_fc.sum(0)
 
 
-def message_forward(r, idx_i, idx_j, x, mu: Optional[torch.Tensor], weight, bias, basis_params,
-                    basis: str, cutoff: float, chunk_size: int = 0):
+def message_forward(r, idx_i, idx_j, edges, x, mu: Optional[torch.Tensor], weight, bias, basis_params,
+                    basis: str, cutoff: str, cutoff_params, chunk_size: int = 0):
+    """(dq, dmu); ``edges`` (the prepared CSR/CSC) is not needed: index_add scatters any order."""
     n_atoms, f = x.shape[0], x.shape[1] // 3
     dq = x.new_zeros(n_atoms, f)
     dmu = x.new_zeros(n_atoms, 3, f)
@@ -66,7 +67,7 @@ def message_forward(r, idx_i, idx_j, x, mu: Optional[torch.Tensor], weight, bias
     for s in range(0, r.shape[0], c):
         ii, jj = idx_i[s:s + c], idx_j[s:s + c]
         d, u = _geometry(r[s:s + c])
-        w = radial_filter_forward(d, weight, bias, basis_params, basis, cutoff)
+        w = radial_filter_forward(d, weight, bias, basis_params, basis, cutoff, cutoff_params)
         m = w * x.index_select(0, jj)
         ms, mvr, mvv = m.split(f, dim=1)
         dq.index_add_(0, ii, ms)
@@ -79,8 +80,8 @@ def message_forward(r, idx_i, idx_j, x, mu: Optional[torch.Tensor], weight, bias
     return dq, dmu
 
 
-def message_backward(gq, gmu, r, idx_i, idx_j, x, mu: Optional[torch.Tensor], weight, bias, basis_params,
-                     basis: str, cutoff: float, chunk_size: int = 0, weight_grad: bool = True):
+def message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu: Optional[torch.Tensor], weight, bias, basis_params,
+                     basis: str, cutoff: str, cutoff_params, chunk_size: int = 0, weight_grad: bool = True):
     """(dL/dr, dL/dx, dL/dmu or None, dL/dweight or None, dL/dbias or None); see DESIGN.md sec. 2.
 
     Per edge, with G = [gq_i, t, s] (t = u . gmu_i, s = sum_c gmu_i[c] mu_j[c]):
@@ -97,7 +98,7 @@ def message_backward(gq, gmu, r, idx_i, idx_j, x, mu: Optional[torch.Tensor], we
         ii, jj = idx_i[s:s + c], idx_j[s:s + c]
         d, u = _geometry(r[s:s + c])
         phi, dphi = basis_values(d, basis, basis_params)
-        fc, dfc = cosine_cutoff(d, cutoff)
+        fc, dfc = cutoff_values(d, cutoff, cutoff_params)
         a = torch.addmm(bias, phi, weight.t())
         w = a * fc[:, None]
         xj = x.index_select(0, jj)

@@ -6,6 +6,7 @@ cutoff, filter and message subgraphs, and replace them with verified fused ops.
     print(fast.report.to_text())    # what matched, what was fused, what was rejected
 """
 
-from .optimize import OptimizedModel, optimize
+from .optimize import NotAnEnergyModel, optimize
+from .runner import OptimizedModel
 
-__all__ = ["optimize", "OptimizedModel"]
+__all__ = ["optimize", "OptimizedModel", "NotAnEnergyModel"]

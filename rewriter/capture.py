@@ -19,6 +19,8 @@ import torch.fx as fx
 from torch.export import Dim, export
 from torch.export.graph_signature import InputKind
 
+from .probes import random_system
+
 
 @dataclass
 class GraphInput:
@@ -37,6 +39,31 @@ class Captured:
 
     def placeholders(self) -> list[fx.Node]:
         return [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+
+    def static_arguments(self, detach: bool = False) -> tuple[list, list]:
+        """(arguments, user slots): the graph's flat arguments with parameters, buffers and
+        lifted constants resolved (live objects unless ``detach``), and (position, user name)
+        for each slot a call fills in."""
+        args, slots = [], []
+        for k, gi in enumerate(self.inputs):
+            if gi.kind == "user":
+                args.append(None)
+                slots.append((k, gi.name))
+            elif gi.kind == "parameter":
+                p = self.target.get_parameter(gi.name)
+                args.append(p.detach() if detach else p)
+            elif gi.kind == "buffer":
+                b = self.target.get_buffer(gi.name)
+                args.append(b.detach() if detach else b)
+            else:
+                args.append(self.constants[gi.node])
+        return args, slots
+
+    def arguments(self, user: dict, detach: bool = False) -> list:
+        args, slots = self.static_arguments(detach)
+        for k, name in slots:
+            args[k] = user[name]
+        return args
 
 
 class Target(torch.nn.Module):
@@ -104,21 +131,9 @@ class SchnetpackRepresentation(Target):
         return ({0: e}, {0: n}, {0: e}, {0: e})
 
 
-def example_system(like: torch.Tensor, n_atoms: int = 7, seed: int = 0):
-    """A small molecule-like system with all pairs as edges (E = N (N-1)), in ``like``'s dtype."""
-    gen = torch.Generator().manual_seed(seed)
-    pos = (torch.rand(n_atoms, 3, generator=gen, dtype=torch.float64) * 2.5).to(dtype=like.dtype, device=like.device)
-    numbers = torch.tensor(([1, 6, 7, 8] * n_atoms)[:n_atoms], device=like.device)
-    ii, jj = torch.meshgrid(torch.arange(n_atoms), torch.arange(n_atoms), indexing="ij")
-    keep = ii != jj
-    edge_index = torch.stack([ii[keep], jj[keep]]).to(like.device)
-    shifts = torch.zeros(edge_index.shape[1], 3, dtype=like.dtype, device=like.device)
-    return pos, numbers, edge_index, shifts
-
-
 def capture(target: Target) -> Captured:
     p = next(iter(target.parameters()))
-    user = target.user_inputs(*example_system(p))
+    user = target.user_inputs(*random_system(p.dtype, p.device))
     example = tuple(user[k] for k in target.names)
     n, e = Dim("n_atoms", min=2), Dim("n_edges", min=2)
     ep = export(target, example, dynamic_shapes=target.dynamic_shapes(n, e), strict=False)

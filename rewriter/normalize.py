@@ -60,15 +60,34 @@ def _pure(node: fx.Node) -> bool:
     return not any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
 
 
-def drop_dead_nodes(cap: Captured) -> list[str]:
-    """Remove nodes no longer used (leftovers of folding and canonicalisation)."""
-    g = cap.gm.graph
+def add_constant(gm: fx.GraphModule, anchor: fx.Node, name: str, value: torch.Tensor) -> fx.Node:
+    """A ``get_attr`` node before ``anchor`` reading ``value``, stored as a non-persistent buffer
+    ``_painnfx_<name>`` (suffixed if taken) and marked as a constant the patterns can read."""
+    attr, k = f"_painnfx_{name}", 1
+    while hasattr(gm, attr):
+        attr, k = f"_painnfx_{name}_{k}", k + 1
+    gm.register_buffer(attr, value.detach().clone(), persistent=False)
+    with gm.graph.inserting_before(anchor):
+        node = gm.graph.get_attr(attr)
+    node.meta["painnfx_constant"] = True
+    return node
+
+
+def remove_dead_code(gm: fx.GraphModule) -> int:
+    """Dead-code elimination plus the painnfx constants no node reads any more; nodes removed."""
+    g = gm.graph
     before = len(g.nodes)
     g.eliminate_dead_code()
-    for name, _ in list(cap.gm.named_buffers()):
-        if name.startswith("_painnfx_") and not any(n.op == "get_attr" and n.target == name for n in g.nodes):
-            delattr(cap.gm, name)
-    removed = before - len(g.nodes)
+    read = {n.target for n in g.nodes if n.op == "get_attr"}
+    for name, _ in list(gm.named_buffers()):
+        if name.startswith("_painnfx_") and name not in read:
+            delattr(gm, name)
+    return before - len(g.nodes)
+
+
+def drop_dead_nodes(cap: Captured) -> list[str]:
+    """Remove nodes no longer used (leftovers of folding and canonicalisation)."""
+    removed = remove_dead_code(cap.gm)
     return [f"removed {removed} unused nodes"] if removed else []
 
 
@@ -167,11 +186,7 @@ def fold_constants(cap: Captured) -> list[str]:
         value = node.target(*fx.node.map_arg(node.args, env), **fx.node.map_arg(node.kwargs, env))
         if not torch.is_tensor(value):
             continue
-        name = f"_painnfx_const_{node.name}"
-        cap.gm.register_buffer(name, value.detach(), persistent=False)
-        with g.inserting_before(node):
-            attr = g.get_attr(name)
-        attr.meta["painnfx_constant"] = True
+        attr = add_constant(cap.gm, node, f"const_{node.name}", value)
         attr.meta["val"] = node.meta.get("val")
         node.replace_all_uses_with(attr)
         g.erase_node(node)
@@ -293,18 +308,8 @@ def _rule_div_by_constant(g, node, consts):
     if value is None or _const_value(x, consts) is not None:
         return False
     inv = 1.0 / value
-    _replace(g, node, aten.mul.Tensor, [x, inv if _scalar(inv) else _constant_node(g, node, inv)])
+    _replace(g, node, aten.mul.Tensor, [x, inv if _scalar(inv) else add_constant(g.owning_module, node, f"const_{node.name}", inv)])
     return True
-
-
-def _constant_node(g, anchor, value):
-    gm = g.owning_module
-    name = f"_painnfx_const_{anchor.name}_{len(list(gm.buffers()))}"
-    gm.register_buffer(name, value.detach(), persistent=False)
-    with g.inserting_before(anchor):
-        attr = g.get_attr(name)
-    attr.meta["painnfx_constant"] = True
-    return attr
 
 
 def _rule_scale_chain(g, node, consts):
@@ -320,7 +325,7 @@ def _rule_scale_chain(g, node, consts):
             if v1 is None or _const_value(x, consts) is not None:
                 continue
             prod = v1 * v2
-            c = prod if _scalar(prod) else _constant_node(g, node, torch.as_tensor(prod))
+            c = prod if _scalar(prod) else add_constant(g.owning_module, node, f"const_{node.name}", torch.as_tensor(prod))
             _replace(g, node, aten.mul.Tensor, [x, c])
             return True
     return False

@@ -17,7 +17,6 @@ _BACKWARD_KERNELS = {
     "mul": 2, "div": 3, "add": 1, "sub": 1, "linear": 3, "index": 1, "index_add": 1, "exp": 1, "pow": 2,
     "sin": 2, "cos": 2, "linalg_vector_norm": 3, "embedding": 1, "silu": 2, "sum": 1, "cat": 1, "where": 2,
     "sqrt": 2, "zeros": 0, "zeros_like": 0, "lt": 0, "eq": 0, "to": 1, "_to_copy": 1, "ones_like": 0,
-    "fused_radial_filter": 1, "fused_painn_message": 1,
 }
 
 
@@ -34,7 +33,10 @@ def op_counts(gm: fx.GraphModule) -> Counter:
 
 
 def launch_estimate(gm: fx.GraphModule) -> dict:
-    """Kernel launches of one forward and one backward, estimated from the op list (CUDA)."""
+    """Kernel launches of one forward and one backward, estimated from the op list (CUDA);
+    a fused node is one launch each way (an edge plan: a few sorts, no backward)."""
+    from .fusions import FUSED_NODES
+
     fwd = bwd = 0
     for n in gm.graph.nodes:
         if n.op != "call_function":
@@ -43,7 +45,10 @@ def launch_estimate(gm: fx.GraphModule) -> dict:
         if name in _METADATA:
             continue
         fwd += 1
-        bwd += _BACKWARD_KERNELS.get(name, 2)
+        if name in FUSED_NODES:
+            bwd += 0 if name == "edge_plan" else 1
+        else:
+            bwd += _BACKWARD_KERNELS.get(name, 2)
     return {"forward": fwd, "backward": bwd, "total": fwd + bwd}
 
 
@@ -62,6 +67,7 @@ class PassResult:
     lines: list = field(default_factory=list)
     matches: list = field(default_factory=list)
     rejected: list = field(default_factory=list)
+    near_misses: list = field(default_factory=list)  # candidates that failed below their root, with why
 
 
 @dataclass
@@ -77,6 +83,7 @@ class OptimizeReport:
     launches_after: dict = field(default_factory=dict)
     fused_nodes: int = 0
     applied: bool = False
+    end_to_end: str = ""  # the whole-graph verification's verdict
     graph_before: str = ""
     graph_after: str = ""
     table_before: list = field(default_factory=list)  # normalized graph, before the rewrites
@@ -91,12 +98,23 @@ class OptimizeReport:
 
     def summary(self) -> str:
         if not self.applied:
-            return f"optimize({self.model}): nothing matched; the model runs unchanged"
+            return f"optimize({self.model}): {self.why_not()}; the model runs unchanged"
         return (f"optimize({self.model}): {self.fused_nodes} fused nodes, {self.nodes_before} -> {self.nodes_after} "
                 f"graph nodes, est. kernel launches {self.launches_before.get('total')} -> "
                 f"{self.launches_after.get('total')} per energy+forces")
 
-    def to_text(self) -> str:
+    def why_not(self) -> str:
+        """Why the rewritten graph is not used (empty if it is)."""
+        if self.applied:
+            return ""
+        if self.end_to_end:
+            return f"end-to-end verification {self.end_to_end}"
+        capture = next((p for p in self.passes if p.name == "capture"), None)
+        if capture is not None and capture.rejected:
+            return f"capture failed ({capture.rejected[0]})"
+        return "nothing matched"
+
+    def to_text(self, near_misses: int = 5) -> str:
         out = [self.summary(), ""]
         for p in self.passes:
             out.append(f"[{p.name}]")
@@ -106,9 +124,15 @@ class OptimizeReport:
                 out.append("  matched " + ", ".join(f"{k}={v}" for k, v in m.items() if k != "region"))
             for r in p.rejected:
                 out.append(f"  REJECTED {r}")
-            if not (p.lines or p.matches or p.rejected):
+            for r in p.near_misses[:near_misses]:
+                out.append(f"  near miss: {r}")
+            if len(p.near_misses) > near_misses:
+                out.append(f"  ... {len(p.near_misses) - near_misses} more near misses (--json lists all)")
+            if not (p.lines or p.matches or p.rejected or p.near_misses):
                 out.append("  (nothing)")
         out.append("")
+        if self.end_to_end:
+            out.append(f"end-to-end verification: {self.end_to_end}")
         out.append(f"nodes: {self.nodes_before} -> {self.nodes_after}")
         out.append(f"kernel launches (estimate, fwd+bwd): {self.launches_before} -> {self.launches_after}")
         before, after = Counter(self.ops_before), Counter(self.ops_after)

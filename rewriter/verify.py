@@ -1,8 +1,17 @@
-"""Verification of rewrites: run a matched region of the graph and its replacement on the
-values that flow into that region when the model evaluates random probe systems, and compare
-both the outputs and vector-Jacobian products (the analytical backwards) of the two.
+"""Verification: numbers decide whether a rewrite is kept.
 
-A rewrite is applied only if it agrees on every probe; the report says by how much.
+* Per rewrite: the matched region and its replacement are run on the values that flow into
+  the region when the model evaluates random probe systems; outputs and vector-Jacobian
+  products (the analytical backwards) must agree, or the rewrite is not applied.
+* End to end: after the whole pipeline, the captured graph (before normalisation) and the
+  final graph are run on the probes; energies (outputs) and their VJPs to the float user
+  inputs (positions, edge vectors) and to every parameter must agree, or the optimized model
+  falls back to the original. This covers the normalisation passes, which no per-rewrite
+  check sees (probes are recorded after them).
+
+Exceptions: a replacement that raises one of ``EXPECTED`` on probe inputs is a failed
+verification (reported); anything else is a bug and propagates. In strict mode (tests,
+``PAINNFX_STRICT=1``) expected exceptions propagate too.
 """
 
 from __future__ import annotations
@@ -13,7 +22,8 @@ from typing import Callable, Sequence
 import torch
 import torch.fx as fx
 
-from .capture import Captured
+#: what a wrong replacement raises on probe inputs (shape/dtype mismatches, bad indices)
+EXPECTED = (RuntimeError, ValueError, TypeError, IndexError)
 
 
 @dataclass
@@ -21,43 +31,6 @@ class Verdict:
     ok: bool
     max_rel_error: float
     detail: str = ""
-
-
-def probe_systems(cap: Captured, seeds: Sequence[int] = (1, 2)) -> list[list]:
-    """Flat graph arguments for random probe systems (a cluster, and one whose edges carry
-    periodic-image shifts), with the model's live parameters and buffers."""
-    target = cap.target
-    p = next(iter(target.parameters()))
-    cutoff = float(getattr(target, "cutoff", 5.0)) or 5.0
-    out = []
-    for seed in seeds:
-        gen = torch.Generator().manual_seed(seed)
-        n = 6 + seed
-        pos = torch.rand(n, 3, generator=gen, dtype=torch.float64) * 0.6 * cutoff
-        numbers = torch.tensor(([1, 6, 7, 8] * n)[seed % 4:][:n])
-        ii, jj = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-        keep = ii != jj
-        ei = torch.stack([ii[keep], jj[keep]])
-        shifts = torch.zeros(ei.shape[1], 3, dtype=torch.float64)
-        if seed % 2 == 0:
-            shifts[::5] = torch.randn(len(shifts[::5]), 3, generator=gen, dtype=torch.float64) * 0.5
-        r = pos[ei[1]] - pos[ei[0]] + shifts
-        keep = r.norm(dim=1) > 0.3  # well-separated probes
-        ei, shifts = ei[:, keep], shifts[keep]
-        user = target.user_inputs(pos.to(p.dtype).to(p.device), numbers.to(p.device), ei.to(p.device),
-                                  shifts.to(p.dtype).to(p.device))
-        args = []
-        for gi in cap.inputs:
-            if gi.kind == "user":
-                args.append(user[gi.name])
-            elif gi.kind == "constant":
-                args.append(cap.constants[gi.node])
-            elif gi.kind == "parameter":
-                args.append(target.get_parameter(gi.name).detach())
-            else:
-                args.append(target.get_buffer(gi.name).detach())
-        out.append(args)
-    return out
 
 
 class _Recorder(fx.Interpreter):
@@ -97,31 +70,38 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max()) / scale
 
 
-def compare(region_fn: Callable, replacement_fn: Callable, inputs: list, tol: float, seed: int = 0,
-            differentiable: Sequence[bool] = ()) -> Verdict:
+def _run_with_grads(fn: Callable, inputs: list, differentiable: Sequence[bool], seed: int):
+    leaves = [x.detach().clone().requires_grad_(True) if torch.is_tensor(x) and x.is_floating_point() and ok
+              else x for x, ok in zip(inputs, differentiable)]
+    outs = [o for o in fn(leaves) if torch.is_tensor(o)]
+    gen = torch.Generator().manual_seed(seed)
+    loss = 0.0
+    for o in outs:
+        cot = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(dtype=o.dtype, device=o.device)
+        loss = loss + (o * cot).sum()
+    diff = [x for x in leaves if torch.is_tensor(x) and x.requires_grad]
+    if torch.is_tensor(loss) and loss.requires_grad:
+        grads = torch.autograd.grad(loss, diff, allow_unused=True)
+    else:
+        grads = [None] * len(diff)
+    grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, diff)]
+    return [o.detach() for o in outs], grads
+
+
+def compare(reference_fn: Callable, candidate_fn: Callable, inputs: list, tol: float, seed: int = 0,
+            differentiable: Sequence[bool] = (), strict: bool = False) -> Verdict:
     """Outputs and VJPs of two functions of the same inputs. Floating inputs get gradients
-    unless ``differentiable`` marks them False (constants the replacement bakes in)."""
+    unless ``differentiable`` marks them False (constants the candidate bakes in)."""
     diff_ok = list(differentiable) or [True] * len(inputs)
-
-    def run(fn):
-        leaves = [x.detach().clone().requires_grad_(True) if torch.is_tensor(x) and x.is_floating_point() and ok
-                  else x for x, ok in zip(inputs, diff_ok)]
-        outs = fn(leaves)
-        gen = torch.Generator().manual_seed(seed)
-        loss = 0.0
-        for o in outs:
-            cot = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(dtype=o.dtype, device=o.device)
-            loss = loss + (o * cot).sum()
-        diff = [x for x in leaves if torch.is_tensor(x) and x.requires_grad]
-        grads = torch.autograd.grad(loss, diff, allow_unused=True) if torch.is_tensor(loss) and loss.requires_grad else [None] * len(diff)
-        grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, diff)]
-        return [o.detach() for o in outs], grads
-
+    out_a, grad_a = _run_with_grads(reference_fn, inputs, diff_ok, seed)
     try:
-        out_a, grad_a = run(region_fn)
-        out_b, grad_b = run(replacement_fn)
-    except Exception as exc:  # a replacement that cannot even run is a failed verification
-        return Verdict(False, float("inf"), f"{type(exc).__name__}: {exc}")
+        out_b, grad_b = _run_with_grads(candidate_fn, inputs, diff_ok, seed)
+    except EXPECTED as exc:
+        if strict:
+            raise
+        return Verdict(False, float("inf"), f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+    if len(out_a) != len(out_b):
+        return Verdict(False, float("inf"), f"{len(out_b)} outputs instead of {len(out_a)}")
     errs = [_rel_err(b, a) for a, b in zip(out_a, out_b)] + [_rel_err(b, a) for a, b in zip(grad_a, grad_b)]
     worst = max(errs) if errs else 0.0
     return Verdict(worst <= tol, worst, "" if worst <= tol else f"relative error {worst:.2e} > {tol:.0e}")
@@ -129,3 +109,19 @@ def compare(region_fn: Callable, replacement_fn: Callable, inputs: list, tol: fl
 
 def tolerance(dtype: torch.dtype) -> float:
     return 1e-9 if dtype == torch.float64 else 2e-4
+
+
+def verify_end_to_end(original: fx.GraphModule, final: fx.GraphModule, probe_args: list,
+                      differentiable: Sequence[bool], dtype: torch.dtype, strict: bool = False) -> Verdict:
+    """The final graph against the captured one on every probe: outputs, and VJPs to the
+    arguments marked ``differentiable`` (float user inputs and parameters)."""
+    worst = 0.0
+    for seed, args in enumerate(probe_args):
+        def run(gm):
+            return lambda leaves: list(gm(*leaves))
+
+        verdict = compare(run(original), run(final), args, tolerance(dtype), seed, differentiable, strict)
+        worst = max(worst, verdict.max_rel_error)
+        if not verdict.ok:
+            return Verdict(False, worst, verdict.detail)
+    return Verdict(True, worst)

@@ -15,6 +15,9 @@ settings.register_profile("dev", max_examples=100, deadline=None, suppress_healt
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# the rewriter re-raises what it would otherwise report as a rejected rewrite (a bug in a
+# replacement must fail the tests, not quietly leave a model unfused)
+os.environ.setdefault("PAINNFX_STRICT", "1")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -88,7 +88,8 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
 @st.composite
 def message_inputs(draw, dtype=None, max_atoms: int = 7, max_edges: int = 40):
     """Random arguments of painn_message: unsorted and repeated edges, isolated atoms, edges
-    at exactly the cutoff, tiny edges, E = 0, one atom, mu = None (first layer)."""
+    at exactly the cutoff, tiny edges, E = 0, one atom, mu = None (first layer), every basis
+    and cutoff of the spec registry."""
     import torch
 
     dtype = dtype or torch.float64
@@ -100,6 +101,8 @@ def message_inputs(draw, dtype=None, max_atoms: int = 7, max_edges: int = 40):
     k = draw(st.integers(2, 7))
     rc = draw(st.floats(1.5, 6.0))
     basis = draw(st.sampled_from(["gaussian", "bessel"]))
+    cutoff = draw(st.sampled_from(["cosine", "mollifier"]))
+    cutoff_params = [rc] if cutoff == "cosine" else [rc, draw(st.sampled_from([1e-7, 0.0, 0.1]))]
     lengths = torch.rand(e, generator=gen, dtype=torch.float64) * 1.2 * rc + 0.05
     special = draw(st.lists(st.sampled_from(["at_cutoff", "tiny", "beyond"]), max_size=min(e, 3)))
     for slot, kind in enumerate(special):
@@ -122,4 +125,5 @@ def message_inputs(draw, dtype=None, max_atoms: int = 7, max_edges: int = 40):
         params = (torch.arange(1, k + 1, dtype=torch.float64) * np.pi / rc)[None]
     cast = lambda t: None if t is None else t.to(dtype)
     return dict(r=cast(r), idx_i=idx_i, idx_j=idx_j, x=cast(x), mu=cast(mu), weight=cast(weight),
-                bias=cast(bias), basis_params=params.to(dtype), basis=basis, cutoff=rc)
+                bias=cast(bias), basis_params=params.to(dtype), basis=basis, cutoff=cutoff,
+                cutoff_params=cutoff_params)

@@ -5,14 +5,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from painnfx.ops import painn_message
+from painnfx.ops import InputError, painn_message, prepare_edges
 from painnfx.ops.unfused import painn_message_unfused
 from strategies import message_inputs
 
-ORDER = ["r", "idx_i", "idx_j", "x", "mu", "weight", "bias", "basis_params", "basis", "cutoff"]
+ORDER = ["r", "idx_i", "idx_j", "x", "mu", "weight", "bias", "basis_params", "basis", "cutoff", "cutoff_params"]
 DIFF = ["r", "x", "mu", "weight", "bias"]
 #: float32 tolerances against float64 autograd on the same inputs (documented in docs/ops.md)
 F32 = dict(rtol=1e-4, atol=1e-5)
+
+
+def fused(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params, chunk_size=0):
+    """painn_message with its prepared edges, in the unfused expression's argument order."""
+    edges = list(prepare_edges(r, idx_i, idx_j, x.shape[0]))
+    return painn_message(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params,
+                         chunk_size)
 
 
 def _call(fn, inp, **extra):
@@ -43,7 +50,7 @@ def _value_and_grads(fn, inp, seed=0, **extra):
 def _compare(inp, tol, **extra):
     """Fused op in the inputs' dtype against float64 autograd of the unfused expression on the
     same (possibly float32-rounded) inputs."""
-    (a, ga) = _value_and_grads(painn_message, inp, **extra)
+    (a, ga) = _value_and_grads(fused, inp, **extra)
     as64 = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in inp.items()}
     (b, gb) = _value_and_grads(painn_message_unfused, as64)
     for p, q in zip(a, b):
@@ -68,14 +75,14 @@ def test_gradcheck_and_gradgradcheck(inp):
     # fc'' jumps at rc (0.5 (pi/rc)^2 inside, 0 outside), so a central difference that
     # straddles rc sees half the one-sided value: keep edges off the cutoff sphere here.
     d = inp["r"].norm(dim=1)
-    near = (d - inp["cutoff"]).abs() < 1e-3
+    near = (d - inp["cutoff_params"][0]).abs() < 1e-3
     inp["r"] = torch.where(near[:, None], inp["r"] * 0.9, inp["r"])
     inp = _leaves(inp)
     names = [k for k in DIFF if inp[k] is not None]
 
     def f(*tensors):
         args = dict(inp, **dict(zip(names, tensors)))
-        return _call(painn_message, args, chunk_size=3)
+        return _call(fused, args, chunk_size=3)
 
     tensors = tuple(inp[k] for k in names)
     assert torch.autograd.gradcheck(f, tensors)
@@ -90,11 +97,11 @@ def test_double_backward_matches_unfused():
         r=torch.randn(e, 3, generator=gen, dtype=torch.float64), idx_i=torch.randint(0, n, (e,), generator=gen),
         idx_j=torch.randint(0, n, (e,), generator=gen), x=torch.randn(n, 3 * f, generator=gen, dtype=torch.float64),
         mu=torch.randn(n, 3, f, generator=gen, dtype=torch.float64), weight=torch.randn(3 * f, k, generator=gen, dtype=torch.float64),
-        bias=torch.randn(3 * f, generator=gen, dtype=torch.float64), basis="gaussian", cutoff=3.0,
-        basis_params=torch.stack([torch.linspace(0, 3, k), torch.full((k,), 1.0)]).double(),
+        bias=torch.randn(3 * f, generator=gen, dtype=torch.float64), basis="gaussian", cutoff="cosine",
+        cutoff_params=[3.0], basis_params=torch.stack([torch.linspace(0, 3, k), torch.full((k,), 1.0)]).double(),
     )
     results = []
-    for fn in (painn_message, painn_message_unfused):
+    for fn in (fused, painn_message_unfused):
         leaves = _leaves(inp)
         dq, dmu = _call(fn, leaves)
         energy = dq.pow(2).sum() + dmu.pow(2).sum()
@@ -111,7 +118,7 @@ def test_no_edges_gives_zeros_and_zero_grads():
     w = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(6, dtype=torch.float64)
     params = torch.stack([torch.linspace(0, 2, 4), torch.ones(4)]).double()
-    dq, dmu = painn_message(r, idx, idx, x, None, w, b, params, "gaussian", 2.0)
+    dq, dmu = fused(r, idx, idx, x, None, w, b, params, "gaussian", "cosine", [2.0])
     assert dq.shape == (3, 2) and dmu.shape == (3, 3, 2)
     assert not dq.any() and not dmu.any()
     gr, gx, gw = torch.autograd.grad(dq.sum() + dmu.sum(), [r, x, w])
@@ -123,9 +130,10 @@ def test_edges_beyond_cutoff_contribute_nothing():
         r=torch.tensor([[3.0, 0, 0], [0, 0, 2.0000001]], dtype=torch.float64), idx_i=torch.tensor([0, 1]),
         idx_j=torch.tensor([1, 0]), x=torch.randn(2, 6, dtype=torch.float64), mu=torch.randn(2, 3, 2, dtype=torch.float64),
         weight=torch.randn(6, 3, dtype=torch.float64), bias=torch.randn(6, dtype=torch.float64),
-        basis_params=torch.stack([torch.linspace(0, 2, 3), torch.ones(3)]).double(), basis="gaussian", cutoff=2.0,
+        basis_params=torch.stack([torch.linspace(0, 2, 3), torch.ones(3)]).double(), basis="gaussian",
+        cutoff="cosine", cutoff_params=[2.0],
     )
-    (dq, dmu), grads = _value_and_grads(painn_message, inp)
+    (dq, dmu), grads = _value_and_grads(fused, inp)
     assert not dq.any() and not dmu.any()
     assert all(not g.any() for g in grads)
 
@@ -140,8 +148,10 @@ BAD = [
     (lambda a: a.update(bias=a["bias"][:3]), "bias must have shape"),
     (lambda a: a.update(x=a["x"].float()), "x has dtype torch.float32 but r has torch.float64"),
     (lambda a: a.update(basis="chebyshev"), "unknown radial basis"),
+    (lambda a: a.update(cutoff="polynomial"), "unknown cutoff function"),
     (lambda a: a.update(basis_params=a["basis_params"][:1]), "basis_params for 'gaussian'"),
-    (lambda a: a.update(cutoff=-1.0), "cutoff must be positive"),
+    (lambda a: a.update(cutoff_params=[-1.0]), "cutoff radius must be positive"),
+    (lambda a: a.update(cutoff_params=[2.0, 0.1]), "cutoff 'cosine' takes 1 parameters"),
     (lambda a: a["r"].__setitem__((0, 0), float("nan")), "NaN or inf"),
     (lambda a: a["r"].__setitem__(0, 0.0), "zero length"),
     (lambda a: a.update(idx_j=a["idx_j"] + 10), "outside"),
@@ -155,8 +165,35 @@ def test_bad_inputs_raise_clear_errors(corrupt, match):
         r=torch.randn(e, 3, dtype=torch.float64), idx_i=torch.randint(0, n, (e,)), idx_j=torch.randint(0, n, (e,)),
         x=torch.randn(n, 3 * f, dtype=torch.float64), mu=torch.randn(n, 3, f, dtype=torch.float64),
         weight=torch.randn(3 * f, k, dtype=torch.float64), bias=torch.randn(3 * f, dtype=torch.float64),
-        basis_params=torch.stack([torch.linspace(0, 2, k), torch.ones(k)]).double(), basis="gaussian", cutoff=2.0,
+        basis_params=torch.stack([torch.linspace(0, 2, k), torch.ones(k)]).double(), basis="gaussian",
+        cutoff="cosine", cutoff_params=[2.0],
     )
     corrupt(inp)
-    with pytest.raises(ValueError, match=match):
-        _call(painn_message, inp)
+    with pytest.raises(InputError, match=match):
+        _call(fused, inp)
+
+
+def test_edge_plan_of_another_edge_list_is_refused():
+    n, e = 4, 6
+    r = torch.randn(e, 3, dtype=torch.float64)
+    idx = torch.randint(0, n, (e,))
+    other = list(prepare_edges(r[:-1], idx[:-1], idx[:-1], n))
+    x, w = torch.randn(n, 6, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    params = torch.stack([torch.linspace(0, 2, 3), torch.ones(3)]).double()
+    with pytest.raises(InputError, match="edges.dst_perm must be int64 of shape"):
+        painn_message(r, idx, idx, other, x, None, w, w[:, 0], params, "gaussian", "cosine", [2.0])
+
+
+def test_prepared_edges_are_sorted_csr_and_csc():
+    gen = torch.Generator().manual_seed(3)
+    n, e = 6, 40
+    idx_i, idx_j = torch.randint(0, n - 1, (e,), generator=gen), torch.randint(0, n, (e,), generator=gen)
+    r = torch.randn(e, 3, generator=gen, dtype=torch.float64)
+    dst_ptr, dst_perm, src_ptr, src_perm = prepare_edges(r, idx_i, idx_j, n)
+    for ptr, perm, idx in ((dst_ptr, dst_perm, idx_i), (src_ptr, src_perm, idx_j)):
+        assert sorted(perm.tolist()) == list(range(e))
+        assert idx[perm].tolist() == sorted(idx.tolist())
+        for a in range(n):
+            assert (idx[perm[ptr[a]:ptr[a + 1]]] == a).all() and int(ptr[a + 1] - ptr[a]) == int((idx == a).sum())
+    # the per-layer ops read no values: a device->host sync happens only in prepare_edges
+    assert prepare_edges(torch.zeros(0, 3), idx_i[:0], idx_j[:0], n)[0].tolist() == [0] * (n + 1)

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from painnfx.ops import radial_filter
+from painnfx.ops import InputError, radial_filter
 from painnfx.ops.unfused import radial_filter_unfused
 from strategies import message_inputs
 
@@ -16,7 +16,7 @@ def _args(inp, out_dim):
     k = inp["basis_params"].shape[1]
     w = torch.randn(out_dim, k, generator=gen, dtype=torch.float64).to(d.dtype)
     b = torch.randn(out_dim, generator=gen, dtype=torch.float64).to(d.dtype)
-    return [d, w, b, inp["basis_params"], inp["basis"], inp["cutoff"]]
+    return [d, w, b, inp["basis_params"], inp["basis"], inp["cutoff"], inp["cutoff_params"]]
 
 
 def _value_and_grads(fn, args):
@@ -49,7 +49,7 @@ def test_gradcheck_gradgradcheck():
     b = torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True)
     for basis, params in [("gaussian", torch.stack([torch.linspace(0, 3, 4), torch.ones(4)]).double()),
                           ("bessel", (torch.arange(1, 5) * torch.pi / 3.0)[None].double())]:
-        f = lambda d, w, b: radial_filter(d, w, b, params, basis, 3.0)
+        f = lambda d, w, b: radial_filter(d, w, b, params, basis, "cosine", [3.0])
         assert torch.autograd.gradcheck(f, (d, w, b))
         assert torch.autograd.gradgradcheck(f, (d, w, b))
 
@@ -57,24 +57,24 @@ def test_gradcheck_gradgradcheck():
 def test_bessel_at_zero_distance_is_finite():
     params = (torch.arange(1, 4) * torch.pi / 3.0)[None].double()
     d = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    out = radial_filter(d, torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), params, "bessel", 3.0)
+    out = radial_filter(d, torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), params, "bessel", "cosine", [3.0])
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, radial_filter_unfused(d, torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), params, "bessel", 3.0))
+    torch.testing.assert_close(out, radial_filter_unfused(d, torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), params, "bessel", "cosine", [3.0]))
 
 
 @pytest.mark.parametrize(
     "change, match",
     [
-        (dict(d=torch.ones(3, 1, dtype=torch.float64)), r"distances must have shape \(E,\)"),
+        (dict(d=torch.ones(3, 1, dtype=torch.float64)), r"distances must be a floating tensor of shape \(E,\)"),
         (dict(w=torch.ones(2, 5, dtype=torch.float64)), "weight must have shape"),
         (dict(b=torch.ones(3, dtype=torch.float64)), "bias must have shape"),
         (dict(d=torch.tensor([1.0, float("nan")], dtype=torch.float64)), "NaN"),
-        (dict(w=torch.ones(2, 3)), "weight is torch.float32"),
+        (dict(w=torch.ones(2, 3)), "weight has dtype torch.float32"),
     ],
 )
 def test_bad_inputs(change, match):
     args = dict(d=torch.ones(2, dtype=torch.float64), w=torch.ones(2, 3, dtype=torch.float64), b=torch.ones(2, dtype=torch.float64))
     args.update(change)
     params = torch.stack([torch.linspace(0, 3, 3), torch.ones(3)]).double()
-    with pytest.raises(ValueError, match=match):
-        radial_filter(args["d"], args["w"], args["b"], params, "gaussian", 3.0)
+    with pytest.raises(InputError, match=match):
+        radial_filter(args["d"], args["w"], args["b"], params, "gaussian", "cosine", [3.0])

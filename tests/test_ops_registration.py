@@ -1,11 +1,13 @@
-"""The fused ops are single nodes for torch.fx, torch.compile(fullgraph=True) and torch.export."""
+"""The fused ops are single nodes for torch.fx, torch.compile(fullgraph=True) and torch.export,
+and their implementations are chosen per device by torch's dispatcher."""
 
 import pytest
 import torch
 import torch.fx
 
-from painnfx.ops import available_backends, painn_message, radial_filter, use_backend
-from painnfx.ops.backends import select
+from painnfx.ops import available_backends, dispatch, painn_message, prepare_edges, radial_filter, reference, use_backend
+
+RADIAL = ("gaussian", "cosine", [3.0])
 
 
 def _inputs(n=4, e=10, f=2, k=3):
@@ -20,27 +22,28 @@ def _inputs(n=4, e=10, f=2, k=3):
 
 class Block(torch.nn.Module):
     def forward(self, r, idx_i, idx_j, x, mu, weight, bias, basis_params):
-        dq, dmu = painn_message(r, idx_i, idx_j, x, mu, weight, bias, basis_params, "gaussian", 3.0)
-        w = radial_filter(torch.linalg.vector_norm(r, dim=1), weight, bias, basis_params, "gaussian", 3.0)
+        edges = prepare_edges(r, idx_i, idx_j, x.shape[0])
+        dq, dmu = painn_message(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, *RADIAL)
+        w = radial_filter(torch.linalg.vector_norm(r, dim=1), weight, bias, basis_params, *RADIAL)
         return dq.sum() + dmu.sum() + w.sum()
 
 
 def _count(graph, name):
-    return sum(1 for n in graph.nodes if n.op == "call_function" and name in str(n.target))
+    return sum(1 for n in graph.nodes if n.op == "call_function" and name in str(n.target) and "backward" not in str(n.target))
 
 
 def test_fx_symbolic_trace_sees_one_node_each():
     gm = torch.fx.symbolic_trace(Block())
-    assert _count(gm.graph, "painn_message") == 1
-    assert _count(gm.graph, "radial_filter") == 1
+    for name in ("prepare_edges", "painn_message", "radial_filter"):
+        assert _count(gm.graph, name) == 1
     inp = _inputs()
     torch.testing.assert_close(gm(**inp), Block()(**inp))
 
 
 def test_torch_export_sees_one_node_each():
     ep = torch.export.export(Block(), tuple(_inputs().values()))
-    assert _count(ep.graph, "painnfx.painn_message") == 1
-    assert _count(ep.graph, "painnfx.radial_filter") == 1
+    for name in ("prepare_edges", "painn_message", "radial_filter"):
+        assert _count(ep.graph, f"painnfx.{name}") == 1
 
 
 def test_torch_compile_fullgraph_forward_and_backward():
@@ -74,27 +77,76 @@ def test_torch_compile_inductor_energy_and_forces():
 
 def test_opcheck():
     inp = _inputs()
-    args = (*inp.values(), "gaussian", 3.0)
+    edges = list(prepare_edges(inp["r"], inp["idx_i"], inp["idx_j"], 4))
+    torch.library.opcheck(torch.ops.painnfx.prepare_edges.default, (inp["r"], inp["idx_i"], inp["idx_j"], 4))
+    args = (inp["r"], inp["idx_i"], inp["idx_j"], edges, inp["x"], inp["mu"], inp["weight"], inp["bias"],
+            inp["basis_params"], *RADIAL)
     torch.library.opcheck(torch.ops.painnfx.painn_message.default, args)
     d = torch.rand(7) * 2 + 0.5
-    torch.library.opcheck(torch.ops.painnfx.radial_filter.default, (d, inp["weight"], inp["bias"], inp["basis_params"], "gaussian", 3.0))
+    torch.library.opcheck(torch.ops.painnfx.radial_filter.default,
+                          (d, inp["weight"], inp["bias"], inp["basis_params"], *RADIAL))
 
 
-def test_backend_registry():
-    assert "reference" in available_backends()
-    assert select(torch.device("cpu")).name == "reference"
+def test_schemas_have_no_backend_argument():
+    for op in ("prepare_edges", "painn_message", "painn_message_backward", "radial_filter", "radial_filter_backward"):
+        schema = getattr(torch.ops.painnfx, op).default._schema
+        assert "backend" not in [a.name for a in schema.arguments], schema
+
+
+@pytest.fixture
+def counting_cpu_backend():
+    """A backend registered for "cpu" that counts its calls and runs the reference maths."""
+    calls = []
+
+    def wrap(name, fn):
+        def impl(*args):
+            calls.append(name)
+            return fn(*args)
+        return impl
+
+    dispatch.register_backend("counting", {"cpu"}, priority=5)
+    dispatch.implement("painn_message", "counting", wrap("forward", reference.message_forward))
+    dispatch.implement("painn_message_backward", "counting", wrap("backward", reference.message_backward))
+    yield calls
+    dispatch.remove_backend("counting")
+
+
+def _energy_and_force(inp):
+    r = inp["r"].clone().requires_grad_(True)
+    edges = list(prepare_edges(r, inp["idx_i"], inp["idx_j"], 4))
+    dq, dmu = painn_message(r, inp["idx_i"], inp["idx_j"], edges, *[inp[k] for k in ("x", "mu", "weight", "bias",
+                            "basis_params")], *RADIAL)
+    return dq, dmu, r
+
+
+def test_dispatcher_picks_the_device_backend_and_the_override_reaches_backward(counting_cpu_backend):
+    calls = counting_cpu_backend
+    assert "counting" in available_backends()
+    inp = _inputs()
+    dq, dmu, r = _energy_and_force(inp)
+    torch.autograd.grad(dq.sum() + dmu.sum(), r)
+    assert calls == ["forward", "backward"]  # chosen by the dispatcher from the tensors' device
+    calls.clear()
     with use_backend("reference"):
-        assert select(torch.device("cpu")).name == "reference"
+        dq2, dmu2, r2 = _energy_and_force(inp)
+    torch.autograd.grad(dq2.sum() + dmu2.sum(), r2)  # backward outside the block: the override was recorded
+    assert calls == []
+    torch.testing.assert_close(dq2, dq)
+    with use_backend("counting"):  # double backward runs the differentiable reference path
+        dq3, dmu3, r3 = _energy_and_force(inp)
+        (g,) = torch.autograd.grad(dq3.sum() + dmu3.sum(), r3, create_graph=True)
+    assert calls == ["forward"]
+    assert g.requires_grad
+
+
+def test_unknown_or_unusable_backend_is_refused():
     with pytest.raises(ValueError, match="unknown backend"):
         with use_backend("nope"):
             pass
-
-
-def test_backend_argument_reaches_backward():
-    inp = _inputs()
-    r = inp["r"].clone().requires_grad_(True)
-    dq, dmu = painn_message(r, *list(inp.values())[1:], "gaussian", 3.0, 0, "reference")
-    (g,) = torch.autograd.grad(dq.sum() + dmu.sum(), r)
-    assert torch.isfinite(g).all()
-    with pytest.raises(ValueError, match="unknown backend"):
-        painn_message(r, *list(inp.values())[1:], "gaussian", 3.0, 0, "tpu")
+    dispatch.register_backend("gpu-only", {"cuda"})
+    try:
+        dispatch.implement("painn_message", "gpu-only", reference.message_forward)
+        with use_backend("gpu-only"), pytest.raises(RuntimeError, match="does not run on cpu"):
+            _energy_and_force(_inputs())
+    finally:
+        dispatch.remove_backend("gpu-only")

@@ -50,16 +50,16 @@ def test_near_misses_are_not_fused_and_still_run(miss):
 def test_near_miss_constants_are_reported():
     fast = optimize(SpelledPaiNN(BASE, near_miss="cutoff_wrong_period"))
     rejected = [r for p in fast.report.passes for r in p.rejected]
-    assert any("pi/rc factor and rc disagree" in r for r in rejected), rejected
+    assert any("cosine cutoff shape" in r and "do not describe 0.5 (cos(pi d / rc) + 1)" in r for r in rejected), rejected
     fast = optimize(SpelledPaiNN(BASE, near_miss="gaussian_positive_exponent"))
     rejected = [r for p in fast.report.passes for r in p.rejected]
-    assert any("do not describe a gaussian basis" in r for r in rejected), rejected
+    assert any("gaussian RBF shape" in r and "do not describe exp(" in r for r in rejected), rejected
 
 
 def test_reads_constants_out_of_the_match():
     fast = optimize(BASE)
     (rbf,) = _matched(fast.report, "gaussian_rbf")
-    assert rbf["K"] == 5 and rbf["centers"].startswith("[0, 0.75, 1.5")
+    assert rbf["K"] == 5 and rbf["offsets"].startswith("[0, 0.75, 1.5")
     (cut,) = _matched(fast.report, "cosine_cutoff")
     assert cut["rc"] == 3.0
     layers = [m["layer_rows"] for m in _matched(fast.report, "fused_painn_message")]

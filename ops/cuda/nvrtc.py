@@ -157,6 +157,20 @@ def compile_cubin(source: str, name: str, arch: str, options: Sequence[str] = ()
     return out
 
 
+_LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"\s*$', re.M)
+
+
 def kernel_source(filename: str) -> str:
-    """A ``.cu`` file shipped beside this module."""
-    return (Path(__file__).parent / filename).read_text()
+    """A ``.cu`` file shipped beside this module, with its local ``#include "..."`` files inlined,
+    so that NVRTC needs no include path and the cache key covers the headers too."""
+    here = Path(__file__).parent
+    seen: set = set()
+
+    def expand(name: str) -> str:
+        if name in seen:
+            return ""
+        seen.add(name)
+        text = (here / name).read_text()
+        return _LOCAL_INCLUDE.sub(lambda m: expand(m.group(1)), text)
+
+    return expand(filename)

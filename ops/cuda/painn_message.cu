@@ -8,25 +8,14 @@
 // dmu_i[:, f] in registers. Each output element is written once: no atomics, deterministic,
 // and no (E, 3F) tensor ever exists.
 //
-// scalar_t is float or double; MAX_K bounds the basis size held in shared memory.
+// scalar_t is float or double; MAX_K bounds the basis size held in shared memory. The basis and
+// cutoff maths come from radial.cuh, switched on the radial specs' kernel ids.
+
+#include "radial.cuh"
 
 #ifndef MAX_K
 #define MAX_K 64
 #endif
-
-template <typename scalar_t>
-__device__ __forceinline__ void radial(scalar_t d, int basis, const scalar_t* __restrict__ p0,
-                                       const scalar_t* __restrict__ p1, int K, scalar_t* phi) {
-    for (int k = threadIdx.x; k < K; k += blockDim.x) {
-        if (basis == 0) {            // Gaussian: exp(-(d - c_k)^2 / (2 w_k^2))
-            scalar_t t = (d - p0[k]) / p1[k];
-            phi[k] = exp(scalar_t(-0.5) * t * t);
-        } else {                     // Bessel: sin(f_k d) / d  (d = 0: sin(f_k d) = 0)
-            scalar_t safe = d == scalar_t(0) ? scalar_t(1) : d;
-            phi[k] = sin(p0[k] * d) / safe;
-        }
-    }
-}
 
 template <typename scalar_t>
 __device__ void painn_message_forward(
@@ -39,14 +28,13 @@ __device__ void painn_message_forward(
     const scalar_t* __restrict__ bias,     // (3F,)
     const scalar_t* __restrict__ p0,       // (K,) offsets | freqs
     const scalar_t* __restrict__ p1,       // (K,) widths  | unused
-    int basis, scalar_t cutoff, int F, int K,
+    int basis, int cutoff, scalar_t c0, scalar_t c1, int F, int K,   // spec ids (radial.cuh) + cutoff params
     scalar_t* __restrict__ dq,             // (N, F)
     scalar_t* __restrict__ dmu)            // (N, 3, F)
 {
     __shared__ scalar_t phi[MAX_K];
     __shared__ scalar_t geo[5];           // d, u0, u1, u2, fc
     const long i = blockIdx.x;
-    const scalar_t pi = scalar_t(3.14159265358979323846);
     for (int f0 = 0; f0 < F; f0 += blockDim.x) {
         const int f = f0 + threadIdx.x;
         scalar_t acc_q = 0, acc_0 = 0, acc_1 = 0, acc_2 = 0;
@@ -59,10 +47,11 @@ __device__ void painn_message_forward(
                 geo[1] = rx / d;
                 geo[2] = ry / d;
                 geo[3] = rz / d;
-                geo[4] = d < cutoff ? scalar_t(0.5) * (cos(d * pi / cutoff) + scalar_t(1)) : scalar_t(0);
+                geo[4] = cutoff_fn<scalar_t>(cutoff, d, c0, c1, nullptr);
             }
             __syncthreads();
-            radial<scalar_t>(geo[0], basis, p0, p1, K, phi);
+            for (int k = threadIdx.x; k < K; k += blockDim.x)
+                phi[k] = radial_basis<scalar_t>(basis, geo[0], p0[k], p1 ? p1[k] : scalar_t(0), nullptr);
             __syncthreads();
             const scalar_t fc = geo[4];
             if (f >= F || fc == scalar_t(0)) continue;
@@ -99,10 +88,10 @@ __device__ void painn_message_forward(
 #define INSTANTIATE(T, SUFFIX)                                                                     \
     extern "C" __global__ void painn_message_forward_##SUFFIX(                                    \
         const T* r, const long* row_ptr, const long* idx_j, const T* x, const T* mu,               \
-        const T* weight, const T* bias, const T* p0, const T* p1, int basis, T cutoff, int F,     \
-        int K, T* dq, T* dmu) {                                                                    \
+        const T* weight, const T* bias, const T* p0, const T* p1, int basis, int cutoff, T c0,    \
+        T c1, int F, int K, T* dq, T* dmu) {                                                       \
         painn_message_forward<T>(r, row_ptr, idx_j, x, mu, weight, bias, p0, p1, basis, cutoff,    \
-                                 F, K, dq, dmu);                                                   \
+                                 c0, c1, F, K, dq, dmu);                                           \
     }
 
 INSTANTIATE(float, f32)

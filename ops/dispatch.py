@@ -1,0 +1,118 @@
+"""Per-device dispatch of the fused ops through torch.library.
+
+Each op has one schema (no backend argument). Its implementations register by name and
+device type: the reference implementation is the op's default (every device), and a backend
+registered for a device type (``"cpu"``, ``"cuda"``) installs itself with the op's
+``register_kernel(device_type)``, so torch's dispatcher picks it from the tensors' device
+with no further code. ``use_backend(name)`` is a thread-local override for tests and
+comparisons on one device (an op the forced backend does not implement runs the device's
+default); the autograd formulas record the override in effect at forward
+time and re-apply it in the backward (which autograd may run on another thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+REFERENCE = "reference"
+
+
+@dataclass
+class BackendInfo:
+    name: str
+    device_types: set = field(default_factory=set)  # {"*"}: every device
+    priority: int = 0
+
+
+_BACKENDS: dict[str, BackendInfo] = {REFERENCE: BackendInfo(REFERENCE, {"*"}, 0)}
+_IMPLS: dict[tuple[str, str], Callable] = {}  # (op name, backend) -> implementation
+_DEVICE_CHOICE: dict[tuple[str, str], str] = {}  # (op name, device type) -> backend
+_OPS: dict[str, tuple] = {}  # op name -> (torch.library custom op, its body)
+_INSTALLED: set = set()  # (op name, device type) with a dispatcher kernel
+_local = threading.local()
+
+
+def forced() -> Optional[str]:
+    """The backend forced by ``use_backend`` on this thread, or None."""
+    return getattr(_local, "name", None)
+
+
+@contextlib.contextmanager
+def use_backend(name: Optional[str]):
+    """Run the fused ops with backend ``name`` in this block (None: the dispatcher's choice)."""
+    if name is not None and name not in _BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; registered: {available_backends()}")
+    previous, _local.name = forced(), name
+    try:
+        yield
+    finally:
+        _local.name = previous
+
+
+def available_backends() -> list[str]:
+    return list(_BACKENDS)
+
+
+def register_backend(name: str, device_types: set, priority: int = 1) -> None:
+    """Declare a backend serving ``device_types`` (its implementations follow with ``implement``)."""
+    _BACKENDS[name] = BackendInfo(name, set(device_types), priority)
+
+
+def define(op_name: str, op, body: Callable) -> None:
+    """Make ``op`` dispatchable. ``body`` is its default implementation: argument checks, then
+    ``run(op_name, device_type, ...)``; it is also what each device type's kernel runs, so
+    checks and defaults are the same whichever backend is chosen."""
+    _OPS[op_name] = (op, body)
+
+
+def implement(op_name: str, backend: str, fn: Callable) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op_name``; for a non-reference backend
+    this installs the dispatcher kernel of each of its device types."""
+    info = _BACKENDS.get(backend)
+    if info is None:
+        raise ValueError(f"register_backend({backend!r}, ...) first")
+    _IMPLS[(op_name, backend)] = fn
+    for device_type in info.device_types - {"*"}:
+        current = _DEVICE_CHOICE.get((op_name, device_type))
+        if current is not None and _BACKENDS[current].priority > info.priority:
+            continue
+        installed = (op_name, device_type) in _DEVICE_CHOICE or any(
+            k[0] == op_name and k[1] == device_type for k in _INSTALLED)
+        _DEVICE_CHOICE[(op_name, device_type)] = backend
+        if not installed:
+            op, body = _OPS[op_name]
+            op.register_kernel(device_type)(body)
+            _INSTALLED.add((op_name, device_type))
+
+
+def chosen(op_name: str, device_type: str) -> str:
+    """The backend that runs ``op_name`` on ``device_type`` right now."""
+    name = forced()
+    if name is None:
+        return _DEVICE_CHOICE.get((op_name, device_type), REFERENCE)
+    info = _BACKENDS[name]
+    if "*" not in info.device_types and device_type not in info.device_types:
+        raise RuntimeError(f"backend {name!r} does not run on {device_type} (it serves {sorted(info.device_types)})")
+    if (op_name, name) not in _IMPLS:  # e.g. prepare_edges: one implementation serves all
+        return _DEVICE_CHOICE.get((op_name, device_type), REFERENCE)
+    return name
+
+
+def run(op_name: str, device_type: str, *args):
+    return _IMPLS[(op_name, chosen(op_name, device_type))](*args)
+
+
+
+
+def remove_backend(name: str) -> None:
+    """Forget backend ``name`` (its device kernels fall back to the reference implementation)."""
+    if name == REFERENCE:
+        raise ValueError("the reference backend cannot be removed")
+    _BACKENDS.pop(name, None)
+    for key in [k for k in _IMPLS if k[1] == name]:
+        del _IMPLS[key]
+    for key in [k for k, v in _DEVICE_CHOICE.items() if v == name]:
+        del _DEVICE_CHOICE[key]

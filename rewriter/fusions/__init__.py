@@ -1,0 +1,33 @@
+"""The fusion registry: each fusion is one module holding its patterns, the semantic checks of
+what they bind, and a replacement written as a plain Python function that is traced into the
+graph (``RewriteState.splice``), in the spirit of torch._inductor's ``register_replacement``.
+
+A fusion contributes passes (in pipeline order) and the fused nodes its replacements leave
+in the graph; ``optimize`` runs ``PASSES``, and the report, ``painnfx inspect`` and Graphviz
+read the fused-node names from ``FUSED_NODES``. A new fusion is a module here plus its
+entry in ``FUSIONS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..replacements import edge_plan, fused_painn_message, fused_radial_filter
+from . import message, radial_filter
+
+
+@dataclass(frozen=True)
+class Fusion:
+    name: str
+    passes: tuple
+    nodes: tuple  # leaf functions its replacements put into the graph
+
+
+FUSIONS = (
+    Fusion("radial_filter", tuple(radial_filter.PASSES), (fused_radial_filter,)),
+    Fusion("painn_message", tuple(message.PASSES), (edge_plan, fused_painn_message)),
+)
+PASSES = [p for fusion in FUSIONS for p in fusion.passes]
+FUSED_NODES = {fn.__name__: fusion.name for fusion in FUSIONS for fn in fusion.nodes}
+#: the nodes that make an optimized graph "applied" (edge plans alone fuse nothing)
+FUSED_TARGETS = {fused_radial_filter, fused_painn_message}
