@@ -12,7 +12,7 @@ from .checkpoint import load_checkpoint
 from .default import default_model
 from .neighbors import neighbor_list
 from .painn import PaiNN
-from .properties import compute_properties
+from .properties import compute_properties, voigt
 from .validation import check_numbers, check_overlaps
 
 
@@ -57,8 +57,8 @@ class PaiNNCalculator(Calculator):
 
     @staticmethod
     def _maybe_optimize(model, optimize):
-        """``optimize``: True (required), False (never) or "auto" (when it applies; any failure
-        falls back to the plain model with a warning, never to a broken one)."""
+        """``optimize``: True (required), False (never) or "auto" (when it applies: a model that
+        cannot be captured or matched runs unoptimized, as ``optimize()`` itself reports)."""
         if optimize is False:
             return model
         from painnfx.rewriter import optimize as run_optimize
@@ -69,13 +69,9 @@ class PaiNNCalculator(Calculator):
                 raise RuntimeError("optimize=True, but nothing in this model could be rewritten:\n"
                                    + fast.report.to_text())
             return fast
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fast = run_optimize(model)
-        except Exception as exc:  # pragma: no cover - defensive: auto never breaks the calculator
-            warnings.warn(f"PaiNNCalculator: optimize failed ({exc}); using the unoptimized model", stacklevel=3)
-            return model
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fast = run_optimize(model)
         return fast if fast.applied else model
 
     @property
@@ -107,5 +103,4 @@ class PaiNNCalculator(Calculator):
         self.results["free_energy"] = energy
         self.results["forces"] = out.forces.cpu().numpy().astype(np.float64)
         if want_stress:
-            s = out.stress.cpu().numpy().astype(np.float64)
-            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            self.results["stress"] = voigt(out.stress)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from .validation import check_system_tensors
@@ -21,6 +22,12 @@ class Properties:
     energy: torch.Tensor  # (n_systems,)
     forces: torch.Tensor  # (N, 3)
     stress: Optional[torch.Tensor] = None  # (3, 3), only for a single periodic system
+
+
+def voigt(stress) -> np.ndarray:
+    """A (3, 3) stress as ASE's Voigt 6-vector (xx, yy, zz, yz, xz, xy), float64 numpy."""
+    s = stress.detach().cpu().numpy() if torch.is_tensor(stress) else np.asarray(stress)
+    return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]], dtype=np.float64)
 
 
 def compute_properties(

@@ -11,8 +11,7 @@ import torch
 OVERLAP_DISTANCE = 1e-6
 
 
-class InputError(ValueError):
-    """A structure or tensor the model cannot evaluate meaningfully."""
+from painnfx.ops.errors import InputError  # one error type for bad input, in every layer
 
 
 def check_positions(pos: np.ndarray) -> None:

@@ -87,7 +87,7 @@ class MatchContext:
     reason: str = ""
 
     def fail(self, depth: int, reason: str) -> None:
-        if depth >= self.depth:
+        if depth > self.depth or not self.reason:
             self.depth, self.reason = depth, reason
 
 

@@ -58,3 +58,38 @@ def test_schnetpack_built_natively_with_bessel_and_shared_filters():
     a, b = fast(make()), nnpot(make())
     for key in ("energy", "forces", "stress"):
         torch.testing.assert_close(a[key], b[key], rtol=1e-10, atol=1e-12, msg=key)
+
+
+@pytest.mark.parametrize("basis", ["gaussian", "bessel"])
+def test_schnetpack_with_mollifier_cutoff_fuses_every_layer(basis):
+    """MollifierCutoff is one entry of the radial-spec registry (ops/radial/mollifier.py) and its
+    case in radial.cuh: the rewriter recognises and fuses it with no other change."""
+    torch.manual_seed(1)
+    rbf = spk.nn.GaussianRBF(10, 4.0) if basis == "gaussian" else spk.nn.BesselRBF(10, 4.0)
+    rep = spk.representation.PaiNN(n_atom_basis=16, n_interactions=3, radial_basis=rbf,
+                                   cutoff_fn=spk.nn.MollifierCutoff(4.0, eps=1e-7))
+    nnpot = spk.model.NeuralNetworkPotential(
+        representation=rep, input_modules=[spk.atomistic.Strain(), spk.atomistic.PairwiseDistances()],
+        output_modules=[spk.atomistic.Atomwise(n_in=16, output_key="energy"),
+                        spk.atomistic.Forces(calc_stress=True)],
+    ).double()
+    with torch.no_grad():
+        for p in nnpot.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    fast = optimize(nnpot)
+    report = fast.report
+    matched = [m for p in report.passes for m in p.matches]
+    assert [m["kind"] for m in matched if m["kind"].endswith("_cutoff")] == ["mollifier_cutoff"], report.to_text()
+    cut = next(m for m in matched if m["kind"] == "mollifier_cutoff")
+    assert cut["rc"] == 4.0 and abs(cut["eps"] - 1e-7) < 1e-12
+    assert sum(m["kind"] == "fused_painn_message" for m in matched) == 3, report.to_text()
+    assert report.applied and report.end_to_end.startswith("passed")
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.61) * (2, 2, 2)
+    atoms.rattle(0.1, seed=5)
+    make = _inputs(atoms, 4.0)
+    a, b = fast(make()), nnpot(make())
+    for key in ("energy", "forces", "stress"):
+        scale = max(1.0, float(b[key].abs().max()))
+        torch.testing.assert_close(a[key], b[key], rtol=1e-10, atol=1e-10 * scale, msg=key)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from .dtypes import DTYPES
 
 
 def _rss_bytes() -> int:

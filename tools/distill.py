@@ -47,7 +47,7 @@ def to_tensors(samples, cutoff: float, dtype: torch.dtype):
 
 
 def predict(model, data, create_graph: bool):
-    from painnfx.model.properties import compute_properties
+    from painnfx.model.properties import compute_properties, voigt
 
     out = compute_properties(model, data["positions"], data["numbers"], data["edge_index"], data["shifts"],
                              create_graph=create_graph, batch=data["batch"], n_systems=data["n_systems"])
@@ -72,9 +72,7 @@ def errors(model, samples, cutoff, dtype, chunk: int = 8) -> dict:
         nl = neighbor_list(s.atoms.positions, cutoff, s.atoms.cell.array, s.atoms.pbc, dtype=dtype)
         out = compute_properties(model, torch.tensor(s.atoms.positions, dtype=dtype), torch.tensor(s.atoms.numbers),
                                  nl.edge_index, nl.shifts, torch.tensor(s.atoms.cell.array, dtype=dtype), stress=True)
-        st = out.stress.numpy()
-        voigt = np.array([st[0, 0], st[1, 1], st[2, 2], st[1, 2], st[0, 2], st[0, 1]])
-        s_err.append(np.abs(voigt - s.stress).mean())
+        s_err.append(np.abs(voigt(out.stress) - s.stress).mean())
     return {
         "energy_mae_meV_per_atom": 1000 * float(np.mean(e_err)),
         "force_mae_meV_per_A": 1000 * float(torch.cat(f_err).mean()),

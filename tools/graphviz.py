@@ -6,8 +6,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from painnfx.rewriter.fusions import FUSED_NODES
+
 PALETTE = ["#fde0dd", "#d0e6f7", "#e5f5e0", "#fff3bf", "#ead7f4", "#ffe5cc"]
-FUSED = {"fused_painn_message": "#f4a261", "fused_radial_filter": "#e9c46a"}
+FUSION_COLORS = ["#f4a261", "#e9c46a", "#2a9d8f", "#e76f51"]
+#: fused node name -> fill colour, one colour per fusion of the registry
+FUSED = {node: FUSION_COLORS[sorted(set(FUSED_NODES.values())).index(fusion) % len(FUSION_COLORS)]
+         for node, fusion in FUSED_NODES.items()}
 
 
 def _label(row) -> str:

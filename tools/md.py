@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from .dtypes import DTYPES
 
 
 def default_structure(size: int = 3, temperature: float = 300.0, seed: int = 0):
