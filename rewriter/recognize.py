@@ -23,38 +23,37 @@ def _fmt(t, n: int = 3) -> str:
     return f"[{head}{', ...' if len(v) > n else ''}] ({len(v)})"
 
 
-def match_radial_basis(state: RewriteState) -> PassResult:
-    res = PassResult("match_radial_basis")
+def _recognise(state: RewriteState, res: PassResult, registry: dict, kind: str, store: dict, info) -> PassResult:
+    """Find every spec of ``registry`` in the graph, read and check its constants, and record
+    ``info(spec, params, d)`` in ``store`` under the matched node."""
     ctx = state.ctx()
-    for spec in BASES.values():
+    for spec in registry.values():
         found, missed = find_all(state.graph, spec.pattern(VOCABULARY), ctx)
-        res.near_misses += [f"{spec.name} basis at {m.root.name}: {m.reason}" for m in missed]
+        res.near_misses += [f"{spec.name} {kind} at {m.root.name}: {m.reason}" for m in missed]
         for m in found:
             params = spec.read(m)
             if params is None:
-                res.rejected.append(f"{spec.name} RBF shape at {m.root.name}: constants do not describe "
+                res.rejected.append(f"{spec.name} {kind} shape at {m.root.name}: constants do not describe "
                                     f"{spec.formula}")
                 continue
-            state.basis[m.root] = BasisInfo(spec.name, params, m.node("d"))
-            info = {"kind": f"{spec.name}_rbf", "node": m.root.name, "K": params.shape[1]}
-            info.update({row: _fmt(params[k]) for k, row in enumerate(spec.param_rows)})
-            res.matches.append(info)
+            store[m.root] = info(spec, params, m.node("d"))
+            res.matches.append(_describe(spec, kind, m.root.name, params))
     return res
+
+
+def _describe(spec, kind: str, node: str, params) -> dict:
+    if kind == "RBF":
+        out = {"kind": f"{spec.name}_rbf", "node": node, "K": params.shape[1]}
+        out.update({row: _fmt(params[k]) for k, row in enumerate(spec.param_rows)})
+        return out
+    return {"kind": f"{spec.name}_cutoff", "node": node, **dict(zip(spec.param_names, params))}
+
+
+def match_radial_basis(state: RewriteState) -> PassResult:
+    return _recognise(state, PassResult("match_radial_basis"), BASES, "RBF", state.basis,
+                      lambda spec, params, d: BasisInfo(spec.name, params, d))
 
 
 def match_cutoff(state: RewriteState) -> PassResult:
-    res = PassResult("match_cutoff")
-    ctx = state.ctx()
-    for spec in CUTOFFS.values():
-        found, missed = find_all(state.graph, spec.pattern(VOCABULARY), ctx)
-        res.near_misses += [f"{spec.name} cutoff at {m.root.name}: {m.reason}" for m in missed]
-        for m in found:
-            params = spec.read(m)
-            if params is None:
-                res.rejected.append(f"{spec.name} cutoff shape at {m.root.name}: constants do not describe "
-                                    f"{spec.formula}")
-                continue
-            state.cutoffs[m.root] = CutoffInfo(spec.name, params, m.node("d"))
-            res.matches.append({"kind": f"{spec.name}_cutoff", "node": m.root.name,
-                                **dict(zip(spec.param_names, params))})
-    return res
+    return _recognise(state, PassResult("match_cutoff"), CUTOFFS, "cutoff", state.cutoffs,
+                      lambda spec, params, d: CutoffInfo(spec.name, params, d))
