@@ -1,4 +1,4 @@
-"""CUDA kernels compile with NVRTC on the CPU for sm_80 and sm_90, without register spills;
+"""CUDA kernels compile with NVRTC on the CPU for sm_80, sm_90 and sm_100, without register spills;
 compile errors name the call and carry the log; the CUBIN cache survives corruption."""
 
 import pytest
@@ -14,7 +14,7 @@ from painnfx.ops.cuda.nvrtc import NvrtcError, compile_cubin, kernel_source, ptx
 KERNELS = {"painn_message.cu": ["painn_message_forward_f32", "painn_message_forward_f64"]}
 
 
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90", "sm_100"])
 @pytest.mark.parametrize("filename", sorted(KERNELS))
 def test_kernels_compile_without_spills(filename, arch):
     out = compile_cubin(kernel_source(filename), filename, arch, use_cache=False)
@@ -22,6 +22,11 @@ def test_kernels_compile_without_spills(filename, arch):
     assert set(KERNELS[filename]) <= set(out.stats), out.log
     assert not out.spills(), f"register spills in {filename} for {arch}: {out.spills()}\n{out.log}"
     assert all(v["registers"] and v["registers"] <= 128 for v in out.stats.values()), out.stats
+
+
+def test_kernel_sources_inline_their_local_headers():
+    src = kernel_source("painn_message.cu")
+    assert '#include "radial.cuh"' not in src and "PAINNFX_CUTOFF_MOLLIFIER" in src
 
 
 def test_compile_error_names_the_call_and_shows_the_log():

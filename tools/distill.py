@@ -47,7 +47,7 @@ def to_tensors(samples, cutoff: float, dtype: torch.dtype):
 
 
 def predict(model, data, create_graph: bool):
-    from painnfx.model.properties import compute_properties, voigt
+    from painnfx.model.properties import compute_properties
 
     out = compute_properties(model, data["positions"], data["numbers"], data["edge_index"], data["shifts"],
                              create_graph=create_graph, batch=data["batch"], n_systems=data["n_systems"])
@@ -57,7 +57,7 @@ def predict(model, data, create_graph: bool):
 def errors(model, samples, cutoff, dtype, chunk: int = 8) -> dict:
     """Energy MAE (meV/atom), force MAE (meV/A) and, for periodic cells, stress MAE (meV/A^3)."""
     from painnfx.model.neighbors import neighbor_list
-    from painnfx.model.properties import compute_properties
+    from painnfx.model.properties import compute_properties, voigt
 
     e_err, f_err, s_err = [], [], []
     for k in range(0, len(samples), chunk):
