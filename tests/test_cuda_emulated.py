@@ -1,0 +1,129 @@
+"""The CUDA kernels, unchanged, run on the CPU through the emulator (painnfx.tools.emulator)
+and the project's own launch-argument code, against the reference op, under three thread
+schedules; and the harness can fail (mutated kernels, wrongly typed arguments)."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+
+from painnfx.ops import prepare_edges, reference
+from painnfx.ops.cuda import message as cuda_message
+from painnfx.ops.cuda.nvrtc import kernel_source
+from strategies import message_inputs
+
+emulator = pytest.importorskip("painnfx.tools.emulator")
+pytestmark = pytest.mark.emulated
+SCHEDULES = ["forward", "reverse", "random"]
+TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return emulator.build(["painn_message.cu"])
+
+
+def _forward(emu, inp, schedule, seed=0):
+    edges = prepare_edges(inp["r"], inp["idx_i"], inp["idx_j"], inp["x"].shape[0])
+    launch, dq, dmu = cuda_message.forward_launch(
+        inp["r"], inp["idx_i"], inp["idx_j"], edges, inp["x"], inp["mu"], inp["weight"], inp["bias"],
+        inp["basis_params"], inp["basis"], inp["cutoff"], inp["cutoff_params"])
+    if launch is not None:
+        emu.launch(launch.kernel, launch.grid, launch.block, launch.args, schedule=schedule, seed=seed)
+    return dq, dmu
+
+
+def _reference(inp):
+    return reference.message_forward(inp["r"], inp["idx_i"], inp["idx_j"], None, inp["x"], inp["mu"], inp["weight"],
+                                     inp["bias"], inp["basis_params"], inp["basis"], inp["cutoff"],
+                                     inp["cutoff_params"])
+
+
+@settings(max_examples=15)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@given(inp=message_inputs(max_atoms=6, max_edges=70))
+def test_forward_kernel_matches_the_reference(emu, schedule, dtype, inp):
+    inp = {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in inp.items()}
+    got = _forward(emu, inp, schedule, seed=3)
+    for a, b in zip(got, _reference(inp)):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+def _big_inputs(f=40, n=5, e=90, dtype=torch.float64):
+    """F above one warp and more edges per atom than one tile (TILE = 32)."""
+    gen = torch.Generator().manual_seed(7)
+    r = torch.randn(e, 3, generator=gen, dtype=dtype)
+    return dict(r=r, idx_i=torch.randint(0, n, (e,), generator=gen), idx_j=torch.randint(0, n, (e,), generator=gen),
+                x=torch.randn(n, 3 * f, generator=gen, dtype=dtype), mu=torch.randn(n, 3, f, generator=gen, dtype=dtype),
+                weight=torch.randn(3 * f, 6, generator=gen, dtype=dtype), bias=torch.randn(3 * f, generator=gen, dtype=dtype),
+                basis_params=torch.stack([torch.linspace(0, 3, 6), torch.full((6,), 0.6)]).to(dtype), basis="gaussian",
+                cutoff="mollifier", cutoff_params=[3.0, 1e-7])
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_forward_kernel_several_tiles_and_warps(emu, schedule):
+    inp = _big_inputs()
+    for a, b in zip(_forward(emu, inp, schedule, seed=1), _reference(inp)):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+def test_k_above_the_kernel_maximum_is_refused():
+    inp = _big_inputs()
+    inp["weight"] = torch.randn(120, 65, dtype=torch.float64)
+    inp["basis_params"] = torch.stack([torch.linspace(0, 3, 65), torch.ones(65)]).double()
+    with pytest.raises(ValueError, match="K = 65 radial functions exceed the kernel's maximum 64"):
+        cuda_message.forward_launch(inp["r"], inp["idx_i"], inp["idx_j"], None, inp["x"], inp["mu"], inp["weight"],
+                                    inp["bias"], inp["basis_params"], "gaussian", "cosine", [3.0])
+
+
+def _mutant(old, new, count=1):
+    src = kernel_source("painn_message.cu")
+    assert src.count(old) >= count, old
+    return src.replace(old, new, count)
+
+
+def test_a_removed_barrier_is_caught_in_some_schedule():
+    """Drop the barrier that separates a tile's cooperative geometry/basis from its use: the
+    forward order may still pass, reverse or random must not."""
+    mutated = _mutant("        __syncthreads();\n        if (f < F) {", "        if (f < F) {")
+    emu = emulator.build(["painn_message.cu"], sources={"painn_message.cu": mutated})
+    inp = _big_inputs()
+    want = _reference(inp)
+    failures = 0
+    for schedule in SCHEDULES:
+        got = _forward(emu, inp, schedule, seed=5)
+        failures += not all(torch.allclose(a, b, rtol=1e-12, atol=1e-12) for a, b in zip(got, want))
+    assert failures >= 1
+
+
+def test_an_early_return_before_a_barrier_is_an_error_naming_the_line():
+    mutated = _mutant("        const int n = end - t0 < TILE", "        if (f >= F) return;\n        const int n = end - t0 < TILE")
+    emu = emulator.build(["painn_message.cu"], sources={"painn_message.cu": mutated})
+    with pytest.raises(emulator.EmulatorError, match=r"__syncthreads at .*painn_message.cu:\d+.*has exited"):
+        _forward(emu, _big_inputs(f=20), "forward")
+
+
+def test_a_flipped_index_is_caught():
+    mutated = _mutant("acc_q += fc * ws * xj[f];", "acc_q += fc * ws * xj[F + f];")
+    emu = emulator.build(["painn_message.cu"], sources={"painn_message.cu": mutated})
+    inp = _big_inputs()
+    dq, _ = _forward(emu, inp, "forward")
+    assert not torch.allclose(dq, _reference(inp)[0])
+
+
+def test_argument_packing_is_checked_against_the_kernel_signature(emu):
+    inp = _big_inputs()
+    edges = prepare_edges(inp["r"], inp["idx_i"], inp["idx_j"], 5)
+    launch, _, _ = cuda_message.forward_launch(inp["r"], inp["idx_i"], inp["idx_j"], edges, inp["x"], inp["mu"],
+                                               inp["weight"], inp["bias"], inp["basis_params"], "gaussian", "cosine",
+                                               [3.0])
+    args = list(launch.args)
+    args[12] = np.float32(3.0)  # a float where the f64 kernel takes a double
+    with pytest.raises(emulator.EmulatorError, match=r"argument 12 \(double\) is 8 bytes, the launcher packed 4"):
+        emu.launch(launch.kernel, launch.grid, launch.block, args)
+    args[12] = 3.0  # a Python float: refused before any packing
+    with pytest.raises(TypeError, match="Python float"):
+        emu.launch(launch.kernel, launch.grid, launch.block, args)
+    with pytest.raises(emulator.EmulatorError, match="takes 18 arguments"):
+        emu.launch(launch.kernel, launch.grid, launch.block, launch.args[:-1])
