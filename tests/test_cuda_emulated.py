@@ -127,3 +127,70 @@ def test_argument_packing_is_checked_against_the_kernel_signature(emu):
         emu.launch(launch.kernel, launch.grid, launch.block, args)
     with pytest.raises(emulator.EmulatorError, match="takes 18 arguments"):
         emu.launch(launch.kernel, launch.grid, launch.block, launch.args[:-1])
+
+
+@pytest.fixture(scope="module")
+def emu_all():
+    return emulator.build(["painn_message.cu", "painn_message_backward.cu"])
+
+
+def _backward(emu, inp, gq, gmu, schedule, weight_grad, seed=0):
+    edges = prepare_edges(inp["r"], inp["idx_i"], inp["idx_j"], inp["x"].shape[0])
+    launches, outputs = cuda_message.backward_launches(
+        gq, gmu, inp["r"], inp["idx_i"], inp["idx_j"], edges, inp["x"], inp["mu"], inp["weight"], inp["bias"],
+        inp["basis_params"], inp["basis"], inp["cutoff"], inp["cutoff_params"], weight_grad)
+    for launch in launches:
+        emu.launch(launch.kernel, launch.grid, launch.block, launch.args, schedule=schedule, seed=seed)
+    return outputs
+
+
+def _cotangents(inp, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n, f = inp["x"].shape[0], inp["x"].shape[1] // 3
+    dtype = inp["x"].dtype
+    return (torch.randn(n, f, generator=gen, dtype=torch.float64).to(dtype),
+            torch.randn(n, 3, f, generator=gen, dtype=torch.float64).to(dtype))
+
+
+def _reference_backward(inp, gq, gmu, weight_grad):
+    return reference.message_backward(gq, gmu, inp["r"], inp["idx_i"], inp["idx_j"], None, inp["x"], inp["mu"],
+                                      inp["weight"], inp["bias"], inp["basis_params"], inp["basis"], inp["cutoff"],
+                                      inp["cutoff_params"], 0, weight_grad)
+
+
+def _assert_backward(got, want, dtype):
+    for name, a, b in zip(("dL/dr", "dL/dx", "dL/dmu", "dL/dweight", "dL/dbias"), got, want):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, **TOL[dtype], msg=name)
+
+
+@settings(max_examples=12)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@given(inp=message_inputs(max_atoms=6, max_edges=60))
+def test_backward_kernels_match_the_reference(emu_all, schedule, dtype, inp):
+    inp = {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in inp.items()}
+    gq, gmu = _cotangents(inp)
+    weight_grad = inp["r"].shape[0] % 2 == 0  # both paths, training and MD
+    got = _backward(emu_all, inp, gq, gmu, schedule, weight_grad, seed=2)
+    _assert_backward(got, _reference_backward(inp, gq, gmu, weight_grad), dtype)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_backward_kernels_several_tiles_warps_and_weight_parts(emu_all, schedule):
+    inp = _big_inputs(e=150)
+    gq, gmu = _cotangents(inp, 4)
+    got = _backward(emu_all, inp, gq, gmu, schedule, True, seed=9)
+    _assert_backward(got, _reference_backward(inp, gq, gmu, True), torch.float64)
+
+
+def test_a_wrong_warp_reduction_is_caught():
+    src = kernel_source("painn_message_backward.cu")
+    mutated = src.replace("for (int o = 16; o > 0; o >>= 1)", "for (int o = 8; o > 0; o >>= 1)")
+    assert mutated != src
+    emu = emulator.build(["painn_message_backward.cu"], sources={"painn_message_backward.cu": mutated})
+    inp = _big_inputs()
+    gq, gmu = _cotangents(inp)
+    gr = _backward(emu, inp, gq, gmu, "forward", False)[0]
+    assert not torch.allclose(gr, _reference_backward(inp, gq, gmu, False)[0])

@@ -33,30 +33,77 @@ class Launch:
 
 def forward_launch(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params):
     """(Launch or None, dq, dmu): outputs allocated here; None when there is nothing to launch."""
-    n, f = x.shape[0], x.shape[1] // 3
-    k = basis_params.shape[1]
+    n = x.shape[0]
+    f, k, params, wt, b, radial = _common(x, basis_params, weight, bias, basis, cutoff, cutoff_params)
+    dq = x.new_zeros(n, f)
+    dmu = x.new_zeros(n, 3, f)
+    if n == 0 or r.shape[0] == 0:
+        return None, dq, dmu
+    keep = [r.contiguous(), idx_j.contiguous(), x.contiguous(), None if mu is None else mu.contiguous(), wt, b,
+            params, dq, dmu]
+    r_, j_, x_, mu_ = keep[:4]
+    args = [r_, edges[0], edges[1], j_, x_, mu_, wt, b, *radial, dq, dmu]
+    block = (min(MAX_F, 32 * ((f + 31) // 32)), 1, 1)
+    return Launch(f"painn_message_forward_{_SUFFIX[x.dtype]}", (n, 1, 1), block, args, keep), dq, dmu
+
+
+#: edges per block of the edge kernel (EDGE_WARPS in painn_message_backward.cu), and the
+#: number of edge ranges (stage-1 blocks) of the weight-gradient reduction
+EDGE_WARPS = 4
+WEIGHT_PARTS = 64
+PAIRS_PER_BLOCK = 256
+
+
+def _common(x, basis_params, weight, bias, basis, cutoff, cutoff_params):
+    f, k = x.shape[1] // 3, basis_params.shape[1]
     if x.dtype not in _SUFFIX:
         raise InputError(f"painn_message (cuda): dtype {x.dtype} is not supported (float32, float64)")
     if k > MAX_K:
         raise InputError(f"painn_message (cuda): K = {k} radial functions exceed the kernel's maximum {MAX_K}")
     if f > MAX_F:
         raise InputError(f"painn_message (cuda): F = {f} features exceed the kernel's maximum {MAX_F}")
-    dq = x.new_empty(n, f)
-    dmu = x.new_empty(n, 3, f)
-    if n == 0 or r.shape[0] == 0:
-        dq.zero_()
-        dmu.zero_()
-        return None, dq, dmu
     scalar = _SCALAR[x.dtype]
-    dst_ptr, dst_perm = edges[0], edges[1]
     params = basis_params.to(x.dtype).contiguous()
-    wt = weight.t().contiguous()
     c = list(cutoff_params) + [0.0] * (2 - len(cutoff_params))
-    keep = [r.contiguous(), idx_j.contiguous(), x.contiguous(), None if mu is None else mu.contiguous(), wt,
-            bias.contiguous(), params, dq, dmu]
-    r_, j_, x_, mu_, wt_, b_, p_, _, _ = keep
-    args = [r_, dst_ptr, dst_perm, j_, x_, mu_, wt_, b_, p_[0], p_[1] if p_.shape[0] > 1 else None,
-            np.int32(basis_spec(basis).kernel_id), np.int32(cutoff_spec(cutoff).kernel_id), scalar(c[0]), scalar(c[1]),
-            np.int32(f), np.int32(k), dq, dmu]
-    block = (min(MAX_F, 32 * ((f + 31) // 32)), 1, 1)
-    return Launch(f"painn_message_forward_{_SUFFIX[x.dtype]}", (n, 1, 1), block, args, keep), dq, dmu
+    radial = [params[0], params[1] if params.shape[0] > 1 else None, np.int32(basis_spec(basis).kernel_id),
+              np.int32(cutoff_spec(cutoff).kernel_id), scalar(c[0]), scalar(c[1]), np.int32(f), np.int32(k)]
+    return f, k, params, weight.t().contiguous(), bias.contiguous(), radial
+
+
+def backward_launches(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
+                      cutoff_params, weight_grad):
+    """(launches in order, (gr, gx, gmu_in or None, gw or None, gb or None)) of the backward."""
+    n, e = x.shape[0], r.shape[0]
+    f, k, params, wt, b, radial = _common(x, basis_params, weight, bias, basis, cutoff, cutoff_params)
+    s = _SUFFIX[x.dtype]
+    gr = torch.zeros_like(r)
+    gx = torch.zeros_like(x)
+    gmu_in = torch.zeros_like(mu) if mu is not None else None
+    gw = torch.zeros_like(weight) if weight_grad else None
+    gb = torch.zeros_like(bias) if weight_grad else None
+    outputs = (gr, gx, gmu_in, gw, gb)
+    if n == 0 or e == 0:
+        return [], outputs
+    r_, ii, jj, x_, gq_, gmu_ = (t.contiguous() for t in (r, idx_i, idx_j, x, gq, gmu))
+    mu_ = None if mu is None else mu.contiguous()
+    src_ptr, src_perm = edges[2], edges[3]
+    keep = [r_, ii, jj, x_, mu_, gq_, gmu_, wt, b, params, *outputs]
+    warp_block = (min(MAX_F, 32 * ((f + 31) // 32)), 1, 1)
+    launches = [
+        Launch(f"painn_message_backward_nodes_{s}", (n, 1, 1), warp_block,
+               [r_, src_ptr, src_perm, ii, x_, mu_, gq_, gmu_, wt, b, *radial, gx, gmu_in], keep),
+        Launch(f"painn_message_backward_edges_{s}", ((e + EDGE_WARPS - 1) // EDGE_WARPS, 1, 1), (32 * EDGE_WARPS, 1, 1),
+               [r_, ii, jj, x_, mu_, gq_, gmu_, wt, b, *radial, np.int64(e), gr], keep),
+    ]
+    if weight_grad:
+        parts = min(WEIGHT_PARTS, e)
+        pairs = 3 * f * (k + 1)
+        partial = x.new_empty(parts, pairs)
+        keep.append(partial)
+        launches += [
+            Launch(f"painn_message_backward_weights_{s}", (parts, (pairs + PAIRS_PER_BLOCK - 1) // PAIRS_PER_BLOCK, 1),
+                   (PAIRS_PER_BLOCK, 1, 1), [r_, ii, jj, x_, mu_, gq_, gmu_, *radial, np.int64(e), partial], keep),
+            Launch(f"painn_message_reduce_partials_{s}", ((pairs + PAIRS_PER_BLOCK - 1) // PAIRS_PER_BLOCK, 1, 1),
+                   (PAIRS_PER_BLOCK, 1, 1), [partial, np.int32(parts), np.int32(f), np.int32(k), gw, gb], keep),
+        ]
+    return launches, outputs

@@ -115,3 +115,4 @@ __device__ void painn_message_forward(
 
 INSTANTIATE(float, f32)
 INSTANTIATE(double, f64)
+#undef INSTANTIATE

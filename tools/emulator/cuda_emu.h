@@ -32,9 +32,15 @@ extern thread_local dim3 thread_idx, block_idx, block_dim, grid_dim;
 // run body() for every thread of every block; schedule: 0 forward, 1 reverse, 2 random(seed)
 int launch(const unsigned* grid, const unsigned* block, int schedule, unsigned seed, const std::function<void()>& body);
 void syncthreads(const char* file, int line);
-// kind: 0 = shfl (param = source lane), 1 = shfl_down (param = delta), 2 = shfl_xor (param = lane mask)
+// kind: 0 = shfl (param = source lane), 1 = shfl_down (param = delta), 2 = shfl_xor (param = lane mask),
+// 3 = __syncwarp (no exchange)
 void shuffle(int kind, unsigned mask, void* value, std::size_t size, int param, int width, const char* file,
              int line);
+
+inline void syncwarp(const char* file, int line) {
+    int unused = 0;
+    shuffle(3, 0xffffffffu, &unused, sizeof(int), 0, 32, file, line);
+}
 
 template <typename T>
 T shfl(int kind, unsigned mask, T v, int param, int width, const char* file, int line) {
@@ -59,12 +65,14 @@ T shfl(int kind, unsigned mask, T v, int param, int width, const char* file, int
 #define __restrict__ __restrict
 #define __shared__ static thread_local
 #define __syncthreads() emu::syncthreads(__FILE__, __LINE__)
-#define __shfl_sync(mask, v, src, ...) emu::shfl(0, mask, v, src, EMU_WIDTH(__VA_ARGS__), __FILE__, __LINE__)
-#define __shfl_down_sync(mask, v, d, ...) emu::shfl(1, mask, v, d, EMU_WIDTH(__VA_ARGS__), __FILE__, __LINE__)
-#define __shfl_xor_sync(mask, v, m, ...) emu::shfl(2, mask, v, m, EMU_WIDTH(__VA_ARGS__), __FILE__, __LINE__)
-#define EMU_WIDTH(...) (emu::width_or_32(0, ##__VA_ARGS__))
+#define __shfl_sync(...) emu::shfl_at(0, __FILE__, __LINE__, __VA_ARGS__)
+#define __shfl_down_sync(...) emu::shfl_at(1, __FILE__, __LINE__, __VA_ARGS__)
+#define __shfl_xor_sync(...) emu::shfl_at(2, __FILE__, __LINE__, __VA_ARGS__)
+#define __syncwarp(...) emu::syncwarp(__FILE__, __LINE__)
 
 namespace emu {
-inline int width_or_32(int) { return 32; }
-inline int width_or_32(int, int w) { return w; }
+template <typename T>
+T shfl_at(int kind, const char* file, int line, unsigned mask, T v, int param, int width = 32) {
+    return shfl(kind, mask, v, param, width, file, line);
+}
 }  // namespace emu

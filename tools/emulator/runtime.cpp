@@ -100,7 +100,8 @@ bool resolve_warps(Launch& L) {
             const Fiber& f = L.fibers[k];
             const int lane = k - w0, width = f.width, base = lane - lane % width;
             int src = lane;
-            if (f.kind == 0) src = base + ((f.param % width) + width) % width;
+            if (f.kind == 3) src = lane;
+            else if (f.kind == 0) src = base + ((f.param % width) + width) % width;
             else if (f.kind == 1) src = lane % width + f.param < width ? lane + f.param : lane;
             else src = base + ((lane % width) ^ f.param);
             if (src >= w1 - w0) src = lane;  // a lane beyond the block: keep own value
