@@ -23,7 +23,8 @@ class PaiNNCalculator(Calculator):
     ``optimize`` runs :func:`painnfx.rewriter.optimize` on the model first: ``"auto"``
     (default) does so when the rewriter is installed and the model is a painnfx PaiNN,
     True requires it, False never does. ``dtype`` defaults to float64 for clean energy
-    conservation in MD; float32 is faster.
+    conservation in MD; float32 is faster. ``cuda_graphs=True`` (CUDA only) captures a whole
+    step (energy, forces, stress) once and replays it on new positions (model/cuda_graphs.py).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
@@ -35,6 +36,7 @@ class PaiNNCalculator(Calculator):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float64,
         optimize: bool | str = "auto",
+        cuda_graphs: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -54,6 +56,10 @@ class PaiNNCalculator(Calculator):
         self.elements = getattr(cfg, "elements", None)
         self.max_z = getattr(cfg, "max_z", 100)
         self.evaluator = self._maybe_optimize(self.model, optimize)
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, got {self.device}")
+        self.cuda_graphs = cuda_graphs
+        self._graphed: dict = {}  # (numbers, stress) -> GraphedEvaluator
 
     @staticmethod
     def _maybe_optimize(model, optimize):
@@ -73,6 +79,16 @@ class PaiNNCalculator(Calculator):
             warnings.simplefilter("ignore")
             fast = run_optimize(model)
         return fast if fast.applied else model
+
+    def _graphed_step(self, numbers: torch.Tensor, stress: bool):
+        """The captured MD step for these atoms (fixed-size MD: one capture, replayed; a neighbor
+        count above the edge capacity re-captures, see model/cuda_graphs.py)."""
+        from .cuda_graphs import GraphedEvaluator
+
+        key = (tuple(numbers.tolist()), stress)
+        if key not in self._graphed:
+            self._graphed = {key: GraphedEvaluator(self.evaluator, numbers, stress=stress)}
+        return self._graphed[key]
 
     @property
     def optimized(self) -> bool:
@@ -95,9 +111,10 @@ class PaiNNCalculator(Calculator):
         ei = nl.edge_index
         check_overlaps(ei, pos[ei[1]] - pos[ei[0]] + nl.shifts)
         cell = torch.as_tensor(atoms.cell.array, dtype=self.dtype, device=self.device)
-        out = compute_properties(
-            self.evaluator, pos, numbers, ei, nl.shifts, cell, stress=want_stress
-        )
+        if self.cuda_graphs:
+            out = self._graphed_step(numbers, want_stress)(pos, ei, nl.shifts, cell)
+        else:
+            out = compute_properties(self.evaluator, pos, numbers, ei, nl.shifts, cell, stress=want_stress)
         energy = float(out.energy.sum())
         self.results["energy"] = energy
         self.results["free_energy"] = energy

@@ -88,6 +88,8 @@ def check_system_tensors(model, positions, numbers, edge_index, shifts) -> None:
         raise InputError(f"edge_index must be int64 of shape (2, E), got {edge_index.dtype} {tuple(edge_index.shape)}")
     if shifts.shape != (edge_index.shape[1], 3):
         raise InputError(f"shifts must have shape ({edge_index.shape[1]}, 3), got {tuple(shifts.shape)}")
+    if positions.is_cuda and torch.cuda.is_current_stream_capturing():
+        return  # values cannot be read inside a CUDA-graph capture (checked before each replay)
     if not bool(torch.isfinite(positions).all()):
         raise InputError("positions contain NaN or inf")
     if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= positions.shape[0]):

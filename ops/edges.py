@@ -59,10 +59,11 @@ def check_values(r, idx_i, idx_j, n_atoms: int) -> None:
 
 
 def _order(idx: Tensor, n_atoms: int) -> tuple[Tensor, Tensor]:
-    perm = torch.sort(idx, stable=True).indices
-    ptr = idx.new_zeros(n_atoms + 1)
-    torch.cumsum(torch.bincount(idx, minlength=n_atoms), 0, out=ptr[1:])
-    return ptr, perm
+    """(row pointers, permutation); no host sync (searchsorted, not bincount), so it can be
+    captured in a CUDA graph."""
+    ordered, perm = torch.sort(idx, stable=True)
+    atoms = torch.arange(n_atoms + 1, dtype=idx.dtype, device=idx.device)
+    return torch.searchsorted(ordered, atoms), perm
 
 
 def prepare_reference(r, idx_i, idx_j, n_atoms):

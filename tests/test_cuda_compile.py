@@ -11,13 +11,17 @@ except Exception as exc:  # pragma: no cover - environment without libnvrtc
 
 from painnfx.ops.cuda.nvrtc import NvrtcError, compile_cubin, kernel_source, ptxas_stats
 
-KERNELS = {"painn_message.cu": ["painn_message_forward_f32", "painn_message_forward_f64"]}
+KERNELS = {
+    "painn_message.cu": ["painn_message_forward_f32", "painn_message_forward_f64"],
+    "painn_message_backward.cu": [f"painn_message_{k}_{s}" for k in ("backward_nodes", "backward_edges",
+                                  "backward_weights", "reduce_partials") for s in ("f32", "f64")],
+}
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90", "sm_100"])
 @pytest.mark.parametrize("filename", sorted(KERNELS))
 def test_kernels_compile_without_spills(filename, arch):
-    out = compile_cubin(kernel_source(filename), filename, arch, use_cache=False)
+    out = compile_cubin(kernel_source(filename), filename, arch, ("-lineinfo",), use_cache=False)
     assert out.cubin[:4] == b"\x7fELF"
     assert set(KERNELS[filename]) <= set(out.stats), out.log
     assert not out.spills(), f"register spills in {filename} for {arch}: {out.spills()}\n{out.log}"

@@ -103,6 +103,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="capture a whole step in a CUDA graph and replay it (CUDA devices only)")
     p.add_argument("--trajectory", help="write an ASE .traj file")
     p.add_argument("--traj-interval", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -124,7 +126,7 @@ def main_md(args) -> int:
         MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed))
     model = args.checkpoint  # None -> default model
     dtype = DTYPES[args.dtype]
-    calc = PaiNNCalculator(model, device=args.device, dtype=dtype, optimize="auto")
+    calc = PaiNNCalculator(model, device=args.device, dtype=dtype, optimize="auto", cuda_graphs=args.cuda_graphs)
     if not args.quiet and not args.checkpoint and not is_trained_default():
         print("note: no trained default checkpoint is installed; using the deterministic random model (seed 0)")
     energies, positions, seconds = run_md(atoms, calc, args, args.steps, not args.quiet, args.trajectory)

@@ -1,10 +1,13 @@
 """painnfx.ops.cuda: CUDA kernels for the fused ops, compiled at run time with NVRTC.
 
-Status: the NVRTC compile path (``nvrtc.py``: checked calls, ptxas statistics, on-disk CUBIN
-cache), the per-edge radial maths shared by every kernel (``radial.cuh``: one case per spec
-of ``painnfx.ops.radial``, switched on the specs' kernel ids, also compiled by the host C++
-compiler in the tests) and the forward kernel source of ``painn_message`` exist and are
-compiled for sm_80, sm_90 and sm_100 in CI. The launcher, the backward kernels and the
-registration of a "cuda" backend with ``painnfx.ops.dispatch`` are the CUDA issue's work;
-until then every device runs the reference implementation.
+* ``nvrtc.py``: checked NVRTC calls, ptxas statistics, on-disk CUBIN cache;
+* ``radial.cuh``: the per-edge radial maths of every spec of ``painnfx.ops.radial``;
+* ``painn_message.cu`` / ``painn_message_backward.cu``: the message kernels (docs/cuda.md);
+* ``launch.py``: kernel arguments (numpy-typed scalars, pointers), shared by the GPU launcher
+  and the CPU emulator of the tests (``painnfx.tools.emulator``);
+* ``message.py``: the launches (kernels, grids, blocks, arguments) of the op's forward and backward;
+* ``launcher.py``: compile for the device's arch, load, launch on PyTorch's current stream (cuda.core);
+* ``backend.py``: registers the "cuda" backend with ``painnfx.ops.dispatch``.
+
+Nothing here imports cuda-python until a kernel runs on a GPU.
 """

@@ -1,0 +1,69 @@
+"""The "cuda" backend: the fused message op's forward and backward kernels, registered with
+``painnfx.ops.dispatch`` for the device type "cuda", so torch's dispatcher runs them for CUDA
+tensors with no further code (``use_backend("reference")`` still selects the reference).
+
+Double backward (training on forces, ``create_graph=True``) runs the differentiable reference
+backward on CUDA too (ops/message.py); first-order backwards (MD, energy training) run these
+kernels. ``radial_filter`` (a filter with consumers besides messages) and ``prepare_edges``
+(torch sorts, already device code) run their reference implementations on the GPU.
+
+If cuda-python is missing on a machine with a GPU, the first call warns once and the reference
+implementation runs instead.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from .. import dispatch, reference
+from . import message
+
+NAME = "cuda"
+_unavailable: list = []  # the reason, once cuda-python failed to import
+
+
+def _usable() -> bool:
+    if _unavailable:
+        return False
+    try:
+        import cuda.core  # noqa: F401
+    except ImportError as exc:
+        _unavailable.append(str(exc))
+        warnings.warn(f"painnfx: cuda-python is not importable ({exc}); the fused ops run their reference "
+                      "implementation on the GPU. pip install 'painnfx[cuda]' for the CUDA kernels", stacklevel=3)
+        return False
+    return True
+
+
+def message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params,
+                    chunk_size=0):
+    if not _usable():
+        return reference.message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
+                                         cutoff_params, chunk_size)
+    from .launcher import run
+
+    launch, dq, dmu = message.forward_launch(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis,
+                                             cutoff, cutoff_params)
+    if launch is not None:
+        run(launch, x.device)
+    return dq, dmu
+
+
+def message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
+                     cutoff_params, chunk_size=0, weight_grad=True):
+    if not _usable():
+        return reference.message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis,
+                                          cutoff, cutoff_params, chunk_size, weight_grad)
+    from .launcher import run
+
+    launches, outputs = message.backward_launches(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias,
+                                                  basis_params, basis, cutoff, cutoff_params, weight_grad)
+    for launch in launches:
+        run(launch, x.device)
+    return outputs
+
+
+def register() -> None:
+    dispatch.register_backend(NAME, {"cuda"}, priority=1)
+    dispatch.implement("painn_message", NAME, message_forward)
+    dispatch.implement("painn_message_backward", NAME, message_backward)
