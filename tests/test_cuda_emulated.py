@@ -194,3 +194,54 @@ def test_a_wrong_warp_reduction_is_caught():
     gq, gmu = _cotangents(inp)
     gr = _backward(emu, inp, gq, gmu, "forward", False)[0]
     assert not torch.allclose(gr, _reference_backward(inp, gq, gmu, False)[0])
+
+
+@pytest.mark.parametrize("k", [1, cuda_message.MAX_K])
+@pytest.mark.parametrize("schedule", ["reverse", "random"])
+def test_one_and_the_maximum_number_of_radial_functions(emu_all, k, schedule):
+    inp = _big_inputs(f=33, e=70)
+    gen = torch.Generator().manual_seed(k)
+    inp["weight"] = torch.randn(99, k, generator=gen, dtype=torch.float64) / k**0.5
+    inp["basis_params"] = (torch.arange(1, k + 1, dtype=torch.float64) * torch.pi / 3.0)[None]
+    inp["basis"] = "bessel"
+    for a, b in zip(_forward(emu_all, inp, schedule, seed=k), _reference(inp)):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    gq, gmu = _cotangents(inp, k)
+    _assert_backward(_backward(emu_all, inp, gq, gmu, schedule, True, seed=k), _reference_backward(inp, gq, gmu, True),
+                     torch.float64)
+
+
+ASAN_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from painnfx.tools import emulator
+from painnfx.ops.cuda.nvrtc import kernel_source
+import test_cuda_emulated as t
+src = kernel_source("painn_message.cu").replace("const scalar_t* xj = x + j * F3;", "const scalar_t* xj = x + (j + 1) * F3;")
+emu = emulator.build(["painn_message.cu"], sanitize=True, sources={"painn_message.cu": src})
+inp = t._big_inputs(n=3, e=40)
+t._forward(emu, inp, "forward")
+"""
+
+
+def test_sanitizer_build_reports_an_out_of_bounds_read_with_the_cu_line(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cxx = shutil.which("g++")
+    if cxx is None:  # pragma: no cover - CI has g++
+        pytest.skip("no g++")
+    asan = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(asan):  # pragma: no cover
+        pytest.skip("g++ has no AddressSanitizer runtime")
+    script = tmp_path / "oob.py"
+    script.write_text(ASAN_SCRIPT)
+    env = dict(os.environ, LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0:halt_on_error=1")
+    out = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode != 0
+    assert "heap-buffer-overflow" in out.stderr or "AddressSanitizer" in out.stderr, out.stderr[-3000:]
+    assert "painn_message.cu:" in out.stderr, out.stderr[-3000:]
