@@ -21,8 +21,10 @@ class PaiNNCalculator(Calculator):
 
     ``model`` is a :class:`PaiNN`, a checkpoint path, or None for the built-in default model.
     ``optimize`` runs :func:`painnfx.rewriter.optimize` on the model first: ``"auto"``
-    (default) does so when the rewriter is installed and the model is a painnfx PaiNN,
-    True requires it, False never does. ``dtype`` defaults to float64 for clean energy
+    (default) does so when it applies and then, per system size, runs whichever of the fused
+    graph and the plain model is faster (measured on the first call of that size), so it never
+    makes a calculation slower; True requires the rewrite and always runs the fused graph;
+    False never rewrites. ``dtype`` defaults to float64 for clean energy
     conservation in MD; float32 is faster. ``cuda_graphs=True`` (CUDA only) captures a whole
     step (energy, forces, stress) once and replays it on new positions (model/cuda_graphs.py).
     """
@@ -78,7 +80,10 @@ class PaiNNCalculator(Calculator):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fast = run_optimize(model)
-        return fast if fast.applied else model
+        if not fast.applied:
+            return model
+        fast.path = "auto"  # never slower than the plain model: measured per system size (runner.py)
+        return fast
 
     def _graphed_step(self, numbers: torch.Tensor, stress: bool):
         """The captured MD step for these atoms (fixed-size MD: one capture, replayed; a neighbor

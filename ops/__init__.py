@@ -2,8 +2,8 @@
 
 Importing this package registers the torch.library custom ops ``painnfx::prepare_edges``,
 ``painnfx::painn_message`` and ``painnfx::radial_filter`` (and their backward ops), with the
-reference implementation as every device's default and the CUDA kernels (``ops.cuda``)
-registered for the device type "cuda" through ``ops.dispatch``. Radial bases and cutoffs are defined once in ``ops.radial``.
+reference implementation as every device's default, the C++ kernels (``ops.cpu``) registered
+for the device type "cpu" and the CUDA kernels (``ops.cuda``) for "cuda", through ``ops.dispatch``. Radial bases and cutoffs are defined once in ``ops.radial``.
 """
 
 from .dispatch import available_backends, register_backend, use_backend
@@ -11,9 +11,11 @@ from .edges import prepare_edges
 from .errors import InputError
 from .message import painn_message
 from .radial_filter import radial_filter
+from .cpu import backend as _cpu_backend
 from .cuda import backend as _cuda_backend
 
-_cuda_backend.register()  # torch's dispatcher runs the CUDA kernels for CUDA tensors
+_cpu_backend.register()  # torch's dispatcher runs the C++ kernels for CPU tensors
+_cuda_backend.register()  # and the CUDA kernels for CUDA tensors
 
 __all__ = ["prepare_edges", "painn_message", "radial_filter", "available_backends", "register_backend",
            "use_backend", "InputError"]

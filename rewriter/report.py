@@ -84,6 +84,8 @@ class OptimizeReport:
     fused_nodes: int = 0
     applied: bool = False
     end_to_end: str = ""  # the whole-graph verification's verdict
+    path_policy: str = ""  # how calls choose between the fused graph and the plain model
+    path_choices: list = field(default_factory=list)  # one per size class seen: path and why
     graph_before: str = ""
     graph_after: str = ""
     table_before: list = field(default_factory=list)  # normalized graph, before the rewrites
@@ -133,6 +135,10 @@ class OptimizeReport:
         out.append("")
         if self.end_to_end:
             out.append(f"end-to-end verification: {self.end_to_end}")
+        if self.applied and self.path_policy:
+            out.append(f"path: {self.path_policy}")
+            for c in self.path_choices:
+                out.append(f"  {c['atoms']} atoms, {c['edges']} edges: {c['path']} ({c['why']})")
         out.append(f"nodes: {self.nodes_before} -> {self.nodes_after}")
         out.append(f"kernel launches (estimate, fwd+bwd): {self.launches_before} -> {self.launches_after}")
         before, after = Counter(self.ops_before), Counter(self.ops_after)

@@ -8,10 +8,11 @@ settings.register_profile(
     "ci",
     max_examples=int(os.environ.get("PAINNFX_HYPOTHESIS_EXAMPLES", "25")),
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
     derandomize=True,
 )
-settings.register_profile("dev", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=100, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -26,3 +27,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not has_cuda:
             item.add_marker(skip_cuda)
+
+
+def cpu_backends() -> list[str]:
+    """Every implementation of the fused ops that runs on this machine's CPU."""
+    from painnfx.ops import dispatch
+
+    return [name for name in dispatch.available_backends() if name != "cuda"]
+
+
+@pytest.fixture(params=cpu_backends())
+def each_backend(request):
+    """Run the test under each CPU backend in turn (the op tests use it for every op)."""
+    from painnfx.ops import use_backend
+
+    with use_backend(request.param):
+        yield request.param

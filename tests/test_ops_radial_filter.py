@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+
+pytestmark = pytest.mark.usefixtures("each_backend")
 from hypothesis import given
 from hypothesis import strategies as st
 

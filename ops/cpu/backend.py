@@ -1,0 +1,179 @@
+"""The "cpp" backend: the fused ops' CPU kernels (painn_message.cpp), registered with
+``painnfx.ops.dispatch`` for the device type "cpu" (torch's dispatcher runs them for CPU
+tensors; ``use_backend("reference")`` still selects the reference).
+
+The library is built on first use (build.py). Without a compiler, or if the build fails, the
+reference implementation runs, after one warning that says why. Double backward
+(``create_graph=True``) runs the differentiable reference backward, as on every backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import warnings
+from typing import Optional
+
+
+import torch
+
+from .. import dispatch, reference
+from ..errors import InputError
+from ..radial import basis_spec, cutoff_spec
+from .build import CpuBuildError, build, load
+
+NAME = "cpp"
+MAX_K = 64
+#: fixed number of edge/atom chunks whose weight-gradient partials are added in order
+PARTS = 64
+_state: dict = {}
+_lock = threading.Lock()
+_P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_SCALAR = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The loaded kernels, or None (with one warning) when they cannot be built here."""
+    if "lib" in _state:
+        return _state["lib"]
+    with _lock:
+        if "lib" not in _state:
+            try:
+                path, info = build()
+                lib = load(path)
+                _declare(lib)
+                _state.update(lib=lib, info=info)
+            except (CpuBuildError, OSError) as exc:
+                _state.update(lib=None, info={"error": str(exc)})
+                warnings.warn(f"painnfx: the CPU kernels are unavailable ({str(exc).splitlines()[0]}); the fused ops "
+                              "run their reference implementation", stacklevel=3)
+    return _state["lib"]
+
+
+def info() -> dict:
+    """Build facts (``build_seconds``, ``cached``, ``flags``) or the reason the kernels are unavailable."""
+    library()
+    return dict(_state.get("info", {}))
+
+
+def _declare(lib) -> None:
+    for s, t in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        getattr(lib, f"painn_message_forward_{s}").argtypes = [_P] * 10 + [_I32, _I32, t, t, _I64, _I32, _I32, _P, _P,
+                                                                            _I32]
+        getattr(lib, f"painn_message_backward_{s}").argtypes = [_P] * 12 + [_I32, _I32, t, t, _I64, _I32, _I32] + \
+            [_P] * 4 + [_I32, _I32]
+        getattr(lib, f"radial_filter_forward_{s}").argtypes = [_P] * 5 + [_I32, _I32, t, t, _I64, _I32, _I32, _P, _I32]
+        getattr(lib, f"radial_filter_backward_{s}").argtypes = [_P] * 6 + [_I32, _I32, t, t, _I64, _I32, _I32, _P, _P,
+                                                                           _I32, _I32]
+        for name in ("painn_message_forward", "painn_message_backward", "radial_filter_forward",
+                     "radial_filter_backward"):
+            getattr(lib, f"{name}_{s}").restype = None
+
+
+def _ptr(t) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _radial(dtype, basis_params, basis, cutoff, cutoff_params):
+    k = basis_params.shape[1]
+    if k > MAX_K:
+        raise InputError(f"cpu kernels: K = {k} radial functions exceed the maximum {MAX_K}")
+    params = basis_params.to(dtype).contiguous()
+    c = list(cutoff_params) + [0.0] * (2 - len(cutoff_params))
+    scalar = _SCALAR[dtype]
+    return params, [_ptr(params[0]), _ptr(params[1]) if params.shape[0] > 1 else None], [
+        basis_spec(basis).kernel_id, cutoff_spec(cutoff).kernel_id, scalar(c[0]), scalar(c[1])]
+
+
+def message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params,
+                    chunk_size=0):
+    lib = library()
+    if lib is None or x.dtype not in _SUFFIX:
+        return reference.message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
+                                         cutoff_params, chunk_size)
+    n, f = x.shape[0], x.shape[1] // 3
+    params, pp, radial = _radial(x.dtype, basis_params, basis, cutoff, cutoff_params)
+    dq, dmu = x.new_zeros(n, f), x.new_zeros(n, 3, f)
+    if n == 0 or r.shape[0] == 0:
+        return dq, dmu
+    r_, j_, x_ = r.contiguous(), idx_j.contiguous(), x.contiguous()
+    mu_ = None if mu is None else mu.contiguous()
+    wt, b = weight.t().contiguous(), bias.contiguous()
+    getattr(lib, f"painn_message_forward_{_SUFFIX[x.dtype]}")(
+        _ptr(r_), _ptr(edges[0]), _ptr(edges[1]), _ptr(j_), _ptr(x_), _ptr(mu_), _ptr(wt), _ptr(b), *pp, *radial, n, f,
+        params.shape[1], _ptr(dq), _ptr(dmu), torch.get_num_threads())
+    return dq, dmu
+
+
+def message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
+                     cutoff_params, chunk_size=0, weight_grad=True):
+    lib = library()
+    if lib is None or x.dtype not in _SUFFIX:
+        return reference.message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis,
+                                          cutoff, cutoff_params, chunk_size, weight_grad)
+    n, f = x.shape[0], x.shape[1] // 3
+    params, pp, radial = _radial(x.dtype, basis_params, basis, cutoff, cutoff_params)
+    k = params.shape[1]
+    gr, gx = torch.zeros_like(r), torch.zeros_like(x)
+    gmu_in = torch.zeros_like(mu) if mu is not None else None
+    if n == 0 or r.shape[0] == 0:
+        zw = (torch.zeros_like(weight), torch.zeros_like(bias)) if weight_grad else (None, None)
+        return gr, gx, gmu_in, *zw
+    parts = min(PARTS, n)
+    partial = x.new_empty(parts, 3 * f, k + 1) if weight_grad else None
+    tensors = [t.contiguous() for t in (gq, gmu, r, idx_i, x)]
+    mu_ = None if mu is None else mu.contiguous()
+    wt, b = weight.t().contiguous(), bias.contiguous()
+    getattr(lib, f"painn_message_backward_{_SUFFIX[x.dtype]}")(
+        *[_ptr(t) for t in tensors[:3]], _ptr(edges[2]), _ptr(edges[3]), _ptr(tensors[3]), _ptr(tensors[4]), _ptr(mu_),
+        _ptr(wt), _ptr(b), *pp, *radial, n, f, k, _ptr(gr), _ptr(gx), _ptr(gmu_in), _ptr(partial), parts,
+        torch.get_num_threads())
+    if not weight_grad:
+        return gr, gx, gmu_in, None, None
+    total = partial.sum(0)  # the partials in chunk order: deterministic
+    return gr, gx, gmu_in, total[:, :k].clone(), total[:, k].clone()
+
+
+def filter_forward(d, weight, bias, basis_params, basis, cutoff, cutoff_params):
+    lib = library()
+    if lib is None or d.dtype not in _SUFFIX:
+        return reference.radial_filter_forward(d, weight, bias, basis_params, basis, cutoff, cutoff_params)
+    params, pp, radial = _radial(d.dtype, basis_params, basis, cutoff, cutoff_params)
+    out = d.new_empty(d.shape[0], weight.shape[0])
+    if d.shape[0]:
+        d_, wt, b = d.contiguous(), weight.t().contiguous(), bias.contiguous()
+        getattr(lib, f"radial_filter_forward_{_SUFFIX[d.dtype]}")(
+            _ptr(d_), _ptr(wt), _ptr(b), *pp, *radial, d.shape[0], weight.shape[0], params.shape[1], _ptr(out),
+            torch.get_num_threads())
+    return out
+
+
+def filter_backward(grad, d, weight, bias, basis_params, basis, cutoff, cutoff_params):
+    lib = library()
+    if lib is None or d.dtype not in _SUFFIX:
+        return reference.radial_filter_backward(grad, d, weight, bias, basis_params, basis, cutoff, cutoff_params)
+    params, pp, radial = _radial(d.dtype, basis_params, basis, cutoff, cutoff_params)
+    e, c, k = d.shape[0], weight.shape[0], params.shape[1]
+    gd = torch.zeros_like(d)
+    if e == 0:
+        return gd, torch.zeros_like(weight), torch.zeros_like(bias)
+    parts = min(PARTS, e)
+    partial = d.new_empty(parts, c, k + 1)
+    g_, d_, wt, b = grad.contiguous(), d.contiguous(), weight.t().contiguous(), bias.contiguous()
+    getattr(lib, f"radial_filter_backward_{_SUFFIX[d.dtype]}")(
+        _ptr(g_), _ptr(d_), _ptr(wt), _ptr(b), *pp, *radial, e, c, k, _ptr(gd), _ptr(partial), parts,
+        torch.get_num_threads())
+    total = partial.sum(0)
+    return gd, total[:, :k].clone(), total[:, k].clone()
+
+
+def register() -> None:
+    dispatch.register_backend(NAME, {"cpu"}, priority=1)
+    dispatch.implement("painn_message", NAME, message_forward)
+    dispatch.implement("painn_message_backward", NAME, message_backward)
+    dispatch.implement("radial_filter", NAME, filter_forward)
+    dispatch.implement("radial_filter_backward", NAME, filter_backward)
+
+
+

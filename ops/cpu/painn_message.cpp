@@ -1,0 +1,286 @@
+// CPU kernels of the fused ops (painnfx.ops.cpu), compiled on first use by the host C++
+// compiler with OpenMP. The per-edge radial maths is radial.cuh, the header the CUDA kernels
+// compile too, so the CPU and CUDA kernels cannot drift apart.
+//
+// * message forward: OpenMP over destination atoms (the CSR of prepare_edges); per edge the
+//   filter row W = (bias + wt^T phi) fc is formed for all 3F channels in a vectorised loop over
+//   the transposed weight wt (K, 3F), used at once and dropped: no (E, 3F) array.
+// * message backward: one pass over source atoms (the CSC): dL/dx_j, dL/dmu_j accumulate per
+//   atom, dL/dr is written per edge (each edge has one source), and, when the filter weights
+//   need gradients, each of P fixed chunks of atoms sums dL/dWf, dL/dbf into its own partial,
+//   added in chunk order afterwards. No atomics; the result does not depend on the thread count.
+// * radial filter forward/backward: OpenMP over edges (fixed chunks for the weight gradient).
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "radial.cuh"
+
+#ifndef MAX_K
+#define MAX_K 64
+#endif
+
+namespace {
+
+template <typename T>
+inline void filter_rows(const T* __restrict wt, const T* __restrict bias, const T* phi, int K, int C, T* __restrict a) {
+    std::memcpy(a, bias, sizeof(T) * C);
+    for (int k = 0; k < K; ++k) {
+        const T p = phi[k];
+        const T* __restrict row = wt + (std::int64_t)k * C;
+#pragma omp simd
+        for (int c = 0; c < C; ++c) a[c] += row[c] * p;
+    }
+}
+
+template <typename T>
+inline T geometry(const T* r, std::int64_t e, T* u) {
+    const T rx = r[3 * e], ry = r[3 * e + 1], rz = r[3 * e + 2];
+    const T d = sqrt(rx * rx + ry * ry + rz * rz);
+    u[0] = rx / d;
+    u[1] = ry / d;
+    u[2] = rz / d;
+    return d;
+}
+
+template <typename T>
+void message_forward(const T* r, const std::int64_t* dst_ptr, const std::int64_t* dst_perm, const std::int64_t* idx_j,
+                     const T* x, const T* mu, const T* wt, const T* bias, const T* p0, const T* p1, int basis,
+                     int cutoff, T c0, T c1, std::int64_t N, int F, int K, T* dq, T* dmu, int threads) {
+    const int F3 = 3 * F;
+#pragma omp parallel num_threads(threads)
+    {
+        std::vector<T> w(F3), aq(F), am(F3);
+        T phi[MAX_K];
+#pragma omp for schedule(dynamic, 8)
+        for (std::int64_t i = 0; i < N; ++i) {
+            std::fill(aq.begin(), aq.end(), T(0));
+            std::fill(am.begin(), am.end(), T(0));
+            T* __restrict q = aq.data();
+            T* __restrict m = am.data();
+            T* __restrict wv = w.data();
+            for (std::int64_t s = dst_ptr[i]; s < dst_ptr[i + 1]; ++s) {
+                const std::int64_t e = dst_perm[s];
+                T u[3];
+                const T d = geometry(r, e, u);
+                const T fc = cutoff_fn<T>(cutoff, d, c0, c1, (T*)nullptr);
+                if (fc == T(0)) continue;
+                for (int k = 0; k < K; ++k) phi[k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), (T*)nullptr);
+                filter_rows(wt, bias, phi, K, F3, wv);
+                const T* __restrict xj = x + idx_j[e] * F3;
+#pragma omp simd
+                for (int f = 0; f < F; ++f) {
+                    q[f] += fc * wv[f] * xj[f];
+                    const T mr = fc * wv[F + f] * xj[F + f];
+                    m[f] += mr * u[0];
+                    m[F + f] += mr * u[1];
+                    m[2 * F + f] += mr * u[2];
+                }
+                if (mu) {
+                    const T* __restrict muj = mu + idx_j[e] * F3;
+#pragma omp simd
+                    for (int f = 0; f < F; ++f) {
+                        const T mv = fc * wv[2 * F + f] * xj[2 * F + f];
+                        m[f] += mv * muj[f];
+                        m[F + f] += mv * muj[F + f];
+                        m[2 * F + f] += mv * muj[2 * F + f];
+                    }
+                }
+            }
+            std::memcpy(dq + i * F, q, sizeof(T) * F);
+            std::memcpy(dmu + i * F3, m, sizeof(T) * F3);
+        }
+    }
+}
+
+template <typename T>
+void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t* src_ptr,
+                      const std::int64_t* src_perm, const std::int64_t* idx_i, const T* x, const T* mu, const T* wt,
+                      const T* bias, const T* p0, const T* p1, int basis, int cutoff, T c0, T c1, std::int64_t N,
+                      int F, int K, T* gr, T* gx, T* gmu_in, T* partial, int P, int threads) {
+    const int F3 = 3 * F, K1 = K + 1;
+#pragma omp parallel num_threads(threads)
+    {
+        std::vector<T> a(F3), b(F3), gw(F3), ax(F3), am(F3);
+        T phi[MAX_K], dphi[MAX_K];
+#pragma omp for schedule(dynamic, 1)
+        for (int chunk = 0; chunk < P; ++chunk) {
+            T* __restrict part = partial ? partial + (std::int64_t)chunk * F3 * K1 : nullptr;
+            if (part) std::fill(part, part + (std::int64_t)F3 * K1, T(0));
+            for (std::int64_t j = chunk * N / P; j < (chunk + 1) * N / P; ++j) {
+                std::fill(ax.begin(), ax.end(), T(0));
+                std::fill(am.begin(), am.end(), T(0));
+                const T* __restrict xj = x + j * F3;
+                const T* __restrict muj = mu ? mu + j * F3 : nullptr;
+                for (std::int64_t s = src_ptr[j]; s < src_ptr[j + 1]; ++s) {
+                    const std::int64_t e = src_perm[s];
+                    T u[3];
+                    const T d = geometry(r, e, u);
+                    T dfc;
+                    const T fc = cutoff_fn<T>(cutoff, d, c0, c1, &dfc);
+                    if (fc == T(0) && dfc == T(0)) {
+                        gr[3 * e] = gr[3 * e + 1] = gr[3 * e + 2] = T(0);
+                        continue;
+                    }
+                    for (int k = 0; k < K; ++k) phi[k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), dphi + k);
+                    filter_rows(wt, bias, phi, K, F3, a.data());
+                    std::fill(b.begin(), b.end(), T(0));
+                    T* __restrict bv = b.data();
+                    for (int k = 0; k < K; ++k) {
+                        const T p = dphi[k];
+                        const T* __restrict row = wt + (std::int64_t)k * F3;
+#pragma omp simd
+                        for (int c = 0; c < F3; ++c) bv[c] += row[c] * p;
+                    }
+                    const std::int64_t i = idx_i[e];
+                    const T* __restrict gqi = gq + i * F;
+                    const T* __restrict gmi = gmu + i * F3;
+                    T* __restrict av = a.data();
+                    T* __restrict g = gw.data();
+                    T* __restrict xa = ax.data();
+                    T* __restrict ma = am.data();
+                    T gd = 0, gu0 = 0, gu1 = 0, gu2 = 0;
+#pragma omp simd reduction(+ : gd, gu0, gu1, gu2)
+                    for (int f = 0; f < F; ++f) {
+                        const T q0 = gmi[f], q1 = gmi[F + f], q2 = gmi[2 * F + f];
+                        const T t = u[0] * q0 + u[1] * q1 + u[2] * q2;
+                        const T sv = muj ? q0 * muj[f] + q1 * muj[F + f] + q2 * muj[2 * F + f] : T(0);
+                        g[f] = gqi[f] * xj[f];
+                        g[F + f] = t * xj[F + f];
+                        g[2 * F + f] = sv * xj[2 * F + f];
+                        gd += fc * (g[f] * bv[f] + g[F + f] * bv[F + f] + g[2 * F + f] * bv[2 * F + f]) +
+                              dfc * (g[f] * av[f] + g[F + f] * av[F + f] + g[2 * F + f] * av[2 * F + f]);
+                        const T vr = av[F + f] * fc * xj[F + f];
+                        gu0 += q0 * vr;
+                        gu1 += q1 * vr;
+                        gu2 += q2 * vr;
+                        xa[f] += gqi[f] * av[f] * fc;
+                        xa[F + f] += t * av[F + f] * fc;
+                        xa[2 * F + f] += sv * av[2 * F + f] * fc;
+                        const T wx = av[2 * F + f] * fc * xj[2 * F + f];
+                        ma[f] += q0 * wx;
+                        ma[F + f] += q1 * wx;
+                        ma[2 * F + f] += q2 * wx;
+                    }
+                    const T dot = gu0 * u[0] + gu1 * u[1] + gu2 * u[2];
+                    gr[3 * e] = gd * u[0] + (gu0 - dot * u[0]) / d;
+                    gr[3 * e + 1] = gd * u[1] + (gu1 - dot * u[1]) / d;
+                    gr[3 * e + 2] = gd * u[2] + (gu2 - dot * u[2]) / d;
+                    if (part) {
+                        for (int c = 0; c < F3; ++c) {
+                            const T gc = g[c] * fc;
+                            T* __restrict prow = part + (std::int64_t)c * K1;
+#pragma omp simd
+                            for (int k = 0; k < K; ++k) prow[k] += gc * phi[k];
+                            prow[K] += gc;
+                        }
+                    }
+                }
+                std::memcpy(gx + j * F3, ax.data(), sizeof(T) * F3);
+                if (gmu_in) std::memcpy(gmu_in + j * F3, am.data(), sizeof(T) * F3);
+            }
+        }
+    }
+}
+
+template <typename T>
+void filter_forward(const T* d, const T* wt, const T* bias, const T* p0, const T* p1, int basis, int cutoff, T c0,
+                    T c1, std::int64_t E, int C, int K, T* out, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        T phi[MAX_K];
+#pragma omp for schedule(static)
+        for (std::int64_t e = 0; e < E; ++e) {
+            const T fc = cutoff_fn<T>(cutoff, d[e], c0, c1, (T*)nullptr);
+            T* o = out + e * C;
+            if (fc == T(0)) {
+                std::fill(o, o + C, T(0));
+                continue;
+            }
+            for (int k = 0; k < K; ++k) phi[k] = radial_basis<T>(basis, d[e], p0[k], p1 ? p1[k] : T(0), (T*)nullptr);
+            filter_rows(wt, bias, phi, K, C, o);
+#pragma omp simd
+            for (int c = 0; c < C; ++c) o[c] *= fc;
+        }
+    }
+}
+
+template <typename T>
+void filter_backward(const T* grad, const T* d, const T* wt, const T* bias, const T* p0, const T* p1, int basis,
+                     int cutoff, T c0, T c1, std::int64_t E, int C, int K, T* gd, T* partial, int P, int threads) {
+    const int K1 = K + 1;
+#pragma omp parallel num_threads(threads)
+    {
+        std::vector<T> a(C), b(C);
+        T phi[MAX_K], dphi[MAX_K];
+#pragma omp for schedule(dynamic, 1)
+        for (int chunk = 0; chunk < P; ++chunk) {
+            T* part = partial ? partial + (std::int64_t)chunk * C * K1 : nullptr;
+            if (part) std::fill(part, part + (std::int64_t)C * K1, T(0));
+            for (std::int64_t e = chunk * E / P; e < (chunk + 1) * E / P; ++e) {
+                T dfc;
+                const T fc = cutoff_fn<T>(cutoff, d[e], c0, c1, &dfc);
+                if (fc == T(0) && dfc == T(0)) {
+                    gd[e] = T(0);
+                    continue;
+                }
+                for (int k = 0; k < K; ++k) phi[k] = radial_basis<T>(basis, d[e], p0[k], p1 ? p1[k] : T(0), dphi + k);
+                filter_rows(wt, bias, phi, K, C, a.data());
+                std::fill(b.begin(), b.end(), T(0));
+                for (int k = 0; k < K; ++k) {
+                    const T* row = wt + (std::int64_t)k * C;
+#pragma omp simd
+                    for (int c = 0; c < C; ++c) b[c] += row[c] * dphi[k];
+                }
+                const T* g = grad + e * C;
+                T s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+                for (int c = 0; c < C; ++c) {
+                    s1 += g[c] * b[c];
+                    s2 += g[c] * a[c];
+                }
+                gd[e] = fc * s1 + dfc * s2;
+                if (part) {
+                    for (int c = 0; c < C; ++c) {
+                        const T gc = g[c] * fc;
+                        T* prow = part + (std::int64_t)c * K1;
+                        for (int k = 0; k < K; ++k) prow[k] += gc * phi[k];
+                        prow[K] += gc;
+                    }
+                }
+            }
+        }
+    }
+}
+
+}  // namespace
+
+#define EXPORT(T, S)                                                                                              \
+    extern "C" void painn_message_forward_##S(const T* r, const std::int64_t* dst_ptr, const std::int64_t* dst_perm, \
+                                              const std::int64_t* idx_j, const T* x, const T* mu, const T* wt,     \
+                                              const T* bias, const T* p0, const T* p1, int basis, int cutoff, T c0, \
+                                              T c1, std::int64_t N, int F, int K, T* dq, T* dmu, int threads) {     \
+        message_forward<T>(r, dst_ptr, dst_perm, idx_j, x, mu, wt, bias, p0, p1, basis, cutoff, c0, c1, N, F, K,   \
+                           dq, dmu, threads);                                                                      \
+    }                                                                                                              \
+    extern "C" void painn_message_backward_##S(                                                                    \
+        const T* gq, const T* gmu, const T* r, const std::int64_t* src_ptr, const std::int64_t* src_perm,          \
+        const std::int64_t* idx_i, const T* x, const T* mu, const T* wt, const T* bias, const T* p0, const T* p1,  \
+        int basis, int cutoff, T c0, T c1, std::int64_t N, int F, int K, T* gr, T* gx, T* gmu_in, T* partial,      \
+        int P, int threads) {                                                                                      \
+        message_backward<T>(gq, gmu, r, src_ptr, src_perm, idx_i, x, mu, wt, bias, p0, p1, basis, cutoff, c0, c1,  \
+                            N, F, K, gr, gx, gmu_in, partial, P, threads);                                         \
+    }                                                                                                              \
+    extern "C" void radial_filter_forward_##S(const T* d, const T* wt, const T* bias, const T* p0, const T* p1,     \
+                                              int basis, int cutoff, T c0, T c1, std::int64_t E, int C, int K,     \
+                                              T* out, int threads) {                                               \
+        filter_forward<T>(d, wt, bias, p0, p1, basis, cutoff, c0, c1, E, C, K, out, threads);                      \
+    }                                                                                                              \
+    extern "C" void radial_filter_backward_##S(const T* grad, const T* d, const T* wt, const T* bias, const T* p0,  \
+                                               const T* p1, int basis, int cutoff, T c0, T c1, std::int64_t E,      \
+                                               int C, int K, T* gd, T* partial, int P, int threads) {              \
+        filter_backward<T>(grad, d, wt, bias, p0, p1, basis, cutoff, c0, c1, E, C, K, gd, partial, P, threads);    \
+    }
+
+EXPORT(float, f32)
+EXPORT(double, f64)

@@ -1,0 +1,104 @@
+"""The C++ CPU kernels: build cache (hit, corruption, no compiler), determinism, registration,
+and the auto path policy that never makes a calculation slower than the plain model."""
+
+import warnings
+
+import pytest
+import torch
+from ase.build import molecule
+
+from helpers import evaluate
+from painnfx.model.calculator import PaiNNCalculator
+from painnfx.model.default import random_model
+from painnfx.ops import dispatch, prepare_edges, use_backend
+from painnfx.ops.cpu import backend, build
+from painnfx.ops.unfused import painn_message_unfused
+from painnfx.rewriter import optimize
+
+
+def test_cache_hit_and_corruption_recovery(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAINNFX_CACHE_DIR", str(tmp_path))
+    first_path, first = build.build()
+    assert not first["cached"] and first["build_seconds"] > 0
+    again_path, again = build.build()
+    assert again["cached"] and again_path == first_path
+    first_path.write_bytes(b"not a library")
+    rebuilt_path, rebuilt = build.build()
+    assert not rebuilt["cached"] and rebuilt["sha256"] == first["sha256"]
+    build.load(rebuilt_path)
+
+
+def test_no_compiler_falls_back_to_the_reference_with_one_warning(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.setattr(backend, "_state", {})
+    with pytest.raises(build.CpuBuildError, match="no C\\+\\+ compiler"):
+        build.build()
+    gen = torch.Generator().manual_seed(0)
+    n, e, f, k = 4, 12, 3, 5
+    r = torch.randn(e, 3, generator=gen, dtype=torch.float64)
+    ii, jj = torch.randint(0, n, (e,), generator=gen), torch.randint(0, n, (e,), generator=gen)
+    x, w, b = torch.randn(n, 3 * f, dtype=torch.float64), torch.randn(3 * f, k, dtype=torch.float64), torch.randn(3 * f, dtype=torch.float64)
+    params = torch.stack([torch.linspace(0, 3, k), torch.ones(k)]).double()
+    with pytest.warns(UserWarning, match="CPU kernels are unavailable .*no C\\+\\+ compiler"):
+        dq, _ = backend.message_forward(r, ii, jj, prepare_edges(r, ii, jj, n), x, None, w, b, params, "gaussian",
+                                        "cosine", [3.0])
+    torch.testing.assert_close(dq, painn_message_unfused(r, ii, jj, x, None, w, b, params, "gaussian", "cosine", [3.0])[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only once
+        backend.message_forward(r, ii, jj, prepare_edges(r, ii, jj, n), x, None, w, b, params, "gaussian", "cosine", [3.0])
+
+
+def test_registered_for_cpu_tensors():
+    assert dispatch.chosen("painn_message", "cpu") == "cpp"
+    assert dispatch.chosen("radial_filter_backward", "cpu") == "cpp"
+    with use_backend("reference"):
+        assert dispatch.chosen("painn_message", "cpu") == "reference"
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    model = random_model(1).double()
+    fast = optimize(model)
+    atoms = molecule("C6H6")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = evaluate(fast, atoms)
+        torch.set_num_threads(2)
+        two = evaluate(fast, atoms)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one.forces, two.forces) and torch.equal(one.energy, two.energy)
+
+
+def test_auto_path_takes_the_plain_model_when_it_is_faster(monkeypatch):
+    model = random_model(2).double()
+    fast = optimize(model)
+    fast.path = "auto"
+    monkeypatch.setattr(fast, "_time", lambda fn, args: 2.0 if fn == fast._fused else 1.0)  # a fake timer
+    calls = []
+    original = fast.runner.forward
+    monkeypatch.setattr(fast.runner, "forward", lambda **kw: calls.append(1) or original(**kw))
+    atoms = molecule("H2O")
+    out = evaluate(fast, atoms)
+    torch.testing.assert_close(out.forces, evaluate(model, atoms).forces)
+    (choice,) = fast.report.path_choices
+    assert choice["path"] == "plain" and "fused 2e+03 ms vs plain 1e+03 ms" in choice["why"]
+    assert "3 atoms, 6 edges: plain" in fast.report.to_text()
+    calls.clear()
+    evaluate(fast, atoms)  # the choice is remembered for the size class: no more measuring, plain path
+    assert calls == [] and len(fast.report.path_choices) == 1
+    monkeypatch.setattr(fast, "_time", lambda fn, args: 1.0 if fn == fast._fused else 2.0)
+    evaluate(fast, molecule("C6H6"))  # another size class: measured again, fused is faster there
+    assert fast.report.path_choices[-1]["path"] == "fused" and calls
+
+
+def test_calculator_auto_measures_and_true_always_fuses():
+    atoms = molecule("H2O")
+    model = random_model(0)
+    auto = PaiNNCalculator(model, optimize="auto")
+    atoms.calc = auto
+    atoms.get_forces()
+    assert auto.evaluator.path == "auto" and auto.evaluator.report.path_choices
+    assert auto.evaluator.report.path_choices[0]["path"] in ("fused", "plain")
+    forced = PaiNNCalculator(model, optimize=True)
+    assert forced.evaluator.path == "fused"
