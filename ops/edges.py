@@ -89,6 +89,16 @@ def _prepare_edges_fake(r, idx_i, idx_j, n_atoms):
     return idx_i.new_empty(n_atoms + 1), idx_i.new_empty(e), idx_i.new_empty(n_atoms + 1), idx_i.new_empty(e)
 
 
+def prepare(r, idx_i, idx_j, n_atoms: int):
+    """``prepare_edges``, called directly when running eagerly (no torch.library layers)."""
+    from .message import eager
+
+    if eager(r, idx_i, idx_j):
+        _check_shapes(r, idx_i, idx_j, n_atoms)
+        return tuple(dispatch.run(OP, r.device.type, r.detach(), idx_i, idx_j, n_atoms))
+    return prepare_edges(r, idx_i, idx_j, n_atoms)
+
+
 def check_plan(op: str, edges, n_atoms: int, n_edges: int) -> None:
     """Shapes of a prepared-edges tuple handed to a message op (no values read)."""
     if len(edges) != 4:

@@ -120,6 +120,59 @@ def _backward(ctx, gq, gmu):
 
 
 painn_message.register_autograd(_backward, setup_context=_setup_context)
+
+
+def eager(*tensors) -> bool:
+    """True when plain tensors run eagerly: no compile, tracing, fake or dispatch mode that
+    needs the torch.library op itself."""
+    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._is_torch_function_mode_enabled()
+            and all(t is None or type(t) is torch.Tensor for t in tensors))
+
+
+class _EagerMessage(torch.autograd.Function):
+    """``painn_message`` for eager calls without torch.library's Python layers (argument pytree,
+    default filling, redispatch): the same checks, the same per-device choice
+    (``dispatch.run``) and the same backward. The optimized runner calls the op this way; on a
+    3-atom molecule that saves about a third of the fused path's time (docs/perf)."""
+
+    @staticmethod
+    def forward(ctx, r, idx_i, idx_j, x, mu, weight, bias, basis_params, edges, basis, cutoff, cutoff_params,
+                chunk_size):
+        check_message(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params)
+        check_plan(OP, edges, x.shape[0], r.shape[0])
+        ctx.save_for_backward(r, idx_i, idx_j, x, mu, weight, bias, basis_params, *edges)
+        ctx.consts = (basis, cutoff, list(cutoff_params), chunk_size)
+        ctx.backend = dispatch.forced()
+        return dispatch.run(OP, x.device.type, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis,
+                            cutoff, cutoff_params, chunk_size)
+
+    @staticmethod
+    def backward(ctx, gq, gmu):
+        r, idx_i, idx_j, x, mu, weight, bias, basis_params, *edges = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        f = x.shape[1] // 3
+        gq = x.new_zeros(x.shape[0], f) if gq is None else gq
+        gmu = x.new_zeros(x.shape[0], 3, f) if gmu is None else gmu
+        weight_grad = bool(need[5] or need[6])
+        args = (gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, *ctx.consts, weight_grad)
+        if torch.is_grad_enabled():
+            gr, gx, gmu_in, gw, gb = reference.message_backward(*args)
+        else:
+            with dispatch.use_backend(ctx.backend):
+                gr, gx, gmu_in, gw, gb = dispatch.run(BACKWARD, x.device.type, *args)
+        return (gr if need[0] else None, None, None, gx if need[3] else None,
+                gmu_in if (mu is not None and need[4]) else None, gw if need[5] else None, gb if need[6] else None,
+                None, None, None, None, None, None)
+
+
+def message(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params, chunk_size=0):
+    """``painn_message``, through the lean eager path when nothing needs the torch.library op."""
+    if eager(r, x, mu, weight):
+        return _EagerMessage.apply(r, idx_i, idx_j, x, mu, weight, bias, basis_params, tuple(edges), basis, cutoff,
+                                   list(cutoff_params), chunk_size)
+    return painn_message(r, idx_i, idx_j, list(edges), x, mu, weight, bias, basis_params, basis, cutoff,
+                         list(cutoff_params), chunk_size)
 dispatch.define(OP, painn_message, _painn_message_body)
 dispatch.define(BACKWARD, painn_message_backward, _painn_message_backward_body)
 dispatch.implement(OP, dispatch.REFERENCE, _reference_forward)

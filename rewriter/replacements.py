@@ -13,7 +13,9 @@ from typing import Optional
 
 import torch
 
-from painnfx.ops import painn_message, prepare_edges, radial_filter
+from painnfx.ops import radial_filter
+from painnfx.ops.edges import prepare
+from painnfx.ops.message import message
 
 
 def fused_radial_filter(d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, basis_params: torch.Tensor,
@@ -25,7 +27,7 @@ def fused_radial_filter(d: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
 def edge_plan(r: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor, x: torch.Tensor):
     """The prepared edges (CSR/CSC) of this edge list; ``x`` only gives the atom count N."""
-    return prepare_edges(r, idx_i, idx_j, x.shape[0])
+    return prepare(r, idx_i, idx_j, x.shape[0])
 
 
 def fused_painn_message(r: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor, edges, x: torch.Tensor,
@@ -37,8 +39,8 @@ def fused_painn_message(r: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tenso
     x2 = x.reshape(n, 3 * f)
     if mu is not None and mu.dtype != x.dtype:
         mu = mu.to(x.dtype)
-    dq, dmu = painn_message(r, idx_i, idx_j, list(edges), x2, mu, weight, bias, basis_params.to(r.dtype), basis,
-                            cutoff, cutoff_params)
+    dq, dmu = message(r, idx_i, idx_j, edges, x2, mu, weight, bias, basis_params.to(r.dtype), basis, cutoff,
+                      cutoff_params)
     return dq.reshape(*x.shape[:-1], f), dmu
 
 

@@ -199,3 +199,19 @@ def test_prepared_edges_are_sorted_csr_and_csc():
             assert (idx[perm[ptr[a]:ptr[a + 1]]] == a).all() and int(ptr[a + 1] - ptr[a]) == int((idx == a).sum())
     # the per-layer ops read no values: a device->host sync happens only in prepare_edges
     assert prepare_edges(torch.zeros(0, 3), idx_i[:0], idx_j[:0], n)[0].tolist() == [0] * (n + 1)
+
+
+@given(message_inputs())
+def test_the_eager_path_equals_the_library_op(inp):
+    """``ops.message.message`` (the optimized runner's lean eager path) and the torch.library op:
+    same values and gradients."""
+    from painnfx.ops.edges import prepare
+    from painnfx.ops.message import message
+
+    def lean(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params, chunk_size=0):
+        edges = prepare(r, idx_i, idx_j, x.shape[0])
+        return message(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params)
+
+    (a, ga), (b, gb) = _value_and_grads(lean, inp), _value_and_grads(fused, inp)
+    for p, q in zip(list(a) + list(ga), list(b) + list(gb)):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)

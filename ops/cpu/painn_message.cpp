@@ -22,6 +22,8 @@
 
 namespace {
 
+// a = bias + wt^T phi over C channels (the rows of wt are contiguous: the inner loop vectorises
+// and a stays in L1)
 template <typename T>
 inline void filter_rows(const T* __restrict wt, const T* __restrict bias, const T* phi, int K, int C, T* __restrict a) {
     std::memcpy(a, bias, sizeof(T) * C);
@@ -30,6 +32,23 @@ inline void filter_rows(const T* __restrict wt, const T* __restrict bias, const 
         const T* __restrict row = wt + (std::int64_t)k * C;
 #pragma omp simd
         for (int c = 0; c < C; ++c) a[c] += row[c] * p;
+    }
+}
+
+// a = bias + wt^T phi and b = wt^T dphi in one pass over wt
+template <typename T>
+inline void filter_rows2(const T* __restrict wt, const T* __restrict bias, const T* phi, const T* dphi, int K, int C,
+                         T* __restrict a, T* __restrict b) {
+    std::memcpy(a, bias, sizeof(T) * C);
+    std::memset(b, 0, sizeof(T) * C);
+    for (int k = 0; k < K; ++k) {
+        const T p = phi[k], dp = dphi[k];
+        const T* __restrict row = wt + (std::int64_t)k * C;
+#pragma omp simd
+        for (int c = 0; c < C; ++c) {
+            a[c] += row[c] * p;
+            b[c] += row[c] * dp;
+        }
     }
 }
 
@@ -123,15 +142,8 @@ void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t*
                         continue;
                     }
                     for (int k = 0; k < K; ++k) phi[k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), dphi + k);
-                    filter_rows(wt, bias, phi, K, F3, a.data());
-                    std::fill(b.begin(), b.end(), T(0));
+                    filter_rows2(wt, bias, phi, dphi, K, F3, a.data(), b.data());
                     T* __restrict bv = b.data();
-                    for (int k = 0; k < K; ++k) {
-                        const T p = dphi[k];
-                        const T* __restrict row = wt + (std::int64_t)k * F3;
-#pragma omp simd
-                        for (int c = 0; c < F3; ++c) bv[c] += row[c] * p;
-                    }
                     const std::int64_t i = idx_i[e];
                     const T* __restrict gqi = gq + i * F;
                     const T* __restrict gmi = gmu + i * F3;
@@ -139,8 +151,7 @@ void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t*
                     T* __restrict g = gw.data();
                     T* __restrict xa = ax.data();
                     T* __restrict ma = am.data();
-                    T gd = 0, gu0 = 0, gu1 = 0, gu2 = 0;
-#pragma omp simd reduction(+ : gd, gu0, gu1, gu2)
+#pragma omp simd
                     for (int f = 0; f < F; ++f) {
                         const T q0 = gmi[f], q1 = gmi[F + f], q2 = gmi[2 * F + f];
                         const T t = u[0] * q0 + u[1] * q1 + u[2] * q2;
@@ -148,12 +159,6 @@ void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t*
                         g[f] = gqi[f] * xj[f];
                         g[F + f] = t * xj[F + f];
                         g[2 * F + f] = sv * xj[2 * F + f];
-                        gd += fc * (g[f] * bv[f] + g[F + f] * bv[F + f] + g[2 * F + f] * bv[2 * F + f]) +
-                              dfc * (g[f] * av[f] + g[F + f] * av[F + f] + g[2 * F + f] * av[2 * F + f]);
-                        const T vr = av[F + f] * fc * xj[F + f];
-                        gu0 += q0 * vr;
-                        gu1 += q1 * vr;
-                        gu2 += q2 * vr;
                         xa[f] += gqi[f] * av[f] * fc;
                         xa[F + f] += t * av[F + f] * fc;
                         xa[2 * F + f] += sv * av[2 * F + f] * fc;
@@ -162,6 +167,24 @@ void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t*
                         ma[F + f] += q1 * wx;
                         ma[2 * F + f] += q2 * wx;
                     }
+                    T sb = 0, sa = 0;
+#pragma omp simd reduction(+ : sb, sa)
+                    for (int c = 0; c < F3; ++c) {
+                        sb += g[c] * bv[c];
+                        sa += g[c] * av[c];
+                    }
+                    const T gd = fc * sb + dfc * sa;
+                    T gu0 = 0, gu1 = 0, gu2 = 0;
+#pragma omp simd reduction(+ : gu0, gu1, gu2)
+                    for (int f = 0; f < F; ++f) {
+                        const T vr = av[F + f] * xj[F + f];
+                        gu0 += gmi[f] * vr;
+                        gu1 += gmi[F + f] * vr;
+                        gu2 += gmi[2 * F + f] * vr;
+                    }
+                    gu0 *= fc;
+                    gu1 *= fc;
+                    gu2 *= fc;
                     const T dot = gu0 * u[0] + gu1 * u[1] + gu2 * u[2];
                     gr[3 * e] = gd * u[0] + (gu0 - dot * u[0]) / d;
                     gr[3 * e + 1] = gd * u[1] + (gu1 - dot * u[1]) / d;
@@ -225,13 +248,7 @@ void filter_backward(const T* grad, const T* d, const T* wt, const T* bias, cons
                     continue;
                 }
                 for (int k = 0; k < K; ++k) phi[k] = radial_basis<T>(basis, d[e], p0[k], p1 ? p1[k] : T(0), dphi + k);
-                filter_rows(wt, bias, phi, K, C, a.data());
-                std::fill(b.begin(), b.end(), T(0));
-                for (int k = 0; k < K; ++k) {
-                    const T* row = wt + (std::int64_t)k * C;
-#pragma omp simd
-                    for (int c = 0; c < C; ++c) b[c] += row[c] * dphi[k];
-                }
+                filter_rows2(wt, bias, phi, dphi, K, C, a.data(), b.data());
                 const T* g = grad + e * C;
                 T s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
