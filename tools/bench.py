@@ -67,13 +67,13 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
     from painnfx.model.default import random_model
     from painnfx.model.neighbors import neighbor_list
 
-    from .systems import gpu_systems
+    from .systems import system as lookup
     from .variants import VARIANTS, Prepared, Unavailable
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
     dt = DTYPES[dtype]
-    atoms = gpu_systems()[system]
+    atoms = lookup(system)
     model = random_model(seed).to(device=dev, dtype=dt)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -106,13 +106,21 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
         times = []
         start = time.perf_counter()
         while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < max_time):
-            t = time.perf_counter()
-            step()
-            _sync(dev)
-            times.append(time.perf_counter() - t)
+            if dev.type == "cuda":  # device time between two events on the current stream
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                step()
+                end.record()
+                end.synchronize()
+                times.append(begin.elapsed_time(end) / 1e3)
+            else:
+                t = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t)
     except (torch.OutOfMemoryError, MemoryError) as exc:
         return {**record, "error": f"out of memory: {str(exc).splitlines()[0]}"}
     record.update(
+        timer="cuda events" if dev.type == "cuda" else "perf_counter",
         median_s=statistics.median(times),
         min_s=min(times),
         repeats=len(times),
@@ -148,6 +156,23 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def _run_case(args, system: str, variant: str, largest: bool = False) -> dict:
+    """One (system, variant) measurement in a fresh process (``largest``: one untimed + one timed call)."""
+    reps = ["--warmup", "0", "--min-repeats", "1", "--max-repeats", "1", "--max-time", "0"] if largest else [
+        "--warmup", str(args.warmup), "--min-repeats", str(args.min_repeats), "--max-repeats", str(args.max_repeats),
+        "--max-time", str(args.max_time)]
+    cmd = [sys.executable, "-m", "painnfx.tools.bench", "--worker", system, variant, "--dtype", args.dtype,
+           "--device", args.device, "--threads", str(args.threads), *reps]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
+    except subprocess.TimeoutExpired:
+        return {"system": system, "variant": variant, "error": f"over --case-timeout {args.case_timeout} s"}
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"system": system, "variant": variant, "error": " | ".join(tail)}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run(args) -> dict:
@@ -265,9 +290,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="docs/perf/cpu_bench", help="output stem: writes STEM.json, STEM.png, STEM.md")
     p.add_argument("--no-memory", action="store_true", help="skip the separate peak-memory pass")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--largest", action="store_true",
+                   help="instead of timing the set: find the largest Cu cell each variant evaluates (writes STEM.json)")
+    p.add_argument("--largest-atoms", type=int, default=10_000_000, help="with --largest: stop above this many atoms")
+
+
+def largest(args) -> dict:
+    """The largest n x n x n Cu cell (4 n^3 atoms) each variant evaluates (energy + forces) without
+    running out of memory or over ``--case-timeout``: sizes grow by about 1.26x in atoms per step."""
+    out = {}
+    for variant in args.variants or ["eager", "optimized"]:
+        best, n = None, 6
+        while 4 * n**3 <= args.largest_atoms:
+            rec = _run_case(args, f"CuN{n}", variant, largest=True)
+            if "median_s" not in rec:
+                break
+            best = {"n": n, "atoms": rec["n_atoms"], "edges": rec["n_edges"], "median_s": rec["median_s"]}
+            if not args.quiet:
+                print(f"largest: {variant} ok at {rec['n_atoms']} atoms ({rec['median_s']:.3g} s)", flush=True)
+            n = max(n + 1, round(n * 1.08))
+        else:
+            rec = {"error": f"stopped at the --largest-atoms limit {args.largest_atoms}"}
+        out[variant] = {**(best or {}), "failed_at_n": n, "reason": rec.get("error", "")}
+    return out
 
 
 def main_bench(args) -> int:
+    if args.largest:
+        result = {"environment": environment(args.device, args.threads, args.dtype), "largest": largest(args)}
+        stem = Path(args.out)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        print(json.dumps(result["largest"], indent=2))
+        return 0
     report = run(args)
     stem = Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -48,3 +48,17 @@ def gpu_systems() -> dict[str, Atoms]:
     systems = standard_systems()
     systems.update({"Cu32000": copper((20, 20, 20)), "Cu108000": copper((30, 30, 30))})
     return systems
+
+
+def system(name: str) -> Atoms:
+    """A system of the standard or GPU set by name, or ``CuN<n>``: an n x n x n cubic Cu cell (4 n^3 atoms)."""
+    import re
+
+    m = re.fullmatch(r"CuN(\d+)", name)
+    if m:
+        n = int(m.group(1))
+        return copper((n, n, n))
+    systems = gpu_systems()
+    if name not in systems:
+        raise KeyError(f"unknown system {name!r}; known: {sorted(systems)} or CuN<n>")
+    return systems[name]

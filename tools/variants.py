@@ -72,6 +72,26 @@ def auto(model: PaiNN, s: Prepared):
     return _autograd_step(fast, s)
 
 
+def optimized_graphs(model: PaiNN, s: Prepared):
+    """The optimized model with a whole step captured in a CUDA graph (model/cuda_graphs.py)."""
+    if s.positions.device.type != "cuda":
+        raise Unavailable("CUDA graphs need a CUDA device")
+    import warnings
+
+    from painnfx.model.cuda_graphs import GraphedEvaluator
+    from painnfx.rewriter import optimize
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = optimize(model)
+    graphed = GraphedEvaluator(fast, s.numbers)
+
+    def step():
+        return graphed(s.positions, s.edge_index, s.shifts)
+
+    return step
+
+
 def compiled(mode: Optional[str]):
     def make(model: PaiNN, s: Prepared):
         fn = torch.compile(model, mode=mode, dynamic=False, fullgraph=False)
@@ -109,6 +129,7 @@ VARIANTS: dict[str, Callable] = {
     "fused": fused,
     "optimized": optimized,
     "auto": auto,
+    "optimized-graphs": optimized_graphs,
     "schnetpack": schnetpack,
 }
 
