@@ -16,7 +16,7 @@ def test_gpu_check_dry_run(tmp_path):
     env = dict(os.environ, DRY_RUN="1", OUT=str(tmp_path))
     proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh")], env=env, capture_output=True, text=True,
                           timeout=900)
-    stages = (tmp_path / "stages.txt").read_text()
+    stages = (tmp_path / "device.txt").read_text()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name in ("device", "tests", "sanitizer", "bench"):
         assert f"{name} ok" in stages, stages + "\n" + (tmp_path / "bench.log").read_text()

@@ -16,8 +16,7 @@ cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-docs/perf/gpu}"
 DRY="${DRY_RUN:-0}"
 mkdir -p "$OUT_DIR"
-status="$OUT_DIR/stages.txt"
-: > "$status"
+status="$OUT_DIR/device.txt"  # the stage summary is appended to it (at most 8 files come back)
 stage() {  # stage NAME COMMAND...: run, record ok/failed, never stop the script
     local name=$1; shift
     local t0=$SECONDS
@@ -100,4 +99,4 @@ stage device device_info
 stage tests run_tests
 stage sanitizer sanitize
 stage bench bench
-cat "$status"
+tail -n 4 "$status"
