@@ -61,6 +61,6 @@ def test_the_cuda_backend_is_registered_for_cuda_tensors():
     assert "cuda" in dispatch.available_backends()
     assert dispatch.chosen("painn_message", "cuda") == "cuda"
     assert dispatch.chosen("painn_message_backward", "cuda") == "cuda"
-    assert dispatch.chosen("painn_message", "cpu") == "reference"
+    assert dispatch.chosen("painn_message", "cpu") == "cpp"
     with dispatch.use_backend("reference"):
         assert dispatch.chosen("painn_message", "cuda") == "reference"
