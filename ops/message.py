@@ -97,23 +97,31 @@ def _setup_context(ctx, inputs, output):
     ctx.backend = dispatch.forced()
 
 
-def _backward(ctx, gq, gmu):
+def _message_grads(ctx, gq, gmu, need_weights: bool, library_op: bool):
+    """(dL/dr, dL/dx, dL/dmu, dL/dweight, dL/dbias) from the saved inputs: the differentiable
+    reference backward under create_graph=True (double backward), else the backward op under the
+    backend override recorded at forward time: the torch.library op (one opaque node for
+    compile/export) or, on the lean eager path, its dispatched implementation directly."""
     r, idx_i, idx_j, x, mu, weight, bias, basis_params, *edges = ctx.saved_tensors
-    need = ctx.needs_input_grad
     f = x.shape[1] // 3
     gq = x.new_zeros(x.shape[0], f) if gq is None else gq
     gmu = x.new_zeros(x.shape[0], 3, f) if gmu is None else gmu
-    weight_grad = bool(need[6] or need[7])
-    args = (gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, *ctx.consts, weight_grad)
+    args = (gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, *ctx.consts, need_weights)
     if torch.is_grad_enabled():
-        # create_graph=True: the differentiable analytical backward, so it can be differentiated again
-        gr, gx, gmu_in, gw, gb = reference.message_backward(*args)
-    else:
-        with dispatch.use_backend(ctx.backend):
+        return reference.message_backward(*args)
+    with dispatch.use_backend(ctx.backend):
+        if library_op:
             gr, gx, gmu_in, gw, gb = painn_message_backward(*args)
+            return gr, gx, gmu_in if mu is not None else None, gw if need_weights else None, gb if need_weights else None
+        return dispatch.run(BACKWARD, x.device.type, *args)
+
+
+def _backward(ctx, gq, gmu):
+    need = ctx.needs_input_grad
+    gr, gx, gmu_in, gw, gb = _message_grads(ctx, gq, gmu, bool(need[6] or need[7]), library_op=True)
     grads = (
-        gr if need[0] else None, None, None, [None] * len(edges), gx if need[4] else None,
-        gmu_in if (mu is not None and need[5]) else None,
+        gr if need[0] else None, None, None, [None] * 4, gx if need[4] else None,
+        gmu_in if (gmu_in is not None and need[5]) else None,
         gw if need[6] else None, gb if need[7] else None, None, None, None, None, None,
     )
     return grads[: len(need)]  # a defaulted argument the caller left out has no entry
@@ -149,21 +157,11 @@ class _EagerMessage(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gq, gmu):
-        r, idx_i, idx_j, x, mu, weight, bias, basis_params, *edges = ctx.saved_tensors
         need = ctx.needs_input_grad
-        f = x.shape[1] // 3
-        gq = x.new_zeros(x.shape[0], f) if gq is None else gq
-        gmu = x.new_zeros(x.shape[0], 3, f) if gmu is None else gmu
-        weight_grad = bool(need[5] or need[6])
-        args = (gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, *ctx.consts, weight_grad)
-        if torch.is_grad_enabled():
-            gr, gx, gmu_in, gw, gb = reference.message_backward(*args)
-        else:
-            with dispatch.use_backend(ctx.backend):
-                gr, gx, gmu_in, gw, gb = dispatch.run(BACKWARD, x.device.type, *args)
+        gr, gx, gmu_in, gw, gb = _message_grads(ctx, gq, gmu, bool(need[5] or need[6]), library_op=False)
         return (gr if need[0] else None, None, None, gx if need[3] else None,
-                gmu_in if (mu is not None and need[4]) else None, gw if need[5] else None, gb if need[6] else None,
-                None, None, None, None, None, None)
+                gmu_in if (gmu_in is not None and need[4]) else None, gw if need[5] else None,
+                gb if need[6] else None, None, None, None, None, None, None)
 
 
 def message(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params, chunk_size=0):

@@ -13,7 +13,7 @@
 //
 // scalar_t is float or double; indices are long long; MAX_K bounds the basis size.
 
-#include "radial.cuh"
+#include "edge_tile.cuh"
 
 #ifndef MAX_K
 #define MAX_K 64
@@ -49,23 +49,7 @@ __device__ void painn_message_forward(
     for (long long t0 = begin; t0 < end; t0 += TILE) {
         const int n = end - t0 < TILE ? int(end - t0) : TILE;
         __syncthreads();                      // the previous tile has been consumed
-        for (int t = threadIdx.x; t < n; t += blockDim.x) {
-            const long long e = dst_perm[t0 + t];
-            const scalar_t rx = r[3 * e], ry = r[3 * e + 1], rz = r[3 * e + 2];
-            const scalar_t d = sqrt(rx * rx + ry * ry + rz * rz);
-            s_geo[4 * t] = rx / d;
-            s_geo[4 * t + 1] = ry / d;
-            s_geo[4 * t + 2] = rz / d;
-            s_geo[4 * t + 3] = cutoff_fn<scalar_t>(cutoff, d, c0, c1, (scalar_t*)nullptr);
-            s_j[t] = idx_j[e];
-        }
-        for (int q = threadIdx.x; q < n * K; q += blockDim.x) {
-            const int t = q / K, k = q - t * K;
-            const long long e = dst_perm[t0 + t];
-            const scalar_t rx = r[3 * e], ry = r[3 * e + 1], rz = r[3 * e + 2];
-            const scalar_t d = sqrt(rx * rx + ry * ry + rz * rz);
-            s_phi[t * K + k] = radial_basis<scalar_t>(basis, d, p0[k], p1 ? p1[k] : scalar_t(0), (scalar_t*)nullptr);
-        }
+        load_edge_tile<scalar_t>(r, dst_perm, idx_j, t0, n, K, p0, p1, basis, cutoff, c0, c1, s_geo, s_j, s_phi);
         __syncthreads();
         if (f < F) {
             for (int t = 0; t < n; ++t) {

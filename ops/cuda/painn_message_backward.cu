@@ -18,7 +18,7 @@
 // Geometry and basis values come from radial.cuh, recomputed per tile (nodes) or per warp
 // (edges); wt is the filter weight transposed (K, 3F).
 
-#include "radial.cuh"
+#include "edge_tile.cuh"
 
 #ifndef MAX_K
 #define MAX_K 64
@@ -28,18 +28,6 @@
 #endif
 #define EDGE_WARPS 4
 #define FULL_MASK 0xffffffffu
-
-template <typename T>
-__device__ __forceinline__ T edge_length(const T* __restrict__ r, long long e, T* u) {
-    const T rx = r[3 * e], ry = r[3 * e + 1], rz = r[3 * e + 2];
-    const T d = sqrt(rx * rx + ry * ry + rz * rz);
-    if (u) {
-        u[0] = rx / d;
-        u[1] = ry / d;
-        u[2] = rz / d;
-    }
-    return d;
-}
 
 template <typename T>
 __device__ void painn_message_backward_nodes(
@@ -71,17 +59,7 @@ __device__ void painn_message_backward_nodes(
     for (long long t0 = begin; t0 < end; t0 += TILE) {
         const int n = end - t0 < TILE ? int(end - t0) : TILE;
         __syncthreads();
-        for (int t = threadIdx.x; t < n; t += blockDim.x) {
-            const long long e = src_perm[t0 + t];
-            const T d = edge_length<T>(r, e, s_geo + 4 * t);
-            s_geo[4 * t + 3] = cutoff_fn<T>(cutoff, d, c0, c1, (T*)nullptr);
-            s_i[t] = idx_i[e];
-        }
-        for (int q = threadIdx.x; q < n * K; q += blockDim.x) {
-            const int t = q / K, k = q - t * K;
-            const T d = edge_length<T>(r, src_perm[t0 + t], (T*)nullptr);
-            s_phi[t * K + k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), (T*)nullptr);
-        }
+        load_edge_tile<T>(r, src_perm, idx_i, t0, n, K, p0, p1, basis, cutoff, c0, c1, s_geo, s_i, s_phi);
         __syncthreads();
         if (f < F) {
             for (int t = 0; t < n; ++t) {

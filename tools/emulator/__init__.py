@@ -167,7 +167,8 @@ def build(cu_files: Sequence[str], sanitize: bool = False, use_cache: bool = Tru
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     h = hashlib.sha256()
     for part in [wrapper, *[p.read_text() for p in paths], (HERE / "cuda_emu.h").read_text(),
-                 (HERE / "runtime.cpp").read_text(), (CUDA_DIR / "radial.cuh").read_text(), " ".join(flags), version]:
+                 (HERE / "runtime.cpp").read_text(), *[h.read_text() for h in sorted(CUDA_DIR.glob("*.cuh"))],
+                 " ".join(flags), version]:
         h.update(part.encode())
         h.update(b"\0")
     lib = cache_dir() / f"emu_{h.hexdigest()[:24]}.so"

@@ -1,0 +1,38 @@
+// Shared by the node kernels (forward over the CSR, backward over the CSC): per-edge geometry,
+// and the cooperative load of one tile of edges into shared memory. The caller puts a
+// __syncthreads() before (the previous tile is consumed) and after (the tile is complete).
+#pragma once
+
+#include "radial.cuh"
+
+template <typename T>
+__device__ __forceinline__ T edge_length(const T* __restrict__ r, long long e, T* u) {
+    const T rx = r[3 * e], ry = r[3 * e + 1], rz = r[3 * e + 2];
+    const T d = sqrt(rx * rx + ry * ry + rz * rz);
+    if (u) {
+        u[0] = rx / d;
+        u[1] = ry / d;
+        u[2] = rz / d;
+    }
+    return d;
+}
+
+// edges perm[t0 .. t0 + n): s_geo[4t..4t+3] = (u, fc), s_other[t] = other[e], s_phi[t K + k] = phi_k(d)
+template <typename T>
+__device__ __forceinline__ void load_edge_tile(
+    const T* __restrict__ r, const long long* __restrict__ perm, const long long* __restrict__ other, long long t0,
+    int n, int K, const T* __restrict__ p0, const T* __restrict__ p1, int basis, int cutoff, T c0, T c1, T* s_geo,
+    long long* s_other, T* s_phi)
+{
+    for (int t = threadIdx.x; t < n; t += blockDim.x) {
+        const long long e = perm[t0 + t];
+        const T d = edge_length<T>(r, e, s_geo + 4 * t);
+        s_geo[4 * t + 3] = cutoff_fn<T>(cutoff, d, c0, c1, (T*)nullptr);
+        s_other[t] = other[e];
+    }
+    for (int q = threadIdx.x; q < n * K; q += blockDim.x) {
+        const int t = q / K, k = q - t * K;
+        const T d = edge_length<T>(r, perm[t0 + t], (T*)nullptr);
+        s_phi[t * K + k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), (T*)nullptr);
+    }
+}
