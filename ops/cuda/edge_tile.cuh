@@ -36,3 +36,20 @@ __device__ __forceinline__ void load_edge_tile(
         s_phi[t * K + k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), (T*)nullptr);
     }
 }
+
+// channel f's three filter values (W_s, W_vr, W_vv) of one edge, before the cutoff factor:
+// bias + sum_k wt[k, c] phi_k for c = f, F + f, 2F + f (neighbouring threads, neighbouring addresses)
+template <typename T>
+__device__ __forceinline__ void filter_values(const T* __restrict__ wt, const T* __restrict__ bias, const T* phi,
+                                              int K, int F, int f, T& ws, T& wr, T& wv) {
+    const int F3 = 3 * F;
+    ws = bias[f];
+    wr = bias[F + f];
+    wv = bias[2 * F + f];
+    for (int k = 0; k < K; ++k) {
+        const T* row = wt + (long long)k * F3;
+        ws += row[f] * phi[k];
+        wr += row[F + f] * phi[k];
+        wv += row[2 * F + f] * phi[k];
+    }
+}

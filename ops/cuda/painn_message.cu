@@ -55,14 +55,8 @@ __device__ void painn_message_forward(
             for (int t = 0; t < n; ++t) {
                 const scalar_t fc = s_geo[4 * t + 3];
                 if (fc == scalar_t(0)) continue;
-                scalar_t ws = bias[f], wr = bias[F + f], wv = bias[2 * F + f];
-                for (int k = 0; k < K; ++k) {
-                    const scalar_t phi = s_phi[t * K + k];
-                    const scalar_t* row = wt + (long long)k * F3;
-                    ws += row[f] * phi;
-                    wr += row[F + f] * phi;
-                    wv += row[2 * F + f] * phi;
-                }
+                scalar_t ws, wr, wv;
+                filter_values<scalar_t>(wt, bias, s_phi + t * K, K, F, f, ws, wr, wv);
                 const long long j = s_j[t];
                 const scalar_t* xj = x + j * F3;
                 acc_q += fc * ws * xj[f];

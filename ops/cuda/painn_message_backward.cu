@@ -65,14 +65,8 @@ __device__ void painn_message_backward_nodes(
             for (int t = 0; t < n; ++t) {
                 const T fc = s_geo[4 * t + 3];
                 if (fc == T(0)) continue;
-                T ws = bias[f], wr = bias[F + f], wv = bias[2 * F + f];
-                for (int k = 0; k < K; ++k) {
-                    const T phi = s_phi[t * K + k];
-                    const T* row = wt + (long long)k * F3;
-                    ws += row[f] * phi;
-                    wr += row[F + f] * phi;
-                    wv += row[2 * F + f] * phi;
-                }
+                T ws, wr, wv;
+                filter_values<T>(wt, bias, s_phi + t * K, K, F, f, ws, wr, wv);
                 ws *= fc;
                 wr *= fc;
                 wv *= fc;
