@@ -85,3 +85,11 @@ def test_inspect_checkpoint_and_pickle_guard(tmp_path, capsys):
     assert "fused_painn_message" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="allow-pickle"):
         main(["inspect", "--schnetpack", str(path)])
+
+
+def test_inspect_measures_the_auto_path(capsys):
+    from painnfx.tools.cli import main
+
+    assert main(["inspect", "--measure"]) == 0
+    out = capsys.readouterr().out
+    assert "path: auto" in out and "3 atoms" in out and "50 atoms" in out

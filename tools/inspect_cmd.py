@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dot", metavar="STEM", help="write STEM_before.dot/STEM_after.dot (+ .svg/.png with graphviz)")
     p.add_argument("--format", nargs="*", default=["svg", "png"], help="rendered formats when graphviz is installed")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--measure", action="store_true",
+                   help="run the calculator's auto path policy on a 3-atom and a 50-atom cluster and report which "
+                        "path (fused or plain) each size takes and why")
 
 
 def load_model(args):
@@ -57,6 +60,31 @@ def load_model(args):
     return default_model().to(dtype)
 
 
+def measure_paths(fast, model) -> None:
+    """Calls the optimized model with the auto policy on two cluster sizes; the report records
+    the choice for each (runner.OptimizedModel)."""
+    import numpy as np
+
+    from painnfx.model.neighbors import neighbor_list
+    from painnfx.model.properties import compute_properties
+
+    p = next(model.parameters())
+    elements = getattr(getattr(model, "config", None), "elements", None) or [1]
+    rng = np.random.default_rng(0)
+    fast.path = "auto"
+    for n, box in ((3, 2.0), (50, 9.0)):
+        pos = [rng.random(3) * box]
+        while len(pos) < n:
+            q = rng.random(3) * box
+            if min(np.linalg.norm(q - x) for x in pos) > 1.6:
+                pos.append(q)
+        pos = np.array(pos)
+        nl = neighbor_list(pos, float(model.cutoff), np.zeros((3, 3)), [False] * 3, dtype=p.dtype, device=p.device)
+        numbers = torch.full((n,), int(elements[0]), device=p.device)
+        compute_properties(fast, torch.as_tensor(pos, dtype=p.dtype, device=p.device), numbers, nl.edge_index,
+                           nl.shifts)
+
+
 def main_inspect(args) -> int:
     from painnfx.rewriter import optimize
 
@@ -65,6 +93,8 @@ def main_inspect(args) -> int:
         warnings.simplefilter("ignore")
         fast = optimize(model, backend=args.backend)
     report = fast.report
+    if args.measure and fast.applied:
+        measure_paths(fast, model)
     written = []
     if args.dot:
         from .graphviz import write_graphs
