@@ -5,7 +5,6 @@ import sys
 import types
 
 import numpy as np
-import pytest
 import torch
 
 from painnfx.ops import dispatch, prepare_edges
