@@ -79,10 +79,8 @@ def implement(op_name: str, backend: str, fn: Callable) -> None:
         current = _DEVICE_CHOICE.get((op_name, device_type))
         if current is not None and _BACKENDS[current].priority > info.priority:
             continue
-        installed = (op_name, device_type) in _DEVICE_CHOICE or any(
-            k[0] == op_name and k[1] == device_type for k in _INSTALLED)
         _DEVICE_CHOICE[(op_name, device_type)] = backend
-        if not installed:
+        if (op_name, device_type) not in _INSTALLED:
             op, body = _OPS[op_name]
             op.register_kernel(device_type)(body)
             _INSTALLED.add((op_name, device_type))
@@ -105,8 +103,6 @@ def run(op_name: str, device_type: str, *args):
     return _IMPLS[(op_name, chosen(op_name, device_type))](*args)
 
 
-
-
 def remove_backend(name: str) -> None:
     """Forget backend ``name`` (its device kernels fall back to the reference implementation)."""
     if name == REFERENCE:
@@ -116,3 +112,8 @@ def remove_backend(name: str) -> None:
         del _IMPLS[key]
     for key in [k for k, v in _DEVICE_CHOICE.items() if v == name]:
         del _DEVICE_CHOICE[key]
+        # the next best remaining backend of that device type takes over
+        op_name, device_type = key
+        left = [b for b in _BACKENDS.values() if device_type in b.device_types and (op_name, b.name) in _IMPLS]
+        if left:
+            _DEVICE_CHOICE[key] = max(left, key=lambda b: b.priority).name

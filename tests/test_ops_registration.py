@@ -109,6 +109,7 @@ def counting_cpu_backend():
     dispatch.implement("painn_message_backward", "counting", wrap("backward", reference.message_backward))
     yield calls
     dispatch.remove_backend("counting")
+    assert dispatch.chosen("painn_message", "cpu") == "cpp"  # the previous device backend takes over again
 
 
 def _energy_and_force(inp):
