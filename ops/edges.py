@@ -94,8 +94,7 @@ def prepare(r, idx_i, idx_j, n_atoms: int):
     from .message import eager
 
     if eager(r, idx_i, idx_j):
-        _check_shapes(r, idx_i, idx_j, n_atoms)
-        return tuple(dispatch.run(OP, r.device.type, r.detach(), idx_i, idx_j, n_atoms))
+        return tuple(_prepare_edges_body(r, idx_i, idx_j, n_atoms))
     return prepare_edges(r, idx_i, idx_j, n_atoms)
 
 

@@ -147,13 +147,10 @@ class _EagerMessage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, idx_i, idx_j, x, mu, weight, bias, basis_params, edges, basis, cutoff, cutoff_params,
                 chunk_size):
-        check_message(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params)
-        check_plan(OP, edges, x.shape[0], r.shape[0])
-        ctx.save_for_backward(r, idx_i, idx_j, x, mu, weight, bias, basis_params, *edges)
-        ctx.consts = (basis, cutoff, list(cutoff_params), chunk_size)
-        ctx.backend = dispatch.forced()
-        return dispatch.run(OP, x.device.type, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis,
-                            cutoff, cutoff_params, chunk_size)
+        inputs = (r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params, chunk_size)
+        out = _painn_message_body(*inputs)  # the library op's own checks and dispatch
+        _setup_context(ctx, inputs, out)
+        return out
 
     @staticmethod
     def backward(ctx, gq, gmu):

@@ -23,6 +23,10 @@ def emu():
     return emulator.build(["painn_message.cu"])
 
 
+def _cast(inp, dtype):
+    return {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in inp.items()}
+
+
 def _forward(emu, inp, schedule, seed=0):
     edges = prepare_edges(inp["r"], inp["idx_i"], inp["idx_j"], inp["x"].shape[0])
     launch, dq, dmu = cuda_message.forward_launch(
@@ -44,7 +48,7 @@ def _reference(inp):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @given(inp=message_inputs(max_atoms=6, max_edges=70))
 def test_forward_kernel_matches_the_reference(emu, schedule, dtype, inp):
-    inp = {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in inp.items()}
+    inp = _cast(inp, dtype)
     got = _forward(emu, inp, schedule, seed=3)
     for a, b in zip(got, _reference(inp)):
         torch.testing.assert_close(a, b, **TOL[dtype])
@@ -170,7 +174,7 @@ def _assert_backward(got, want, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @given(inp=message_inputs(max_atoms=6, max_edges=60))
 def test_backward_kernels_match_the_reference(emu_all, schedule, dtype, inp):
-    inp = {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in inp.items()}
+    inp = _cast(inp, dtype)
     gq, gmu = _cotangents(inp)
     weight_grad = inp["r"].shape[0] % 2 == 0  # both paths, training and MD
     got = _backward(emu_all, inp, gq, gmu, schedule, weight_grad, seed=2)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from painnfx.model.cutoff import CosineCutoff
 from painnfx.model.radial import BesselRBF, GaussianRBF
 from painnfx.ops import InputError
-from painnfx.ops.radial import BASES, CUTOFFS, basis_of_module, check_cutoff, cutoff_of_module
+from painnfx.ops.radial import BASES, CUTOFFS, MAX_KERNEL_K, basis_of_module, check_cutoff, cutoff_of_module
 
 CUDA_DIR = Path(__import__("painnfx.ops.cuda", fromlist=["x"]).__file__).parent
 RC = 3.0
@@ -75,6 +75,7 @@ def test_kernel_ids_in_radial_cuh_match_the_registry():
     want = {("basis", s.name): s.kernel_id for s in BASES.values()}
     want.update({("cutoff", s.name): s.kernel_id for s in CUTOFFS.values()})
     assert found == want
+    assert f"#define MAX_K {MAX_KERNEL_K}" in text
 
 
 SHIM = r'''

@@ -14,16 +14,13 @@ import threading
 import warnings
 from typing import Optional
 
-
 import torch
 
 from .. import dispatch, reference
-from ..errors import InputError
-from ..radial import basis_spec, cutoff_spec
+from ..radial import kernel_radial
 from .build import CpuBuildError, build, load
 
 NAME = "cpp"
-MAX_K = 64
 #: fixed number of edge/atom chunks whose weight-gradient partials are added in order
 PARTS = 64
 _state: dict = {}
@@ -76,14 +73,12 @@ def _ptr(t) -> Optional[int]:
 
 
 def _radial(dtype, basis_params, basis, cutoff, cutoff_params):
-    k = basis_params.shape[1]
-    if k > MAX_K:
-        raise InputError(f"cpu kernels: K = {k} radial functions exceed the maximum {MAX_K}")
-    params = basis_params.to(dtype).contiguous()
-    c = list(cutoff_params) + [0.0] * (2 - len(cutoff_params))
+    """(params kept alive, [p0, p1 pointers], [basis id, cutoff id, c0, c1] as C values)."""
+    params, basis_id, cutoff_id, c0, c1 = kernel_radial("cpu kernels", dtype, basis, basis_params, cutoff,
+                                                        cutoff_params)
     scalar = _SCALAR[dtype]
     return params, [_ptr(params[0]), _ptr(params[1]) if params.shape[0] > 1 else None], [
-        basis_spec(basis).kernel_id, cutoff_spec(cutoff).kernel_id, scalar(c[0]), scalar(c[1])]
+        basis_id, cutoff_id, scalar(c0), scalar(c1)]
 
 
 def message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params,
@@ -174,6 +169,3 @@ def register() -> None:
     dispatch.implement("painn_message_backward", NAME, message_backward)
     dispatch.implement("radial_filter", NAME, filter_forward)
     dispatch.implement("radial_filter_backward", NAME, filter_backward)
-
-
-

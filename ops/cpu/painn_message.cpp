@@ -16,10 +16,6 @@
 
 #include "radial.cuh"
 
-#ifndef MAX_K
-#define MAX_K 64
-#endif
-
 namespace {
 
 // a = bias + wt^T phi over C channels (the rows of wt are contiguous: the inner loop vectorises

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..radial import basis_spec, cutoff_spec
+from ..radial import MAX_KERNEL_K as MAX_K  # noqa: F401  (re-exported for the tests)
+from ..radial import kernel_radial
 
-#: must equal MAX_K and TILE in painn_message.cu
-MAX_K = 64
+#: the largest F: one thread per feature channel, at most 1024 threads per block
 MAX_F = 1024
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _SCALAR = {torch.float32: np.float32, torch.float64: np.float64}
@@ -43,8 +43,7 @@ def forward_launch(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, ba
             params, dq, dmu]
     r_, j_, x_, mu_ = keep[:4]
     args = [r_, edges[0], edges[1], j_, x_, mu_, wt, b, *radial, dq, dmu]
-    block = (min(MAX_F, 32 * ((f + 31) // 32)), 1, 1)
-    return Launch(f"painn_message_forward_{_SUFFIX[x.dtype]}", (n, 1, 1), block, args, keep), dq, dmu
+    return Launch(f"painn_message_forward_{_SUFFIX[x.dtype]}", (n, 1, 1), _feature_block(f), args, keep), dq, dmu
 
 
 #: edges per block of the edge kernel (EDGE_WARPS in painn_message_backward.cu), and the
@@ -54,19 +53,22 @@ WEIGHT_PARTS = 64
 PAIRS_PER_BLOCK = 256
 
 
+def _feature_block(f: int) -> tuple:
+    """One thread per feature channel, rounded up to whole warps (the node kernels)."""
+    return (min(MAX_F, 32 * ((f + 31) // 32)), 1, 1)
+
+
 def _common(x, basis_params, weight, bias, basis, cutoff, cutoff_params):
+    op = "painn_message (cuda)"
     f, k = x.shape[1] // 3, basis_params.shape[1]
     if x.dtype not in _SUFFIX:
-        raise InputError(f"painn_message (cuda): dtype {x.dtype} is not supported (float32, float64)")
-    if k > MAX_K:
-        raise InputError(f"painn_message (cuda): K = {k} radial functions exceed the kernel's maximum {MAX_K}")
+        raise InputError(f"{op}: dtype {x.dtype} is not supported (float32, float64)")
+    params, basis_id, cutoff_id, c0, c1 = kernel_radial(op, x.dtype, basis, basis_params, cutoff, cutoff_params)
     if f > MAX_F:
-        raise InputError(f"painn_message (cuda): F = {f} features exceed the kernel's maximum {MAX_F}")
+        raise InputError(f"{op}: F = {f} features exceed the kernel's maximum {MAX_F}")
     scalar = _SCALAR[x.dtype]
-    params = basis_params.to(x.dtype).contiguous()
-    c = list(cutoff_params) + [0.0] * (2 - len(cutoff_params))
-    radial = [params[0], params[1] if params.shape[0] > 1 else None, np.int32(basis_spec(basis).kernel_id),
-              np.int32(cutoff_spec(cutoff).kernel_id), scalar(c[0]), scalar(c[1]), np.int32(f), np.int32(k)]
+    radial = [params[0], params[1] if params.shape[0] > 1 else None, np.int32(basis_id), np.int32(cutoff_id),
+              scalar(c0), scalar(c1), np.int32(f), np.int32(k)]
     return f, k, params, weight.t().contiguous(), bias.contiguous(), radial
 
 
@@ -88,9 +90,8 @@ def backward_launches(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basi
     mu_ = None if mu is None else mu.contiguous()
     src_ptr, src_perm = edges[2], edges[3]
     keep = [r_, ii, jj, x_, mu_, gq_, gmu_, wt, b, params, *outputs]
-    warp_block = (min(MAX_F, 32 * ((f + 31) // 32)), 1, 1)
     launches = [
-        Launch(f"painn_message_backward_nodes_{s}", (n, 1, 1), warp_block,
+        Launch(f"painn_message_backward_nodes_{s}", (n, 1, 1), _feature_block(f),
                [r_, src_ptr, src_perm, ii, x_, mu_, gq_, gmu_, wt, b, *radial, gx, gmu_in], keep),
         Launch(f"painn_message_backward_edges_{s}", ((e + EDGE_WARPS - 1) // EDGE_WARPS, 1, 1), (32 * EDGE_WARPS, 1, 1),
                [r_, ii, jj, x_, mu_, gq_, gmu_, wt, b, *radial, np.int64(e), gr], keep),

@@ -15,9 +15,6 @@
 
 #include "edge_tile.cuh"
 
-#ifndef MAX_K
-#define MAX_K 64
-#endif
 #ifndef TILE
 #define TILE 32
 #endif

@@ -16,6 +16,12 @@ using std::sqrt;
 #define PAINNFX_HD __host__ __device__ __forceinline__
 #endif
 
+// the largest number of radial functions a kernel holds (shared and stack arrays);
+// painnfx.ops.radial.MAX_KERNEL_K is the same number
+#ifndef MAX_K
+#define MAX_K 64
+#endif
+
 #define PAINNFX_BASIS_GAUSSIAN 0
 #define PAINNFX_BASIS_BESSEL 1
 #define PAINNFX_CUTOFF_COSINE 0

@@ -67,6 +67,23 @@ def check_cutoff(name: str, params: Sequence[float]) -> CutoffSpec:
     return spec
 
 
+#: the largest K the CUDA and C++ kernels hold (MAX_K in ops/cuda/radial.cuh)
+MAX_KERNEL_K = 64
+
+
+def kernel_radial(op: str, dtype: torch.dtype, basis: str, basis_params: torch.Tensor, cutoff: str,
+                  cutoff_params: Sequence[float]) -> tuple:
+    """The radial specs as the CUDA and C++ kernels take them: (basis_params in ``dtype``,
+    contiguous, whose rows are the kernels' p0 and p1; basis kernel id; cutoff kernel id;
+    c0; c1), the unused cutoff constant 0. K above the kernels' maximum is refused."""
+    k = basis_params.shape[1]
+    if k > MAX_KERNEL_K:
+        raise InputError(f"{op}: K = {k} radial functions exceed the kernel's maximum {MAX_KERNEL_K}")
+    c = [float(v) for v in cutoff_params] + [0.0] * (2 - len(cutoff_params))
+    return (basis_params.to(dtype).contiguous(), basis_spec(basis).kernel_id, cutoff_spec(cutoff).kernel_id,
+            c[0], c[1])
+
+
 def basis_of_module(module: torch.nn.Module) -> tuple[str, torch.Tensor]:
     """(basis name, basis_params) of a model's radial-basis module."""
     for spec in BASES.values():
@@ -96,4 +113,4 @@ def cutoff_values(d: torch.Tensor, name: str, params: Sequence[float], derivativ
 
 
 __all__ = ["BasisSpec", "CutoffSpec", "BASES", "CUTOFFS", "basis_spec", "cutoff_spec", "check_basis",
-           "check_cutoff", "basis_of_module", "cutoff_of_module", "basis_values", "cutoff_values"]
+           "check_cutoff", "kernel_radial", "MAX_KERNEL_K", "basis_of_module", "cutoff_of_module", "basis_values", "cutoff_values"]
