@@ -7,8 +7,9 @@ unpickled as code.
 
 from __future__ import annotations
 
+import io
 import os
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -22,25 +23,42 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded: missing, corrupt, foreign or of a newer version."""
 
 
-def save_checkpoint(model: PaiNN, path: str | os.PathLike, metadata: Optional[dict] = None) -> None:
-    payload = {
+Source = Union[str, os.PathLike, bytes]
+
+
+def _payload(model: PaiNN, metadata: Optional[dict]) -> dict:
+    return {
         "format": FORMAT,
         "version": VERSION,
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "metadata": metadata or {},
+        "metadata": metadata if metadata is not None else dict(getattr(model, "metadata", {}) or {}),
     }
+
+
+def save_checkpoint(model: PaiNN, path: str | os.PathLike, metadata: Optional[dict] = None) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(payload, tmp)
+    torch.save(_payload(model, metadata), tmp)
     os.replace(tmp, path)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The checked payload of a checkpoint file."""
-    if not os.path.isfile(path):
+def checkpoint_bytes(model: PaiNN, metadata: Optional[dict] = None) -> bytes:
+    """The checkpoint file's bytes, for embedding in another file (the LAMMPS model file)."""
+    buf = io.BytesIO()
+    torch.save(_payload(model, metadata), buf)
+    return buf.getvalue()
+
+
+def read_checkpoint(path: Source) -> dict:
+    """The checked payload of a checkpoint file (or of its bytes)."""
+    if isinstance(path, (bytes, bytearray)):
+        source, path = io.BytesIO(path), "<embedded checkpoint>"
+    elif not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
+    else:
+        source = path
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt/foreign files
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a weights-only torch file: {exc.__class__.__name__}: "
@@ -60,7 +78,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PaiNN:
+def load_checkpoint(path: Source, map_location: str | torch.device = "cpu") -> PaiNN:
     payload = read_checkpoint(path)
     try:
         model = PaiNN(PaiNNConfig(**payload["config"]))

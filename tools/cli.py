@@ -7,7 +7,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, distill, inspect_cmd, md
+    from . import bench, distill, inspect_cmd, lammps_cmd, md
 
     parser = argparse.ArgumentParser(
         prog="painnfx",
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description=inspect_cmd.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     inspect_cmd.add_arguments(p)
     p.set_defaults(func=inspect_cmd.main_inspect)
+    p = sub.add_parser("lammps", help="run painnfx models in LAMMPS on MPI ranks (ML-IAP)",
+                       description=lammps_cmd.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    lammps_cmd.add_arguments(p)
     return parser
 
 

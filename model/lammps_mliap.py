@@ -1,0 +1,314 @@
+"""A painnfx model as a LAMMPS potential: ``pair_style mliap unified`` (ML-IAP with Python).
+
+LAMMPS hands the model, on every MPI rank, its owned ("local") atoms, the ghost atoms around
+its subdomain, and a full neighbor list as pairs ``(i, j)`` with ``r_ij = x_j - x_i``; it wants
+back ``f_ij = dE/dr_ij`` per pair (it adds ``f_ij`` to atom i and subtracts it from j, sends
+ghost forces back to their owners and tallies the virial from ``r_ij`` and ``f_ij``), the
+energy and the per-atom energies.
+
+A PaiNN with L message layers is exact on a subdomain only if every atom within L-1 hops of an
+owned atom sees all its neighbors. So the adapter asks LAMMPS for neighbor lists of ghost atoms
+too (``pair_style mliap unified FILE 1``) and for a ghost shell of L * r_c + skin
+(``comm_modify cutoff``), runs the model over the owned atoms and the ghosts they depend on
+(``needed_graph``: periodic images are folded onto one copy, so one rank computes exactly the
+ASE graph), and sums the energy over owned atoms only; ``dE_owned/dr_ij`` for every pair, ghost
+pairs included, is then the exact force contribution. The model sees positions 0 and
+``shifts = r_ij``: painnfx models read geometry only through ``r_ij = R[j] - R[i] + shift``, so
+the gradient to the shifts is f_ij.
+
+:class:`PaiNNMLIAP` is picklable (that file is what ``pair_style mliap unified`` loads): the
+pickle holds the model as embedded checkpoint bytes, read back with ``weights_only=True``,
+and how to run it (dtype, device, optimize). The model is rebuilt, and optimized, on each rank
+when the file is loaded. ``lammps_lines`` are the input-script lines that go with it, and
+``check_lammps`` (run from those lines through LAMMPS's ``python`` command, or by ``attach``)
+checks the LAMMPS settings the adapter cannot see from its data (``units metal``, ``newton on``)
+and records the ghost shell the lines set, which the model file checks against its own needs.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Iterable, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+from ase.data import chemical_symbols
+
+from .checkpoint import checkpoint_bytes, load_checkpoint
+from .default import default_model
+from .painn import PaiNN
+from .validation import InputError
+
+#: Element names LAMMPS may map types to. All of them are declared, so that a type mapped to an
+#: element the model lacks reaches the adapter, which names it (LAMMPS itself would only say
+#: "Incorrect args for pair coefficients").
+ELEMENT_TYPES = list(chemical_symbols[1:])
+
+#: LAMMPS's default neighbor skin in ``units metal``.
+DEFAULT_SKIN = 2.0
+
+_CHECKED: dict = {}  # what check_lammps found, per process (one LAMMPS instance per rank)
+
+
+def _plain_model(model) -> PaiNN:
+    inner = getattr(model, "model", model)  # OptimizedModel -> the PaiNN it shares parameters with
+    if not isinstance(inner, PaiNN):
+        raise TypeError(
+            f"a LAMMPS model file holds a painnfx PaiNN (or optimize() of one), got {type(model).__name__}")
+    return inner
+
+
+class PaiNNMLIAP:
+    """ML-IAP "unified" model (the ``lammps.mliap.mliap_unified_abc.MLIAPUnified`` contract,
+    duck-typed so that painnfx imports without LAMMPS) for a painnfx PaiNN.
+
+    ``model``: a :class:`PaiNN`, ``optimize()`` of one, a checkpoint path, or None for the
+    default Cu model. ``optimize``: as :class:`~painnfx.model.calculator.PaiNNCalculator`
+    ("auto", True, False). ``skin``: the LAMMPS neighbor skin the ghost shell allows for.
+    """
+
+    ndescriptors = 1  # ML-IAP bookkeeping sizes; a unified model uses neither
+    nparams = 1
+
+    def __init__(self, model=None, *, dtype: torch.dtype = torch.float64, device: str = "cpu",
+                 optimize="auto", skin: float = DEFAULT_SKIN):
+        if model is None:
+            model = default_model()
+        elif isinstance(model, str) or hasattr(model, "__fspath__"):
+            model = load_checkpoint(model)
+        plain = _plain_model(model)
+        if optimize not in (True, False, "auto"):
+            raise ValueError(f"optimize must be True, False or 'auto', got {optimize!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self._state = {
+            "checkpoint": checkpoint_bytes(plain),
+            "dtype": str(dtype).removeprefix("torch."),
+            "device": str(device),
+            "optimize": optimize,
+            "skin": float(skin),
+        }
+        self._build()
+
+    # -- pickling: plain data only; the model is rebuilt from checkpoint bytes (weights_only) --
+    def __getstate__(self) -> dict:
+        return dict(self._state)
+
+    def __setstate__(self, state: dict) -> None:
+        self._state = dict(state)
+        self._build()
+
+    def _build(self) -> None:
+        from .calculator import PaiNNCalculator
+
+        st = self._state
+        self.dtype = getattr(torch, st["dtype"])
+        self.device = torch.device(st["device"])
+        # the calculator applies the same model set-up (device, dtype, frozen weights, optimize)
+        calc = PaiNNCalculator(load_checkpoint(st["checkpoint"]), device=self.device, dtype=self.dtype,
+                               optimize=st["optimize"])
+        self.model, self.evaluator = calc.model, calc.evaluator
+        cfg = self.model.config
+        self.cutoff = float(self.model.cutoff)
+        self.n_layers = int(self.model.n_interactions)
+        self.elements = None if cfg.elements is None else [int(z) for z in cfg.elements]
+        self.max_z = int(cfg.max_z)
+        self.skin = st["skin"]
+        self.element_types = ELEMENT_TYPES
+        self.rcutfac = 0.5 * self.cutoff  # ML-IAP's pair cutoff is 2 * rcutfac
+        self.interface = None  # set by LAMMPS when it loads the model
+
+    @property
+    def comm_cutoff(self) -> float:
+        """The ghost shell every rank needs: L hops of r_c, plus the skin atoms may move
+        between neighbor-list builds."""
+        return self.n_layers * self.cutoff + self.skin
+
+    def save(self, path) -> None:
+        """The file ``pair_style mliap unified PATH 1`` loads."""
+        with open(path, "wb") as f:
+            pickle.dump(self, f)
+
+    def lammps_lines(self, types: Sequence[str], path: str = "EXISTS") -> list:
+        """Input-script lines that load this model for atom types ``types`` (element names, in
+        type order; "NULL" leaves a type out). ``path``: the saved model file, or "EXISTS" when
+        ``attach`` loaded the object. Put them after the box is created."""
+        self.check_types(types)
+        cc = f"{self.comm_cutoff:.6g}"
+        return [
+            "newton on",
+            f"neighbor {self.skin:g} bin",
+            f"comm_modify cutoff {cc}",
+            f"python painnfx_check_lammps input 3 SELF {cc} {self.skin:g} format pff here "
+            '"from painnfx.model.lammps_mliap import check_lammps as painnfx_check_lammps"',
+            "python painnfx_check_lammps invoke",
+            f"pair_style mliap unified {path} 1",
+            f"pair_coeff * * {' '.join(types)}",
+        ]
+
+    def check_settings(self) -> None:
+        """The LAMMPS settings ``check_lammps`` recorded must fit this model: a ghost shell of at
+        least L * r_c + skin (an older lines file with another model's file is caught here)."""
+        if "lmp" not in _CHECKED:
+            raise InputError(
+                "painnfx: the LAMMPS settings were not checked; load the model with the lines "
+                "`painnfx lammps export` writes (or painnfx.model.lammps_mliap.attach from Python)")
+        need = self.n_layers * self.cutoff + _CHECKED["skin"]
+        if _CHECKED["comm_cutoff"] < need - 1e-9:
+            raise InputError(
+                f"painnfx: communication cutoff {_CHECKED['comm_cutoff']:g} A is too short for this model "
+                f"({self.n_layers} layers x cutoff {self.cutoff:g} A + skin {_CHECKED['skin']:g} A = {need:g} A): "
+                "use the lines `painnfx lammps export` wrote for this model file")
+
+    def check_types(self, types: Iterable[str]) -> None:
+        names = [t for t in types if t != "NULL"]
+        unknown = [t for t in names if t not in chemical_symbols[1:]]
+        if unknown:
+            raise InputError(f"{unknown} are not element names")
+        self._check_numbers(np.array([chemical_symbols.index(t) for t in names], dtype=np.int64))
+
+    def _check_numbers(self, z: np.ndarray) -> None:
+        bad = sorted(set(int(v) for v in z) - set(self.elements)) if self.elements is not None else \
+            sorted(set(int(v) for v in z if v >= self.max_z))
+        if bad:
+            known = [chemical_symbols[e] for e in self.elements] if self.elements is not None else \
+                f"Z < {self.max_z}"
+            raise InputError(f"painnfx: element(s) {[chemical_symbols[b] for b in bad]} mapped in pair_coeff "
+                             f"are not in this model, which knows {known}")
+
+    # -- the ML-IAP unified interface --
+    def compute_descriptors(self, data) -> None:
+        pass
+
+    def compute_gradients(self, data) -> None:
+        pass
+
+    def compute_forces(self, data) -> None:
+        """Energy of the owned atoms and f_ij = dE/dr_ij for every pair LAMMPS listed."""
+        self.check_settings()
+        nlocal, ntotal, npairs = int(data.nlocal), int(data.ntotal), int(data.npairs)
+        elems = np.asarray(data.elems)[:ntotal]
+        pair_i = np.asarray(data.pair_i)[:npairs].astype(np.int64)
+        pair_j = np.asarray(data.pair_j)[:npairs].astype(np.int64)
+        rij = np.asarray(data.rij)[:npairs]
+        tags = _CHECKED["lmp"].numpy.extract_atom("id", nelem=ntotal)
+        if ntotal and (tags is None or not np.asarray(tags[:ntotal]).any()):
+            raise InputError("painnfx: atoms need IDs (atom_modify id yes, the default)")
+        graph = needed_graph(pair_i, pair_j, nlocal, ntotal, self.n_layers, tags)
+        mapped = elems[graph.atoms] >= 0
+        z = elems[graph.atoms].astype(np.int64) + 1
+        self._check_numbers(z[mapped])
+        z[~mapped] = self.elements[0] if self.elements else 1  # unmapped ("NULL") atoms have no pairs
+        n = len(graph.atoms)
+        owner = np.where((graph.atoms < nlocal) & mapped, np.arange(n), nlocal)  # ghosts' energies: dropped
+
+        dev, dt = self.device, self.dtype
+        shifts = torch.as_tensor(rij[graph.pairs], device=dev).to(dt).requires_grad_(True)
+        with torch.enable_grad():
+            e = self.evaluator(torch.zeros(n, 3, dtype=dt, device=dev), torch.as_tensor(z, device=dev),
+                               torch.as_tensor(graph.edge_index, device=dev), shifts,
+                               torch.as_tensor(owner, device=dev), nlocal + 1)[:nlocal]
+            (grad,) = torch.autograd.grad(e.sum(), shifts, allow_unused=True)
+        fij = np.zeros((npairs, 3))
+        if grad is not None:
+            fij[graph.pairs] = grad.detach().to("cpu", torch.float64).numpy()
+        data.update_pair_forces(fij)
+        eatoms = e.detach().to("cpu", torch.float64).numpy()
+        data.energy = float(eatoms.sum())
+        nlist = int(data.nlistatoms)
+        if nlist:
+            data.eatoms = np.ascontiguousarray(eatoms[np.asarray(data.iatoms)[:nlist]])
+
+
+class NeededGraph(NamedTuple):
+    atoms: np.ndarray        # LAMMPS indices of the atoms the model runs on; the owned ones first
+    pairs: np.ndarray        # indices of the LAMMPS pairs that are edges
+    edge_index: np.ndarray   # (2, len(pairs)) into ``atoms``
+
+
+def needed_graph(pair_i: np.ndarray, pair_j: np.ndarray, nlocal: int, ntotal: int, n_layers: int,
+                 tags: Optional[np.ndarray] = None) -> NeededGraph:
+    """The part of LAMMPS's owned + ghost graph that the owned atoms' energy depends on.
+
+    hop(a) = fewest pairs from an owned atom to ``a``. After L layers the owned energies depend
+    on pairs whose centre has hop <= L-1, and such a centre sees all its neighbors when the ghost
+    shell is at least L * r_c + skin. Copies of one atom (the owned atom and its periodic images,
+    or several images of another rank's atom: same tag) have the same features (translation
+    invariance), so every copy is folded onto the one of least hop: pairs centred on the other
+    copies are dropped and pairs pointing at them point at it (r_ij unchanged). On one rank every
+    ghost folds onto an owned atom and the graph is the owned atoms' periodic graph, as in ASE;
+    on several ranks each other-rank atom is computed once, not once per image. Dropped pairs
+    get f_ij = 0 exactly.
+    """
+    idx = np.arange(ntotal)
+    hop = np.full(ntotal, n_layers, dtype=np.int64)
+    hop[:nlocal] = 0
+    for k in range(1, n_layers):
+        reached = pair_j[hop[pair_i] == k - 1]
+        hop[reached] = np.minimum(hop[reached], k)
+    canon = idx
+    if tags is not None and ntotal:
+        tags = np.asarray(tags[:ntotal], dtype=np.int64)
+        order = np.lexsort((idx, hop, tags))  # per tag: least hop first, then lowest index
+        first = np.ones(ntotal, dtype=bool)
+        first[1:] = tags[order][1:] != tags[order][:-1]
+        group = np.cumsum(first) - 1
+        canon = np.empty(ntotal, dtype=np.int64)
+        canon[order] = order[first][group]
+    keep = (canon[pair_i] == pair_i) & (hop[pair_i] <= n_layers - 1)
+    ci, cj = pair_i, canon[pair_j]
+    if n_layers > 1:
+        centres_needed = ((canon == idx) & (idx >= nlocal) & (hop <= n_layers - 1)).any()
+        if centres_needed and not (ci[keep] >= nlocal).any():
+            # a ghost next to an owned atom has that atom as its neighbor: if no pair starts at
+            # a ghost, LAMMPS built no ghost neighbor lists
+            raise InputError(
+                f"painnfx: this model has {n_layers} message layers and needs neighbor lists of ghost atoms: "
+                "use `pair_style mliap unified FILE 1` (the final 1), as `painnfx lammps export` writes")
+    pairs = np.flatnonzero(keep)
+    used = np.zeros(ntotal, dtype=bool)
+    used[:nlocal] = True
+    used[ci[pairs]] = True
+    used[cj[pairs]] = True
+    atoms = np.flatnonzero(used)
+    index = np.full(ntotal, -1, dtype=np.int64)
+    index[atoms] = np.arange(len(atoms))
+    return NeededGraph(atoms, pairs, np.stack([index[ci[pairs]], index[cj[pairs]]]))
+
+
+def check_lammps(ptr, comm_cutoff: float, skin: float) -> None:
+    """Called from the input script (LAMMPS's ``python`` command, ``SELF``) or by ``attach``, with
+    the communication cutoff and skin the lines set: refuse settings under which the model would
+    give wrong numbers without noticing, and record them for ``PaiNNMLIAP.check_settings``."""
+    from lammps import lammps
+
+    lmp = ptr if hasattr(ptr, "extract_global") else lammps(ptr=ptr)
+    units = lmp.extract_global("units")
+    if units != "metal":
+        raise InputError(f"painnfx: models use eV and Angstrom: set `units metal` (this input has units {units})")
+    if not lmp.extract_setting("newton_pair"):
+        raise InputError("painnfx: ML-IAP needs `newton on` (newton_pair is off)")
+    _CHECKED.update(units=units, lmp=lmp, comm_cutoff=float(comm_cutoff), skin=float(skin))
+
+
+def attach(lmp, model=None, types: Sequence[str] = ("Cu",), **kwargs) -> PaiNNMLIAP:
+    """Load a painnfx model into a LAMMPS instance driven from Python (``lammps.lammps()``), after
+    its box is created; ``kwargs`` go to :class:`PaiNNMLIAP`. Returns the adapter."""
+    from lammps.mliap import activate_mliappy, load_unified
+
+    adapter = model if isinstance(model, PaiNNMLIAP) else PaiNNMLIAP(model, **kwargs)
+    activate_mliappy(lmp)
+    load_unified(adapter)
+    lines = adapter.lammps_lines(types)
+    lmp.commands_list([ln for ln in lines if not ln.startswith("python ")])
+    check_lammps(lmp, adapter.comm_cutoff, adapter.skin)
+    return adapter
+
+
+def load(path) -> PaiNNMLIAP:
+    """Read a model file written by :meth:`PaiNNMLIAP.save` (it is a pickle: load only your own)."""
+    with open(path, "rb") as f:
+        obj = pickle.load(f)
+    if not isinstance(obj, PaiNNMLIAP):
+        raise TypeError(f"{path} is not a painnfx LAMMPS model file")
+    return obj

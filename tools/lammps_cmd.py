@@ -1,0 +1,207 @@
+"""``painnfx lammps``: run painnfx models inside LAMMPS (ML-IAP, ``pair_style mliap unified``).
+
+  painnfx lammps build                 build LAMMPS with ML-IAP + PYTHON + MPI into a cache, once
+  painnfx lammps export --out cu.pkl   write the model file and the input lines that load it
+  painnfx lammps run -np 2             NVE MD of Cu with the default model on 2 MPI ranks
+
+Which LAMMPS: $PAINNFX_LMP (your own build: ML-IAP, PYTHON, MLIAP_ENABLE_PYTHON=yes, MPI), else
+the one ``painnfx lammps build`` cached for this Python, else ``lmp`` on PATH. The ``lammps``
+Python module that build of LAMMPS comes with must be importable by this Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import torch
+
+from .dtypes import DTYPES
+
+HERE = Path(__file__).resolve().parent
+EXAMPLE = HERE / "lammps" / "in.cu_nve.lammps"
+BUILD_SCRIPT = HERE / "lammps_build.sh"
+
+
+class LammpsNotFound(RuntimeError):
+    """No LAMMPS with ML-IAP + PYTHON was found."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PAINNFX_LAMMPS_CACHE", Path.home() / ".cache" / "painnfx" / "lammps"))
+
+
+def find_lmp() -> str:
+    """The LAMMPS executable to run (see the module docstring for the order)."""
+    env = os.environ.get("PAINNFX_LMP")
+    if env:
+        if not (os.path.isfile(env) and os.access(env, os.X_OK)):
+            raise LammpsNotFound(f"PAINNFX_LMP={env} is not an executable file")
+        return env
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}"
+    built = sorted(glob.glob(str(cache_root() / f"*-{tag}" / "bin" / "lmp")))
+    if built:
+        return built[-1]
+    on_path = shutil.which("lmp")
+    if on_path:
+        return on_path
+    raise LammpsNotFound("no LAMMPS found: run `painnfx lammps build` (bash tools/lammps_build.sh), or set "
+                         "PAINNFX_LMP to an lmp built with ML-IAP, PYTHON, MLIAP_ENABLE_PYTHON=yes and MPI")
+
+
+def find_mpirun() -> str:
+    for name in ("mpirun.mpich", "mpirun", "mpiexec"):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise LammpsNotFound("no mpirun on PATH (painnfx lammps build installs MPICH)")
+
+
+def lammps_env(threads: int | None = None) -> dict:
+    """Environment for ``lmp``: its embedded Python must import painnfx, torch and lammps
+    from this Python's environment (a virtual environment's site-packages included)."""
+    env = dict(os.environ)
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    if env.get("PYTHONPATH"):
+        paths.insert(0, env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def export(out: str, checkpoint=None, types=("Cu",), dtype=torch.float64, device="cpu", optimize="auto",
+           skin: float = 2.0) -> tuple:
+    """Write the model file ``out`` and ``out + '.lammps'`` (the lines to ``include``);
+    returns (model file, lines file, lines)."""
+    from painnfx.model.lammps_mliap import PaiNNMLIAP
+
+    adapter = PaiNNMLIAP(checkpoint, dtype=dtype, device=device, optimize=optimize, skin=skin)
+    out = os.path.abspath(out)
+    adapter.save(out)
+    lines = adapter.lammps_lines(list(types), out)
+    header = [f"# painnfx PaiNN for LAMMPS: {adapter.n_layers} message layers, cutoff {adapter.cutoff:g} A,",
+              f"# ghost shell {adapter.comm_cutoff:g} A (L * r_c + skin); include after the box is created."]
+    lines_file = out + ".lammps"
+    Path(lines_file).write_text("\n".join(header + lines) + "\n")
+    return out, lines_file, lines
+
+
+PERF = re.compile(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps with (\d+) atoms")
+
+
+def run_lammps(input_file: str, variables: dict, nprocs: int = 1, cwd: str = ".", threads: int | None = None,
+               timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``mpirun -np nprocs lmp -in input_file -var k v ...`` in ``cwd``; output in .stdout."""
+    cmd = [find_mpirun(), "-np", str(nprocs), find_lmp(), "-nocite", "-in", str(input_file)]
+    for k, v in variables.items():
+        cmd += ["-var", str(k), str(v)]
+    return subprocess.run(cmd, cwd=cwd, env=lammps_env(threads), capture_output=True, text=True, timeout=timeout)
+
+
+def loop_performance(stdout: str) -> dict | None:
+    """Seconds, ranks, steps, atoms and steps/s of the last ``run`` in a LAMMPS log."""
+    found = PERF.findall(stdout)
+    if not found:
+        return None
+    seconds, procs, steps, atoms = found[-1]
+    seconds, steps = float(seconds), int(steps)
+    return {"seconds": seconds, "ranks": int(procs), "steps": steps, "atoms": int(atoms),
+            "steps_per_s": steps / seconds if seconds > 0 else float("inf")}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="lammps_command", required=True)
+    b = sub.add_parser("build", help="build LAMMPS with ML-IAP + PYTHON + MPI into a cache (once)")
+    b.set_defaults(func=main_build)
+    e = sub.add_parser("export", help="write a model file for pair_style mliap unified, and its input lines")
+    _model_arguments(e)
+    e.add_argument("--out", default="painnfx_model.pkl", help="model file (the lines go to OUT.lammps)")
+    e.set_defaults(func=main_export)
+    r = sub.add_parser("run", help="MD in LAMMPS on N MPI ranks (default: the Cu NVE example)")
+    _model_arguments(r)
+    r.add_argument("-np", "--nprocs", type=int, default=2, help="MPI ranks")
+    r.add_argument("--input", help="LAMMPS input (default: the Cu NVE example, tools/lammps/in.cu_nve.lammps); "
+                                   "it must `include ${model_lines}`")
+    r.add_argument("--var", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="extra -var for the input (example: --var nx 4 --var steps 50)")
+    r.add_argument("--threads", type=int, help="torch/OpenMP threads per rank (default: cores / ranks)")
+    r.add_argument("--workdir", default="painnfx_lammps", help="where the model file and log go")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r.set_defaults(func=main_run)
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="model checkpoint (default: the built-in default Cu model)")
+    p.add_argument("--types", nargs="+", default=["Cu"], help="element of each LAMMPS atom type, in order")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--optimize", choices=["auto", "fused", "off"], default="auto",
+                   help="auto: optimize() and the faster path per size; fused: always the fused graph; off: plain")
+    p.add_argument("--skin", type=float, default=2.0, help="LAMMPS neighbor skin, Angstrom (sets `neighbor`)")
+
+
+def _optimize_flag(value: str):
+    return {"auto": "auto", "fused": True, "off": False}[value]
+
+
+def main_build(args) -> int:
+    return subprocess.run(["bash", str(BUILD_SCRIPT)]).returncode
+
+
+def main_export(args) -> int:
+    out, lines_file, lines = export(args.out, args.checkpoint, args.types, DTYPES[args.dtype], args.device,
+                                    _optimize_flag(args.optimize), args.skin)
+    print(f"model file: {out}\ninput lines: {lines_file}\n")
+    print("\n".join(lines))
+    print(f"\nin your input, after the box is created:\n  include {lines_file}\n"
+          f"run (the embedded Python must find painnfx):\n"
+          f"  PYTHONPATH={lammps_env()['PYTHONPATH'].split(os.pathsep)[-1]} mpirun -np 2 lmp -in in.your_input")
+    return 0
+
+
+def main_run(args) -> int:
+    work = Path(args.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    _, lines_file, _ = export(str(work / "model.pkl"), args.checkpoint, args.types, DTYPES[args.dtype],
+                              args.device, _optimize_flag(args.optimize), args.skin)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.nprocs)
+    variables = {"model_lines": lines_file, **dict(args.var)}
+    input_file = Path(args.input).resolve() if args.input else EXAMPLE
+    proc = run_lammps(str(input_file), variables, args.nprocs, cwd=str(work), threads=threads)
+    (work / "lammps.out").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        print(f"LAMMPS failed (exit {proc.returncode}); full output in {work / 'lammps.out'}", file=sys.stderr)
+        return proc.returncode or 1
+    perf = loop_performance(proc.stdout) or {}
+    summary = {"input": str(input_file), "ranks": args.nprocs, "threads_per_rank": threads,
+               "dtype": args.dtype, "optimize": args.optimize, **perf, "log": str(work / "lammps.out")}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        thermo = _thermo_block(proc.stdout)
+        print(thermo)
+        print(f"{perf.get('atoms')} atoms, {args.nprocs} MPI ranks x {threads} threads: "
+              f"{perf.get('steps_per_s', float('nan')):.3g} steps/s; log in {work / 'lammps.out'}")
+    return 0
+
+
+def _thermo_block(stdout: str) -> str:
+    lines = stdout.splitlines()
+    start = max((k for k, ln in enumerate(lines) if ln.split()[:2] == ["Step", "Time"]), default=None)
+    if start is None:
+        return ""
+    end = next((k for k in range(start, len(lines)) if lines[k].startswith("Loop time")), len(lines))
+    return "\n".join(lines[start:end])
