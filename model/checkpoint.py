@@ -84,6 +84,9 @@ def load_checkpoint(path: Source, map_location: str | torch.device = "cpu") -> P
         model = PaiNN(PaiNNConfig(**payload["config"]))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} has an invalid config: {exc}") from exc
+    floats = [v.dtype for v in payload["state_dict"].values() if torch.is_tensor(v) and v.is_floating_point()]
+    if floats:
+        model = model.to(floats[0])  # a float64 model comes back in float64, not rounded to float32
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

@@ -17,9 +17,8 @@ pairs included, is then the exact force contribution. The model sees positions 0
 the gradient to the shifts is f_ij.
 
 :class:`PaiNNMLIAP` is picklable (that file is what ``pair_style mliap unified`` loads): the
-pickle holds the model as embedded checkpoint bytes, read back with ``weights_only=True``,
-and how to run it (dtype, device, optimize). The model is rebuilt, and optimized, on each rank
-when the file is loaded. ``lammps_lines`` are the input-script lines that go with it, and
+pickle holds plain data only (``engine_model.EngineModel``): the model is rebuilt from embedded
+checkpoint bytes (``weights_only=True``), and optimized, on each rank when the file is loaded. ``lammps_lines`` are the input-script lines that go with it, and
 ``check_lammps`` (run from those lines through LAMMPS's ``python`` command, or by ``attach``)
 checks the LAMMPS settings the adapter cannot see from its data (``units metal``, ``newton on``)
 and records the ghost shell the lines set, which the model file checks against its own needs.
@@ -34,9 +33,7 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
-from .checkpoint import checkpoint_bytes, load_checkpoint
-from .default import default_model
-from .painn import PaiNN
+from .engine_model import EngineModel
 from .validation import InputError
 
 #: Element names LAMMPS may map types to. All of them are declared, so that a type mapped to an
@@ -50,15 +47,7 @@ DEFAULT_SKIN = 2.0
 _CHECKED: dict = {}  # what check_lammps found, per process (one LAMMPS instance per rank)
 
 
-def _plain_model(model) -> PaiNN:
-    inner = getattr(model, "model", model)  # OptimizedModel -> the PaiNN it shares parameters with
-    if not isinstance(inner, PaiNN):
-        raise TypeError(
-            f"a LAMMPS model file holds a painnfx PaiNN (or optimize() of one), got {type(model).__name__}")
-    return inner
-
-
-class PaiNNMLIAP:
+class PaiNNMLIAP(EngineModel):
     """ML-IAP "unified" model (the ``lammps.mliap.mliap_unified_abc.MLIAPUnified`` contract,
     duck-typed so that painnfx imports without LAMMPS) for a painnfx PaiNN.
 
@@ -72,48 +61,10 @@ class PaiNNMLIAP:
 
     def __init__(self, model=None, *, dtype: torch.dtype = torch.float64, device: str = "cpu",
                  optimize="auto", skin: float = DEFAULT_SKIN):
-        if model is None:
-            model = default_model()
-        elif isinstance(model, str) or hasattr(model, "__fspath__"):
-            model = load_checkpoint(model)
-        plain = _plain_model(model)
-        if optimize not in (True, False, "auto"):
-            raise ValueError(f"optimize must be True, False or 'auto', got {optimize!r}")
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-        self._state = {
-            "checkpoint": checkpoint_bytes(plain),
-            "dtype": str(dtype).removeprefix("torch."),
-            "device": str(device),
-            "optimize": optimize,
-            "skin": float(skin),
-        }
-        self._build()
+        super().__init__(model, dtype=dtype, device=device, optimize=optimize, skin=float(skin))
 
-    # -- pickling: plain data only; the model is rebuilt from checkpoint bytes (weights_only) --
-    def __getstate__(self) -> dict:
-        return dict(self._state)
-
-    def __setstate__(self, state: dict) -> None:
-        self._state = dict(state)
-        self._build()
-
-    def _build(self) -> None:
-        from .calculator import PaiNNCalculator
-
-        st = self._state
-        self.dtype = getattr(torch, st["dtype"])
-        self.device = torch.device(st["device"])
-        # the calculator applies the same model set-up (device, dtype, frozen weights, optimize)
-        calc = PaiNNCalculator(load_checkpoint(st["checkpoint"]), device=self.device, dtype=self.dtype,
-                               optimize=st["optimize"])
-        self.model, self.evaluator = calc.model, calc.evaluator
-        cfg = self.model.config
-        self.cutoff = float(self.model.cutoff)
-        self.n_layers = int(self.model.n_interactions)
-        self.elements = None if cfg.elements is None else [int(z) for z in cfg.elements]
-        self.max_z = int(cfg.max_z)
-        self.skin = st["skin"]
+    def _configure(self) -> None:
+        self.skin = self._state["skin"]
         self.element_types = ELEMENT_TYPES
         self.rcutfac = 0.5 * self.cutoff  # ML-IAP's pair cutoff is 2 * rcutfac
         self.interface = None  # set by LAMMPS when it loads the model

@@ -81,3 +81,17 @@ def test_weights_that_do_not_fit(tmp_path):
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(path)
+
+
+def test_float64_model_round_trips_in_float64(tmp_path):
+    """A float64 model (e.g. fitted in float64) is not rounded to float32 by save + load, nor by
+    the bytes embedded in engine model files."""
+    from painnfx.model.checkpoint import checkpoint_bytes
+
+    model = _model().double()
+    with torch.no_grad():
+        model.embedding.weight.add_(1e-12)  # below float32 resolution
+    save_checkpoint(model, tmp_path / "m.pt")
+    for loaded in (load_checkpoint(tmp_path / "m.pt"), load_checkpoint(checkpoint_bytes(model))):
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, loaded.state_dict()[k]), k

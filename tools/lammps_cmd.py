@@ -84,9 +84,10 @@ def lammps_env(threads: int | None = None) -> dict:
 def export(out: str, checkpoint=None, types=("Cu",), dtype=torch.float64, device="cpu", optimize="auto",
            skin: float = 2.0) -> tuple:
     """Write the model file ``out`` and ``out + '.lammps'`` (the lines to ``include``);
-    returns (model file, lines file, lines)."""
+    returns (model file, lines file, lines). ``optimize``: "auto", "fused" (or True), "off" (or False)."""
     from painnfx.model.lammps_mliap import PaiNNMLIAP
 
+    optimize = {"fused": True, "off": False}.get(optimize, optimize) if isinstance(optimize, str) else optimize
     adapter = PaiNNMLIAP(checkpoint, dtype=dtype, device=device, optimize=optimize, skin=skin)
     out = os.path.abspath(out)
     adapter.save(out)
@@ -152,17 +153,13 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skin", type=float, default=2.0, help="LAMMPS neighbor skin, Angstrom (sets `neighbor`)")
 
 
-def _optimize_flag(value: str):
-    return {"auto": "auto", "fused": True, "off": False}[value]
-
-
 def main_build(args) -> int:
     return subprocess.run(["bash", str(BUILD_SCRIPT)]).returncode
 
 
 def main_export(args) -> int:
     out, lines_file, lines = export(args.out, args.checkpoint, args.types, DTYPES[args.dtype], args.device,
-                                    _optimize_flag(args.optimize), args.skin)
+                                    args.optimize, args.skin)
     print(f"model file: {out}\ninput lines: {lines_file}\n")
     print("\n".join(lines))
     print(f"\nin your input, after the box is created:\n  include {lines_file}\n"
@@ -175,7 +172,7 @@ def main_run(args) -> int:
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     _, lines_file, _ = export(str(work / "model.pkl"), args.checkpoint, args.types, DTYPES[args.dtype],
-                              args.device, _optimize_flag(args.optimize), args.skin)
+                              args.device, args.optimize, args.skin)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.nprocs)
     variables = {"model_lines": lines_file, **dict(args.var)}
     input_file = Path(args.input).resolve() if args.input else EXAMPLE
