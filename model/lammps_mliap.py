@@ -137,14 +137,27 @@ class PaiNNMLIAP(EngineModel):
     def compute_forces(self, data) -> None:
         """Energy of the owned atoms and f_ij = dE/dr_ij for every pair LAMMPS listed."""
         self.check_settings()
-        nlocal, ntotal, npairs = int(data.nlocal), int(data.ntotal), int(data.npairs)
-        elems = np.asarray(data.elems)[:ntotal]
-        pair_i = np.asarray(data.pair_i)[:npairs].astype(np.int64)
-        pair_j = np.asarray(data.pair_j)[:npairs].astype(np.int64)
-        rij = np.asarray(data.rij)[:npairs]
+        ntotal, npairs = int(data.ntotal), int(data.npairs)
         tags = _CHECKED["lmp"].numpy.extract_atom("id", nelem=ntotal)
-        if ntotal and (tags is None or not np.asarray(tags[:ntotal]).any()):
-            raise InputError("painnfx: atoms need IDs (atom_modify id yes, the default)")
+        eatoms, fij = self.evaluate(np.asarray(data.elems)[:ntotal], np.asarray(data.pair_i)[:npairs],
+                                    np.asarray(data.pair_j)[:npairs], np.asarray(data.rij)[:npairs],
+                                    int(data.nlocal), tags)
+        data.update_pair_forces(fij)
+        data.energy = float(eatoms.sum())
+        nlist = int(data.nlistatoms)
+        if nlist:
+            data.eatoms = np.ascontiguousarray(eatoms[np.asarray(data.iatoms)[:nlist]])
+
+    def evaluate(self, elems: np.ndarray, pair_i: np.ndarray, pair_j: np.ndarray, rij: np.ndarray, nlocal: int,
+                 tags: Optional[np.ndarray]) -> tuple:
+        """One rank's share: per-owned-atom energies (nlocal,) and f_ij = dE_owned/dr_ij (npairs, 3).
+
+        ``elems``: element index (into ``element_types``; -1 unmapped) of the owned atoms then the
+        ghosts; pairs (i, j) index them, r_ij = x_j - x_i; ``tags``: LAMMPS atom IDs (None: do not fold images)."""
+        ntotal = len(elems)
+        if tags is not None and not np.asarray(tags[:ntotal]).any():
+            tags = None  # `atom_modify id no`: no folding (still exact, with the whole ghost shell)
+        pair_i, pair_j = pair_i.astype(np.int64), pair_j.astype(np.int64)
         graph = needed_graph(pair_i, pair_j, nlocal, ntotal, self.n_layers, tags)
         mapped = elems[graph.atoms] >= 0
         z = elems[graph.atoms].astype(np.int64) + 1
@@ -160,15 +173,10 @@ class PaiNNMLIAP(EngineModel):
                                torch.as_tensor(graph.edge_index, device=dev), shifts,
                                torch.as_tensor(owner, device=dev), nlocal + 1)[:nlocal]
             (grad,) = torch.autograd.grad(e.sum(), shifts, allow_unused=True)
-        fij = np.zeros((npairs, 3))
+        fij = np.zeros((len(pair_i), 3))
         if grad is not None:
             fij[graph.pairs] = grad.detach().to("cpu", torch.float64).numpy()
-        data.update_pair_forces(fij)
-        eatoms = e.detach().to("cpu", torch.float64).numpy()
-        data.energy = float(eatoms.sum())
-        nlist = int(data.nlistatoms)
-        if nlist:
-            data.eatoms = np.ascontiguousarray(eatoms[np.asarray(data.iatoms)[:nlist]])
+        return e.detach().to("cpu", torch.float64).numpy(), fij
 
 
 class NeededGraph(NamedTuple):
