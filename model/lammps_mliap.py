@@ -20,8 +20,10 @@ the gradient to the shifts is f_ij.
 pickle holds plain data only (``engine_model.EngineModel``): the model is rebuilt from embedded
 checkpoint bytes (``weights_only=True``), and optimized, on each rank when the file is loaded. ``lammps_lines`` are the input-script lines that go with it, and
 ``check_lammps`` (run from those lines through LAMMPS's ``python`` command, or by ``attach``)
-checks the LAMMPS settings the adapter cannot see from its data (``units metal``, ``newton on``)
-and records the ghost shell the lines set, which the model file checks against its own needs.
+checks the LAMMPS settings the adapter cannot see from its data (``units metal``, ``newton on``),
+records the ghost shell the lines ask for, which the model file checks against its own needs, and
+sets it (with ghost neighbor lists) only when there are several ranks: on one rank every ghost is
+a periodic image of an owned atom and folds onto it.
 """
 
 from __future__ import annotations
@@ -89,11 +91,11 @@ class PaiNNMLIAP(EngineModel):
         return [
             "newton on",
             f"neighbor {self.skin:g} bin",
-            f"comm_modify cutoff {cc}",
             f"python painnfx_check_lammps input 3 SELF {cc} {self.skin:g} format pff here "
             '"from painnfx.model.lammps_mliap import check_lammps as painnfx_check_lammps"',
             "python painnfx_check_lammps invoke",
-            f"pair_style mliap unified {path} 1",
+            "comm_modify cutoff ${painnfx_comm_cutoff}",
+            f"pair_style mliap unified {path} ${{painnfx_ghost_lists}}",
             f"pair_coeff * * {' '.join(types)}",
         ]
 
@@ -248,6 +250,11 @@ def check_lammps(ptr, comm_cutoff: float, skin: float) -> None:
     if not lmp.extract_setting("newton_pair"):
         raise InputError("painnfx: ML-IAP needs `newton on` (newton_pair is off)")
     _CHECKED.update(units=units, lmp=lmp, comm_cutoff=float(comm_cutoff), skin=float(skin))
+    # one rank: every ghost is an image of an owned atom and folds onto it (needed_graph), so
+    # neither ghost neighbor lists nor a wide ghost shell are needed
+    several = lmp.extract_setting("world_size") > 1
+    lmp.command(f"variable painnfx_ghost_lists string {1 if several else 0}")
+    lmp.command(f"variable painnfx_comm_cutoff string {float(comm_cutoff) if several else 0.0:.6g}")
 
 
 def attach(lmp, model=None, types: Sequence[str] = ("Cu",), **kwargs) -> PaiNNMLIAP:
@@ -258,9 +265,11 @@ def attach(lmp, model=None, types: Sequence[str] = ("Cu",), **kwargs) -> PaiNNML
     adapter = model if isinstance(model, PaiNNMLIAP) else PaiNNMLIAP(model, **kwargs)
     activate_mliappy(lmp)
     load_unified(adapter)
-    lines = adapter.lammps_lines(types)
-    lmp.commands_list([ln for ln in lines if not ln.startswith("python ")])
-    check_lammps(lmp, adapter.comm_cutoff, adapter.skin)
+    for line in adapter.lammps_lines(types):
+        if line.startswith("python painnfx_check_lammps invoke"):
+            check_lammps(lmp, adapter.comm_cutoff, adapter.skin)
+        elif not line.startswith("python "):
+            lmp.command(line)
     return adapter
 
 

@@ -57,6 +57,16 @@ def periodic_cu() -> Atoms:
     return atoms
 
 
+def triclinic_cu() -> Atoms:
+    """fcc primitive cells (rhombohedral box), rotated into LAMMPS's lower-triangular frame."""
+    atoms = bulk("Cu", "fcc", a=3.61) * (4, 4, 4)
+    atoms.rattle(0.1, seed=9)
+    cell, _ = atoms.cell.standard_form()
+    atoms.set_cell(cell, scale_atoms=True)
+    atoms.wrap()
+    return atoms
+
+
 def cuni_cluster() -> Atoms:
     atoms = Icosahedron("Cu", 3)  # 55 atoms
     atoms.numbers[::3] = 28
@@ -126,6 +136,15 @@ def test_periodic_cu_matches_ase(tmp_path, lmp, nprocs, optimize):
     assert rel(-press / NKTV2P, s_ref) <= 1e-10
 
 
+def test_triclinic_cell_on_2_ranks(tmp_path, lmp):
+    atoms = triclinic_cu()
+    pe, forces, press = lammps_static(tmp_path, lmp, atoms, ["Cu"], 2)
+    e_ref, f_ref, s_ref = ase_reference(atoms)
+    assert abs(pe - e_ref) <= 1e-10 * abs(e_ref)
+    assert rel(forces, f_ref) <= 1e-10
+    assert rel(-press / NKTV2P, s_ref) <= 1e-10
+
+
 @pytest.mark.parametrize("nprocs,optimize", [(1, "fused"), (2, "fused"), (1, "off")])
 def test_cuni_cluster_matches_ase(tmp_path, lmp, cuni_checkpoint, nprocs, optimize):
     atoms = cuni_cluster()
@@ -189,7 +208,7 @@ def test_ghost_shell_too_short_for_the_model_file(tmp_path, lmp, cuni_checkpoint
     # lines written for the small CuNi model (2 layers x 4 A), model file of the default (3 x 5 A)
     small = lines_text(tmp_path, cuni_checkpoint, ["Cu"], name="small.pkl")
     export(str(tmp_path / "default.pkl"), None, ["Cu"])
-    text = re.sub(r"pair_style mliap unified \S+ 1", f"pair_style mliap unified {tmp_path / 'default.pkl'} 1", small)
+    text = re.sub(r"pair_style mliap unified \S+ ", f"pair_style mliap unified {tmp_path / 'default.pkl'} ", small)
     out = failing_run(tmp_path, lmp, text)
     assert "communication cutoff 10 A is too short for this model" in out
 
@@ -205,7 +224,7 @@ def test_units_other_than_metal_are_refused(tmp_path, lmp):
 
 
 def test_missing_ghost_neighbor_lists_are_refused(tmp_path, lmp):
-    text = re.sub(r"(pair_style mliap unified \S+) 1", r"\1 0", lines_text(tmp_path))
+    text = re.sub(r"(pair_style mliap unified \S+) \S+", r"\1 0", lines_text(tmp_path))
     out = failing_run(tmp_path, lmp, text, nprocs=2)
     assert "needs neighbor lists of ghost atoms" in out
 

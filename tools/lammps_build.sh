@@ -12,6 +12,8 @@
 #   PAINNFX_LAMMPS_SUITE   Debian suite to take the source from (default trixie)
 #   PAINNFX_LAMMPS_VERSION that suite's source version (default pinned below)
 #   PAINNFX_LAMMPS_JOBS    parallel compile jobs (default: nproc)
+# One patch is applied to ML-IAP (mliap_data.cpp): its per-atom neighbor table was sized
+# (owned + ghost atoms) x (all pairs), quadratic in the ghost shell; see docs/lammps.md.
 # A second run with the same Python and version finds the cache and only reinstalls the Python
 # module (seconds). Users with their own LAMMPS (ML-IAP + PYTHON, MLIAP_ENABLE_PYTHON, MPI) skip
 # this and set PAINNFX_LMP to its executable (see docs/lammps.md).
@@ -22,7 +24,8 @@ version=${PAINNFX_LAMMPS_VERSION:-20250204+dfsg.1-2}   # upstream 4Feb2025
 python=${PYTHON:-$(command -v python3 || command -v python)}
 pytag=$("$python" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')
 root=${PAINNFX_LAMMPS_CACHE:-$HOME/.cache/painnfx/lammps}
-prefix="$root/${version%%+*}-$pytag"
+patchlevel=p1   # bump when the patch below changes: a new cache directory, a new build
+prefix="$root/${version%%+*}-$patchlevel-$pytag"
 jobs=${PAINNFX_LAMMPS_JOBS:-$(nproc)}
 pylibdir=$("$python" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
 log() { echo "[lammps_build] $*" >&2; }
@@ -70,6 +73,28 @@ EOF
     rm -f ./lammps_*
     srcdir=$(find . -maxdepth 1 -type d -name 'lammps*' | head -n1)
     [ -n "$srcdir" ] || { log "no source directory in $orig"; exit 1; }
+    # ML-IAP allocates its per-atom neighbor table as (owned + ghost atoms) x (all pairs): 35 GB
+    # for the default model on 864 atoms. One row per atom as wide as the longest list is enough
+    # (the only readers index [ii][jj < numneighs[ii]]).
+    "$python" - "$srcdir/src/ML-IAP/mliap_data.cpp" <<'PYEOF'
+import sys
+path = sys.argv[1]
+src = open(path).read()
+edits = [
+    ('    memory->grow(lmp_firstneigh, natomneigh, nneigh_max, "MLIAPData:lmp_firstneigh");\n', ''),
+    ('    memory->grow(lmp_firstneigh, natomneigh, nneigh, "MLIAPData:lmp_firstneigh");\n', ''),
+    ('  int nneigh = 0;\n', '  int nneigh = 0;\n  int ninside_max = 1;\n'),
+    ('    nneigh += ninside;\n  }\n',
+     '    nneigh += ninside;\n    if (ninside > ninside_max) ninside_max = ninside;\n  }\n'
+     '  memory->destroy(lmp_firstneigh);  // painnfx: natomneigh x longest list, not x all pairs\n'
+     '  memory->create(lmp_firstneigh, natomneigh, ninside_max, "MLIAPData:lmp_firstneigh");\n'),
+]
+for old, new in edits:
+    if src.count(old) != 1:
+        sys.exit(f"lammps_build.sh: cannot patch {path}: {old.strip()!r} found {src.count(old)} times")
+    src = src.replace(old, new)
+open(path, "w").write(src)
+PYEOF
     # -O1: a quarter of -O2's compile time; the model, not LAMMPS, dominates each step
     cmake -S "$srcdir/cmake" -B build -G "Unix Makefiles" \
         -D CMAKE_BUILD_TYPE=None -D CMAKE_CXX_FLAGS="-O1 -g0" -D CMAKE_C_FLAGS="-O1 -g0" \

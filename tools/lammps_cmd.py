@@ -47,9 +47,10 @@ def find_lmp() -> str:
             raise LammpsNotFound(f"PAINNFX_LMP={env} is not an executable file")
         return env
     tag = f"py{sys.version_info[0]}{sys.version_info[1]}"
-    built = sorted(glob.glob(str(cache_root() / f"*-{tag}" / "bin" / "lmp")))
-    if built:
-        return built[-1]
+    built = [Path(p) for p in glob.glob(str(cache_root() / f"*-{tag}" / "bin" / "lmp"))
+             if (Path(p).parent.parent / ".complete").is_file()]
+    if built:  # the latest build (a newer patch level is a new directory)
+        return str(max(built, key=lambda p: (p.parent.parent / ".complete").stat().st_mtime))
     on_path = shutil.which("lmp")
     if on_path:
         return on_path
@@ -141,6 +142,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--workdir", default="painnfx_lammps", help="where the model file and log go")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=main_run)
+    bn = sub.add_parser("bench", help="steps/s of the Cu NVE example on 1, 2, ... MPI ranks, side by side")
+    _model_arguments(bn)
+    bn.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    bn.add_argument("--sizes", type=int, nargs="+", default=[3, 6], help="cubic cells per side (4 n^3 atoms)")
+    bn.add_argument("--steps", type=int, default=50, help="timed MD steps (after a 5-step warm-up run)")
+    bn.add_argument("--out", default="docs/perf/lammps_bench", help="writes OUT.json and OUT.md")
+    bn.set_defaults(func=main_bench)
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
@@ -192,6 +200,50 @@ def main_run(args) -> int:
         print(thermo)
         print(f"{perf.get('atoms')} atoms, {args.nprocs} MPI ranks x {threads} threads: "
               f"{perf.get('steps_per_s', float('nan')):.3g} steps/s; log in {work / 'lammps.out'}")
+    return 0
+
+
+def main_bench(args) -> int:
+    """Each (size, ranks) in its own LAMMPS run; threads per rank = cores / ranks, so every row
+    uses the whole machine. The example input's loop time covers the MD steps only (not start-up)."""
+    import platform
+
+    work = Path("painnfx_lammps_bench").resolve()
+    work.mkdir(exist_ok=True)
+    _, lines_file, _ = export(str(work / "model.pkl"), args.checkpoint, args.types, DTYPES[args.dtype],
+                              args.device, args.optimize, args.skin)
+    cores = os.cpu_count() or 1
+    rows = []
+    for size in args.sizes:
+        for ranks in args.ranks:
+            threads = max(1, cores // ranks)
+            proc = run_lammps(str(EXAMPLE), {"model_lines": lines_file, "nx": size, "steps": args.steps,
+                                             "thermo": args.steps}, ranks, cwd=str(work), threads=threads)
+            if proc.returncode != 0:
+                sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+                return proc.returncode or 1
+            perf = loop_performance(proc.stdout)
+            rows.append({"cells": size, "atoms": perf["atoms"], "ranks": ranks, "threads_per_rank": threads,
+                         "steps": perf["steps"], "seconds": perf["seconds"], "steps_per_s": perf["steps_per_s"]})
+            print(f"{perf['atoms']:6d} atoms  {ranks} ranks x {threads} threads  {perf['steps_per_s']:.3g} steps/s",
+                  flush=True)
+    for row in rows:
+        base = next(r for r in rows if r["cells"] == row["cells"] and r["ranks"] == args.ranks[0])
+        row["speedup_vs_first"] = row["steps_per_s"] / base["steps_per_s"]
+    meta = {"machine": f"{platform.processor() or platform.machine()}, {cores} cores", "torch": torch.__version__,
+            "dtype": args.dtype, "optimize": args.optimize, "device": args.device, "model": args.checkpoint or "default Cu",
+            "input": "tools/lammps/in.cu_nve.lammps (NVE, 1 fs)", "lammps": find_lmp()}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    table = ["| atoms | MPI ranks x threads | steps/s | vs " + f"{args.ranks[0]} rank(s) |", "|---|---|---|---|"]
+    table += [f"| {r['atoms']} | {r['ranks']} x {r['threads_per_rank']} | {r['steps_per_s']:.3g} | "
+              f"{r['speedup_vs_first']:.2f}x |" for r in rows]
+    out.with_suffix(".md").write_text(
+        f"LAMMPS MD, painnfx {meta['model']} model ({args.dtype}, optimize={args.optimize}), {meta['machine']}, "
+        f"torch {meta['torch']}; {args.steps} steps per row after LAMMPS set-up, one process layout per row.\n\n"
+        + "\n".join(table) + "\n")
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
 
 
