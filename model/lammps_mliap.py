@@ -36,7 +36,7 @@ import torch
 from ase.data import chemical_symbols
 
 from .engine_model import EngineModel
-from .validation import InputError
+from .validation import InputError, check_numbers
 
 #: Element names LAMMPS may map types to. All of them are declared, so that a type mapped to an
 #: element the model lacks reaches the adapter, which names it (LAMMPS itself would only say
@@ -78,7 +78,7 @@ class PaiNNMLIAP(EngineModel):
         return self.n_layers * self.cutoff + self.skin
 
     def save(self, path) -> None:
-        """The file ``pair_style mliap unified PATH 1`` loads."""
+        """Write the file ``pair_style mliap unified PATH`` loads."""
         with open(path, "wb") as f:
             pickle.dump(self, f)
 
@@ -121,13 +121,10 @@ class PaiNNMLIAP(EngineModel):
         self._check_numbers(np.array([chemical_symbols.index(t) for t in names], dtype=np.int64))
 
     def _check_numbers(self, z: np.ndarray) -> None:
-        bad = sorted(set(int(v) for v in z) - set(self.elements)) if self.elements is not None else \
-            sorted(set(int(v) for v in z if v >= self.max_z))
-        if bad:
-            known = [chemical_symbols[e] for e in self.elements] if self.elements is not None else \
-                f"Z < {self.max_z}"
-            raise InputError(f"painnfx: element(s) {[chemical_symbols[b] for b in bad]} mapped in pair_coeff "
-                             f"are not in this model, which knows {known}")
+        try:
+            check_numbers(z, self.elements, self.max_z)
+        except InputError as exc:
+            raise InputError(f"painnfx: atom types mapped in pair_coeff: {exc}") from None
 
     # -- the ML-IAP unified interface --
     def compute_descriptors(self, data) -> None:

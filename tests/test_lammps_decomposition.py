@@ -148,7 +148,7 @@ def test_unknown_element_is_named(adapters):
     atoms.numbers[0] = 79
     elems, pi, pj, rij, nlocal, tag = rank_data(atoms, np.ones(len(atoms), bool), np.zeros(3),
                                                 np.diag(atoms.cell.array), CUTOFF)
-    with pytest.raises(InputError, match=r"element\(s\) \['Au'\].*knows \['Ni', 'Cu'\]"):
+    with pytest.raises(InputError, match=r"unknown element\(s\) \['Au'\].*knows only \['Ni', 'Cu'\]"):
         adapter.evaluate(elems, pi, pj, rij, nlocal, tag + 1)
 
 
