@@ -229,10 +229,15 @@ def test_missing_ghost_neighbor_lists_are_refused(tmp_path, lmp):
     assert "needs neighbor lists of ghost atoms" in out
 
 
-def test_lammps_run_command_default_model(tmp_path, lmp):
+def test_lammps_run_command_default_model_float32(tmp_path, lmp):
+    """The documented command (`painnfx lammps run -np 2`) on a small cell, in float32: it runs,
+    and its step-0 energy is the ASE calculator's (float64) to float32 precision."""
     from painnfx.tools.cli import main
 
-    assert main(["lammps", "run", "-np", "2", "--var", "nx", "3", "--var", "steps", "10",
+    assert main(["lammps", "run", "-np", "2", "--dtype", "float32", "--var", "nx", "3", "--var", "steps", "10",
                  "--workdir", str(tmp_path), "--json"]) == 0
     log = (tmp_path / "lammps.out").read_text()
     assert "2 procs for 10 steps with 108 atoms" in log
+    pe0 = thermo_rows(log)[0][3]  # Step Time Temp PotEng ...
+    e_ref, _, _ = ase_reference(bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3))
+    assert abs(pe0 - e_ref) <= 1e-5 * max(abs(e_ref), 1.0)
