@@ -93,3 +93,21 @@ def test_inspect_measures_the_auto_path(capsys):
     assert main(["inspect", "--measure"]) == 0
     out = capsys.readouterr().out
     assert "path: auto" in out and "3 atoms" in out and "50 atoms" in out
+
+
+def test_lammps_export_writes_model_and_lines(tmp_path, capsys):
+    """`painnfx lammps export` (no LAMMPS needed): the model file loads back, the lines name it,
+    and a type the model lacks is refused at export."""
+    from painnfx.model.lammps_mliap import load
+    from painnfx.model.validation import InputError
+
+    out = tmp_path / "cu.pkl"
+    assert main(["lammps", "export", "--out", str(out), "--optimize", "off"]) == 0
+    text = capsys.readouterr().out
+    lines = (tmp_path / "cu.pkl.lammps").read_text()
+    assert f"pair_style mliap unified {out} ${{painnfx_ghost_lists}}" in lines and "pair_coeff * * Cu" in lines
+    assert "comm_modify cutoff ${painnfx_comm_cutoff}" in lines and "include" in text
+    model = load(out)
+    assert model.comm_cutoff == 3 * 5.0 + 2.0 and model.rcutfac == 2.5
+    with pytest.raises(InputError, match="Ni"):
+        main(["lammps", "export", "--out", str(tmp_path / "ni.pkl"), "--types", "Ni", "--optimize", "off"])

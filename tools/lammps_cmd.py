@@ -58,6 +58,13 @@ def find_lmp() -> str:
                          "PAINNFX_LMP to an lmp built with ML-IAP, PYTHON, MLIAP_ENABLE_PYTHON=yes and MPI")
 
 
+def find_lmp_or(default: str) -> str:
+    try:
+        return find_lmp()
+    except LammpsNotFound:
+        return default
+
+
 def find_mpirun() -> str:
     for name in ("mpirun.mpich", "mpirun", "mpiexec"):
         path = shutil.which(name)
@@ -171,8 +178,8 @@ def main_export(args) -> int:
     print(f"model file: {out}\ninput lines: {lines_file}\n")
     print("\n".join(lines))
     print(f"\nin your input, after the box is created:\n  include {lines_file}\n"
-          f"run (the embedded Python must find painnfx):\n"
-          f"  PYTHONPATH={lammps_env()['PYTHONPATH'].split(os.pathsep)[-1]} mpirun -np 2 lmp -in in.your_input")
+          f"run (LAMMPS's embedded Python must import painnfx, torch and lammps from this environment):\n"
+          f"  PYTHONPATH={lammps_env()['PYTHONPATH']} \\\n  mpirun -np 2 {find_lmp_or('lmp')} -in in.your_input")
     return 0
 
 
