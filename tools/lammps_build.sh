@@ -68,6 +68,11 @@ EOF
     # missing .dsc on the mirror is not fatal
     apt-get source --download-only -qq "lammps=$version" >/dev/null 2>&1 || true
     orig=$(find . -maxdepth 1 -name 'lammps_*.orig.tar.*' | head -n1)
+    if [ -z "$orig" ]; then  # the pinned Debian revision was replaced: same upstream, newer revision
+        alt=$(apt-cache showsrc lammps | awk '/^Version:/{print $2}' | grep -F "${version%-*}-" | sort -V | tail -n1)
+        [ -n "$alt" ] && { log "taking $alt"; apt-get source --download-only -qq "lammps=$alt" >/dev/null 2>&1 || true; }
+        orig=$(find . -maxdepth 1 -name 'lammps_*.orig.tar.*' | head -n1)
+    fi
     [ -n "$orig" ] || { log "apt-get source lammps=$version fetched no upstream tarball"; exit 1; }
     tar -xf "$orig" --exclude="*/examples" --exclude="*/unittest"
     rm -f ./lammps_*
