@@ -51,7 +51,8 @@ def rank_data(atoms, owned: np.ndarray, lo: np.ndarray, hi: np.ndarray, shell: f
         pos.append(img[inside])
         tag.append(np.flatnonzero(inside))
     pos, tag = np.concatenate(pos), np.concatenate(tag)
-    pairs = np.array(sorted(cKDTree(pos).query_pairs(CUTOFF - 1e-12)), dtype=np.int64).reshape(-1, 2)
+    pairs = np.array(sorted(cKDTree(pos).query_pairs(CUTOFF)), dtype=np.int64).reshape(-1, 2)
+    pairs = pairs[np.sum((pos[pairs[:, 1]] - pos[pairs[:, 0]]) ** 2, axis=1) < CUTOFF**2]  # as LAMMPS: r^2 < r_c^2
     pairs = np.concatenate([pairs, pairs[:, ::-1]])
     elems = np.array([ELEMENT_TYPES.index(s) for s in atoms.get_chemical_symbols()])[tag]
     return elems, pairs[:, 0], pairs[:, 1], pos[pairs[:, 1]] - pos[pairs[:, 0]], int(owned.sum()), tag
@@ -165,3 +166,31 @@ def test_model_file_round_trip_and_float32(tmp_path, adapters):
     e32, f32_, _ = decomposed(f32, atoms, 2, True)
     assert abs(e32 - e64) <= 1e-5 * max(abs(e64), 1.0)
     assert np.abs(f32_ - f64).max() <= 1e-4 * max(np.abs(f64).max(), 1.0)
+
+
+@pytest.mark.parametrize("slabs", [1, 2])
+def test_one_atom_with_its_own_images(adapters, slabs):
+    """One atom in a 2.7 A cubic cell: its neighbors are its own periodic images (folded onto
+    itself: self-edges with r_ij a cell vector); with 2 slabs one rank owns nothing."""
+    from ase import Atoms
+
+    model, adapter = adapters[3]
+    atoms = Atoms("Cu", positions=[[0.3, 0.2, 0.1]], cell=np.eye(3) * 2.7, pbc=True)
+    e, f, w = decomposed(adapter, atoms, slabs, True)
+    e_ref, f_ref, w_ref = reference(model, atoms)
+    assert abs(e - e_ref) <= 1e-10 * max(abs(e_ref), 1.0)
+    assert np.abs(f - f_ref).max() <= 1e-10
+    assert np.abs(w - w_ref).max() <= 1e-10 * max(np.abs(w_ref).max(), 1.0)
+
+
+def test_atoms_at_exactly_the_cutoff(adapters):
+    """A pair at exactly r_c is no pair for LAMMPS (r < r_c) and contributes exactly nothing in ASE."""
+    from ase import Atoms
+
+    model, adapter = adapters[2]
+    atoms = Atoms("CuNiCu", positions=[[0.5, 5, 5], [3.7, 5, 5], [0.5, 7.5, 5]], cell=np.eye(3) * 20, pbc=True)
+    assert atoms.get_distance(0, 1) == CUTOFF
+    e, f, _ = decomposed(adapter, atoms, 2, True)
+    e_ref, f_ref, _ = reference(model, atoms)
+    assert abs(e - e_ref) <= 1e-10 * max(abs(e_ref), 1.0)
+    assert np.abs(f - f_ref).max() <= 1e-10 * max(np.abs(f_ref).max(), 1.0)
