@@ -8,8 +8,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .checkpoint import load_checkpoint
-from .default import default_model
+from .default import resolve_model
 from .neighbors import neighbor_list
 from .painn import PaiNN
 from .properties import compute_properties, voigt
@@ -42,10 +41,7 @@ class PaiNNCalculator(Calculator):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if model is None:
-            model = default_model()
-        elif isinstance(model, (str,)) or hasattr(model, "__fspath__"):
-            model = load_checkpoint(model)
+        model = resolve_model(model)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a PaiNN, a checkpoint path or None, got {type(model)}")
         self.device = torch.device(device)

@@ -34,3 +34,13 @@ def default_model() -> PaiNN:
 
 def is_trained_default() -> bool:
     return default_checkpoint_path() is not None
+
+
+def resolve_model(model):
+    """What calculators and engine adapters accept as ``model``: None (the default model), a
+    checkpoint path, or a module, returned as it is."""
+    if model is None:
+        return default_model()
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
+        return load_checkpoint(model)
+    return model

@@ -13,16 +13,13 @@ from __future__ import annotations
 import torch
 
 from .checkpoint import checkpoint_bytes, load_checkpoint
-from .default import default_model
+from .default import resolve_model
 from .painn import PaiNN
 
 
 def plain_model(model) -> PaiNN:
     """The PaiNN behind ``model`` (a PaiNN, ``optimize()`` of one, a checkpoint path, or None)."""
-    if model is None:
-        model = default_model()
-    elif isinstance(model, str) or hasattr(model, "__fspath__"):
-        model = load_checkpoint(model)
+    model = resolve_model(model)
     inner = getattr(model, "model", model)  # OptimizedModel -> the PaiNN it shares parameters with
     if not isinstance(inner, PaiNN):
         raise TypeError(f"an engine adapter needs a painnfx PaiNN (or optimize() of one), got {type(model).__name__}")
