@@ -3,18 +3,19 @@
 Engines keep their potential as a pickle (LAMMPS's ``pair_style mliap unified FILE``, OpenMM's
 ``XmlSerializer`` for a ``PythonForce``). The pickle of an :class:`EngineModel` holds plain data
 only: the model as checkpoint bytes, read back with ``torch.load(weights_only=True)``, and how to
-run it (dtype, device, optimize, adapter settings). Unpickling rebuilds the model, optimized, in
-the engine's process (on each MPI rank), through :class:`~painnfx.model.calculator.PaiNNCalculator`,
-so that every adapter runs exactly what the ASE calculator runs.
+run it (dtype, device, optimize, adapter settings). The model is rebuilt, and optimized, in the
+engine's process (on each MPI rank) on first use, through
+:class:`~painnfx.model.calculator.PaiNNCalculator`, so that every adapter runs exactly what the ASE
+calculator runs.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .checkpoint import checkpoint_bytes, load_checkpoint
+from .checkpoint import checkpoint_bytes, load_checkpoint, read_checkpoint
 from .default import resolve_model
-from .painn import PaiNN
+from .painn import PaiNN, PaiNNConfig
 
 
 def plain_model(model) -> PaiNN:
@@ -53,20 +54,35 @@ class EngineModel:
         self._build()
 
     def _build(self) -> None:
-        from .calculator import PaiNNCalculator
-
+        """Settings and the model's shape from the checkpoint; the model itself is set up (moved,
+        frozen, optimized) on first use, so that writing a model file does not optimize a model
+        the engine rebuilds anyway."""
         st = self._state
         self.dtype = getattr(torch, st["dtype"])
         self.device = torch.device(st["device"])
-        self.calc = PaiNNCalculator(load_checkpoint(st["checkpoint"]), device=self.device, dtype=self.dtype,
-                                    optimize=st["optimize"])
-        self.model, self.evaluator = self.calc.model, self.calc.evaluator
-        cfg = self.model.config
-        self.cutoff = float(self.model.cutoff)
-        self.n_layers = int(self.model.n_interactions)
+        cfg = PaiNNConfig(**read_checkpoint(st["checkpoint"])["config"])
+        self.cutoff = float(cfg.cutoff)
+        self.n_layers = int(cfg.n_interactions)
         self.elements = None if cfg.elements is None else [int(z) for z in cfg.elements]
         self.max_z = int(cfg.max_z)
+        self._calc = None
         self._configure()
+
+    @property
+    def calc(self):
+        """The :class:`~painnfx.model.calculator.PaiNNCalculator` that runs the model."""
+        if self._calc is None:
+            from .calculator import PaiNNCalculator
+
+            st = self._state
+            self._calc = PaiNNCalculator(load_checkpoint(st["checkpoint"]), device=self.device, dtype=self.dtype,
+                                         optimize=st["optimize"])
+        return self._calc
+
+    @property
+    def evaluator(self):
+        """The model as the calculator runs it (``optimize()`` of it, or the plain model)."""
+        return self.calc.evaluator
 
     def _configure(self) -> None:
         pass

@@ -18,7 +18,7 @@ the gradient to the shifts is f_ij.
 
 :class:`PaiNNMLIAP` is picklable (that file is what ``pair_style mliap unified`` loads): the
 pickle holds plain data only (``engine_model.EngineModel``): the model is rebuilt from embedded
-checkpoint bytes (``weights_only=True``), and optimized, on each rank when the file is loaded. ``lammps_lines`` are the input-script lines that go with it, and
+checkpoint bytes (``weights_only=True``), and optimized, on each rank at its first evaluation. ``lammps_lines`` are the input-script lines that go with it, and
 ``check_lammps`` (run from those lines through LAMMPS's ``python`` command, or by ``attach``)
 checks the LAMMPS settings the adapter cannot see from its data (``units metal``, ``newton on``),
 records the ghost shell the lines ask for, which the model file checks against its own needs, and
@@ -71,11 +71,14 @@ class PaiNNMLIAP(EngineModel):
         self.rcutfac = 0.5 * self.cutoff  # ML-IAP's pair cutoff is 2 * rcutfac
         self.interface = None  # set by LAMMPS when it loads the model
 
-    @property
-    def comm_cutoff(self) -> float:
+    def ghost_shell(self, skin: float) -> float:
         """The ghost shell every rank needs: L hops of r_c, plus the skin atoms may move
         between neighbor-list builds."""
-        return self.n_layers * self.cutoff + self.skin
+        return self.n_layers * self.cutoff + skin
+
+    @property
+    def comm_cutoff(self) -> float:
+        return self.ghost_shell(self.skin)
 
     def save(self, path) -> None:
         """Write the file ``pair_style mliap unified PATH`` loads."""
@@ -106,7 +109,7 @@ class PaiNNMLIAP(EngineModel):
             raise InputError(
                 "painnfx: the LAMMPS settings were not checked; load the model with the lines "
                 "`painnfx lammps export` writes (or painnfx.model.lammps_mliap.attach from Python)")
-        need = self.n_layers * self.cutoff + _CHECKED["skin"]
+        need = self.ghost_shell(_CHECKED["skin"])
         if _CHECKED["comm_cutoff"] < need - 1e-9:
             raise InputError(
                 f"painnfx: communication cutoff {_CHECKED['comm_cutoff']:g} A is too short for this model "
@@ -246,7 +249,7 @@ def check_lammps(ptr, comm_cutoff: float, skin: float) -> None:
         raise InputError(f"painnfx: models use eV and Angstrom: set `units metal` (this input has units {units})")
     if not lmp.extract_setting("newton_pair"):
         raise InputError("painnfx: ML-IAP needs `newton on` (newton_pair is off)")
-    _CHECKED.update(units=units, lmp=lmp, comm_cutoff=float(comm_cutoff), skin=float(skin))
+    _CHECKED.update(lmp=lmp, comm_cutoff=float(comm_cutoff), skin=float(skin))
     # one rank: every ghost is an image of an owned atom and folds onto it (needed_graph), so
     # neither ghost neighbor lists nor a wide ghost shell are needed
     several = lmp.extract_setting("world_size") > 1

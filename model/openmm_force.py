@@ -40,13 +40,13 @@ class PaiNNOpenMM(EngineModel):
         self.numbers = np.asarray(self._state["numbers"], dtype=np.int64)
         self.periodic = self._state["periodic"]
         self.atoms = Atoms(numbers=self.numbers, pbc=self.periodic)
-        self.atoms.calc = self.calc
 
     def __call__(self, state):
         from openmm.unit import nanometer
 
         pos = np.asarray(state.getPositions(asNumpy=True).value_in_unit(nanometer), dtype=np.float64) * NM
         atoms = self.atoms
+        atoms.calc = self.calc
         if len(pos) != len(atoms):
             raise ValueError(f"painnfx: the force was made for {len(atoms)} particles, OpenMM passed {len(pos)}")
         if self.periodic:
