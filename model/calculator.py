@@ -73,8 +73,10 @@ class PaiNNCalculator(Calculator):
                 raise RuntimeError("optimize=True, but nothing in this model could be rewritten:\n"
                                    + fast.report.to_text())
             return fast
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        from painnfx.rewriter.optimize import NothingRewrittenWarning
+
+        with warnings.catch_warnings():  # a model with nothing to fuse is fine here; anything else is shown
+            warnings.simplefilter("ignore", NothingRewrittenWarning)
             fast = run_optimize(model)
         if not fast.applied:
             return model

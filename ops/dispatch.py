@@ -8,12 +8,18 @@ with no further code. ``use_backend(name)`` is a thread-local override for tests
 comparisons on one device (an op the forced backend does not implement runs the device's
 default); the autograd formulas record the override in effect at forward
 time and re-apply it in the backward (which autograd may run on another thread).
+
+A backend that cannot serve a call (no compiler, no cuda-python, an unsupported dtype) says
+so through its ``usable`` predicate, and the reference implementation runs: one place, not a
+fallback in every kernel. ``record_calls()`` counts which implementation really ran, so tests
+and tools can state "the fused ops ran on the C++ kernels", not merely that they were chosen.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -25,6 +31,7 @@ class BackendInfo:
     name: str
     device_types: set = field(default_factory=set)  # {"*"}: every device
     priority: int = 0
+    usable: Optional[Callable[..., bool]] = None  # (op name, *op args) -> can this backend run it?
 
 
 _BACKENDS: dict[str, BackendInfo] = {REFERENCE: BackendInfo(REFERENCE, {"*"}, 0)}
@@ -33,6 +40,8 @@ _DEVICE_CHOICE: dict[tuple[str, str], str] = {}  # (op name, device type) -> bac
 _OPS: dict[str, tuple] = {}  # op name -> (torch.library custom op, its body)
 _INSTALLED: set = set()  # (op name, device type) with a dispatcher kernel
 _local = threading.local()
+_recorders: list = []  # Counters of record_calls() blocks in progress
+_recorders_lock = threading.Lock()
 
 
 def forced() -> Optional[str]:
@@ -56,9 +65,11 @@ def available_backends() -> list[str]:
     return list(_BACKENDS)
 
 
-def register_backend(name: str, device_types: set, priority: int = 1) -> None:
-    """Declare a backend serving ``device_types`` (its implementations follow with ``implement``)."""
-    _BACKENDS[name] = BackendInfo(name, set(device_types), priority)
+def register_backend(name: str, device_types: set, priority: int = 1,
+                     usable: Optional[Callable[..., bool]] = None) -> None:
+    """Declare a backend serving ``device_types`` (its implementations follow with ``implement``).
+    ``usable(op_name, *args)``, if given, is asked before each call; False runs the reference."""
+    _BACKENDS[name] = BackendInfo(name, set(device_types), priority, usable)
 
 
 def define(op_name: str, op, body: Callable) -> None:
@@ -100,7 +111,37 @@ def chosen(op_name: str, device_type: str) -> str:
 
 
 def run(op_name: str, device_type: str, *args):
-    return _IMPLS[(op_name, chosen(op_name, device_type))](*args)
+    name = chosen(op_name, device_type)
+    usable = _BACKENDS[name].usable
+    if usable is not None and not usable(op_name, *args):
+        name = REFERENCE
+    if _recorders:
+        with _recorders_lock:
+            for calls in _recorders:
+                calls[(op_name, name)] += 1
+    return _IMPLS[(op_name, name)](*args)
+
+
+@contextlib.contextmanager
+def record_calls():
+    """Count, in this block and on every thread, which implementation ran each fused op:
+    ``with record_calls() as calls: ...`` then ``calls[("painn_message", "cpp")]``."""
+    calls: Counter = Counter()
+    with _recorders_lock:
+        _recorders.append(calls)
+    try:
+        yield calls
+    finally:
+        with _recorders_lock:
+            _recorders.remove(calls)
+
+
+def backends_that_ran(calls: Counter) -> dict:
+    """``record_calls()`` counts as {op name: {backend: calls}}, for reports and tests."""
+    out: dict = {}
+    for (op_name, backend), n in sorted(calls.items()):
+        out.setdefault(op_name, {})[backend] = n
+    return out
 
 
 def remove_backend(name: str) -> None:

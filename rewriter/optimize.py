@@ -10,7 +10,10 @@ wrapper (``report.applied`` is False and the report says why): never a broken mo
 module that is not a PaiNN-style energy model at all is refused with ``NotAnEnergyModel``.
 
 Strict mode (``strict=True`` or ``PAINNFX_STRICT=1``, which the test suite sets) re-raises
-what would otherwise be reported: a capture failure, or a replacement raising on probe inputs.
+what would otherwise be reported: a capture failure, a replacement raising on probe inputs,
+and a verification (per rewrite or end to end) that disagrees, as ``VerificationError``.
+Outside strict mode a failed verification leaves that part unfused, with one
+``VerificationWarning``; a model with nothing to rewrite gives one ``NothingRewrittenWarning``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from painnfx.ops import available_backends
+from painnfx.ops import available_backends, use_backend
 
 from . import normalize
 from .adapters import is_schnetpack_potential
@@ -35,7 +38,7 @@ from .passes import PIPELINE
 from .report import OptimizeReport, PassResult, graph_table, launch_estimate, op_counts
 from .runner import OptimizedModel, OptimizedRepresentation
 from .state import RewriteState
-from .verify import verify_end_to_end
+from .verify import VerificationError, VerificationWarning, verify_end_to_end
 
 NORMALIZE = [
     normalize.strip_runtime_asserts,
@@ -57,6 +60,10 @@ ENERGY_SIGNATURE = ("positions", "numbers", "edge_index", "shifts")
 
 class NotAnEnergyModel(TypeError):
     """``optimize`` was given a module that is not a PaiNN-style energy model."""
+
+
+class NothingRewrittenWarning(UserWarning):
+    """``optimize`` found nothing it could fuse (or could not capture the model): it runs unchanged."""
 
 
 def _strict(strict: Optional[bool]) -> bool:
@@ -123,8 +130,10 @@ def rewrite(target: Target, verify: bool = True, name: str = "model", backend: s
 
     report.table_before = graph_table(cap.gm)
     state = RewriteState(cap=cap, verify=verify, strict=strict, dtype=p.dtype, sabotage=_sabotage)
-    for pass_fn in PIPELINE:
-        report.passes.append(pass_fn(state))
+    forced = None if backend == "auto" else backend
+    with use_backend(forced):  # rewrites are verified on the backend the model will run
+        for pass_fn in PIPELINE:
+            report.passes.append(pass_fn(state))
     cap.gm.graph.lint()
     cap.gm.recompile()
 
@@ -137,7 +146,10 @@ def rewrite(target: Target, verify: bool = True, name: str = "model", backend: s
     report.graph_after = cap.gm.code
     report.table_after = graph_table(cap.gm)
     if report.applied and verify:
-        verdict = end_to_end(original, state)
+        with use_backend(forced):
+            verdict = end_to_end(original, state)
+        if strict and not verdict.ok:
+            raise VerificationError(f"the rewritten graph of {name} (end to end)", verdict.detail)
         report.end_to_end = (f"passed (max relative error {verdict.max_rel_error:.1e} on {len(state.probe_args())} "
                              "probe systems: energies and gradients to inputs and parameters)" if verdict.ok
                              else f"failed: {verdict.detail}")
@@ -179,15 +191,25 @@ def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, st
         new._modules = dict(model._modules)
         if report.applied:
             new.representation = OptimizedRepresentation(model.representation, cap, report, forced)
-        else:
-            warnings.warn(f"painnfx.optimize: nothing was rewritten in {name}: {report.why_not()}; it runs unchanged",
-                          stacklevel=2)
+        _warn_fallback(report, name)
         new.report = report
         return new
     per_atom = hasattr(model, "atomic_energies") and hasattr(model, "aggregate")
     target = AtomicEnergies(model) if per_atom else TotalEnergy(model)
     cap, report = rewrite(target, verify, name, backend, strict, _sabotage)
-    if not report.applied:
-        warnings.warn(f"painnfx.optimize: nothing was rewritten in {name}: {report.why_not()}; it runs unchanged",
-                      stacklevel=2)
+    _warn_fallback(report, name)
     return OptimizedModel(model, cap, report, per_atom, forced)
+
+
+def _warn_fallback(report: OptimizeReport, name: str) -> None:
+    """One warning per optimize() call when any part runs unfused: a ``VerificationWarning`` when
+    a rewrite disagreed with the original (a bug worth reporting), else, when nothing was fused,
+    a ``NothingRewrittenWarning``."""
+    failed = report.failed_verifications()
+    if failed:
+        what = "it runs unchanged" if not report.applied else "those parts run unfused"
+        warnings.warn(f"painnfx.optimize: {len(failed)} rewrite(s) of {name} failed verification ({'; '.join(failed)}); "
+                      f"{what}", VerificationWarning, stacklevel=3)
+    elif not report.applied:
+        warnings.warn(f"painnfx.optimize: nothing was rewritten in {name}: {report.why_not()}; it runs unchanged",
+                      NothingRewrittenWarning, stacklevel=3)

@@ -116,6 +116,13 @@ class OptimizeReport:
             return f"capture failed ({capture.rejected[0]})"
         return "nothing matched"
 
+    def failed_verifications(self) -> list:
+        """Rewrites that disagreed with the original on the probes (they run unfused)."""
+        failed = [r for p in self.passes for r in p.rejected if "verification failed" in r]
+        if self.end_to_end.startswith("failed"):
+            failed.append(f"end-to-end verification {self.end_to_end}")
+        return failed
+
     def to_text(self, near_misses: int = 5) -> str:
         out = [self.summary(), ""]
         for p in self.passes:

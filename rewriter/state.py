@@ -14,7 +14,7 @@ from .normalize import add_constant, constant_nodes
 from .pattern import MatchContext
 from .probes import probe_systems
 from .replacements import LEAVES
-from .verify import compare, evaluate_region, record_values, tolerance
+from .verify import VerificationError, compare, evaluate_region, record_values, tolerance
 
 
 @dataclass
@@ -118,8 +118,9 @@ class RewriteState:
     def changed(self) -> None:
         self._envs = None
 
-    def check(self, region: Sequence[fx.Node], outputs: Sequence[fx.Node], replacement: Replacement):
-        """Run region and replacement on every probe's values; (agree, worst error, reason)."""
+    def check(self, region: Sequence[fx.Node], outputs: Sequence[fx.Node], replacement: Replacement, rewrite: str):
+        """Run region and replacement on every probe's values; (agree, worst error, reason).
+        In strict mode a disagreement raises ``VerificationError`` naming ``rewrite``."""
         if not self.verify:
             return True, float("nan"), "not verified"
         order = {n: k for k, n in enumerate(self.graph.nodes)}
@@ -148,6 +149,8 @@ class RewriteState:
                               differentiable, self.strict)
             worst = max(worst, verdict.max_rel_error)
             if not verdict.ok:
+                if self.strict:
+                    raise VerificationError(rewrite, f"{verdict.detail} on probe system {seed}")
                 return False, worst, verdict.detail
         return True, worst, ""
 

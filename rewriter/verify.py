@@ -11,7 +11,10 @@
 
 Exceptions: a replacement that raises one of ``EXPECTED`` on probe inputs is a failed
 verification (reported); anything else is a bug and propagates. In strict mode (tests,
-``PAINNFX_STRICT=1``) expected exceptions propagate too.
+``PAINNFX_STRICT=1``) expected exceptions propagate too, and a verification that disagrees
+raises ``VerificationError`` naming the rewrite and the error it measured, so that a wrong
+kernel fails the test suite instead of quietly leaving the model on its plain graph. Outside
+strict mode the fallback stays, announced by one ``VerificationWarning``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,19 @@ import torch.fx as fx
 
 #: what a wrong replacement raises on probe inputs (shape/dtype mismatches, bad indices)
 EXPECTED = (RuntimeError, ValueError, TypeError, IndexError)
+
+
+class VerificationError(RuntimeError):
+    """Strict mode: a rewrite (or the whole rewritten graph) disagreed with the original."""
+
+    def __init__(self, rewrite: str, detail: str):
+        super().__init__(f"verification of {rewrite} failed: {detail} (strict mode, PAINNFX_STRICT=1, raises "
+                         "instead of falling back to the plain graph)")
+        self.rewrite, self.detail = rewrite, detail
+
+
+class VerificationWarning(UserWarning):
+    """A rewrite disagreed with the original on the probes; the plain graph runs there instead."""
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The painnfx command line: md (the README's main job) and bench, on tiny settings."""
 
 import json
+import re
 
 import pytest
 
@@ -83,8 +84,8 @@ def test_inspect_checkpoint_and_pickle_guard(tmp_path, capsys):
     save_checkpoint(random_model(0, n_atom_basis=8, n_rbf=4, n_interactions=1), path)
     assert main(["inspect", "--checkpoint", str(path)]) == 0
     assert "fused_painn_message" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="allow-pickle"):
-        main(["inspect", "--schnetpack", str(path)])
+    assert main(["inspect", "--schnetpack", str(path)]) == 2
+    assert "allow-pickle" in capsys.readouterr().err
 
 
 def test_inspect_measures_the_auto_path(capsys):
@@ -109,5 +110,62 @@ def test_lammps_export_writes_model_and_lines(tmp_path, capsys):
     assert "comm_modify cutoff ${painnfx_comm_cutoff}" in lines and "include" in text
     model = load(out)
     assert model.comm_cutoff == 3 * 5.0 + 2.0 and model.rcutfac == 2.5
-    with pytest.raises(InputError, match="Ni"):
-        main(["lammps", "export", "--out", str(tmp_path / "ni.pkl"), "--types", "Ni", "--optimize", "off"])
+    assert main(["lammps", "export", "--out", str(tmp_path / "ni.pkl"), "--types", "Ni", "--optimize", "off"]) == 2
+    assert "unknown element(s) ['Ni']" in capsys.readouterr().err
+    assert issubclass(InputError, ValueError)
+
+
+BAD_INPUT = [
+    (["md", "--steps", "0"], "argument --steps: must be at least 1, got 0"),
+    (["md", "--steps", "many"], "argument --steps: 'many' is not an integer"),
+    (["md", "--compare-steps", "-1"], "argument --compare-steps: must be at least 0"),
+    (["md", "--timestep", "0", "--steps", "1"], "--timestep must be positive"),
+    (["md", "--structure", "@missing", "--steps", "1"], "no such file"),
+    (["md", "--structure", "@tmp", "--steps", "1"], "not a readable file"),
+    (["md", "--structure", "@garbage", "--steps", "1"], "ASE cannot read it"),
+    (["md", "--checkpoint", "@missing", "--steps", "1"], "does not exist"),
+    (["md", "--checkpoint", "@garbage", "--steps", "1"], "is corrupt"),
+    (["md", "--device", "cuda", "--steps", "1"], "--device cuda: no CUDA device is available here"),
+    (["md", "--device", "tpu", "--steps", "1"], "--device tpu"),
+    (["md", "--cuda-graphs", "--device", "cpu", "--steps", "1"], "--cuda-graphs needs --device cuda"),
+    (["md", "--steps", "1", "--plot", "@unwritable/e.png"], "--plot @unwritable/e.png: cannot create its folder"),
+    (["md", "--steps", "1", "--trajectory", "@tmp"], "is a folder, not a file"),
+    (["inspect", "--random", "{bad"], "--random: malformed JSON"),
+    (["inspect", "--random", "[1, 2]"], "--random: expected a JSON object"),
+    (["inspect", "--random", '{"n_atom_basis": 8, "colour": 1}'], "--random: not a PaiNN config"),
+    (["inspect", "--checkpoint", "@missing"], "does not exist"),
+    (["bench", "--systems", "Cu7"], "unknown system/variant: ['Cu7']"),
+    (["bench", "--variants", "fastest"], "unknown system/variant: ['fastest']"),
+    (["bench", "--device", "cuda", "--systems", "H2O"], "no CUDA device is available here"),
+    (["bench", "--systems", "H2O", "--variants", "eager", "--out", "@unwritable/b"], "@unwritable"),
+    (["lammps", "export", "--device", "cuda"], "no CUDA device is available here"),
+    (["lammps", "export", "--checkpoint", "@missing"], "does not exist"),
+    (["lammps", "run", "-np", "0"], "argument -np/--nprocs: must be at least 1"),
+    (["distill", "--elements", "Xx", "--n-train", "1", "--out", "@tmp/x.pt"], "Xx"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUT, ids=[" ".join(a[:3]) for a, _ in BAD_INPUT])
+def test_bad_input_is_one_clear_line_and_exit_status_2(argv, message, tmp_path, capsys):
+    garbage = tmp_path / "garbage.xyz"
+    garbage.write_bytes(b"\x00\x01 not a structure or a checkpoint")
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder is expected")
+    names = dict(missing=str(tmp_path / "missing.xyz"), tmp=str(tmp_path), garbage=str(garbage),
+                 unwritable=str(blocker))
+    def fill(text):
+        for key, value in names.items():
+            text = text.replace(f"@{key}", value)
+        return text
+
+    argv = [fill(a) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors: usage line + message, status 2
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert fill(message) in err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert re.match(rf"painnfx {argv[0]}( \w+)?: error: ", last), err

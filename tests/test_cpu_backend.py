@@ -29,6 +29,8 @@ def test_cache_hit_and_corruption_recovery(tmp_path, monkeypatch):
 
 
 def test_no_compiler_falls_back_to_the_reference_with_one_warning(monkeypatch):
+    """The dispatcher asks the backend first: without kernels the reference runs (and is what
+    ``record_calls`` reports), after one warning."""
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     monkeypatch.setattr(backend, "_state", {})
     with pytest.raises(build.CpuBuildError, match="no C\\+\\+ compiler"):
@@ -39,13 +41,15 @@ def test_no_compiler_falls_back_to_the_reference_with_one_warning(monkeypatch):
     ii, jj = torch.randint(0, n, (e,), generator=gen), torch.randint(0, n, (e,), generator=gen)
     x, w, b = torch.randn(n, 3 * f, dtype=torch.float64), torch.randn(3 * f, k, dtype=torch.float64), torch.randn(3 * f, dtype=torch.float64)
     params = torch.stack([torch.linspace(0, 3, k), torch.ones(k)]).double()
+    args = (r, ii, jj, prepare_edges(r, ii, jj, n), x, None, w, b, params, "gaussian", "cosine", [3.0], 0)
     with pytest.warns(UserWarning, match="CPU kernels are unavailable .*no C\\+\\+ compiler"):
-        dq, _ = backend.message_forward(r, ii, jj, prepare_edges(r, ii, jj, n), x, None, w, b, params, "gaussian",
-                                        "cosine", [3.0])
+        with dispatch.record_calls() as calls:
+            dq, _ = dispatch.run("painn_message", "cpu", *args)
+    assert calls == {("painn_message", "reference"): 1}
     torch.testing.assert_close(dq, painn_message_unfused(r, ii, jj, x, None, w, b, params, "gaussian", "cosine", [3.0])[0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # only once
-        backend.message_forward(r, ii, jj, prepare_edges(r, ii, jj, n), x, None, w, b, params, "gaussian", "cosine", [3.0])
+        dispatch.run("painn_message", "cpu", *args)
 
 
 def test_registered_for_cpu_tensors():

@@ -3,11 +3,13 @@ compile errors name the call and carry the log; the CUBIN cache survives corrupt
 
 import pytest
 
-nvrtc_mod = pytest.importorskip("painnfx.ops.cuda.nvrtc")
+from helpers import env_import, env_skip
+
+nvrtc_mod = env_import("painnfx.ops.cuda.nvrtc")
 try:
     nvrtc_mod.version()
-except Exception as exc:  # pragma: no cover - environment without libnvrtc
-    pytest.skip(f"NVRTC unavailable: {exc}", allow_module_level=True)
+except (ImportError, OSError, RuntimeError) as exc:  # pragma: no cover - environment without libnvrtc
+    env_skip(f"NVRTC is unavailable ({type(exc).__name__}: {exc})", module=True)
 
 from painnfx.ops.cuda.nvrtc import NvrtcError, compile_cubin, kernel_source, ptxas_stats
 

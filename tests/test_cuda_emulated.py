@@ -12,7 +12,9 @@ from painnfx.ops.cuda import message as cuda_message
 from painnfx.ops.cuda.nvrtc import kernel_source
 from strategies import message_inputs
 
-emulator = pytest.importorskip("painnfx.tools.emulator")
+from helpers import env_import, env_skip  # noqa: E402
+
+emulator = env_import("painnfx.tools.emulator")
 pytestmark = pytest.mark.emulated
 SCHEDULES = ["forward", "reverse", "random"]
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5)}
@@ -237,10 +239,10 @@ def test_sanitizer_build_reports_an_out_of_bounds_read_with_the_cu_line(tmp_path
 
     cxx = shutil.which("g++")
     if cxx is None:  # pragma: no cover - CI has g++
-        pytest.skip("no g++")
+        env_skip("no g++")
     asan = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
     if not os.path.isabs(asan):  # pragma: no cover
-        pytest.skip("g++ has no AddressSanitizer runtime")
+        env_skip("g++ has no AddressSanitizer runtime (libasan)")
     script = tmp_path / "oob.py"
     script.write_text(ASAN_SCRIPT)
     env = dict(os.environ, LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0:halt_on_error=1")

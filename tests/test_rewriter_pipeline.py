@@ -11,6 +11,7 @@ from helpers import evaluate
 from painnfx.model.painn import PaiNN, PaiNNConfig
 from painnfx.rewriter import NotAnEnergyModel, optimize
 from painnfx.rewriter.pattern import MatchContext, Var, add, any_of, exp, find_all, match_at, mul
+from painnfx.rewriter.verify import VerificationError, VerificationWarning
 from spelled import SpelledPaiNN
 
 aten = torch.ops.aten
@@ -82,8 +83,10 @@ def test_end_to_end_verification_catches_a_broken_normalisation(monkeypatch):
         return ["silu -> relu (deliberately wrong)"]
 
     monkeypatch.setattr(optimize_module, "NORMALIZE", optimize_module.NORMALIZE + [silu_to_relu])
-    with pytest.warns(UserWarning, match="end-to-end verification failed"):
-        fast = optimize(BASE)
+    with pytest.raises(VerificationError, match=r"rewritten graph of \w+ \(end to end\) failed: relative error"):
+        optimize(BASE)  # strict (the suite's mode): a distinct error naming what disagreed
+    with pytest.warns(VerificationWarning, match="end-to-end verification failed"):
+        fast = optimize(BASE, strict=False)
     assert not fast.applied
     assert sum(m["kind"] == "fused_painn_message" for p in fast.report.passes for m in p.matches) == 2
     atoms = molecule("CH3CH2OH")

@@ -4,16 +4,16 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from helpers import system_tensors
+from helpers import env_import, env_skip, system_tensors
 from painnfx.model.painn import PaiNN, PaiNNConfig
 from painnfx.rewriter import optimize
 from strategies import model_configs, periodic_cells
 
-spk_interop = pytest.importorskip("painnfx.model.schnetpack_interop")
+spk_interop = env_import("painnfx.model.schnetpack_interop")
 try:
     spk = spk_interop.import_schnetpack()
-except ImportError:  # pragma: no cover
-    pytest.skip("schnetpack is not installed", allow_module_level=True)
+except ImportError as exc:  # pragma: no cover
+    env_skip(f"schnetpack cannot be imported ({exc})", module=True)
 
 pytestmark = [pytest.mark.schnetpack, pytest.mark.filterwarnings("ignore::UserWarning")]
 

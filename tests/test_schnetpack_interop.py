@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from helpers import perturbed_model, system_tensors
+from helpers import env_import, env_skip, perturbed_model, system_tensors
 from painnfx.model.painn import PaiNN
 from painnfx.model.properties import compute_properties
 from strategies import model_configs, molecules, periodic_cells

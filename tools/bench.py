@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .dtypes import DTYPES
+from .usage import UsageError, check_device, output_file
 
 
 def _rss_bytes() -> int:
@@ -185,7 +186,7 @@ def run(args) -> dict:
     variants = args.variants or DEFAULT_VARIANTS
     unknown = [s for s in systems if s not in gpu_systems()] + [v for v in variants if v not in VARIANTS]
     if unknown:
-        raise SystemExit(f"unknown system/variant: {unknown}; systems: {list(gpu_systems())}, variants: {list(VARIANTS)}")
+        raise UsageError(f"unknown system/variant: {unknown}; systems: {list(gpu_systems())}, variants: {list(VARIANTS)}")
     results = []
     pairs = [(s, v) for s in systems for v in variants]
     for system, variant in tqdm(pairs, desc="bench", unit="case", disable=args.quiet):
@@ -316,6 +317,10 @@ def largest(args) -> dict:
 
 
 def main_bench(args) -> int:
+    check_device(args.device)
+    if args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    output_file(str(Path(args.out).with_suffix(".json")), "--out")  # before minutes of measuring
     if args.largest:
         result = {"environment": environment(args.device, args.threads, args.dtype), "largest": largest(args)}
         stem = Path(args.out)

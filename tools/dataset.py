@@ -82,12 +82,17 @@ def label(atoms: Atoms, kind: str) -> Sample:
     return Sample(atoms, kind, float(atoms.get_potential_energy()), atoms.get_forces().copy(), stress)
 
 
-def generate(n: int, seed: int, elements=("Cu",)) -> list[Sample]:
+def check_elements(elements) -> None:
+    """ValueError unless EMT knows every element and the first is an fcc host metal."""
     bad = [e for e in elements if e not in EMT_ELEMENTS]
     if bad:
         raise ValueError(f"EMT has no parameters for {bad}; it supports {EMT_ELEMENTS}")
     if elements[0] not in LATTICE:
         raise ValueError(f"the first element must be an fcc metal of {sorted(LATTICE)}")
+
+
+def generate(n: int, seed: int, elements=("Cu",)) -> list[Sample]:
+    check_elements(elements)
     rng = np.random.default_rng(seed)
     kinds = rng.choice(np.array(KINDS), size=n, p=np.array(WEIGHTS))
     return [label(make_structure(str(k), list(elements), rng), str(k)) for k in kinds]

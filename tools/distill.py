@@ -108,8 +108,17 @@ def main_distill(args) -> int:
     from painnfx.model.checkpoint import save_checkpoint
     from painnfx.model.painn import PaiNN, PaiNNConfig
 
-    from .dataset import generate
+    from .dataset import check_elements, generate
+    from .usage import UsageError, output_file
 
+    try:
+        check_elements(tuple(args.elements))
+    except ValueError as exc:
+        raise UsageError(f"--elements {' '.join(args.elements)}: {exc}") from None
+    for name in ("n_train", "n_val", "epochs", "batch_size", "threads", "features", "interactions", "rbf"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    output_file(args.out, "--out")
     torch.set_num_threads(args.threads)
     dtype = torch.float32
     t0 = time.time()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .usage import UsageError, read_json
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
@@ -40,7 +42,7 @@ def load_model(args):
     dtype = getattr(torch, args.dtype)
     if args.schnetpack:
         if not args.allow_pickle:
-            raise SystemExit("painnfx inspect: schnetpack model files are pickles that run code when loaded; "
+            raise UsageError("schnetpack model files are pickles that run code when loaded; "
                              "pass --allow-pickle if you trust this file")
         from painnfx.rewriter.adapters import import_schnetpack
 
@@ -50,7 +52,11 @@ def load_model(args):
     if args.random:
         from painnfx.model.default import random_model
 
-        return random_model(**json.loads(args.random)).to(dtype)
+        config = read_json(args.random, "--random")
+        try:
+            return random_model(**config).to(dtype)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"--random: not a PaiNN config ({exc})") from None
     if args.checkpoint:
         from painnfx.model.checkpoint import load_checkpoint
 
@@ -87,10 +93,11 @@ def measure_paths(fast, model) -> None:
 
 def main_inspect(args) -> int:
     from painnfx.rewriter import optimize
+    from painnfx.rewriter.optimize import NothingRewrittenWarning
 
     model = load_model(args)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings():  # the report below says why, when nothing was rewritten
+        warnings.simplefilter("ignore", NothingRewrittenWarning)
         fast = optimize(model, backend=args.backend)
     report = fast.report
     if args.measure and fast.applied:

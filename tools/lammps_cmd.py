@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .dtypes import DTYPES
+from .usage import check_device, positive_int
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE / "lammps" / "in.cu_nve.lammps"
@@ -140,20 +141,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.set_defaults(func=main_export)
     r = sub.add_parser("run", help="MD in LAMMPS on N MPI ranks (default: the Cu NVE example)")
     _model_arguments(r)
-    r.add_argument("-np", "--nprocs", type=int, default=2, help="MPI ranks")
+    r.add_argument("-np", "--nprocs", type=positive_int, default=2, help="MPI ranks")
     r.add_argument("--input", help="LAMMPS input (default: the Cu NVE example, tools/lammps/in.cu_nve.lammps); "
                                    "it must `include ${model_lines}`")
     r.add_argument("--var", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="extra -var for the input (example: --var nx 4 --var steps 50)")
-    r.add_argument("--threads", type=int, help="torch/OpenMP threads per rank (default: cores / ranks)")
+    r.add_argument("--threads", type=positive_int, help="torch/OpenMP threads per rank (default: cores / ranks)")
     r.add_argument("--workdir", default="painnfx_lammps", help="where the model file and log go")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=main_run)
     bn = sub.add_parser("bench", help="steps/s of the Cu NVE example on 1, 2, ... MPI ranks, side by side")
     _model_arguments(bn)
-    bn.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
-    bn.add_argument("--sizes", type=int, nargs="+", default=[3, 6], help="cubic cells per side (4 n^3 atoms)")
-    bn.add_argument("--steps", type=int, default=50, help="timed MD steps (after a 5-step warm-up run)")
+    bn.add_argument("--ranks", type=positive_int, nargs="+", default=[1, 2])
+    bn.add_argument("--sizes", type=positive_int, nargs="+", default=[3, 6], help="cubic cells per side (4 n^3 atoms)")
+    bn.add_argument("--steps", type=positive_int, default=50, help="timed MD steps (after a 5-step warm-up run)")
     bn.add_argument("--out", default="docs/perf/lammps_bench", help="writes OUT.json and OUT.md")
     bn.set_defaults(func=main_bench)
 
@@ -173,6 +174,7 @@ def main_build(args) -> int:
 
 
 def main_export(args) -> int:
+    check_device(args.device)
     out, lines_file, lines = export(args.out, args.checkpoint, args.types, DTYPES[args.dtype], args.device,
                                     args.optimize, args.skin)
     print(f"model file: {out}\ninput lines: {lines_file}\n")
@@ -184,6 +186,7 @@ def main_export(args) -> int:
 
 
 def main_run(args) -> int:
+    check_device(args.device)
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     _, lines_file, _ = export(str(work / "model.pkl"), args.checkpoint, args.types, DTYPES[args.dtype],
@@ -215,6 +218,7 @@ def main_bench(args) -> int:
     uses the whole machine. The example input's loop time covers the MD steps only (not start-up)."""
     import platform
 
+    check_device(args.device)
     work = Path("painnfx_lammps_bench").resolve()
     work.mkdir(exist_ok=True)
     _, lines_file, _ = export(str(work / "model.pkl"), args.checkpoint, args.types, DTYPES[args.dtype],

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .dtypes import DTYPES
+from .usage import UsageError, check_device, non_negative_int, output_file, positive_int, read_structure
 
 
 def default_structure(size: int = 3, temperature: float = 300.0, seed: int = 0):
@@ -93,10 +94,11 @@ def plot_energy(total, potential, n_atoms, args, summary, path) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--structure", help="structure file readable by ase.io.read (default: Cu fcc supercell)")
-    p.add_argument("--size", type=int, default=3, help="default structure: n x n x n cubic Cu cells (4 n^3 atoms)")
+    p.add_argument("--size", type=positive_int, default=3, help="default structure: n x n x n cubic Cu cells (4 n^3 atoms)")
     p.add_argument("--checkpoint", help="model checkpoint (default: the built-in default model)")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--compare-steps", type=int, default=20, help="steps replayed with the unoptimized model (0: skip)")
+    p.add_argument("--steps", type=positive_int, default=200)
+    p.add_argument("--compare-steps", type=non_negative_int, default=20,
+                   help="steps replayed with the unoptimized model (0: skip)")
     p.add_argument("--temperature", type=float, default=300.0, help="K, initial velocities and Langevin")
     p.add_argument("--timestep", type=float, default=1.0, help="fs")
     p.add_argument("--thermostat", choices=["nve", "langevin"], default="nve")
@@ -106,7 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda-graphs", action="store_true",
                    help="capture a whole step in a CUDA graph and replay it (CUDA devices only)")
     p.add_argument("--trajectory", help="write an ASE .traj file")
-    p.add_argument("--traj-interval", type=int, default=10)
+    p.add_argument("--traj-interval", type=positive_int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", help="write a PNG of total/potential energy per atom vs time")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -114,12 +116,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main_md(args) -> int:
-    from ase.io import read
-
     from painnfx.model.calculator import PaiNNCalculator
     from painnfx.model.default import is_trained_default
 
-    atoms = read(args.structure) if args.structure else default_structure(args.size, args.temperature, args.seed)
+    check_device(args.device)
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        raise UsageError("--cuda-graphs needs --device cuda")
+    if args.timestep <= 0:
+        raise UsageError(f"--timestep must be positive, got {args.timestep}")
+    atoms = (read_structure(args.structure) if args.structure
+             else default_structure(args.size, args.temperature, args.seed))
+    if len(atoms) == 0:
+        raise UsageError(f"--structure {args.structure}: the structure has no atoms")
+    for option, path in (("--trajectory", args.trajectory), ("--plot", args.plot)):
+        if path:
+            output_file(path, option)  # before the run, not after it
     if args.structure and not atoms.get_velocities().any():
         from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 

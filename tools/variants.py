@@ -44,13 +44,9 @@ def fused(model: PaiNN, s: Prepared):
 
 
 def optimized(model: PaiNN, s: Prepared):
-    import warnings
-
     from painnfx.rewriter import optimize
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fast = optimize(model)
+    fast = optimize(model)
     if not fast.applied:
         raise Unavailable("optimize() rewrote nothing")
     return _autograd_step(fast, s)
@@ -59,13 +55,9 @@ def optimized(model: PaiNN, s: Prepared):
 def auto(model: PaiNN, s: Prepared):
     """What ``PaiNNCalculator()`` runs: the optimized model with the auto path policy (the faster
     of fused and plain, measured on the first call, which the benchmark does not time)."""
-    import warnings
-
     from painnfx.rewriter import optimize
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fast = optimize(model)
+    fast = optimize(model)
     if not fast.applied:
         raise Unavailable("optimize() rewrote nothing")
     fast.path = "auto"
@@ -76,14 +68,10 @@ def optimized_graphs(model: PaiNN, s: Prepared):
     """The optimized model with a whole step captured in a CUDA graph (model/cuda_graphs.py)."""
     if s.positions.device.type != "cuda":
         raise Unavailable("CUDA graphs need a CUDA device")
-    import warnings
-
     from painnfx.model.cuda_graphs import GraphedEvaluator
     from painnfx.rewriter import optimize
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fast = optimize(model)
+    fast = optimize(model)
     graphed = GraphedEvaluator(fast, s.numbers)
 
     def step():

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from .. import dispatch, reference
+from .. import dispatch
 from ..radial import kernel_radial
 from .build import CpuBuildError, build, load
 
@@ -84,9 +84,6 @@ def _radial(dtype, basis_params, basis, cutoff, cutoff_params):
 def message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params,
                     chunk_size=0):
     lib = library()
-    if lib is None or x.dtype not in _SUFFIX:
-        return reference.message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
-                                         cutoff_params, chunk_size)
     n, f = x.shape[0], x.shape[1] // 3
     params, pp, radial = _radial(x.dtype, basis_params, basis, cutoff, cutoff_params)
     dq, dmu = x.new_zeros(n, f), x.new_zeros(n, 3, f)
@@ -104,9 +101,6 @@ def message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, b
 def message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
                      cutoff_params, chunk_size=0, weight_grad=True):
     lib = library()
-    if lib is None or x.dtype not in _SUFFIX:
-        return reference.message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis,
-                                          cutoff, cutoff_params, chunk_size, weight_grad)
     n, f = x.shape[0], x.shape[1] // 3
     params, pp, radial = _radial(x.dtype, basis_params, basis, cutoff, cutoff_params)
     k = params.shape[1]
@@ -132,8 +126,6 @@ def message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis
 
 def filter_forward(d, weight, bias, basis_params, basis, cutoff, cutoff_params):
     lib = library()
-    if lib is None or d.dtype not in _SUFFIX:
-        return reference.radial_filter_forward(d, weight, bias, basis_params, basis, cutoff, cutoff_params)
     params, pp, radial = _radial(d.dtype, basis_params, basis, cutoff, cutoff_params)
     out = d.new_empty(d.shape[0], weight.shape[0])
     if d.shape[0]:
@@ -146,8 +138,6 @@ def filter_forward(d, weight, bias, basis_params, basis, cutoff, cutoff_params):
 
 def filter_backward(grad, d, weight, bias, basis_params, basis, cutoff, cutoff_params):
     lib = library()
-    if lib is None or d.dtype not in _SUFFIX:
-        return reference.radial_filter_backward(grad, d, weight, bias, basis_params, basis, cutoff, cutoff_params)
     params, pp, radial = _radial(d.dtype, basis_params, basis, cutoff, cutoff_params)
     e, c, k = d.shape[0], weight.shape[0], params.shape[1]
     gd = torch.zeros_like(d)
@@ -163,8 +153,14 @@ def filter_backward(grad, d, weight, bias, basis_params, basis, cutoff, cutoff_p
     return gd, total[:, :k].clone(), total[:, k].clone()
 
 
+def usable(op_name: str, *args) -> bool:
+    """The kernels are built (or buildable) here and take this dtype (float32, float64)."""
+    dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
+    return dtype in _SUFFIX and library() is not None
+
+
 def register() -> None:
-    dispatch.register_backend(NAME, {"cpu"}, priority=1)
+    dispatch.register_backend(NAME, {"cpu"}, priority=1, usable=usable)
     dispatch.implement("painn_message", NAME, message_forward)
     dispatch.implement("painn_message_backward", NAME, message_backward)
     dispatch.implement("radial_filter", NAME, filter_forward)

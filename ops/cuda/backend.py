@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import warnings
 
-from .. import dispatch, reference
+from .. import dispatch
 from . import message
 
 NAME = "cuda"
 _unavailable: list = []  # the reason, once cuda-python failed to import
 
 
-def _usable() -> bool:
+def _usable(op_name: str = "", *args) -> bool:
+    """cuda-python imports (else the reference runs, after one warning)."""
     if _unavailable:
         return False
     try:
@@ -37,9 +38,6 @@ def _usable() -> bool:
 
 def message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params,
                     chunk_size=0):
-    if not _usable():
-        return reference.message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
-                                         cutoff_params, chunk_size)
     from .launcher import run
 
     launch, dq, dmu = message.forward_launch(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis,
@@ -51,9 +49,6 @@ def message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, b
 
 def message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
                      cutoff_params, chunk_size=0, weight_grad=True):
-    if not _usable():
-        return reference.message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis,
-                                          cutoff, cutoff_params, chunk_size, weight_grad)
     from .launcher import run
 
     launches, outputs = message.backward_launches(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias,
@@ -64,6 +59,6 @@ def message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis
 
 
 def register() -> None:
-    dispatch.register_backend(NAME, {"cuda"}, priority=1)
+    dispatch.register_backend(NAME, {"cuda"}, priority=1, usable=_usable)
     dispatch.implement("painn_message", NAME, message_forward)
     dispatch.implement("painn_message_backward", NAME, message_backward)

@@ -161,7 +161,7 @@ def _fuse_group(state: RewriteState, info: FilterInfo, items, res: PassResult) -
             return
         region = msg.region + covered_nodes(msg.w, [info.d, info.weight, info.bias]) + [msg.u, msg.d]
         repl = replacement(msg, info, row0, rows)
-        ok, err, why = state.check(region, [msg.dq, msg.dmu], repl)
+        ok, err, why = state.check(region, [msg.dq, msg.dmu], repl, f"fused_painn_message at {msg.dq.name}")
         if not ok:
             res.rejected.append(f"message at {msg.dq.name}: verification failed ({why})")
             continue

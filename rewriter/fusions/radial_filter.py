@@ -44,7 +44,7 @@ def match_radial_filter(state: RewriteState) -> PassResult:
         info = FilterInfo(basis.d, m.node("weight"), m.node("bias"), basis, cut)
         region = covered_nodes(root, [info.d, info.weight, info.bias])
         repl = replacement(info)
-        ok, err, why = state.check(region, [root], repl)
+        ok, err, why = state.check(region, [root], repl, f"radial filter at {root.name}")
         if not ok:
             res.rejected.append(f"radial filter at {root.name}: verification failed ({why})")
             continue

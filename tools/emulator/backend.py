@@ -1,0 +1,68 @@
+"""The emulated CUDA kernels as a dispatcher backend on CPU tensors (tests only).
+
+``register()`` adds the backend "emulated" for the device type "cpu" with the lowest priority,
+so it never replaces the C++ kernels as the CPU default: it runs only where it is asked for,
+``optimize(model, backend="emulated")`` or ``use_backend("emulated")``. A forced backend is
+recorded at forward time and re-applied in the backward (ops/dispatch.py), so an optimized
+model then runs its whole energy+forces+stress step on the same ``.cu`` kernels and the same
+launch-argument code (``ops/cuda/message.py``) that a GPU runs, through the emulator.
+
+``schedule`` ("forward", "reverse", "random") orders the emulated threads between barriers.
+Slow (fibers): for systems of a few atoms in tests, never a real backend.
+"""
+
+from __future__ import annotations
+
+from painnfx.ops import dispatch
+from painnfx.ops.cuda import message
+
+from . import Emulator, build
+
+NAME = "emulated"
+SOURCES = ["painn_message.cu", "painn_message_backward.cu"]
+_state: dict = {"schedule": "forward", "seed": 0}
+
+
+def emulator(sources=None) -> Emulator:
+    """The emulator of the message kernels (built once, cached on disk like every build)."""
+    if "emu" not in _state:
+        _state["emu"] = build(SOURCES, sources=sources)
+    return _state["emu"]
+
+
+def _launch(launch) -> None:
+    emulator().launch(launch.kernel, launch.grid, launch.block, launch.args, schedule=_state["schedule"],
+                      seed=_state["seed"])
+
+
+def message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params,
+                    chunk_size=0):
+    launch, dq, dmu = message.forward_launch(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis,
+                                             cutoff, cutoff_params)
+    if launch is not None:
+        _launch(launch)
+    return dq, dmu
+
+
+def message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
+                     cutoff_params, chunk_size=0, weight_grad=True):
+    launches, outputs = message.backward_launches(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias,
+                                                  basis_params, basis, cutoff, cutoff_params, weight_grad)
+    for launch in launches:
+        _launch(launch)
+    return outputs
+
+
+def register(schedule: str = "forward", seed: int = 0, sources=None) -> None:
+    """Register (or re-register) the backend; ``sources`` replaces kernel files (mutation tests)."""
+    _state.pop("emu", None)
+    _state.update(schedule=schedule, seed=seed)
+    emulator(sources)
+    dispatch.register_backend(NAME, {"cpu"}, priority=-1)
+    dispatch.implement("painn_message", NAME, message_forward)
+    dispatch.implement("painn_message_backward", NAME, message_backward)
+
+
+def unregister() -> None:
+    _state.pop("emu", None)
+    dispatch.remove_backend(NAME)

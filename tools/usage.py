@@ -1,0 +1,107 @@
+"""Bad command-line input, answered with one clear line and exit status 2 (argparse's
+convention), never a traceback: the checks the subcommands share, and the errors
+``painnfx`` turns into that line (``cli.main``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+class UsageError(Exception):
+    """Input the user can fix: ``painnfx`` prints ``painnfx CMD: error: MESSAGE`` and exits with 2."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def check_device(name: str) -> str:
+    """``--device``: a device torch knows and this machine has."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {name}: not a torch device ({exc})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA device is available here (torch {torch.__version__}, "
+                             f"CUDA build: {torch.version.cuda or 'no'}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {name}: painnfx runs on cpu or cuda devices")
+    return name
+
+
+def read_json(text: str, option: str) -> dict:
+    """A JSON object given on the command line."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{option}: malformed JSON ({exc.msg} at character {exc.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{option}: expected a JSON object like '{{\"n_atom_basis\": 8}}', got {text!r}")
+    return value
+
+
+def read_structure(path: str, option: str = "--structure"):
+    """An ``ase.Atoms`` from a file ASE reads (the last frame of a trajectory)."""
+    from ase.io import read
+
+    if not os.path.exists(path):
+        raise UsageError(f"{option} {path}: no such file")
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise UsageError(f"{option} {path}: not a readable file")
+    try:
+        return read(path)
+    except Exception as exc:  # ASE raises many types for files it cannot parse
+        raise UsageError(f"{option} {path}: ASE cannot read it ({type(exc).__name__}: {exc})") from None
+
+
+def output_file(path: str, option: str = "--out"):
+    """Make sure ``path`` can be written (its folder is created) before any long work starts."""
+    from pathlib import Path
+
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot create its folder {target.parent} ({exc.strerror or exc})") from None
+    if target.is_dir():
+        raise UsageError(f"{option} {path}: is a folder, not a file")
+    if not os.access(target.parent, os.W_OK):
+        raise UsageError(f"{option} {path}: folder {target.parent} is not writable")
+    return target
+
+
+def user_errors() -> tuple:
+    """The exception types that mean bad input (a message for the user, not a traceback)."""
+    from painnfx.model.checkpoint import CheckpointError
+    from painnfx.model.validation import InputError
+    from painnfx.rewriter import NotAnEnergyModel
+
+    from .lammps_cmd import LammpsNotFound
+
+    return (UsageError, CheckpointError, InputError, NotAnEnergyModel, LammpsNotFound, FileNotFoundError,
+            PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
