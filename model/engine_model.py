@@ -84,5 +84,19 @@ class EngineModel:
         """The model as the calculator runs it (``optimize()`` of it, or the plain model)."""
         return self.calc.evaluator
 
+    def run_summary(self, calls) -> str:
+        """One line for the engine's log: the path this process runs (fused graph or plain model) and
+        which implementation ran each fused op in ``calls`` (``dispatch.record_calls()``)."""
+        from painnfx.ops.dispatch import backends_that_ran
+
+        if self.calc.optimized:
+            report = self.evaluator.report
+            path = f"fused graph ({report.fused_nodes} fused nodes, path {self.evaluator.path})"
+        else:
+            path = "plain model (not optimized)"
+        ran = "; ".join(f"{op} " + ", ".join(f"{backend} x{n}" for backend, n in by.items())
+                        for op, by in backends_that_ran(calls).items())
+        return f"painnfx: {self.dtype} on {self.device}, {path}; first evaluation ran: {ran or 'no fused op'}"
+
     def _configure(self) -> None:
         pass

@@ -28,12 +28,15 @@ a periodic image of an owned atom and folds onto it.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from typing import Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 from ase.data import chemical_symbols
+
+from painnfx.ops.dispatch import record_calls
 
 from .engine_model import EngineModel
 from .validation import InputError, check_numbers
@@ -70,6 +73,7 @@ class PaiNNMLIAP(EngineModel):
         self.element_types = ELEMENT_TYPES
         self.rcutfac = 0.5 * self.cutoff  # ML-IAP's pair cutoff is 2 * rcutfac
         self.interface = None  # set by LAMMPS when it loads the model
+        self._summarised = False  # the first evaluation on each rank prints what ran (run_summary)
 
     def ghost_shell(self, skin: float) -> float:
         """The ghost shell every rank needs: L hops of r_c, plus the skin atoms may move
@@ -141,9 +145,14 @@ class PaiNNMLIAP(EngineModel):
         self.check_settings()
         ntotal, npairs = int(data.ntotal), int(data.npairs)
         tags = _CHECKED["lmp"].numpy.extract_atom("id", nelem=ntotal)
-        eatoms, fij = self.evaluate(np.asarray(data.elems)[:ntotal], np.asarray(data.pair_i)[:npairs],
-                                    np.asarray(data.pair_j)[:npairs], np.asarray(data.rij)[:npairs],
-                                    int(data.nlocal), tags)
+        self.evaluator  # noqa: B018  set up (optimized, verified) before the first evaluation is recorded
+        with record_calls() if not self._summarised else contextlib.nullcontext() as calls:
+            eatoms, fij = self.evaluate(np.asarray(data.elems)[:ntotal], np.asarray(data.pair_i)[:npairs],
+                                        np.asarray(data.pair_j)[:npairs], np.asarray(data.rij)[:npairs],
+                                        int(data.nlocal), tags)
+        if not self._summarised:
+            print(self.run_summary(calls), flush=True)
+            self._summarised = True
         data.update_pair_forces(fij)
         data.energy = float(eatoms.sum())
         nlist = int(data.nlistatoms)

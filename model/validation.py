@@ -31,6 +31,10 @@ def check_cell(cell: np.ndarray, pbc: np.ndarray) -> None:
         periodic = cell[pbc]
         if np.linalg.matrix_rank(periodic, tol=1e-8) < len(periodic):
             raise InputError("periodic cell vectors are linearly dependent (degenerate cell)")
+    for k in range(3):  # caught here, before a neighbor search would list millions of images
+        if pbc[k] and np.linalg.norm(cell[k]) < OVERLAP_DISTANCE:
+            raise InputError(f"every atom overlaps its own periodic image: cell vector {k} is "
+                             f"{np.linalg.norm(cell[k]):.2e} A long (< {OVERLAP_DISTANCE:g} A)")
 
 
 def check_numbers(numbers, elements: Optional[Iterable[int]], max_z: int) -> None:

@@ -56,3 +56,24 @@ def env_import(name: str):
         return importlib.import_module(name)
     except ImportError as exc:
         env_skip(f"{name} cannot be imported ({exc})", module=True)
+
+
+#: what runs the fused ops on CPU tensors by default: the C++ kernels (conftest's each_backend
+#: and test_cpu_backend fail under PAINNFX_REQUIRE_ENV=1 if they cannot be built)
+CPU_KERNELS = "cpp"
+
+
+def assert_fused(report, layers: int) -> None:
+    """optimize() kept one fused message per layer after verification, per rewrite and end to end."""
+    assert report.applied, report.to_text()
+    assert report.fused_nodes == layers, report.to_text()
+    assert report.end_to_end.startswith("passed"), report.end_to_end
+
+
+def assert_kernels(calls, backend: str, forward: int, backward: int = None) -> None:
+    """``dispatch.record_calls()`` saw exactly ``forward`` message forwards and ``backward``
+    backwards (default: as many), every one on ``backend``: the fused path ran, on that backend."""
+    backward = forward if backward is None else backward
+    for op, n in (("painn_message", forward), ("painn_message_backward", backward)):
+        ran = {b: k for (o, b), k in calls.items() if o == op and k}
+        assert ran == ({backend: n} if n else {}), f"{op} ran {ran}, expected {n} call(s) on {backend}"

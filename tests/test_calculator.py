@@ -7,11 +7,12 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 
-from helpers import evaluate
+from helpers import CPU_KERNELS, assert_kernels, evaluate
 from painnfx.model.calculator import PaiNNCalculator
 from painnfx.model.checkpoint import save_checkpoint
 from painnfx.model.painn import PaiNN, PaiNNConfig
 from painnfx.model.validation import InputError
+from painnfx.ops.dispatch import record_calls
 from strategies import SMALL_CONFIG
 
 
@@ -45,7 +46,33 @@ def test_forces_and_stress_through_ase():
     np.testing.assert_allclose(atoms.get_forces(), ref.forces.numpy(), rtol=1e-12, atol=1e-12)
     s = ref.stress.numpy()
     np.testing.assert_allclose(atoms.get_stress(), [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]], rtol=1e-12)
-    np.testing.assert_allclose(atoms.get_stress(voigt=False), atoms.get_stress(voigt=False).T)
+
+
+def _strained_energy(atoms, i, j, h):
+    """Energy after the symmetric strain eps_ij = eps_ji = h (i != j: h/2 each, so dE/dh = V sigma_ij)."""
+    eps = np.zeros((3, 3))
+    eps[i, j] += h / 2
+    eps[j, i] += h / 2
+    strained = atoms.copy()
+    strained.calc = atoms.calc
+    strained.set_cell(atoms.cell.array @ (np.eye(3) + eps), scale_atoms=True)
+    return strained.get_potential_energy()
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_stress_is_the_strain_derivative_of_the_energy(optimize):
+    """sigma_ij = (1/V) dE/d(eps_ij) by central differences of the energy, in float64, on a
+    triclinic cell: the stress, its sign, units and Voigt order, of the plain and the fused path."""
+    atoms = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)  # primitive cells: a triclinic box
+    atoms.rattle(0.05, seed=3)
+    atoms.calc = PaiNNCalculator(_model(), optimize=optimize)
+    with record_calls() as calls:
+        stress = atoms.get_stress(voigt=False)
+    assert_kernels(calls, CPU_KERNELS, SMALL_CONFIG["n_interactions"] if optimize else 0)
+    h, volume = 1e-4, atoms.get_volume()
+    for i, j in [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]:
+        d_energy = (_strained_energy(atoms, i, j, h) - _strained_energy(atoms, i, j, -h)) / (2 * h)
+        assert d_energy / volume == pytest.approx(stress[i, j], rel=1e-6, abs=1e-9), (i, j)
 
 
 def test_checkpoint_path_and_float32(tmp_path):

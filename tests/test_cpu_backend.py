@@ -7,7 +7,7 @@ import pytest
 import torch
 from ase.build import molecule
 
-from helpers import evaluate
+from helpers import CPU_KERNELS, assert_kernels, env_skip, evaluate
 from painnfx.model.calculator import PaiNNCalculator
 from painnfx.model.default import random_model
 from painnfx.ops import dispatch, prepare_edges, use_backend
@@ -52,7 +52,9 @@ def test_no_compiler_falls_back_to_the_reference_with_one_warning(monkeypatch):
         dispatch.run("painn_message", "cpu", *args)
 
 
-def test_registered_for_cpu_tensors():
+def test_registered_for_cpu_tensors_and_built_here():
+    if backend.library() is None:
+        env_skip(f"the C++ kernels cannot be built here: {backend.info().get('error')}")
     assert dispatch.chosen("painn_message", "cpu") == "cpp"
     assert dispatch.chosen("radial_filter_backward", "cpu") == "cpp"
     with use_backend("reference"):
@@ -96,13 +98,54 @@ def test_auto_path_takes_the_plain_model_when_it_is_faster(monkeypatch):
     assert fast.report.path_choices[-1]["path"] == "fused" and calls
 
 
-def test_calculator_auto_measures_and_true_always_fuses():
+@pytest.mark.parametrize("faster", ["fused", "plain"])
+def test_calculator_auto_runs_what_it_measured_faster(monkeypatch, faster):
+    """The calculator's default policy, with a fake timer: it measures both paths once per size
+    class, then runs the faster one (the fused ops on the C++ kernels, or none at all)."""
     atoms = molecule("H2O")
     model = random_model(0)
     auto = PaiNNCalculator(model, optimize="auto")
+    assert auto.evaluator.path == "auto"
+    timed = []
+    monkeypatch.setattr(auto.evaluator, "_time",
+                        lambda fn, args: timed.append(fn) or (1.0 if (fn == auto.evaluator._fused) == (faster == "fused")
+                                                              else 2.0))
     atoms.calc = auto
     atoms.get_forces()
-    assert auto.evaluator.path == "auto" and auto.evaluator.report.path_choices
-    assert auto.evaluator.report.path_choices[0]["path"] in ("fused", "plain")
-    forced = PaiNNCalculator(model, optimize=True)
+    assert len(timed) == 2  # both paths measured, once
+    (choice,) = auto.evaluator.report.path_choices
+    assert choice["path"] == faster
+    atoms.rattle(0.01, seed=1)
+    with dispatch.record_calls() as calls:
+        atoms.get_forces()
+    assert_kernels(calls, CPU_KERNELS, model.config.n_interactions if faster == "fused" else 0)
+    assert len(timed) == 2  # the size class was measured already
+
+
+def test_calculator_auto_fuses_above_the_edge_limit_without_measuring(monkeypatch):
+    """Above MEASURE_MAX_EDGES edges the auto policy takes the fused path unmeasured."""
+    from ase.build import bulk
+
+    from painnfx.rewriter.runner import MEASURE_MAX_EDGES
+
+    model = random_model(0, n_atom_basis=8, n_interactions=1, n_rbf=4)  # r_c = 5 A
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (4, 4, 4)  # 256 atoms, 42 neighbors each
+    calc = PaiNNCalculator(model, optimize="auto")
+    monkeypatch.setattr(calc.evaluator, "_time", lambda fn, args: pytest.fail("measured above the edge limit"))
+    atoms.calc = calc
+    with dispatch.record_calls() as calls:
+        atoms.get_forces()
+    (choice,) = calc.evaluator.report.path_choices
+    assert choice["edges"] > MEASURE_MAX_EDGES and choice["path"] == "fused"
+    assert choice["why"] == f"more than {MEASURE_MAX_EDGES} edges"
+    assert_kernels(calls, CPU_KERNELS, 1)
+
+
+def test_calculator_optimize_true_always_fuses():
+    atoms = molecule("H2O")
+    forced = PaiNNCalculator(random_model(0), optimize=True)
     assert forced.evaluator.path == "fused"
+    atoms.calc = forced
+    with dispatch.record_calls() as calls:
+        atoms.get_forces()
+    assert_kernels(calls, CPU_KERNELS, 3)

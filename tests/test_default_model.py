@@ -12,6 +12,9 @@ from ase.md.verlet import VelocityVerlet
 from painnfx.model.calculator import PaiNNCalculator
 from painnfx.model.checkpoint import CheckpointError, load_checkpoint
 from painnfx.model.default import default_checkpoint_path, default_model, is_trained_default
+from painnfx.ops.dispatch import record_calls
+
+from helpers import CPU_KERNELS, assert_kernels
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -46,8 +49,12 @@ def test_reproduces_recorded_check_set_errors():
             assert got[key] is None
         else:
             assert got[key] == pytest.approx(recorded[key], rel=1e-3, abs=1e-3), key
-    # and the model is a useful fit of its teacher, not just reproducible
-    assert model.metadata["validation"]["force_mae_meV_per_A"] < 150
+    # and the model is the fit the README documents (60 held-out structures: 2.3 meV/atom, 5.0 meV/A,
+    # 2.0 meV/A^3), judged on the errors computed now, not on stored numbers: the 6 check structures
+    # measured 2.0, 6.3 and 1.6; the bounds leave 1.6-2x for the scatter of 6 structures
+    assert got["energy_mae_meV_per_atom"] < 4.0
+    assert got["force_mae_meV_per_A"] < 10.0
+    assert got["stress_mae_meV_per_A3"] < 4.0
 
 
 def _cell(seed=0):
@@ -70,32 +77,37 @@ def _run(atoms, calc, steps):
 
 
 def test_nve_conserves_energy_with_the_optimized_calculator():
-    calc = PaiNNCalculator()
-    assert calc.optimized
+    calc = PaiNNCalculator(optimize=True)  # the fused graph on every step (auto could pick either)
     atoms = _cell()
-    energies, _ = _run(atoms, calc, 100)
+    with record_calls() as calls:
+        energies, _ = _run(atoms, calc, 100)
+    assert_kernels(calls, CPU_KERNELS, 3 * 101)  # 3 layers, the initial evaluation and one per step
     assert np.abs(energies - energies[0]).max() / len(atoms) < NVE_BOUND_EV_PER_ATOM
 
 
 def test_optimized_and_unoptimized_trajectories_agree():
     model = default_model()
     atoms = _cell(seed=1)
-    e1, p1 = _run(atoms, PaiNNCalculator(model, optimize=True), 20)
+    with record_calls() as calls:
+        e1, p1 = _run(atoms, PaiNNCalculator(model, optimize=True), 20)
+    assert calls[("painn_message", CPU_KERNELS)] >= 3 * 21
     e2, p2 = _run(atoms, PaiNNCalculator(model, optimize=False), 20)
     np.testing.assert_allclose(p1, p2, rtol=0, atol=1e-9)
     np.testing.assert_allclose(e1, e2, rtol=0, atol=1e-9)
 
 
-def test_md_command_rejects_corrupt_and_wrong_version_checkpoints(tmp_path):
+def test_md_command_rejects_corrupt_and_wrong_version_checkpoints(tmp_path, capsys):
     from painnfx.tools.cli import main
 
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(default_checkpoint_path().read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="corrupt"):
-        main(["md", "--checkpoint", str(bad), "--steps", "1", "--quiet"])
+    assert main(["md", "--checkpoint", str(bad), "--steps", "1", "--quiet"]) == 2
+    assert "is corrupt" in capsys.readouterr().err
     payload = torch.load(default_checkpoint_path(), weights_only=True)
     payload["version"] = 99
     newer = tmp_path / "newer.pt"
     torch.save(payload, newer)
-    with pytest.raises(CheckpointError, match="version 99"):
-        main(["md", "--checkpoint", str(newer), "--steps", "1", "--quiet"])
+    assert main(["md", "--checkpoint", str(newer), "--steps", "1", "--quiet"]) == 2
+    assert "version 99" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="version 99"):  # the library itself raises
+        load_checkpoint(newer)

@@ -2,6 +2,7 @@
 skipped, tiny sizes), so the script that a rare GPU session runs cannot rot."""
 
 import json
+import re
 import os
 import subprocess
 from pathlib import Path
@@ -26,4 +27,6 @@ def test_gpu_check_dry_run(tmp_path):
     bench = json.loads((tmp_path / "gpu_bench.json").read_text())
     assert set(bench) == {"float32", "float64"}
     assert "energy" in (tmp_path / "sanitizer.log").read_text()
+    tests = (tmp_path / "tests.log").read_text()  # the tests stage really ran tests (emulated CUDA kernels)
+    assert re.search(r"\b[1-9]\d* passed", tests) and "failed" not in tests and "skipped" not in tests, tests
     assert json.loads((tmp_path / "largest.json").read_text())["largest"]["optimized"]["atoms"] > 0

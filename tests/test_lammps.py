@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import bulk
 from ase.cluster import Icosahedron
@@ -19,6 +20,7 @@ from ase.io import write
 
 from painnfx.model.calculator import PaiNNCalculator
 from painnfx.model.checkpoint import save_checkpoint
+from painnfx.ops.dispatch import record_calls
 from painnfx.tools.lammps_cmd import LammpsNotFound, export, find_lmp, run_lammps
 
 from helpers import env_import, env_skip, perturbed_model
@@ -99,21 +101,37 @@ def read_dump(path) -> list:
     return frames
 
 
-def lammps_static(tmp_path, lmp, atoms, types, nprocs, checkpoint=None, optimize="fused"):
+def assert_ran(out: str, nprocs: int, optimize: str, layers: int, dtype="torch.float64") -> None:
+    """Every rank printed what its first evaluation ran: the fused graph on the C++ kernels (one
+    message forward and backward per layer), or no fused op at all for the plain model."""
+    lines = [ln for ln in out.splitlines() if ln.startswith("painnfx: torch.")]
+    assert len(lines) == nprocs, out[-3000:]
+    for line in lines:
+        assert line.startswith(f"painnfx: {dtype} on cpu, "), line
+        if optimize == "fused":
+            assert f"fused graph ({layers} fused nodes, path fused)" in line, line
+            assert f"painn_message cpp x{layers}; painn_message_backward cpp x{layers}" in line, line
+        else:
+            assert "plain model" in line and "no fused op" in line, line
+
+
+def lammps_static(tmp_path, lmp, atoms, types, nprocs, checkpoint=None, optimize="fused", dtype=torch.float64,
+                  layers=3):
     data = tmp_path / "system.data"
     write(data, atoms, format="lammps-data", specorder=types, masses=True, units="metal")
-    _, lines, _ = export(str(tmp_path / "model.pkl"), checkpoint, types, optimize=optimize)
+    _, lines, _ = export(str(tmp_path / "model.pkl"), checkpoint, types, dtype=dtype, optimize=optimize)
     bnd = "p" if atoms.pbc.all() else "f"
     code, out = run(tmp_path, lmp, "in.static.lammps", lines, nprocs, data=data, bnd=bnd)
     assert code == 0, out[-3000:]
+    assert_ran(out, nprocs, optimize, layers, str(dtype))
     step, pe, *press = thermo_rows(out)[0]
     forces = read_dump(tmp_path / "forces.dump")[0]
     return pe, forces, np.array(press)
 
 
-def ase_reference(atoms, checkpoint=None):
+def ase_reference(atoms, checkpoint=None, dtype=torch.float64):
     atoms = atoms.copy()
-    atoms.calc = PaiNNCalculator(checkpoint, optimize=False)
+    atoms.calc = PaiNNCalculator(checkpoint, optimize=False, dtype=dtype)
     stress = atoms.get_stress(voigt=True) if atoms.pbc.all() else None
     return atoms.get_potential_energy(), atoms.get_forces(), stress
 
@@ -133,6 +151,19 @@ def test_periodic_cu_matches_ase(tmp_path, lmp, nprocs, optimize):
     assert rel(-press / NKTV2P, s_ref) <= 1e-10
 
 
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_float32_fused_matches_ase_float32(tmp_path, lmp, nprocs):
+    """float32 in LAMMPS, fused: energy, forces and pressure against the ASE calculator in float32.
+    The two differ only by float32 rounding of sums taken in another order (measured on 1 and 2
+    ranks: energy 1.6e-7 and 5.1e-7 relative, forces 2.4e-6, pressure 3.2e-6); bounds ~6x that."""
+    atoms = periodic_cu()
+    pe, forces, press = lammps_static(tmp_path, lmp, atoms, ["Cu"], nprocs, dtype=torch.float32)
+    e_ref, f_ref, s_ref = ase_reference(atoms, dtype=torch.float32)
+    assert abs(pe - e_ref) <= 3e-6 * abs(e_ref)
+    assert rel(forces, f_ref) <= 1.5e-5
+    assert rel(-press / NKTV2P, s_ref) <= 2e-5
+
+
 def test_triclinic_cell_on_2_ranks(tmp_path, lmp):
     atoms = triclinic_cu()
     pe, forces, press = lammps_static(tmp_path, lmp, atoms, ["Cu"], 2)
@@ -145,7 +176,7 @@ def test_triclinic_cell_on_2_ranks(tmp_path, lmp):
 @pytest.mark.parametrize("nprocs,optimize", [(1, "fused"), (2, "fused"), (1, "off")])
 def test_cuni_cluster_matches_ase(tmp_path, lmp, cuni_checkpoint, nprocs, optimize):
     atoms = cuni_cluster()
-    pe, forces, _ = lammps_static(tmp_path, lmp, atoms, ["Ni", "Cu"], nprocs, cuni_checkpoint, optimize)
+    pe, forces, _ = lammps_static(tmp_path, lmp, atoms, ["Ni", "Cu"], nprocs, cuni_checkpoint, optimize, layers=2)
     e_ref, f_ref, _ = ase_reference(atoms, cuni_checkpoint)
     assert abs(pe - e_ref) <= 1e-10 * max(abs(e_ref), 1.0)
     assert rel(forces, f_ref) <= 1e-10
@@ -165,6 +196,7 @@ def test_nve_same_trajectory_on_1_and_2_ranks(tmp_path, lmp):
         _, lines, _ = export(str(work / "model.pkl"), None, ["Cu"], optimize="fused")
         code, out = run(work, lmp, "in.nve.lammps", lines, nprocs, data=data, steps=20)
         assert code == 0, out[-3000:]
+        assert_ran(out, nprocs, "fused", 3)
         frames = read_dump(work / "traj.dump")
         trajs[nprocs] = np.array([f[:, :3] + f[:, 3:6] @ atoms.cell.array for f in frames])  # unwrapped
         energies[nprocs] = np.array(thermo_rows(out))[:, 1:4]  # pe ke etotal
@@ -253,13 +285,15 @@ def test_attach_in_a_python_driver(tmp_path, lmp):
         lmp_py.commands_list(["units metal", "atom_style atomic", "atom_modify map yes", "boundary p p p",
                               f"read_data {data}"])
         attach(lmp_py, None, ["Cu"], optimize=True)
-        lmp_py.commands_list(["thermo_style custom step pe", "run 0"])
+        with record_calls() as calls:
+            lmp_py.commands_list(["thermo_style custom step pe", "run 0"])
         pe = lmp_py.get_thermo("pe")
         nlocal = lmp_py.extract_global("nlocal")
         ids = lmp_py.numpy.extract_atom("id")[:nlocal]
         forces = np.array(lmp_py.numpy.extract_atom("f")[:nlocal])[np.argsort(ids)]
     finally:
         lmp_py.close()
+    assert calls[("painn_message", "cpp")] >= 3 and calls[("painn_message_backward", "cpp")] >= 3
     e_ref, f_ref, _ = ase_reference(atoms)
     assert abs(pe - e_ref) <= 1e-10 * abs(e_ref)
     assert rel(forces, f_ref) <= 1e-10

@@ -10,8 +10,9 @@ from ase.cluster import Icosahedron
 from painnfx.model.calculator import PaiNNCalculator
 from painnfx.model.openmm_force import EV_TO_KJ_PER_MOL, NM, painn_force
 from painnfx.model.validation import InputError
+from painnfx.ops.dispatch import record_calls
 
-from helpers import env_import, perturbed_model
+from helpers import CPU_KERNELS, assert_kernels, env_import, perturbed_model
 
 openmm = env_import("openmm")
 from openmm import unit  # noqa: E402
@@ -63,11 +64,15 @@ def reference(atoms, model=None):
     return atoms.get_potential_energy(), atoms.get_forces()
 
 
-@pytest.mark.parametrize("optimize", ["auto", False])
-def test_periodic_cu_matches_ase(optimize):
+@pytest.mark.parametrize("optimize, layers", [(True, 3), (False, 0)])
+def test_periodic_cu_matches_ase(optimize, layers):
+    """optimize=True: every OpenMM evaluation ran the fused graph on the C++ kernels."""
     atoms = periodic_cu()
     system = openmm_system(atoms, painn_force(atoms.numbers, periodic=True, optimize=optimize))
-    e, f, _ = energy_forces(system, atoms.positions)
+    energy_forces(system, atoms.positions + 0.01)  # the model is set up (optimized, verified) on first use
+    with record_calls() as calls:
+        e, f, _ = energy_forces(system, atoms.positions)
+    assert_kernels(calls, CPU_KERNELS, layers)  # one evaluation (energy and forces), 3 layers
     e_ref, f_ref = reference(atoms)
     assert abs(e - e_ref) <= 1e-10 * abs(e_ref)
     assert np.abs(f - f_ref).max() <= 1e-10 * np.abs(f_ref).max()
@@ -82,8 +87,11 @@ def test_cluster_subset_of_particles_matches_ase(cuni_model):
     masses = [1.0] * 3 + list(atoms.get_masses())
     for m in masses:
         system2.addParticle(m)
-    system2.addForce(painn_force(atoms.numbers, cuni_model, particles=particles))
-    e, f, _ = energy_forces(system2, pos)
+    system2.addForce(painn_force(atoms.numbers, cuni_model, particles=particles, optimize=True))
+    energy_forces(system2, pos + 0.01)
+    with record_calls() as calls:
+        e, f, _ = energy_forces(system2, pos)
+    assert_kernels(calls, CPU_KERNELS, 2)
     e_ref, f_ref = reference(atoms, cuni_model)
     assert abs(e - e_ref) <= 1e-10 * max(abs(e_ref), 1.0)
     assert np.abs(f[3:] - f_ref).max() <= 1e-10 * np.abs(f_ref).max()

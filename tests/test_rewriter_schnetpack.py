@@ -4,8 +4,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from helpers import env_import, env_skip, system_tensors
+from helpers import CPU_KERNELS, assert_fused, assert_kernels, env_import, env_skip, system_tensors
 from painnfx.model.painn import PaiNN, PaiNNConfig
+from painnfx.ops.dispatch import record_calls
 from painnfx.rewriter import optimize
 from strategies import model_configs, periodic_cells
 
@@ -28,12 +29,15 @@ def _inputs(atoms, cutoff):
 @given(model_configs(), periodic_cells(mixed_pbc=False, max_atoms=5))
 def test_schnetpack_potential_same_results(cfg, atoms):
     model = PaiNN(PaiNNConfig(**cfg)).double()
-    nnpot = spk_interop.to_schnetpack(model, stress=True)
+    nnpot = spk_interop.to_schnetpack(model, stress=True).eval()  # eval: forces without create_graph (MD)
     fast = optimize(nnpot)
-    assert fast.report.applied, fast.report.to_text()
+    assert_fused(fast.report, cfg["n_interactions"])
     assert type(nnpot.representation).__name__ == "PaiNN"  # the user's model is untouched
     make = _inputs(atoms, cfg["cutoff"])
-    a, b = fast(make()), nnpot(make())
+    with record_calls() as calls:
+        a = fast(make())
+    assert_kernels(calls, CPU_KERNELS, cfg["n_interactions"])  # forces and stress: one backward
+    b = nnpot(make())
     for key in ("energy", "forces", "stress"):
         scale = max(1.0, float(b[key].abs().max()))
         torch.testing.assert_close(a[key], b[key], rtol=1e-10, atol=1e-10 * scale, msg=key)
@@ -47,15 +51,18 @@ def test_schnetpack_built_natively_with_bessel_and_shared_filters():
         representation=rep, input_modules=[spk.atomistic.Strain(), spk.atomistic.PairwiseDistances()],
         output_modules=[spk.atomistic.Atomwise(n_in=16, output_key="energy"),
                         spk.atomistic.Forces(calc_stress=True)],
-    ).double()
+    ).double().eval()
     fast = optimize(nnpot)
-    assert fast.report.fused_nodes == 2
+    assert_fused(fast.report, 2)
     from ase.build import bulk
 
     atoms = bulk("Cu", "fcc", a=3.61) * (2, 2, 2)
     atoms.rattle(0.05, seed=3)
     make = _inputs(atoms, 4.0)
-    a, b = fast(make()), nnpot(make())
+    with record_calls() as calls:
+        a = fast(make())
+    assert_kernels(calls, CPU_KERNELS, 2)
+    b = nnpot(make())
     for key in ("energy", "forces", "stress"):
         torch.testing.assert_close(a[key], b[key], rtol=1e-10, atol=1e-12, msg=key)
 
@@ -76,20 +83,23 @@ def test_schnetpack_with_mollifier_cutoff_fuses_every_layer(basis):
     with torch.no_grad():
         for p in nnpot.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    fast = optimize(nnpot)
+    fast = optimize(nnpot.eval())
     report = fast.report
     matched = [m for p in report.passes for m in p.matches]
     assert [m["kind"] for m in matched if m["kind"].endswith("_cutoff")] == ["mollifier_cutoff"], report.to_text()
     cut = next(m for m in matched if m["kind"] == "mollifier_cutoff")
     assert cut["rc"] == 4.0 and abs(cut["eps"] - 1e-7) < 1e-12
     assert sum(m["kind"] == "fused_painn_message" for m in matched) == 3, report.to_text()
-    assert report.applied and report.end_to_end.startswith("passed")
+    assert_fused(report, 3)
     from ase.build import bulk
 
     atoms = bulk("Cu", "fcc", a=3.61) * (2, 2, 2)
     atoms.rattle(0.1, seed=5)
     make = _inputs(atoms, 4.0)
-    a, b = fast(make()), nnpot(make())
+    with record_calls() as calls:
+        a = fast(make())
+    assert_kernels(calls, CPU_KERNELS, 3)
+    b = nnpot(make())
     for key in ("energy", "forces", "stress"):
         scale = max(1.0, float(b[key].abs().max()))
         torch.testing.assert_close(a[key], b[key], rtol=1e-10, atol=1e-10 * scale, msg=key)

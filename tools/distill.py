@@ -54,6 +54,15 @@ def predict(model, data, create_graph: bool):
     return out.energy, out.forces
 
 
+def training_loss(model, data, force_weight: float) -> torch.Tensor:
+    """Mean squared energy-per-atom error + ``force_weight`` x mean squared force error (the
+    forces keep their graph: the loss differentiates through them, a double backward)."""
+    e, f = predict(model, data, create_graph=True)
+    loss_e = (((e - data["energy"]) / data["n_atoms"]) ** 2).mean()
+    loss_f = ((f - data["forces"]) ** 2).mean()
+    return loss_e + force_weight * loss_f
+
+
 def errors(model, samples, cutoff, dtype, chunk: int = 8) -> dict:
     """Energy MAE (meV/atom), force MAE (meV/A) and, for periodic cells, stress MAE (meV/A^3)."""
     from painnfx.model.neighbors import neighbor_list
@@ -154,10 +163,7 @@ def main_distill(args) -> int:
         order = torch.randperm(len(train), generator=gen).tolist()
         for k in range(0, len(order), args.batch_size):
             data = to_tensors([train[i] for i in order[k:k + args.batch_size]], args.cutoff, dtype)
-            e, f = predict(trainer, data, create_graph=True)
-            loss_e = (((e - data["energy"]) / data["n_atoms"]) ** 2).mean()
-            loss_f = ((f - data["forces"]) ** 2).mean()
-            loss = loss_e + args.force_weight * loss_f
+            loss = training_loss(trainer, data, args.force_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()

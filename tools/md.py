@@ -14,6 +14,8 @@ import time
 import numpy as np
 import torch
 
+from painnfx.ops.dispatch import backends_that_ran, record_calls
+
 from .dtypes import DTYPES
 from .usage import UsageError, check_device, non_negative_int, output_file, positive_int, read_structure
 
@@ -105,6 +107,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
+    p.add_argument("--optimize", choices=["auto", "on", "off"], default="auto",
+                   help="auto: the calculator's default (fused where measured faster); on: always the fused "
+                        "graph; off: the plain model")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="capture a whole step in a CUDA graph and replay it (CUDA devices only)")
     p.add_argument("--trajectory", help="write an ASE .traj file")
@@ -137,11 +142,14 @@ def main_md(args) -> int:
         MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed))
     model = args.checkpoint  # None -> default model
     dtype = DTYPES[args.dtype]
-    calc = PaiNNCalculator(model, device=args.device, dtype=dtype, optimize="auto", cuda_graphs=args.cuda_graphs)
+    optimize = {"auto": "auto", "on": True, "off": False}[args.optimize]
+    calc = PaiNNCalculator(model, device=args.device, dtype=dtype, optimize=optimize, cuda_graphs=args.cuda_graphs)
     if not args.quiet and not args.checkpoint and not is_trained_default():
         print("note: no trained default checkpoint is installed; using the deterministic random model (seed 0)")
-    energies, positions, seconds = run_md(atoms, calc, args, args.steps, not args.quiet, args.trajectory)
+    with record_calls() as calls:
+        energies, positions, seconds = run_md(atoms, calc, args, args.steps, not args.quiet, args.trajectory)
     n = len(atoms)
+    report = getattr(calc.evaluator, "report", None)
     drift = energies - energies[0]
     summary = {
         "atoms": n,
@@ -152,6 +160,10 @@ def main_md(args) -> int:
         "steps_per_s": max(args.steps - 1, 1) / seconds,
         "energy_drift_eV_per_atom": float(drift[-1] / n),
         "max_energy_deviation_eV_per_atom": float(np.abs(drift).max() / n),
+        "fused_nodes": report.fused_nodes if calc.optimized else 0,
+        "path_choices": [{k: c[k] for k in ("atoms", "edges", "path", "why")} for c in report.path_choices]
+        if calc.optimized else [],
+        "kernels": backends_that_ran(calls),  # which implementation ran each fused op, and how often
     }
     if args.plot:
         plot_energy(energies, run_md.last_potential, n, args, summary, args.plot)
@@ -167,6 +179,11 @@ def main_md(args) -> int:
     else:
         print(f"{n} atoms, {args.steps} steps ({args.thermostat}, {args.timestep} fs) on {summary['device']}, "
               f"optimized={summary['optimized']}")
+        for c in summary["path_choices"]:
+            print(f"  path: {c['path']} ({c['why']})")
+        if summary["kernels"]:
+            print("  fused ops ran on: " + ", ".join(f"{op} {'/'.join(f'{b} x{k}' for b, k in v.items())}"
+                                                       for op, v in summary["kernels"].items()))
         print(f"  {summary['steps_per_s']:.2f} steps/s")
         print(f"  energy drift {summary['energy_drift_eV_per_atom']:.2e} eV/atom "
               f"(max deviation {summary['max_energy_deviation_eV_per_atom']:.2e} eV/atom)")
