@@ -28,6 +28,17 @@ def test_cache_hit_and_corruption_recovery(tmp_path, monkeypatch):
     build.load(rebuilt_path)
 
 
+def test_a_failing_compile_is_an_error_with_the_compiler_output(tmp_path, monkeypatch):
+    """A compiler that runs but fails (not a missing one): CpuBuildError with its output, nothing cached."""
+    monkeypatch.setenv("PAINNFX_CACHE_DIR", str(tmp_path))
+    broken = tmp_path / "painn_message.cpp"
+    broken.write_text(build.SOURCE.read_text() + "\nthis is not C++;\n")
+    monkeypatch.setattr(build, "SOURCE", broken)
+    with pytest.raises(build.CpuBuildError, match="failed to build the CPU kernels(.|\n)*this is not C"):
+        build.build()
+    assert not list((tmp_path / "cpu").glob("*.so")) and not list((tmp_path / "cpu").glob("*.json"))
+
+
 def test_no_compiler_falls_back_to_the_reference_with_one_warning(monkeypatch):
     """The dispatcher asks the backend first: without kernels the reference runs (and is what
     ``record_calls`` reports), after one warning."""

@@ -47,7 +47,7 @@ def test_cache_hits_and_recovers_from_corruption(tmp_path, monkeypatch):
     assert not first.cached
     second = compile_cubin(src, "k.cu", "sm_80")
     assert second.cached and second.cubin == first.cubin
-    (cubin,) = tmp_path.glob("*.cubin")
+    (cubin,) = (tmp_path / "cubin").glob("*.cubin")  # $PAINNFX_CACHE_DIR/<kind>, as for every build
     cubin.write_bytes(b"garbage")
     third = compile_cubin(src, "k.cu", "sm_80")
     assert not third.cached and third.cubin == first.cubin

@@ -2,6 +2,8 @@
 and the project's own launch-argument code, against the reference op, under three thread
 schedules; and the harness can fail (mutated kernels, wrongly typed arguments)."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -108,6 +110,29 @@ def test_an_early_return_before_a_barrier_is_an_error_naming_the_line():
     emu = emulator.build(["painn_message.cu"], sources={"painn_message.cu": mutated})
     with pytest.raises(emulator.EmulatorError, match=r"__syncthreads at .*painn_message.cu:\d+.*has exited"):
         _forward(emu, _big_inputs(f=20), "forward")
+
+
+def test_emulator_cache_hit_corruption_and_failing_compile(tmp_path, monkeypatch):
+    """The emulator's build cache verifies its entries like the CPU and CUBIN caches (one
+    implementation, ops/build_cache.py); a kernel that does not compile is an EmulatorError."""
+    monkeypatch.setenv("PAINNFX_CACHE_DIR", str(tmp_path))
+    first = emulator.build(["painn_message.cu"])
+    (lib,) = (tmp_path / "emulator").glob("*.so")
+    assert emulator.CACHE.lookup(lib.name) is not None
+    stamp = lib.stat().st_mtime_ns
+    emulator.build(["painn_message.cu"])
+    assert lib.stat().st_mtime_ns == stamp  # a hit: not rebuilt
+    bad = lib.with_suffix(".bad")  # a new file renamed over it: the loaded library stays mapped intact
+    bad.write_bytes(b"half-written library")
+    os.replace(bad, lib)
+    assert emulator.CACHE.lookup(lib.name) is None
+    again = emulator.build(["painn_message.cu"])  # corrupt: rebuilt, and it loads and runs
+    inp = _big_inputs()
+    for a, b in zip(_forward(again, inp, "forward"), _forward(first, inp, "forward")):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    broken = kernel_source("painn_message.cu").replace("acc_q += fc * ws * xj[f];", "acc_q += undeclared_thing;")
+    with pytest.raises(emulator.EmulatorError, match="compiling the emulator failed(.|\n)*undeclared_thing"):
+        emulator.build(["painn_message.cu"], sources={"painn_message.cu": broken})
 
 
 def test_a_flipped_index_is_caught():

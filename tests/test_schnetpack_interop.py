@@ -9,11 +9,11 @@ from painnfx.model.painn import PaiNN
 from painnfx.model.properties import compute_properties
 from strategies import model_configs, molecules, periodic_cells
 
-spk_interop = pytest.importorskip("painnfx.model.schnetpack_interop")
+spk_interop = env_import("painnfx.model.schnetpack_interop")
 try:
     spk_interop.import_schnetpack()
-except ImportError:  # pragma: no cover - environment without schnetpack
-    pytest.skip("schnetpack is not installed", allow_module_level=True)
+except ImportError as exc:  # pragma: no cover - environment without schnetpack
+    env_skip(f"schnetpack cannot be imported ({exc})", module=True)
 
 pytestmark = pytest.mark.schnetpack
 

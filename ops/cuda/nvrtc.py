@@ -4,7 +4,7 @@ Every NVRTC call goes through ``check``, which raises ``NvrtcError`` naming the 
 error string and, for compilation, the full compile log. ``--ptxas-options=-v`` is always
 passed so the log carries registers and spills per kernel (``ptxas_stats``).
 
-Cache: ``$PAINNFX_CACHE_DIR`` or ``~/.cache/painnfx/cubin``; an entry is keyed by the SHA-256
+Cache (``ops/build_cache.py``): ``$PAINNFX_CACHE_DIR/cubin`` (default ``~/.cache/painnfx/cubin``); an entry is keyed by the SHA-256
 of (source, options, architecture, NVRTC version) and stores the CUBIN with a JSON sidecar
 holding the CUBIN's own hash and the compile log. Writes go to a temporary file that is
 renamed into place (safe for concurrent processes); an entry whose hash does not match is
@@ -13,14 +13,12 @@ treated as missing and rewritten.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+from ..build_cache import BuildCache, digest
 
 
 class NvrtcError(RuntimeError):
@@ -89,41 +87,23 @@ def ptxas_stats(log: str) -> dict:
     return stats
 
 
+CACHE = BuildCache("cubin")
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("PAINNFX_CACHE_DIR", Path.home() / ".cache" / "painnfx" / "cubin"))
+    return CACHE.folder
 
 
 def _key(source: str, options: Sequence[str], arch: str) -> str:
-    h = hashlib.sha256()
-    for part in (source, "\0".join(options), arch, ".".join(map(str, version()))):
-        h.update(part.encode())
-        h.update(b"\1")
-    return h.hexdigest()
+    return digest([source, "\0".join(options), arch, ".".join(map(str, version()))])
 
 
 def _read_cache(key: str, arch: str):
-    base = cache_dir() / key
-    try:
-        meta = json.loads(base.with_suffix(".json").read_text())
-        cubin = base.with_suffix(".cubin").read_bytes()
-    except (OSError, ValueError):
-        return None
-    if hashlib.sha256(cubin).hexdigest() != meta.get("sha256"):
-        return None  # corrupt or half-written entry: recompile
+    meta = CACHE.lookup(f"{key}.cubin")
+    if meta is None:
+        return None  # missing, corrupt or half-written entry: recompile
+    cubin = CACHE.path(f"{key}.cubin").read_bytes()
     return Compiled(cubin, meta.get("log", ""), arch, ptxas_stats(meta.get("log", "")), cached=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def compile_cubin(source: str, name: str, arch: str, options: Sequence[str] = (), use_cache: bool = True) -> Compiled:
@@ -150,10 +130,11 @@ def compile_cubin(source: str, name: str, arch: str, options: Sequence[str] = ()
         nvrtc.nvrtcDestroyProgram(prog)
     out = Compiled(cubin, log, arch, ptxas_stats(log))
     if use_cache:
-        base = cache_dir() / key
-        _atomic_write(base.with_suffix(".cubin"), cubin)
-        meta = {"sha256": hashlib.sha256(cubin).hexdigest(), "log": log, "arch": arch, "name": name, "options": opts}
-        _atomic_write(base.with_suffix(".json"), json.dumps(meta).encode())
+        def write(path: Path) -> dict:
+            path.write_bytes(cubin)
+            return {"log": log, "arch": arch, "name": name, "options": opts}
+
+        CACHE.store(f"{key}.cubin", write)
     return out
 
 

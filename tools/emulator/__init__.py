@@ -23,16 +23,15 @@ a CPU backend. Its maths is glibc's: compare with tolerances.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from painnfx.ops.build_cache import BuildCache, CompilerNotFound, digest, host_compiler
 from painnfx.ops.cuda.launch import ctypes_args, kernel_args, sizes
 
 HERE = Path(__file__).parent
@@ -52,10 +51,10 @@ class KernelInfo:
 
 
 def _compiler() -> str:
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        raise EmulatorError("no C++ compiler found (install g++ or set CXX)")
-    return cxx
+    try:
+        return host_compiler()
+    except CompilerNotFound as exc:
+        raise EmulatorError(str(exc)) from None
 
 
 def _param_type(param: str) -> str:
@@ -98,8 +97,11 @@ def wrapper_source(cu_paths: Sequence[Path], kernels: list[KernelInfo]) -> str:
     return "\n".join(lines) + "\n"
 
 
+CACHE = BuildCache("emulator")
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("PAINNFX_CACHE_DIR", Path.home() / ".cache" / "painnfx")) / "emulator"
+    return CACHE.folder
 
 
 class Emulator:
@@ -165,20 +167,20 @@ def build(cu_files: Sequence[str], sanitize: bool = False, use_cache: bool = Tru
     flags = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer"] if sanitize else ["-O2"]
     flags += ["-std=c++17", "-shared", "-fPIC", f"-I{HERE}", f"-I{CUDA_DIR}"]
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    h = hashlib.sha256()
-    for part in [wrapper, *[p.read_text() for p in paths], (HERE / "cuda_emu.h").read_text(),
-                 (HERE / "runtime.cpp").read_text(), *[h.read_text() for h in sorted(CUDA_DIR.glob("*.cuh"))],
-                 " ".join(flags), version]:
-        h.update(part.encode())
-        h.update(b"\0")
-    lib = cache_dir() / f"emu_{h.hexdigest()[:24]}.so"
-    if not (use_cache and lib.exists()):
+    key = digest([wrapper, *[p.read_text() for p in paths], (HERE / "cuda_emu.h").read_text(),
+                  (HERE / "runtime.cpp").read_text(), *[h.read_text() for h in sorted(CUDA_DIR.glob("*.cuh"))],
+                  " ".join(flags), version])
+    name = f"emu_{key[:24]}.so"
+    if not (use_cache and CACHE.lookup(name) is not None):  # missing or corrupt: build (verified like the CPU cache)
         (tmp / "wrapper.cpp").write_text(wrapper)
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        out_tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        res = subprocess.run([cxx, *flags, str(tmp / "wrapper.cpp"), str(HERE / "runtime.cpp"), "-o", str(out_tmp)],
-                             capture_output=True, text=True, timeout=600)
-        if res.returncode:
-            raise EmulatorError(f"compiling the emulator failed:\n{res.stderr[-4000:]}")
-        os.replace(out_tmp, lib)
+
+        def compile_to(out: Path) -> dict:
+            res = subprocess.run([cxx, *flags, str(tmp / "wrapper.cpp"), str(HERE / "runtime.cpp"), "-o", str(out)],
+                                 capture_output=True, text=True, timeout=600)
+            if res.returncode:
+                raise EmulatorError(f"compiling the emulator failed:\n{res.stderr[-4000:]}")
+            return {"compiler": cxx, "flags": flags, "kernels": [k.name for k in kernels]}
+
+        CACHE.store(name, compile_to)
+    lib = CACHE.path(name)
     return Emulator(lib, kernels)
