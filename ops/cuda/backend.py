@@ -13,6 +13,7 @@ implementation runs instead.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 from .. import dispatch
@@ -36,26 +37,14 @@ def _usable(op_name: str = "", *args) -> bool:
     return True
 
 
-def message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params,
-                    chunk_size=0):
+def _launch(launch: message.Launch) -> None:
     from .launcher import run
 
-    launch, dq, dmu = message.forward_launch(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis,
-                                             cutoff, cutoff_params)
-    if launch is not None:
-        run(launch, x.device)
-    return dq, dmu
+    run(launch, launch.keep[0].device)  # keep[0]: the edge vectors, on the op's device
 
 
-def message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
-                     cutoff_params, chunk_size=0, weight_grad=True):
-    from .launcher import run
-
-    launches, outputs = message.backward_launches(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias,
-                                                  basis_params, basis, cutoff, cutoff_params, weight_grad)
-    for launch in launches:
-        run(launch, x.device)
-    return outputs
+message_forward = functools.partial(message.run_forward, _launch)
+message_backward = functools.partial(message.run_backward, _launch)
 
 
 def register() -> None:

@@ -8,6 +8,7 @@ filter weight, numpy-typed scalars, grid and block shapes and the guards.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -108,3 +109,23 @@ def backward_launches(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basi
                    (PAIRS_PER_BLOCK, 1, 1), [partial, np.int32(parts), np.int32(f), np.int32(k), gw, gb], keep),
         ]
     return launches, outputs
+
+
+def run_forward(launch: Callable[[Launch], None], r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis,
+                cutoff, cutoff_params, chunk_size=0):
+    """The forward op with ``launch`` running each kernel launch (on a GPU, or in the emulator)."""
+    one, dq, dmu = forward_launch(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
+                                  cutoff_params)
+    if one is not None:
+        launch(one)
+    return dq, dmu
+
+
+def run_backward(launch: Callable[[Launch], None], gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias,
+                 basis_params, basis, cutoff, cutoff_params, chunk_size=0, weight_grad=True):
+    """The backward op (dL/dr, dL/dx, dL/dmu, dL/dweight, dL/dbias) with ``launch`` running each launch."""
+    launches, outputs = backward_launches(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params,
+                                          basis, cutoff, cutoff_params, weight_grad)
+    for one in launches:
+        launch(one)
+    return outputs

@@ -35,22 +35,12 @@ def _launch(launch) -> None:
                       seed=_state["seed"])
 
 
-def message_forward(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params,
-                    chunk_size=0):
-    launch, dq, dmu = message.forward_launch(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis,
-                                             cutoff, cutoff_params)
-    if launch is not None:
-        _launch(launch)
-    return dq, dmu
+def message_forward(*args):
+    return message.run_forward(_launch, *args)
 
 
-def message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff,
-                     cutoff_params, chunk_size=0, weight_grad=True):
-    launches, outputs = message.backward_launches(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias,
-                                                  basis_params, basis, cutoff, cutoff_params, weight_grad)
-    for launch in launches:
-        _launch(launch)
-    return outputs
+def message_backward(*args):
+    return message.run_backward(_launch, *args)
 
 
 def register(schedule: str = "forward", seed: int = 0, sources=None) -> None:
