@@ -25,7 +25,7 @@ def test_cache_hit_and_corruption_recovery(tmp_path, monkeypatch):
     first_path.write_bytes(b"not a library")
     rebuilt_path, rebuilt = build.build()
     assert not rebuilt["cached"] and rebuilt["sha256"] == first["sha256"]
-    build.load(rebuilt_path)
+    build.load(rebuilt_path, rebuilt)
 
 
 def test_a_failing_compile_is_an_error_with_the_compiler_output(tmp_path, monkeypatch):

@@ -19,18 +19,18 @@ import torch
 from .. import dispatch
 from ..radial import kernel_radial
 from .build import CpuBuildError, build, load
+from .entry_points import Library
 
 NAME = "cpp"
 #: fixed number of edge/atom chunks whose weight-gradient partials are added in order
 PARTS = 64
 _state: dict = {}
 _lock = threading.Lock()
-_P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SCALAR = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
-def library() -> Optional[ctypes.CDLL]:
+def library() -> Optional[Library]:
     """The loaded kernels, or None (with one warning) when they cannot be built here."""
     if "lib" in _state:
         return _state["lib"]
@@ -38,9 +38,7 @@ def library() -> Optional[ctypes.CDLL]:
         if "lib" not in _state:
             try:
                 path, info = build()
-                lib = load(path)
-                _declare(lib)
-                _state.update(lib=lib, info=info)
+                _state.update(lib=load(path, info), info=info)
             except (CpuBuildError, OSError) as exc:
                 _state.update(lib=None, info={"error": str(exc)})
                 warnings.warn(f"painnfx: the CPU kernels are unavailable ({str(exc).splitlines()[0]}); the fused ops "
@@ -48,24 +46,24 @@ def library() -> Optional[ctypes.CDLL]:
     return _state["lib"]
 
 
+#: MXCSR flush-to-zero (bit 15) and denormals-are-zero (bit 6): what torch.set_flush_denormal(True) sets
+FTZ_DAZ = (1 << 15) | (1 << 6)
+
+
+def flush_denormal_state() -> Optional[bool]:
+    """Whether the calling thread flushes subnormals (x86 MXCSR FTZ and DAZ, what
+    ``torch.set_flush_denormal`` sets; torch has no getter); None where unknown (no kernels, other ISA)."""
+    lib = library()
+    if lib is None:
+        return None
+    csr = lib.painnfx_mxcsr()
+    return None if csr == 0 else (csr & FTZ_DAZ) == FTZ_DAZ
+
+
 def info() -> dict:
     """Build facts (``build_seconds``, ``cached``, ``flags``) or the reason the kernels are unavailable."""
     library()
     return dict(_state.get("info", {}))
-
-
-def _declare(lib) -> None:
-    for s, t in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        getattr(lib, f"painn_message_forward_{s}").argtypes = [_P] * 10 + [_I32, _I32, t, t, _I64, _I32, _I32, _P, _P,
-                                                                            _I32]
-        getattr(lib, f"painn_message_backward_{s}").argtypes = [_P] * 12 + [_I32, _I32, t, t, _I64, _I32, _I32] + \
-            [_P] * 4 + [_I32, _I32]
-        getattr(lib, f"radial_filter_forward_{s}").argtypes = [_P] * 5 + [_I32, _I32, t, t, _I64, _I32, _I32, _P, _I32]
-        getattr(lib, f"radial_filter_backward_{s}").argtypes = [_P] * 6 + [_I32, _I32, t, t, _I64, _I32, _I32, _P, _P,
-                                                                           _I32, _I32]
-        for name in ("painn_message_forward", "painn_message_backward", "radial_filter_forward",
-                     "radial_filter_backward"):
-            getattr(lib, f"{name}_{s}").restype = None
 
 
 def _ptr(t) -> Optional[int]:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ..build_cache import BuildCache, CompilerNotFound, digest, host_compiler
+from .entry_points import Library, parse
 
 HERE = Path(__file__).parent
 INCLUDE = HERE.parent / "cuda"  # radial.cuh, shared with the CUDA kernels
@@ -64,7 +65,7 @@ def build(use_cache: bool = True) -> tuple[Path, dict]:
     name = f"painnfx_cpu_{key(cxx)[:24]}.so"
     if use_cache:
         recorded = CACHE.lookup(name)
-        if recorded is not None:
+        if recorded is not None and recorded.get("signatures"):  # (an entry of an older build has none)
             return CACHE.path(name), dict(recorded, cached=True)
 
     def compile_to(out: Path) -> dict:
@@ -73,11 +74,25 @@ def build(use_cache: bool = True) -> tuple[Path, dict]:
                              text=True, timeout=600)
         if res.returncode:
             raise CpuBuildError(f"{cxx} failed to build the CPU kernels:\n{res.stderr[-3000:]}")
-        return {"compiler": cxx, "flags": list(FLAGS), "build_seconds": round(time.perf_counter() - start, 2)}
+        return {"compiler": cxx, "flags": list(FLAGS), "build_seconds": round(time.perf_counter() - start, 2),
+                "signatures": signatures(cxx)}
 
     info = CACHE.store(name, compile_to)
     return CACHE.path(name), dict(info, cached=False)
 
 
-def load(path: Path) -> ctypes.CDLL:
-    return ctypes.CDLL(str(path))
+def signatures(cxx: str) -> dict:
+    """The ``extern "C"`` entry points of the source, read after preprocessing (entry_points.py)."""
+    res = subprocess.run([cxx, "-E", "-P", *[f for f in FLAGS if f.startswith(("-std", "-f", "-m"))], f"-I{INCLUDE}",
+                          str(SOURCE)], capture_output=True, text=True, timeout=120)
+    if res.returncode:
+        raise CpuBuildError(f"{cxx} failed to preprocess the CPU kernels:\n{res.stderr[-3000:]}")
+    found = parse(res.stdout)
+    if not found:
+        raise CpuBuildError(f"no extern \"C\" entry points found in {SOURCE.name}")
+    return found
+
+
+def load(path: Path, info: dict) -> Library:
+    """The library at ``path`` with its entry points checked against ``info["signatures"]``."""
+    return Library(ctypes.CDLL(str(path)), info.get("signatures", {}))
