@@ -11,6 +11,7 @@ try:
 except (ImportError, OSError, RuntimeError) as exc:  # pragma: no cover - environment without libnvrtc
     env_skip(f"NVRTC is unavailable ({type(exc).__name__}: {exc})", module=True)
 
+from painnfx.ops.cuda.launcher import OPTIONS
 from painnfx.ops.cuda.nvrtc import NvrtcError, compile_cubin, kernel_source, ptxas_stats
 
 KERNELS = {
@@ -23,11 +24,21 @@ KERNELS = {
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90", "sm_100"])
 @pytest.mark.parametrize("filename", sorted(KERNELS))
 def test_kernels_compile_without_spills(filename, arch):
-    out = compile_cubin(kernel_source(filename), filename, arch, ("-lineinfo",), use_cache=False)
+    out = compile_cubin(kernel_source(filename), filename, arch, OPTIONS, use_cache=False)
     assert out.cubin[:4] == b"\x7fELF"
     assert set(KERNELS[filename]) <= set(out.stats), out.log
     assert not out.spills(), f"register spills in {filename} for {arch}: {out.spills()}\n{out.log}"
     assert all(v["registers"] and v["registers"] <= 128 for v in out.stats.values()), out.stats
+
+
+def test_float32_flushes_subnormals_like_the_cpu_kernels():
+    """The kernels are compiled with --ftz=true (float32 subnormals flushed, as the C++ kernels'
+    FTZ/DAZ and the emulator do); the flag reaches the code: the SASS differs without it."""
+    assert "--ftz=true" in OPTIONS
+    src = 'extern "C" __global__ void k(float* y, const float* a) { y[threadIdx.x] = a[threadIdx.x] * y[threadIdx.x]; }'
+    ftz = compile_cubin(src, "ftz.cu", "sm_90", OPTIONS, use_cache=False)
+    ieee = compile_cubin(src, "ftz.cu", "sm_90", ("-lineinfo",), use_cache=False)
+    assert ftz.cubin != ieee.cubin
 
 
 def test_kernel_sources_inline_their_local_headers():

@@ -139,6 +139,24 @@ def test_kernel_cutoff_maths_matches_the_spec(kernel_maths, name):
         assert out.value == pytest.approx(float(dfc[e]), rel=1e-10, abs=1e-12)
 
 
+def test_an_unknown_kernel_id_is_an_error_not_another_function(kernel_maths, monkeypatch):
+    """radial.cuh returns NaN for an id it has no case for (the last case used to run instead),
+    and the host refuses such a spec before any kernel runs."""
+    import dataclasses
+    import math
+
+    import painnfx.ops.radial as radial
+
+    out = ctypes.c_double()
+    assert math.isnan(kernel_maths.basis(7, 1.0, 0.5, 0.3, ctypes.byref(out))) and math.isnan(out.value)
+    assert math.isnan(kernel_maths.cutoff(7, 1.0, RC, 0.0, ctypes.byref(out))) and math.isnan(out.value)
+    stray = dataclasses.replace(BASES["gaussian"], name="stray", kernel_id=7)
+    monkeypatch.setitem(radial.BASES, "stray", stray)
+    with pytest.raises(ValueError, match=r"the basis 'stray' has kernel id 7, but radial.cuh has cases for "
+                                         r"\{0: 'gaussian', 1: 'bessel'\}"):
+        radial.kernel_radial("op", torch.float64, "stray", basis_params("gaussian"), "cosine", [RC])
+
+
 def test_specs_read_the_model_modules():
     name, p = basis_of_module(GaussianRBF(5, 4.0))
     assert name == "gaussian" and p.shape == (2, 5)

@@ -1,6 +1,7 @@
 """Subnormal floats in the C++ kernels: every thread that runs a kernel flushes them for the
 duration of the call (FTZ and DAZ), so the fused results equal the flushed reference in float32
-and float64, and the floating-point state of the caller and of the OpenMP pool is what it was."""
+and float64, and the floating-point state of the caller and of the OpenMP pool is what it was.
+The CUDA kernels in the emulator flush the same way (on a GPU: --ftz=true, float32)."""
 
 import pytest
 import torch
@@ -62,12 +63,25 @@ def _subnormal(t, dtype) -> bool:
     return bool(((t != 0) & (t.abs() < SMALLEST_NORMAL[dtype])).any())
 
 
+@pytest.fixture(params=["cpp", "emulated"])
+def kernels(request, lib):
+    """The C++ kernels, and the CUDA kernels in the emulator (which flushes as --ftz=true does)."""
+    if request.param == "emulated":
+        from painnfx.tools.emulator import backend as emulated
+
+        emulated.register()
+        yield "emulated"
+        emulated.unregister()
+    else:
+        yield "cpp"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_results_equal_the_flushed_reference(lib, dtype):
+def test_fused_results_equal_the_flushed_reference(kernels, dtype):
     plain = _run("reference", dtype, flush=False)
     assert any(_subnormal(t, dtype) for t in plain), "the inputs must produce subnormal results unflushed"
     flushed = _run("reference", dtype, flush=True)
-    fused = _run("cpp", dtype, flush=False)  # the caller does not flush: the kernels do it themselves
+    fused = _run(kernels, dtype, flush=False)  # the caller does not flush: the kernels do it themselves
     rtol = 2e-5 if dtype == torch.float32 else 1e-12
     for name, a, b in zip(("dq", "dmu", "dL/dr", "dL/dx", "dL/dmu"), fused, flushed):
         assert not _subnormal(a, dtype), name  # flushed, where the unflushed reference has subnormals

@@ -2,7 +2,9 @@
 
 * ``Device(i).set_current()`` makes the primary context (the one PyTorch uses) current.
 * Each .cu file is compiled by NVRTC for the device's own architecture (``sm_XY`` from its
-  compute capability, ``-lineinfo`` for compute-sanitizer and profilers), cached on disk
+  compute capability, ``-lineinfo`` for compute-sanitizer and profilers, ``--ftz=true``: float32
+  values below the smallest normal are flushed to zero, as the C++ kernels and the emulator
+  flush them, docs/cuda.md), cached on disk
   (nvrtc.py) and loaded once per device: ``load(device)`` does all of it up front, which the
   CUDA-graph mode calls before any capture (a capture freezes pointers and sizes and must not
   compile or load).
@@ -22,7 +24,7 @@ from .launch import kernel_args, launch_values
 from .nvrtc import compile_cubin, kernel_source
 
 SOURCES = ("painn_message.cu", "painn_message_backward.cu")
-OPTIONS = ("-lineinfo",)
+OPTIONS = ("-lineinfo", "--ftz=true")
 _modules: dict = {}  # (device index, file) -> cuda.core ObjectCode
 _kernels: dict = {}  # (device index, kernel name) -> cuda.core Kernel
 _lock = threading.Lock()

@@ -7,6 +7,7 @@
 #ifndef __CUDACC__
 #include <cmath>
 #define PAINNFX_HD inline
+#define PAINNFX_NAN(T) T(std::nan(""))
 using std::cos;
 using std::fabs;
 using std::exp;
@@ -14,6 +15,7 @@ using std::sin;
 using std::sqrt;
 #else
 #define PAINNFX_HD __host__ __device__ __forceinline__
+#define PAINNFX_NAN(T) T(nan(""))
 #endif
 
 // the largest number of radial functions a kernel holds (shared and stack arrays);
@@ -27,6 +29,10 @@ using std::sqrt;
 #define PAINNFX_CUTOFF_COSINE 0
 #define PAINNFX_CUTOFF_MOLLIFIER 1
 
+// An id without a case below is an error, never another function: the host refuses it before
+// any launch (painnfx.ops.radial.kernel_radial reads these defines), and the functions return
+// NaN for it, which the results carry.
+
 // phi_k(d) and, if dphi is not null, dphi_k/dd. p0/p1: the spec's first/second parameter row.
 template <typename T>
 PAINNFX_HD T radial_basis(int id, T d, T p0, T p1, T* dphi) {
@@ -36,6 +42,10 @@ PAINNFX_HD T radial_basis(int id, T d, T p0, T p1, T* dphi) {
         const T phi = exp(T(-0.5) * inv_w2 * diff * diff);
         if (dphi) *dphi = -diff * inv_w2 * phi;
         return phi;
+    }
+    if (id != PAINNFX_BASIS_BESSEL) {
+        if (dphi) *dphi = PAINNFX_NAN(T);
+        return PAINNFX_NAN(T);
     }
     // PAINNFX_BASIS_BESSEL: sin(f d) / d (d = 0: divide by 1); small-x series for the derivative
     const T x = p0 * d;
@@ -60,6 +70,10 @@ PAINNFX_HD T cutoff_fn(int id, T d, T c0, T c1, T* dfc) {
         const bool inside = d < c0;
         if (dfc) *dfc = inside ? T(-0.5) * k * sin(k * d) : T(0);
         return inside ? T(0.5) * (cos(k * d) + T(1)) : T(0);
+    }
+    if (id != PAINNFX_CUTOFF_MOLLIFIER) {
+        if (dfc) *dfc = PAINNFX_NAN(T);
+        return PAINNFX_NAN(T);
     }
     // PAINNFX_CUTOFF_MOLLIFIER: exp(1 - 1 / (1 - (d / rc)^2)) [d + eps < rc]
     if (!(d + c1 < c0)) {

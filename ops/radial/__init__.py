@@ -21,6 +21,9 @@ is the radius r_c. Adding a basis or a cutoff is one module here plus its case i
 
 from __future__ import annotations
 
+import functools
+import re
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -80,8 +83,24 @@ def kernel_radial(op: str, dtype: torch.dtype, basis: str, basis_params: torch.T
     if k > MAX_KERNEL_K:
         raise InputError(f"{op}: K = {k} radial functions exceed the kernel's maximum {MAX_KERNEL_K}")
     c = [float(v) for v in cutoff_params] + [0.0] * (2 - len(cutoff_params))
-    return (basis_params.to(dtype).contiguous(), basis_spec(basis).kernel_id, cutoff_spec(cutoff).kernel_id,
-            c[0], c[1])
+    ids = []
+    for kind, spec in (("basis", basis_spec(basis)), ("cutoff", cutoff_spec(cutoff))):
+        known = kernel_cases()[kind]
+        if known.get(spec.kernel_id) != spec.name:
+            raise InputError(f"{op}: the {kind} {spec.name!r} has kernel id {spec.kernel_id}, but radial.cuh has "
+                             f"cases for {dict(sorted(known.items()))}: add its case there (docs/ops.md)")
+        ids.append(spec.kernel_id)
+    return basis_params.to(dtype).contiguous(), ids[0], ids[1], c[0], c[1]
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_cases() -> dict:
+    """{"basis": {id: name}, "cutoff": {id: name}}: the cases ``ops/cuda/radial.cuh`` implements."""
+    text = (Path(__file__).parents[1] / "cuda" / "radial.cuh").read_text()
+    cases: dict = {"basis": {}, "cutoff": {}}
+    for kind, name, value in re.findall(r"#define PAINNFX_(BASIS|CUTOFF)_(\w+) (\d+)", text):
+        cases[kind.lower()][int(value)] = name.lower()
+    return cases
 
 
 def basis_of_module(module: torch.nn.Module) -> tuple[str, torch.Tensor]:

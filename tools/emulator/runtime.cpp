@@ -2,6 +2,9 @@
 // threads of a block as fibers. See cuda_emu.h for the semantics; errors are reported through
 // emu_error() with the file:line of the barrier or shuffle involved.
 #include <ucontext.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include <cstdio>
 #include <functional>
@@ -197,8 +200,22 @@ void shuffle(int kind, unsigned mask, void* value, std::size_t size, int param, 
     std::memcpy(value, g.value, size);
 }
 
+// The GPU kernels are compiled with --ftz=true: float32 results below the smallest normal are
+// flushed to zero. The emulator does the same with FTZ and DAZ for the duration of a launch (the
+// fibers' contexts are made inside it, so they inherit the setting), and restores the caller's
+// MXCSR afterwards. On the CPU the flags flush float64 subnormals too (below 2.2e-308), which a
+// GPU keeps; no kernel here comes near that range (docs/cuda.md).
+struct FlushDenormals {
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned saved = _mm_getcsr();
+    FlushDenormals() { _mm_setcsr(saved | (1u << 15) | (1u << 6)); }
+    ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
 int launch(const unsigned* grid, const unsigned* block, int schedule, unsigned seed,
            const std::function<void()>& body) {
+    const FlushDenormals flush;
     Launch L;
     L.body = &body;
     const int n = int(block[0] * block[1] * block[2]);
