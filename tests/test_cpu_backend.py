@@ -28,6 +28,60 @@ def test_cache_hit_and_corruption_recovery(tmp_path, monkeypatch):
     build.load(rebuilt_path, rebuilt)
 
 
+BASELINE_SCRIPT = r"""
+import json, torch
+from ase.build import bulk
+from painnfx.model.default import random_model
+from painnfx.model.neighbors import neighbor_list
+from painnfx.model.properties import compute_properties
+from painnfx.ops import dispatch
+from painnfx.ops.cpu import backend
+from painnfx.rewriter import optimize
+model = random_model(1, n_atom_basis=16, n_interactions=2, n_rbf=8).double()
+fast = optimize(model)
+atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 1, 1)
+atoms.rattle(0.05, seed=2)
+nl = neighbor_list(atoms.positions, model.cutoff, atoms.cell.array, atoms.pbc)
+args = (torch.tensor(atoms.positions), torch.tensor(atoms.numbers), nl.edge_index, nl.shifts,
+        torch.tensor(atoms.cell.array))
+with dispatch.record_calls() as calls:
+    a = compute_properties(fast, *args, stress=True)
+b = compute_properties(model, *args, stress=True)
+err = max(float((x - y).abs().max() / y.abs().max()) for x, y in ((a.forces, b.forces), (a.stress, b.stress)))
+print(json.dumps({"flags": backend.info()["flags"], "path": str(backend.library().path), "error": err,
+                  "calls": calls[("painn_message", "cpp")]}))
+"""
+
+
+def test_a_baseline_isa_build_runs_correct_kernels(tmp_path):
+    """PAINNFX_CPU_ARCH=x86-64-v2: a library with no AVX instruction (what an image built on one CPU
+    needs on another, or an old laptop) gives the same energies, forces and stress."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PAINNFX_CPU_ARCH="x86-64-v2", PAINNFX_CACHE_DIR=str(tmp_path), PAINNFX_STRICT="1")
+    proc = subprocess.run([sys.executable, "-c", BASELINE_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "-march=x86-64-v2" in out["flags"] and out["calls"] == 2
+    assert out["error"] < 1e-12
+    objdump = shutil.which("objdump")
+    if objdump is None:  # binutils comes with g++
+        env_skip("no objdump to inspect the baseline library")
+    text = subprocess.run([objdump, "-d", out["path"]], capture_output=True, text=True, timeout=120).stdout
+    assert "xmm" in text and "ymm" not in text and "zmm" not in text  # SSE only: no AVX, AVX2 or AVX-512
+
+
+def test_an_invalid_arch_setting_is_refused(monkeypatch):
+    monkeypatch.setenv("PAINNFX_CPU_ARCH", "native; rm -rf /")
+    with pytest.raises(build.CpuBuildError, match="is not a -march value"):
+        build.flags()
+
+
 def test_a_failing_compile_is_an_error_with_the_compiler_output(tmp_path, monkeypatch):
     """A compiler that runs but fails (not a missing one): CpuBuildError with its output, nothing cached."""
     monkeypatch.setenv("PAINNFX_CACHE_DIR", str(tmp_path))

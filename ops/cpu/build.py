@@ -3,8 +3,8 @@
 The host C++ compiler (``$CXX``, else g++ or c++) builds with ``-O3 -march=native -fopenmp``:
 the library is built on, and for, the machine that runs it, so targeting its own instruction
 set costs nothing in portability and gives the feature loops AVX2/AVX-512 where the CPU has
-them (a portable baseline plus runtime dispatch would need several builds per kernel for no
-gain here). The result is cached on disk (``ops/build_cache.py``, shared with the CUBINs and the
+them. ``PAINNFX_CPU_ARCH`` chooses another ``-march`` (e.g. ``x86-64-v2``: no AVX) for a
+library that must run on other CPUs than the one that built it. The result is cached on disk (``ops/build_cache.py``, shared with the CUBINs and the
 emulator): key = SHA-256 of (sources, flags, compiler version, CPU model and flags), a JSON
 sidecar with the library's own hash, atomic writes; an entry whose hash does not match is rebuilt. ctypes loads it: no torch headers, no
 host-side copies (the kernels get the tensors' data pointers).
@@ -13,7 +13,9 @@ host-side copies (the kernels get the tensors' data pointers).
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -24,7 +26,20 @@ from .entry_points import Library, parse
 HERE = Path(__file__).parent
 INCLUDE = HERE.parent / "cuda"  # radial.cuh, shared with the CUDA kernels
 SOURCE = HERE / "painn_message.cpp"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
+FLAGS = ("-O3", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
+#: ``$PAINNFX_CPU_ARCH``: the instruction set the kernels are built for (g++ ``-march``). "native"
+#: (default) is this machine's own (AVX2, AVX-512 where it has them); a named level such as
+#: "x86-64-v2" (SSE4.2, no AVX) gives a library that runs on any x86-64 CPU of that level: for an
+#: image built on one machine and run on others, or an old laptop
+ARCH_VARIABLE = "PAINNFX_CPU_ARCH"
+_ARCH = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+def flags() -> tuple:
+    arch = os.environ.get(ARCH_VARIABLE, "").strip() or "native"
+    if not _ARCH.match(arch):
+        raise CpuBuildError(f"{ARCH_VARIABLE}={arch!r} is not a -march value (e.g. native, x86-64-v2, x86-64-v3)")
+    return FLAGS[:1] + (f"-march={arch}",) + FLAGS[1:]
 
 
 class CpuBuildError(RuntimeError):
@@ -56,7 +71,8 @@ def _cpu_identity() -> str:
 
 def key(cxx: str) -> str:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
-    return digest([SOURCE.read_text(), (INCLUDE / "radial.cuh").read_text(), " ".join(FLAGS), version, _cpu_identity()])
+    return digest([SOURCE.read_text(), (INCLUDE / "radial.cuh").read_text(), " ".join(flags()), version,
+                   _cpu_identity()])
 
 
 def build(use_cache: bool = True) -> tuple[Path, dict]:
@@ -70,11 +86,11 @@ def build(use_cache: bool = True) -> tuple[Path, dict]:
 
     def compile_to(out: Path) -> dict:
         start = time.perf_counter()
-        res = subprocess.run([cxx, *FLAGS, f"-I{INCLUDE}", str(SOURCE), "-o", str(out)], capture_output=True,
+        res = subprocess.run([cxx, *flags(), f"-I{INCLUDE}", str(SOURCE), "-o", str(out)], capture_output=True,
                              text=True, timeout=600)
         if res.returncode:
             raise CpuBuildError(f"{cxx} failed to build the CPU kernels:\n{res.stderr[-3000:]}")
-        return {"compiler": cxx, "flags": list(FLAGS), "build_seconds": round(time.perf_counter() - start, 2),
+        return {"compiler": cxx, "flags": list(flags()), "build_seconds": round(time.perf_counter() - start, 2),
                 "signatures": signatures(cxx)}
 
     info = CACHE.store(name, compile_to)
@@ -83,7 +99,7 @@ def build(use_cache: bool = True) -> tuple[Path, dict]:
 
 def signatures(cxx: str) -> dict:
     """The ``extern "C"`` entry points of the source, read after preprocessing (entry_points.py)."""
-    res = subprocess.run([cxx, "-E", "-P", *[f for f in FLAGS if f.startswith(("-std", "-f", "-m"))], f"-I{INCLUDE}",
+    res = subprocess.run([cxx, "-E", "-P", *[f for f in flags() if f.startswith(("-std", "-f", "-m"))], f"-I{INCLUDE}",
                           str(SOURCE)], capture_output=True, text=True, timeout=120)
     if res.returncode:
         raise CpuBuildError(f"{cxx} failed to preprocess the CPU kernels:\n{res.stderr[-3000:]}")
