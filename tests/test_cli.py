@@ -52,6 +52,24 @@ def test_bench_measure_one_case(variant):
     rec = measure("H2O", variant, dtype="float32", device="cpu", threads=1, warmup=0,
                   min_repeats=2, max_repeats=2, max_time=0.0)
     assert rec["repeats"] == 2 and rec["median_s"] > 0 and rec["n_atoms"] == 3
+    assert rec["gflop"] == pytest.approx(0.00994, rel=0.01)  # the FLOP model (tools/flops.py): ~10 MFLOP
+    assert rec["gflops_per_s"] == pytest.approx(rec["gflop"] / rec["median_s"])
+
+
+def test_flop_model_and_machine_metadata():
+    from painnfx.tools.bench import environment, machine_line
+    from painnfx.tools.flops import energy_forces_flops
+
+    per_atom = energy_forces_flops(1, 0)["total"]
+    per_edge = energy_forces_flops(0, 1)["total"]
+    assert per_atom == 3 * 60 * 128 ** 2 + 2 * 128 ** 2 and per_edge == 3 * (18 * 128 * 20 + 70 * 128)
+    env = environment("cpu", 2, "float32")
+    assert {"avx2", "avx512f", "amx_tile"} <= set(env["isa"]) and env["threads"] == 2
+    assert env["flush_denormal"] in (True, False, None) and env["torch"] == __import__("torch").__version__
+    peak = env["fma_peak_gflops"]
+    if peak["clock_ghz"]:
+        assert peak["float32"] == pytest.approx(2 * peak["float64"]) and peak["float32"] > 0
+    assert env["processor"] in machine_line(env) and "threads" in machine_line(env)
 
 
 def test_bench_report_helpers():

@@ -68,6 +68,7 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
     from painnfx.model.default import random_model
     from painnfx.model.neighbors import neighbor_list
 
+    from .flops import energy_forces_flops
     from .systems import system as lookup
     from .variants import VARIANTS, Prepared, Unavailable
 
@@ -85,7 +86,9 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
         nl.edge_index, nl.shifts, nl.cell_shifts,
         torch.as_tensor(atoms.cell.array, dtype=dt, device=dev), atoms.pbc,
     )
-    record = {"system": system, "variant": variant, "n_atoms": len(atoms), "n_edges": nl.n_edges}
+    record = {"system": system, "variant": variant, "n_atoms": len(atoms), "n_edges": nl.n_edges,
+              "gflop": energy_forces_flops(len(atoms), nl.n_edges, model.config.n_atom_basis, model.config.n_rbf,
+                                           model.config.n_interactions)["total"] / 1e9}
     try:
         step = VARIANTS[variant](model, prepared)
     except Unavailable as exc:
@@ -122,6 +125,7 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
         return {**record, "error": f"out of memory: {str(exc).splitlines()[0]}"}
     record.update(
         timer="cuda events" if dev.type == "cuda" else "perf_counter",
+        gflops_per_s=record["gflop"] / statistics.median(times),
         median_s=statistics.median(times),
         min_s=min(times),
         repeats=len(times),
@@ -134,14 +138,23 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
 
 
 def environment(device: str, threads: int, dtype: str) -> dict:
+    """What a result depends on: CPU model and ISA, threads, torch, the flush state, the peak."""
+    from painnfx.ops.cpu import backend
+
+    from .flops import fma_peak_gflops, isa
+
     env = {
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "processor": platform.processor() or _cpu_name(),
+        "processor": _cpu_name() if _cpu_name() != "unknown" else platform.processor(),
+        "isa": isa(),
         "threads": threads,
         "dtype": dtype,
         "device": device,
+        "flush_denormal": backend.flush_denormal_state(),  # the caller's: the C++ kernels flush on their own
+        "cpu_kernels": backend.info().get("flags") or backend.info().get("error"),
+        "fma_peak_gflops": fma_peak_gflops(threads),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -253,6 +266,16 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def machine_line(env: dict) -> str:
+    """The machine a table comes from, in one line (every perf table names its CPU)."""
+    where = env.get("gpu") or env.get("processor", "unknown CPU")
+    isa = ", ".join(k for k, v in (env.get("isa") or {}).items() if v and k in ("avx2", "avx512f", "amx_tile"))
+    peak = (env.get("fma_peak_gflops") or {}).get(env.get("dtype"))
+    return (f"{where} ({isa or 'no AVX2'}), {env.get('threads')} threads, torch {env.get('torch')}, {env.get('dtype')}, "
+            f"caller flush-denormal {env.get('flush_denormal')}"
+            + (f", FMA peak {peak:.0f} GFLOP/s (estimate, tools/flops.py)" if peak else ""))
+
+
 def markdown_table(report: dict) -> str:
     results = [r for r in report["results"]]
     variants = sorted({r["variant"] for r in results}, key=lambda v: (v != "eager", v))
@@ -274,6 +297,16 @@ def markdown_table(report: dict) -> str:
             else:
                 cells.append("n/a")
         lines.append(f"| {s} | {any_r.get('n_atoms', '')} | {any_r.get('n_edges', '')} | " + " | ".join(cells) + " |")
+    env = report.get("environment") or {}
+    peak = (env.get("fma_peak_gflops") or {}).get(env.get("dtype"))
+    fused = [r for r in results if r["variant"] in ("optimized", "auto") and "gflops_per_s" in r]
+    if fused:
+        lines += ["", "| system | variant | GFLOP per call (model) | GFLOP/s | of FMA peak |", "|---|---|---|---|---|"]
+        for r in fused:
+            share = f"{100 * r['gflops_per_s'] / peak:.0f}%" if peak else "n/a"
+            lines.append(f"| {r['system']} | {r['variant']} | {r['gflop']:.3g} | {r['gflops_per_s']:.1f} | {share} |")
+    if env:
+        lines = [f"Machine: {machine_line(env)}.", ""] + lines
     return "\n".join(lines)
 
 
