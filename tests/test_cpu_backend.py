@@ -117,6 +117,18 @@ def test_no_compiler_falls_back_to_the_reference_with_one_warning(monkeypatch):
         dispatch.run("painn_message", "cpu", *args)
 
 
+def test_the_calculator_lets_the_no_compiler_warning_through_once(monkeypatch):
+    """PaiNNCalculator silences only "nothing to rewrite"; the slow path's reason reaches the user, once."""
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.setattr(backend, "_state", {})
+    with pytest.warns(UserWarning, match="CPU kernels are unavailable .*no C\\+\\+ compiler"):
+        calc = PaiNNCalculator(random_model(0, n_atom_basis=8, n_interactions=1, n_rbf=4))
+    assert calc.optimized
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PaiNNCalculator(random_model(0, n_atom_basis=8, n_interactions=1, n_rbf=4))
+
+
 def test_registered_for_cpu_tensors_and_built_here():
     if backend.library() is None:
         env_skip(f"the C++ kernels cannot be built here: {backend.info().get('error')}")
