@@ -91,6 +91,25 @@ def test_gradcheck_and_gradgradcheck(inp):
     assert torch.autograd.gradgradcheck(f, tensors)
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, dict(rtol=1e-10, atol=1e-10)), (torch.float32, F32)])
+@pytest.mark.parametrize("f", [40, 43])
+def test_many_edges_per_atom_and_feature_tails(each_backend, dtype, tol, f):
+    """More edges per atom than one tile of the C++ kernels (8) and 3F not a multiple of a
+    register block (16 floats, 8 doubles): every tile and column path against autograd."""
+    gen = torch.Generator().manual_seed(f)
+    n, e, k = 5, 120, 7
+    inp = dict(r=torch.randn(e, 3, generator=gen, dtype=torch.float64) * 1.5,
+               idx_i=torch.randint(0, n, (e,), generator=gen), idx_j=torch.randint(0, n, (e,), generator=gen),
+               x=torch.randn(n, 3 * f, generator=gen, dtype=torch.float64),
+               mu=torch.randn(n, 3, f, generator=gen, dtype=torch.float64),
+               weight=torch.randn(3 * f, k, generator=gen, dtype=torch.float64) / k ** 0.5,
+               bias=torch.randn(3 * f, generator=gen, dtype=torch.float64),
+               basis_params=torch.stack([torch.linspace(0, 4, k), torch.full((k,), 0.6)]).double(),
+               basis="gaussian", cutoff="cosine", cutoff_params=[4.0])
+    inp = {key: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for key, v in inp.items()}
+    _compare(inp, tol)
+
+
 def test_double_backward_matches_unfused():
     """Force-training style: d/dweight of |dE/dr|^2, fused vs unfused."""
     gen = torch.Generator().manual_seed(0)

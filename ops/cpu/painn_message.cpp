@@ -2,10 +2,11 @@
 // compiler with OpenMP. The per-edge radial maths is radial.cuh, the header the CUDA kernels
 // compile too, so the CPU and CUDA kernels cannot drift apart.
 //
-// * message forward: OpenMP over destination atoms (the CSR of prepare_edges); per edge the
-//   filter row W = (bias + wt^T phi) fc is formed for all 3F channels in a vectorised loop over
-//   the transposed weight wt (K, 3F), used at once and dropped: no (E, 3F) array.
-// * message backward: one pass over source atoms (the CSC): dL/dx_j, dL/dmu_j accumulate per
+// * message forward: OpenMP over destination atoms (the CSR of prepare_edges); the filter rows
+//   W = (bias + wt^T phi) fc of a tile of up to 8 edges are one small (8, K) x (K, 3F) product
+//   with register-blocked accumulators (filter_tile), used at once and dropped: no (E, 3F) array.
+// * message backward: one pass over source atoms (the CSC), the rows a = bias + wt^T phi and
+//   b = wt^T phi' tiled the same way: dL/dx_j, dL/dmu_j accumulate per
 //   atom, dL/dr is written per edge (each edge has one source), and, when the filter weights
 //   need gradients, each of P fixed chunks of atoms sums dL/dWf, dL/dbf into its own partial,
 //   added in chunk order afterwards. No atomics; the result does not depend on the thread count.
@@ -78,6 +79,58 @@ inline void filter_rows2(const T* __restrict wt, const T* __restrict bias, const
     }
 }
 
+// Filter rows of a tile of up to TILE edges at once: out[t][c] = bias[c] + sum_k phi[t][k] wt[k][c]
+// (a (TILE, K) x (K, C) product). Per column block of one 512-bit register the TILE x CB
+// accumulators stay in registers while k runs, so each weight vector is loaded once per tile
+// instead of once per edge, and every FMA reads only a broadcast phi: the loop is FMA-bound, not
+// load/store-bound as the per-edge row update (filter_rows) is. Columns past the last whole block
+// take the per-edge path. bias may be null (zero). A partial tile runs the block of the next
+// power of two (R rows), so the last tile of an atom wastes at most half its rows.
+constexpr int TILE = 8;
+
+template <typename T, int R>
+inline void filter_block(const T* __restrict wt, const T* __restrict bias, const T* __restrict phi, int K, int C,
+                         int nt, T* __restrict out) {
+    constexpr int CB = 64 / sizeof(T);
+    const int whole = C - C % CB;
+    for (int c0 = 0; c0 < whole; c0 += CB) {
+        T acc[R][CB];
+#pragma GCC unroll 8
+        for (int t = 0; t < R; ++t)
+#pragma omp simd
+            for (int j = 0; j < CB; ++j) acc[t][j] = bias ? bias[c0 + j] : T(0);
+        for (int k = 0; k < K; ++k) {
+            const T* __restrict w = wt + (std::int64_t)k * C + c0;
+#pragma GCC unroll 8
+            for (int t = 0; t < R; ++t) {
+                const T p = phi[t * K + k];
+#pragma omp simd
+                for (int j = 0; j < CB; ++j) acc[t][j] += p * w[j];
+            }
+        }
+        for (int t = 0; t < nt; ++t) std::memcpy(out + (std::int64_t)t * C + c0, acc[t], sizeof(T) * CB);
+    }
+    for (int c = whole; c < C; ++c) {  // the columns past the last whole block
+        for (int t = 0; t < nt; ++t) {
+            T a = bias ? bias[c] : T(0);
+            for (int k = 0; k < K; ++k) a += phi[t * K + k] * wt[(std::int64_t)k * C + c];
+            out[(std::int64_t)t * C + c] = a;
+        }
+    }
+}
+
+template <typename T>
+inline void filter_tile(const T* wt, const T* bias, const T* phi, int K, int C, int nt, T* out) {
+    if (nt > 4)
+        filter_block<T, 8>(wt, bias, phi, K, C, nt, out);
+    else if (nt > 2)
+        filter_block<T, 4>(wt, bias, phi, K, C, nt, out);
+    else if (nt == 2)
+        filter_block<T, 2>(wt, bias, phi, K, C, nt, out);
+    else
+        filter_block<T, 1>(wt, bias, phi, K, C, nt, out);
+}
+
 template <typename T>
 inline T geometry(const T* r, std::int64_t e, T* u) {
     const T rx = r[3 * e], ry = r[3 * e + 1], rz = r[3 * e + 2];
@@ -96,40 +149,58 @@ void message_forward(const T* r, const std::int64_t* dst_ptr, const std::int64_t
 #pragma omp parallel num_threads(threads)
     {
         const FlushDenormals flush;
-        std::vector<T> w(F3), aq(F), am(F3);
-        T phi[MAX_K];
+        std::vector<T> w((std::size_t)TILE * F3), aq(F), am(F3), phi((std::size_t)TILE * K, T(0));
+        std::int64_t tile_e[TILE];
+        T tile_fc[TILE], tile_u[TILE][3];
 #pragma omp for schedule(dynamic, 8)
         for (std::int64_t i = 0; i < N; ++i) {
             std::fill(aq.begin(), aq.end(), T(0));
             std::fill(am.begin(), am.end(), T(0));
             T* __restrict q = aq.data();
             T* __restrict m = am.data();
-            T* __restrict wv = w.data();
-            for (std::int64_t s = dst_ptr[i]; s < dst_ptr[i + 1]; ++s) {
-                const std::int64_t e = dst_perm[s];
-                T u[3];
-                const T d = geometry(r, e, u);
-                const T fc = cutoff_fn<T>(cutoff, d, c0, c1, (T*)nullptr);
-                if (fc == T(0)) continue;
-                for (int k = 0; k < K; ++k) phi[k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), (T*)nullptr);
-                filter_rows(wt, bias, phi, K, F3, wv);
-                const T* __restrict xj = x + idx_j[e] * F3;
-#pragma omp simd
-                for (int f = 0; f < F; ++f) {
-                    q[f] += fc * wv[f] * xj[f];
-                    const T mr = fc * wv[F + f] * xj[F + f];
-                    m[f] += mr * u[0];
-                    m[F + f] += mr * u[1];
-                    m[2 * F + f] += mr * u[2];
+            std::int64_t s = dst_ptr[i];
+            while (s < dst_ptr[i + 1]) {
+                int nt = 0;  // gather up to TILE edges that are inside the cutoff
+                for (; s < dst_ptr[i + 1] && nt < TILE; ++s) {
+                    const std::int64_t e = dst_perm[s];
+                    T u[3];
+                    const T d = geometry(r, e, u);
+                    const T fc = cutoff_fn<T>(cutoff, d, c0, c1, (T*)nullptr);
+                    if (fc == T(0)) continue;
+                    for (int k = 0; k < K; ++k)
+                        phi[nt * K + k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), (T*)nullptr);
+                    tile_e[nt] = e;
+                    tile_fc[nt] = fc;
+                    tile_u[nt][0] = u[0];
+                    tile_u[nt][1] = u[1];
+                    tile_u[nt][2] = u[2];
+                    ++nt;
                 }
-                if (mu) {
-                    const T* __restrict muj = mu + idx_j[e] * F3;
+                if (nt == 0) break;
+                filter_tile(wt, bias, phi.data(), K, F3, nt, w.data());
+                for (int t = 0; t < nt; ++t) {
+                    const std::int64_t e = tile_e[t];
+                    const T fc = tile_fc[t];
+                    const T* u = tile_u[t];
+                    const T* __restrict wv = w.data() + (std::int64_t)t * F3;
+                    const T* __restrict xj = x + idx_j[e] * F3;
 #pragma omp simd
                     for (int f = 0; f < F; ++f) {
-                        const T mv = fc * wv[2 * F + f] * xj[2 * F + f];
-                        m[f] += mv * muj[f];
-                        m[F + f] += mv * muj[F + f];
-                        m[2 * F + f] += mv * muj[2 * F + f];
+                        q[f] += fc * wv[f] * xj[f];
+                        const T mr = fc * wv[F + f] * xj[F + f];
+                        m[f] += mr * u[0];
+                        m[F + f] += mr * u[1];
+                        m[2 * F + f] += mr * u[2];
+                    }
+                    if (mu) {
+                        const T* __restrict muj = mu + idx_j[e] * F3;
+#pragma omp simd
+                        for (int f = 0; f < F; ++f) {
+                            const T mv = fc * wv[2 * F + f] * xj[2 * F + f];
+                            m[f] += mv * muj[f];
+                            m[F + f] += mv * muj[F + f];
+                            m[2 * F + f] += mv * muj[2 * F + f];
+                        }
                     }
                 }
             }
@@ -148,8 +219,10 @@ void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t*
 #pragma omp parallel num_threads(threads)
     {
         const FlushDenormals flush;
-        std::vector<T> a(F3), b(F3), gw(F3), ax(F3), am(F3);
-        T phi[MAX_K], dphi[MAX_K];
+        std::vector<T> a((std::size_t)TILE * F3), b((std::size_t)TILE * F3), gw(F3), ax(F3), am(F3);
+        std::vector<T> phi((std::size_t)TILE * K, T(0)), dphi((std::size_t)TILE * K, T(0));
+        std::int64_t tile_e[TILE];
+        T tile_d[TILE], tile_fc[TILE], tile_dfc[TILE], tile_u[TILE][3];
 #pragma omp for schedule(dynamic, 1)
         for (int chunk = 0; chunk < P; ++chunk) {
             T* __restrict part = partial ? partial + (std::int64_t)chunk * F3 * K1 : nullptr;
@@ -159,71 +232,92 @@ void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t*
                 std::fill(am.begin(), am.end(), T(0));
                 const T* __restrict xj = x + j * F3;
                 const T* __restrict muj = mu ? mu + j * F3 : nullptr;
-                for (std::int64_t s = src_ptr[j]; s < src_ptr[j + 1]; ++s) {
-                    const std::int64_t e = src_perm[s];
-                    T u[3];
-                    const T d = geometry(r, e, u);
-                    T dfc;
-                    const T fc = cutoff_fn<T>(cutoff, d, c0, c1, &dfc);
-                    if (fc == T(0) && dfc == T(0)) {
-                        gr[3 * e] = gr[3 * e + 1] = gr[3 * e + 2] = T(0);
-                        continue;
+                std::int64_t s = src_ptr[j];
+                while (s < src_ptr[j + 1]) {
+                    int nt = 0;  // gather up to TILE edges with a non-zero cutoff or cutoff slope
+                    for (; s < src_ptr[j + 1] && nt < TILE; ++s) {
+                        const std::int64_t e = src_perm[s];
+                        T u[3];
+                        const T d = geometry(r, e, u);
+                        T dfc;
+                        const T fc = cutoff_fn<T>(cutoff, d, c0, c1, &dfc);
+                        if (fc == T(0) && dfc == T(0)) {
+                            gr[3 * e] = gr[3 * e + 1] = gr[3 * e + 2] = T(0);
+                            continue;
+                        }
+                        for (int k = 0; k < K; ++k)
+                            phi[nt * K + k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), &dphi[nt * K + k]);
+                        tile_e[nt] = e;
+                        tile_d[nt] = d;
+                        tile_fc[nt] = fc;
+                        tile_dfc[nt] = dfc;
+                        tile_u[nt][0] = u[0];
+                        tile_u[nt][1] = u[1];
+                        tile_u[nt][2] = u[2];
+                        ++nt;
                     }
-                    for (int k = 0; k < K; ++k) phi[k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), dphi + k);
-                    filter_rows2(wt, bias, phi, dphi, K, F3, a.data(), b.data());
-                    T* __restrict bv = b.data();
-                    const std::int64_t i = idx_i[e];
-                    const T* __restrict gqi = gq + i * F;
-                    const T* __restrict gmi = gmu + i * F3;
-                    T* __restrict av = a.data();
-                    T* __restrict g = gw.data();
-                    T* __restrict xa = ax.data();
-                    T* __restrict ma = am.data();
+                    if (nt == 0) break;
+                    filter_tile(wt, bias, phi.data(), K, F3, nt, a.data());  // a = bias + wt^T phi
+                    filter_tile(wt, (const T*)nullptr, dphi.data(), K, F3, nt, b.data());  // b = wt^T phi'
+                    for (int t = 0; t < nt; ++t) {
+                        const std::int64_t e = tile_e[t];
+                        const T d = tile_d[t], fc = tile_fc[t], dfc = tile_dfc[t];
+                        const T* u = tile_u[t];
+                        const T* __restrict av = a.data() + (std::int64_t)t * F3;
+                        const T* __restrict bv = b.data() + (std::int64_t)t * F3;
+                        const std::int64_t i = idx_i[e];
+                        const T* __restrict gqi = gq + i * F;
+                        const T* __restrict gmi = gmu + i * F3;
+                        T* __restrict g = gw.data();
+                        T* __restrict xa = ax.data();
+                        T* __restrict ma = am.data();
 #pragma omp simd
-                    for (int f = 0; f < F; ++f) {
-                        const T q0 = gmi[f], q1 = gmi[F + f], q2 = gmi[2 * F + f];
-                        const T t = u[0] * q0 + u[1] * q1 + u[2] * q2;
-                        const T sv = muj ? q0 * muj[f] + q1 * muj[F + f] + q2 * muj[2 * F + f] : T(0);
-                        g[f] = gqi[f] * xj[f];
-                        g[F + f] = t * xj[F + f];
-                        g[2 * F + f] = sv * xj[2 * F + f];
-                        xa[f] += gqi[f] * av[f] * fc;
-                        xa[F + f] += t * av[F + f] * fc;
-                        xa[2 * F + f] += sv * av[2 * F + f] * fc;
-                        const T wx = av[2 * F + f] * fc * xj[2 * F + f];
-                        ma[f] += q0 * wx;
-                        ma[F + f] += q1 * wx;
-                        ma[2 * F + f] += q2 * wx;
-                    }
-                    T sb = 0, sa = 0;
+                        for (int f = 0; f < F; ++f) {
+                            const T q0 = gmi[f], q1 = gmi[F + f], q2 = gmi[2 * F + f];
+                            const T tu = u[0] * q0 + u[1] * q1 + u[2] * q2;
+                            const T sv = muj ? q0 * muj[f] + q1 * muj[F + f] + q2 * muj[2 * F + f] : T(0);
+                            g[f] = gqi[f] * xj[f];
+                            g[F + f] = tu * xj[F + f];
+                            g[2 * F + f] = sv * xj[2 * F + f];
+                            xa[f] += gqi[f] * av[f] * fc;
+                            xa[F + f] += tu * av[F + f] * fc;
+                            xa[2 * F + f] += sv * av[2 * F + f] * fc;
+                            const T wx = av[2 * F + f] * fc * xj[2 * F + f];
+                            ma[f] += q0 * wx;
+                            ma[F + f] += q1 * wx;
+                            ma[2 * F + f] += q2 * wx;
+                        }
+                        T sb = 0, sa = 0;
 #pragma omp simd reduction(+ : sb, sa)
-                    for (int c = 0; c < F3; ++c) {
-                        sb += g[c] * bv[c];
-                        sa += g[c] * av[c];
-                    }
-                    const T gd = fc * sb + dfc * sa;
-                    T gu0 = 0, gu1 = 0, gu2 = 0;
-#pragma omp simd reduction(+ : gu0, gu1, gu2)
-                    for (int f = 0; f < F; ++f) {
-                        const T vr = av[F + f] * xj[F + f];
-                        gu0 += gmi[f] * vr;
-                        gu1 += gmi[F + f] * vr;
-                        gu2 += gmi[2 * F + f] * vr;
-                    }
-                    gu0 *= fc;
-                    gu1 *= fc;
-                    gu2 *= fc;
-                    const T dot = gu0 * u[0] + gu1 * u[1] + gu2 * u[2];
-                    gr[3 * e] = gd * u[0] + (gu0 - dot * u[0]) / d;
-                    gr[3 * e + 1] = gd * u[1] + (gu1 - dot * u[1]) / d;
-                    gr[3 * e + 2] = gd * u[2] + (gu2 - dot * u[2]) / d;
-                    if (part) {
                         for (int c = 0; c < F3; ++c) {
-                            const T gc = g[c] * fc;
-                            T* __restrict prow = part + (std::int64_t)c * K1;
+                            sb += g[c] * bv[c];
+                            sa += g[c] * av[c];
+                        }
+                        const T gd = fc * sb + dfc * sa;
+                        T gu0 = 0, gu1 = 0, gu2 = 0;
+#pragma omp simd reduction(+ : gu0, gu1, gu2)
+                        for (int f = 0; f < F; ++f) {
+                            const T vr = av[F + f] * xj[F + f];
+                            gu0 += gmi[f] * vr;
+                            gu1 += gmi[F + f] * vr;
+                            gu2 += gmi[2 * F + f] * vr;
+                        }
+                        gu0 *= fc;
+                        gu1 *= fc;
+                        gu2 *= fc;
+                        const T dot = gu0 * u[0] + gu1 * u[1] + gu2 * u[2];
+                        gr[3 * e] = gd * u[0] + (gu0 - dot * u[0]) / d;
+                        gr[3 * e + 1] = gd * u[1] + (gu1 - dot * u[1]) / d;
+                        gr[3 * e + 2] = gd * u[2] + (gu2 - dot * u[2]) / d;
+                        if (part) {
+                            const T* ph = phi.data() + (std::int64_t)t * K;
+                            for (int c = 0; c < F3; ++c) {
+                                const T gc = g[c] * fc;
+                                T* __restrict prow = part + (std::int64_t)c * K1;
 #pragma omp simd
-                            for (int k = 0; k < K; ++k) prow[k] += gc * phi[k];
-                            prow[K] += gc;
+                                for (int k = 0; k < K; ++k) prow[k] += gc * ph[k];
+                                prow[K] += gc;
+                            }
                         }
                     }
                 }
