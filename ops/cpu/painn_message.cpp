@@ -131,6 +131,25 @@ inline void filter_tile(const T* wt, const T* bias, const T* phi, int K, int C, 
         filter_block<T, 1>(wt, bias, phi, K, C, nt, out);
 }
 
+// The edges of one tile and what their rows need: edge index, distance, cutoff, its slope, direction.
+template <typename T>
+struct EdgeTile {
+    int n = 0;
+    std::int64_t e[TILE];
+    T d[TILE], fc[TILE], dfc[TILE], u[TILE][3];
+
+    void add(std::int64_t edge, T dist, T cut, T dcut, const T* dir) {
+        e[n] = edge;
+        d[n] = dist;
+        fc[n] = cut;
+        dfc[n] = dcut;
+        u[n][0] = dir[0];
+        u[n][1] = dir[1];
+        u[n][2] = dir[2];
+        ++n;
+    }
+};
+
 template <typename T>
 inline T geometry(const T* r, std::int64_t e, T* u) {
     const T rx = r[3 * e], ry = r[3 * e + 1], rz = r[3 * e + 2];
@@ -150,8 +169,7 @@ void message_forward(const T* r, const std::int64_t* dst_ptr, const std::int64_t
     {
         const FlushDenormals flush;
         std::vector<T> w((std::size_t)TILE * F3), aq(F), am(F3), phi((std::size_t)TILE * K, T(0));
-        std::int64_t tile_e[TILE];
-        T tile_fc[TILE], tile_u[TILE][3];
+        EdgeTile<T> tile;
 #pragma omp for schedule(dynamic, 8)
         for (std::int64_t i = 0; i < N; ++i) {
             std::fill(aq.begin(), aq.end(), T(0));
@@ -160,28 +178,23 @@ void message_forward(const T* r, const std::int64_t* dst_ptr, const std::int64_t
             T* __restrict m = am.data();
             std::int64_t s = dst_ptr[i];
             while (s < dst_ptr[i + 1]) {
-                int nt = 0;  // gather up to TILE edges that are inside the cutoff
-                for (; s < dst_ptr[i + 1] && nt < TILE; ++s) {
+                tile.n = 0;  // gather up to TILE edges that are inside the cutoff
+                for (; s < dst_ptr[i + 1] && tile.n < TILE; ++s) {
                     const std::int64_t e = dst_perm[s];
                     T u[3];
                     const T d = geometry(r, e, u);
                     const T fc = cutoff_fn<T>(cutoff, d, c0, c1, (T*)nullptr);
                     if (fc == T(0)) continue;
                     for (int k = 0; k < K; ++k)
-                        phi[nt * K + k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), (T*)nullptr);
-                    tile_e[nt] = e;
-                    tile_fc[nt] = fc;
-                    tile_u[nt][0] = u[0];
-                    tile_u[nt][1] = u[1];
-                    tile_u[nt][2] = u[2];
-                    ++nt;
+                        phi[tile.n * K + k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), (T*)nullptr);
+                    tile.add(e, d, fc, T(0), u);
                 }
-                if (nt == 0) break;
-                filter_tile(wt, bias, phi.data(), K, F3, nt, w.data());
-                for (int t = 0; t < nt; ++t) {
-                    const std::int64_t e = tile_e[t];
-                    const T fc = tile_fc[t];
-                    const T* u = tile_u[t];
+                if (tile.n == 0) break;
+                filter_tile(wt, bias, phi.data(), K, F3, tile.n, w.data());
+                for (int t = 0; t < tile.n; ++t) {
+                    const std::int64_t e = tile.e[t];
+                    const T fc = tile.fc[t];
+                    const T* u = tile.u[t];
                     const T* __restrict wv = w.data() + (std::int64_t)t * F3;
                     const T* __restrict xj = x + idx_j[e] * F3;
 #pragma omp simd
@@ -221,8 +234,7 @@ void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t*
         const FlushDenormals flush;
         std::vector<T> a((std::size_t)TILE * F3), b((std::size_t)TILE * F3), gw(F3), ax(F3), am(F3);
         std::vector<T> phi((std::size_t)TILE * K, T(0)), dphi((std::size_t)TILE * K, T(0));
-        std::int64_t tile_e[TILE];
-        T tile_d[TILE], tile_fc[TILE], tile_dfc[TILE], tile_u[TILE][3];
+        EdgeTile<T> tile;
 #pragma omp for schedule(dynamic, 1)
         for (int chunk = 0; chunk < P; ++chunk) {
             T* __restrict part = partial ? partial + (std::int64_t)chunk * F3 * K1 : nullptr;
@@ -234,8 +246,8 @@ void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t*
                 const T* __restrict muj = mu ? mu + j * F3 : nullptr;
                 std::int64_t s = src_ptr[j];
                 while (s < src_ptr[j + 1]) {
-                    int nt = 0;  // gather up to TILE edges with a non-zero cutoff or cutoff slope
-                    for (; s < src_ptr[j + 1] && nt < TILE; ++s) {
+                    tile.n = 0;  // gather up to TILE edges with a non-zero cutoff or cutoff slope
+                    for (; s < src_ptr[j + 1] && tile.n < TILE; ++s) {
                         const std::int64_t e = src_perm[s];
                         T u[3];
                         const T d = geometry(r, e, u);
@@ -245,24 +257,18 @@ void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t*
                             gr[3 * e] = gr[3 * e + 1] = gr[3 * e + 2] = T(0);
                             continue;
                         }
+                        const int row = tile.n * K;
                         for (int k = 0; k < K; ++k)
-                            phi[nt * K + k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), &dphi[nt * K + k]);
-                        tile_e[nt] = e;
-                        tile_d[nt] = d;
-                        tile_fc[nt] = fc;
-                        tile_dfc[nt] = dfc;
-                        tile_u[nt][0] = u[0];
-                        tile_u[nt][1] = u[1];
-                        tile_u[nt][2] = u[2];
-                        ++nt;
+                            phi[row + k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), &dphi[row + k]);
+                        tile.add(e, d, fc, dfc, u);
                     }
-                    if (nt == 0) break;
-                    filter_tile(wt, bias, phi.data(), K, F3, nt, a.data());  // a = bias + wt^T phi
-                    filter_tile(wt, (const T*)nullptr, dphi.data(), K, F3, nt, b.data());  // b = wt^T phi'
-                    for (int t = 0; t < nt; ++t) {
-                        const std::int64_t e = tile_e[t];
-                        const T d = tile_d[t], fc = tile_fc[t], dfc = tile_dfc[t];
-                        const T* u = tile_u[t];
+                    if (tile.n == 0) break;
+                    filter_tile(wt, bias, phi.data(), K, F3, tile.n, a.data());  // a = bias + wt^T phi
+                    filter_tile(wt, (const T*)nullptr, dphi.data(), K, F3, tile.n, b.data());  // b = wt^T phi'
+                    for (int t = 0; t < tile.n; ++t) {
+                        const std::int64_t e = tile.e[t];
+                        const T d = tile.d[t], fc = tile.fc[t], dfc = tile.dfc[t];
+                        const T* u = tile.u[t];
                         const T* __restrict av = a.data() + (std::int64_t)t * F3;
                         const T* __restrict bv = b.data() + (std::int64_t)t * F3;
                         const std::int64_t i = idx_i[e];
