@@ -78,7 +78,7 @@ class GraphedEvaluator:
             recorder = CudaGraphRecorder(self.device, warmup) if self.capture else EagerRecorder()
         self.recorder = recorder
         self.cutoff = float(model.cutoff)
-        self.stress, self.headroom, self.warmup = stress, headroom, warmup
+        self.stress, self.headroom = stress, headroom
         self.numbers = numbers.to(self.device).clone()
         n = len(numbers)
         self.positions = torch.zeros(n, 3, dtype=self.dtype, device=self.device)

@@ -2,7 +2,6 @@
 formula, derivative, kernel maths (ops/cuda/radial.cuh) and module recognition agree."""
 
 import ctypes
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,15 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import env_skip
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import env_skip
+
 from painnfx.model.cutoff import CosineCutoff
 from painnfx.model.radial import BesselRBF, GaussianRBF
 from painnfx.ops import InputError
-from painnfx.ops.radial import BASES, CUTOFFS, MAX_KERNEL_K, basis_of_module, check_cutoff, cutoff_of_module
+from painnfx.ops.radial import (BASES, CUTOFFS, MAX_KERNEL_K, basis_of_module, check_cutoff, cutoff_of_module,
+                                kernel_cases)
 
 CUDA_DIR = Path(__import__("painnfx.ops.cuda", fromlist=["x"]).__file__).parent
 RC = 3.0
@@ -72,8 +73,7 @@ def test_cutoff_values_and_derivative_match_autograd_of_the_model_spelling(name,
 
 def test_kernel_ids_in_radial_cuh_match_the_registry():
     text = (CUDA_DIR / "radial.cuh").read_text()
-    found = {(kind.lower(), name.lower()): int(v)
-             for kind, name, v in re.findall(r"#define PAINNFX_(BASIS|CUTOFF)_(\w+) (\d+)", text)}
+    found = {(kind, name): kernel_id for kind, cases in kernel_cases().items() for kernel_id, name in cases.items()}
     want = {("basis", s.name): s.kernel_id for s in BASES.values()}
     want.update({("cutoff", s.name): s.kernel_id for s in CUTOFFS.values()})
     assert found == want

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .dtypes import DTYPES
-from .usage import UsageError, check_device, output_file
+from .usage import UsageError, check_device, output_file, positive_int
 
 
 def _rss_bytes() -> int:
@@ -141,13 +141,13 @@ def environment(device: str, threads: int, dtype: str) -> dict:
     """What a result depends on: CPU model and ISA, threads, torch, the flush state, the peak."""
     from painnfx.ops.cpu import backend
 
-    from .flops import fma_peak_gflops, isa
+    from .flops import cpuinfo, fma_peak_gflops, isa
 
     env = {
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "processor": _cpu_name() if _cpu_name() != "unknown" else platform.processor(),
+        "processor": cpuinfo("model name") or platform.processor() or "unknown",
         "isa": isa(),
         "threads": threads,
         "dtype": dtype,
@@ -160,16 +160,6 @@ def environment(device: str, threads: int, dtype: str) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _run_case(args, system: str, variant: str, largest: bool = False) -> dict:
@@ -315,7 +305,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", nargs="*", help="eager, compile, compile-ro, schnetpack, fused, optimized ...")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--min-repeats", type=int, default=5)
     p.add_argument("--max-repeats", type=int, default=200)
@@ -351,8 +341,6 @@ def largest(args) -> dict:
 
 def main_bench(args) -> int:
     check_device(args.device)
-    if args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     output_file(str(Path(args.out).with_suffix(".json")), "--out")  # before minutes of measuring
     if args.largest:
         result = {"environment": environment(args.device, args.threads, args.dtype), "largest": largest(args)}

@@ -31,24 +31,23 @@ def energy_forces_flops(n_atoms: int, n_edges: int, features: int = 128, n_rbf: 
     return {"atoms": atoms, "edges": edges, "total": atoms + edges}
 
 
-def cpu_flags() -> set:
+def cpuinfo(field: str) -> str:
+    """The first ``field`` of /proc/cpuinfo ("model name", "flags", "vendor_id"), or "" where unknown."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_vendor() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
+            if line.split(":", 1)[0].strip() == field:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_flags() -> set:
+    return set(cpuinfo("flags").split())
+
+
+def cpu_vendor() -> str:
+    return cpuinfo("vendor_id")
 
 
 def isa() -> dict:

@@ -83,14 +83,22 @@ def kernel_radial(op: str, dtype: torch.dtype, basis: str, basis_params: torch.T
     if k > MAX_KERNEL_K:
         raise InputError(f"{op}: K = {k} radial functions exceed the kernel's maximum {MAX_KERNEL_K}")
     c = [float(v) for v in cutoff_params] + [0.0] * (2 - len(cutoff_params))
-    ids = []
-    for kind, spec in (("basis", basis_spec(basis)), ("cutoff", cutoff_spec(cutoff))):
-        known = kernel_cases()[kind]
-        if known.get(spec.kernel_id) != spec.name:
-            raise InputError(f"{op}: the {kind} {spec.name!r} has kernel id {spec.kernel_id}, but radial.cuh has "
-                             f"cases for {dict(sorted(known.items()))}: add its case there (docs/ops.md)")
-        ids.append(spec.kernel_id)
-    return basis_params.to(dtype).contiguous(), ids[0], ids[1], c[0], c[1]
+    b, cut = basis_spec(basis), cutoff_spec(cutoff)
+    for kind, spec in (("basis", b), ("cutoff", cut)):
+        problem = _missing_case(kind, spec.name, spec.kernel_id)
+        if problem:
+            raise InputError(f"{op}: {problem}")
+    return basis_params.to(dtype).contiguous(), b.kernel_id, cut.kernel_id, c[0], c[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _missing_case(kind: str, name: str, kernel_id: int) -> str:
+    """Why radial.cuh cannot compute this spec ("" when it can): checked once per spec, not per call."""
+    known = kernel_cases()[kind]
+    if known.get(kernel_id) == name:
+        return ""
+    return (f"the {kind} {name!r} has kernel id {kernel_id}, but radial.cuh has cases for "
+            f"{dict(sorted(known.items()))}: add its case there (docs/ops.md)")
 
 
 @functools.lru_cache(maxsize=None)
