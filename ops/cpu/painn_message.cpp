@@ -80,18 +80,31 @@ inline void filter_rows2(const T* __restrict wt, const T* __restrict bias, const
 }
 
 // Filter rows of a tile of up to TILE edges at once: out[t][c] = bias[c] + sum_k phi[t][k] wt[k][c]
-// (a (TILE, K) x (K, C) product). Per column block of one 512-bit register the TILE x CB
+// (a (TILE, K) x (K, C) product). Per column block of one vector register the TILE x CB
 // accumulators stay in registers while k runs, so each weight vector is loaded once per tile
 // instead of once per edge, and every FMA reads only a broadcast phi: the loop is FMA-bound, not
 // load/store-bound as the per-edge row update (filter_rows) is. Columns past the last whole block
 // take the per-edge path. bias may be null (zero). A partial tile runs the block of the next
 // power of two (R rows), so the last tile of an atom wastes at most half its rows.
 constexpr int TILE = 8;
+// A column block is one vector register of the instruction set the library is built for, so the
+// 8 accumulators of a block fit in the register file with room for the weights and broadcasts:
+// AVX-512 has 32 registers, AVX2 and SSE 16 (a 512-bit block on AVX2 needs 16 accumulators).
+// Built with PAINNFX_CPU_ARCH=x86-64-v3 (AVX2) on an AMD EPYC, Cu500's graph, 2 threads, best of
+// 3 interleaved runs, forward/backward ms: per-edge rows 5.7/14.9 (f32) 10.4/22.4 (f64); 64-byte
+// blocks 5.5/14.2, 9.9/21.4; one-register blocks 5.5/13.3, 9.9/20.2.
+#if defined(__AVX512F__)
+constexpr int VECTOR_BYTES = 64;
+#elif defined(__AVX__)
+constexpr int VECTOR_BYTES = 32;
+#else
+constexpr int VECTOR_BYTES = 16;
+#endif
 
 template <typename T, int R>
 inline void filter_block(const T* __restrict wt, const T* __restrict bias, const T* __restrict phi, int K, int C,
                          int nt, T* __restrict out) {
-    constexpr int CB = 64 / sizeof(T);
+    constexpr int CB = VECTOR_BYTES / sizeof(T);
     const int whole = C - C % CB;
     for (int c0 = 0; c0 < whole; c0 += CB) {
         T acc[R][CB];
