@@ -7,7 +7,7 @@ pytestmark = pytest.mark.usefixtures("each_backend")
 from hypothesis import given
 from hypothesis import strategies as st
 
-from painnfx.ops import InputError, radial_filter
+from painnfx.ops import InputError, dispatch, radial_filter
 from painnfx.ops.unfused import radial_filter_unfused
 from strategies import message_inputs
 
@@ -41,6 +41,30 @@ def test_matches_autograd(inp, out_dim, dtype, tol):
     b, gb = _value_and_grads(radial_filter_unfused, [a_.double() if torch.is_tensor(a_) else a_ for a_ in args])
     torch.testing.assert_close(a.double(), b, **tol)
     for p, q in zip(ga, gb):
+        torch.testing.assert_close(p.double(), q, **tol)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, dict(rtol=1e-10, atol=1e-10)), (torch.float32, dict(rtol=2e-4, atol=2e-5))])
+@pytest.mark.parametrize("out_dim", [48, 53])
+def test_many_edges_and_column_tails(each_backend, dtype, tol, out_dim):
+    """More edges than one tile of the C++ kernels (8), a third of them beyond the cutoff (so
+    tiles are gathered across skipped edges), and C not a multiple of a register block (16
+    floats, 8 doubles): every tile and column path against autograd, on the backend asked for."""
+    gen = torch.Generator().manual_seed(out_dim)
+    d = torch.rand(70, generator=gen, dtype=torch.float64) * 6.0
+    k = 7
+    w = torch.randn(out_dim, k, generator=gen, dtype=torch.float64) / k ** 0.5
+    b = torch.randn(out_dim, generator=gen, dtype=torch.float64)
+    params = torch.stack([torch.linspace(0, 4, k), torch.full((k,), 0.6)]).double()
+    args = [d.to(dtype), w.to(dtype), b.to(dtype), params, "gaussian", "cosine", [4.0]]
+    with dispatch.record_calls() as calls:
+        a, ga = _value_and_grads(radial_filter, args)
+    assert {op: backend for (op, backend), n in calls.items() if n} == {
+        "radial_filter": each_backend, "radial_filter_backward": each_backend}
+    exp, gexp = _value_and_grads(radial_filter_unfused, [a_.double() if torch.is_tensor(a_) else a_ for a_ in args])
+    assert (a[d >= 4.0] == 0).all() and (a[d < 3.9].abs() > 0).any()
+    torch.testing.assert_close(a.double(), exp, **tol)
+    for p, q in zip(ga, gexp):
         torch.testing.assert_close(p.double(), q, **tol)
 
 

@@ -10,11 +10,13 @@
 //   atom, dL/dr is written per edge (each edge has one source), and, when the filter weights
 //   need gradients, each of P fixed chunks of atoms sums dL/dWf, dL/dbf into its own partial,
 //   added in chunk order afterwards. No atomics; the result does not depend on the thread count.
-// * radial filter forward/backward: OpenMP over edges (fixed chunks for the weight gradient).
+// * radial filter forward/backward: OpenMP over tiles of consecutive edges through the same
+//   filter_tile product (fixed chunks of edges for the weight gradient).
 // * subnormals: every thread that runs a kernel (the caller and the OpenMP workers) flushes
 //   them for the duration of the call (FlushDenormals) and gets its own state back afterwards.
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -49,42 +51,12 @@ struct FlushDenormals {};  // other ISAs keep their default (IEEE subnormals)
 inline unsigned read_mxcsr() { return 0; }
 #endif
 
-// a = bias + wt^T phi over C channels (the rows of wt are contiguous: the inner loop vectorises
-// and a stays in L1)
-template <typename T>
-inline void filter_rows(const T* __restrict wt, const T* __restrict bias, const T* phi, int K, int C, T* __restrict a) {
-    std::memcpy(a, bias, sizeof(T) * C);
-    for (int k = 0; k < K; ++k) {
-        const T p = phi[k];
-        const T* __restrict row = wt + (std::int64_t)k * C;
-#pragma omp simd
-        for (int c = 0; c < C; ++c) a[c] += row[c] * p;
-    }
-}
-
-// a = bias + wt^T phi and b = wt^T dphi in one pass over wt
-template <typename T>
-inline void filter_rows2(const T* __restrict wt, const T* __restrict bias, const T* phi, const T* dphi, int K, int C,
-                         T* __restrict a, T* __restrict b) {
-    std::memcpy(a, bias, sizeof(T) * C);
-    std::memset(b, 0, sizeof(T) * C);
-    for (int k = 0; k < K; ++k) {
-        const T p = phi[k], dp = dphi[k];
-        const T* __restrict row = wt + (std::int64_t)k * C;
-#pragma omp simd
-        for (int c = 0; c < C; ++c) {
-            a[c] += row[c] * p;
-            b[c] += row[c] * dp;
-        }
-    }
-}
-
 // Filter rows of a tile of up to TILE edges at once: out[t][c] = bias[c] + sum_k phi[t][k] wt[k][c]
 // (a (TILE, K) x (K, C) product). Per column block of one vector register the TILE x CB
 // accumulators stay in registers while k runs, so each weight vector is loaded once per tile
 // instead of once per edge, and every FMA reads only a broadcast phi: the loop is FMA-bound, not
-// load/store-bound as the per-edge row update (filter_rows) is. Columns past the last whole block
-// take the per-edge path. bias may be null (zero). A partial tile runs the block of the next
+// load/store-bound as a per-edge row update (one load and one store of the row per k) is. Columns past the last whole block
+// take a scalar loop. bias may be null (zero). A partial tile runs the block of the next
 // power of two (R rows), so the last tile of an atom wastes at most half its rows.
 constexpr int TILE = 8;
 // A column block is one vector register of the instruction set the library is built for, so the
@@ -347,29 +319,48 @@ void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t*
     }
 }
 
+// The radial filter alone, (E, C) = (phi(d) Wf^T + bf) * fc(d), for a filter that has consumers besides
+// the message kernels: consecutive edges inside the cutoff go through filter_tile in tiles of TILE.
 template <typename T>
 void filter_forward(const T* d, const T* wt, const T* bias, const T* p0, const T* p1, int basis, int cutoff, T c0,
                     T c1, std::int64_t E, int C, int K, T* out, int threads) {
+    const std::int64_t tiles = (E + TILE - 1) / TILE;
 #pragma omp parallel num_threads(threads)
     {
         const FlushDenormals flush;
-        T phi[MAX_K];
+        std::vector<T> rows((std::int64_t)TILE * C);
+        T phi[TILE * MAX_K], fc[TILE];
+        std::int64_t edge[TILE];
 #pragma omp for schedule(static)
-        for (std::int64_t e = 0; e < E; ++e) {
-            const T fc = cutoff_fn<T>(cutoff, d[e], c0, c1, (T*)nullptr);
-            T* o = out + e * C;
-            if (fc == T(0)) {
-                std::fill(o, o + C, T(0));
-                continue;
+        for (std::int64_t tile = 0; tile < tiles; ++tile) {
+            int n = 0;
+            for (std::int64_t e = tile * TILE; e < std::min(E, (tile + 1) * TILE); ++e) {
+                const T f = cutoff_fn<T>(cutoff, d[e], c0, c1, (T*)nullptr);
+                if (f == T(0)) {
+                    std::fill(out + e * C, out + (e + 1) * C, T(0));
+                    continue;
+                }
+                for (int k = 0; k < K; ++k)
+                    phi[n * K + k] = radial_basis<T>(basis, d[e], p0[k], p1 ? p1[k] : T(0), (T*)nullptr);
+                fc[n] = f;
+                edge[n++] = e;
             }
-            for (int k = 0; k < K; ++k) phi[k] = radial_basis<T>(basis, d[e], p0[k], p1 ? p1[k] : T(0), (T*)nullptr);
-            filter_rows(wt, bias, phi, K, C, o);
+            if (n == 0) continue;
+            filter_tile(wt, bias, phi, K, C, n, rows.data());
+            for (int t = 0; t < n; ++t) {
+                const T* row = rows.data() + (std::int64_t)t * C;
+                T* o = out + edge[t] * C;
+                const T f = fc[t];
 #pragma omp simd
-            for (int c = 0; c < C; ++c) o[c] *= fc;
+                for (int c = 0; c < C; ++c) o[c] = row[c] * f;
+            }
         }
     }
 }
 
+// Its backward: gd[e] = fc g.(Wf phi') + fc' g.(Wf phi + bf), and per chunk of edges the partial
+// sums of the weight and bias gradients (rows c: sum_e fc g_c phi_k, then sum_e fc g_c). The rows
+// a = bf + Wf phi and b = Wf phi' of a tile come from two filter_tile products.
 template <typename T>
 void filter_backward(const T* grad, const T* d, const T* wt, const T* bias, const T* p0, const T* p1, int basis,
                      int cutoff, T c0, T c1, std::int64_t E, int C, int K, T* gd, T* partial, int P, int threads) {
@@ -377,35 +368,51 @@ void filter_backward(const T* grad, const T* d, const T* wt, const T* bias, cons
 #pragma omp parallel num_threads(threads)
     {
         const FlushDenormals flush;
-        std::vector<T> a(C), b(C);
-        T phi[MAX_K], dphi[MAX_K];
+        std::vector<T> a((std::int64_t)TILE * C), b((std::int64_t)TILE * C);
+        T phi[TILE * MAX_K], dphi[TILE * MAX_K], fc[TILE], dfc[TILE];
+        std::int64_t edge[TILE];
 #pragma omp for schedule(dynamic, 1)
         for (int chunk = 0; chunk < P; ++chunk) {
             T* part = partial ? partial + (std::int64_t)chunk * C * K1 : nullptr;
             if (part) std::fill(part, part + (std::int64_t)C * K1, T(0));
-            for (std::int64_t e = chunk * E / P; e < (chunk + 1) * E / P; ++e) {
-                T dfc;
-                const T fc = cutoff_fn<T>(cutoff, d[e], c0, c1, &dfc);
-                if (fc == T(0) && dfc == T(0)) {
-                    gd[e] = T(0);
-                    continue;
+            const std::int64_t last = (chunk + 1) * E / P;
+            for (std::int64_t e = chunk * E / P; e < last;) {
+                int n = 0;
+                for (; e < last && n < TILE; ++e) {
+                    T slope;
+                    const T f = cutoff_fn<T>(cutoff, d[e], c0, c1, &slope);
+                    if (f == T(0) && slope == T(0)) {
+                        gd[e] = T(0);
+                        continue;
+                    }
+                    for (int k = 0; k < K; ++k)
+                        phi[n * K + k] = radial_basis<T>(basis, d[e], p0[k], p1 ? p1[k] : T(0), dphi + n * K + k);
+                    fc[n] = f;
+                    dfc[n] = slope;
+                    edge[n++] = e;
                 }
-                for (int k = 0; k < K; ++k) phi[k] = radial_basis<T>(basis, d[e], p0[k], p1 ? p1[k] : T(0), dphi + k);
-                filter_rows2(wt, bias, phi, dphi, K, C, a.data(), b.data());
-                const T* g = grad + e * C;
-                T s1 = 0, s2 = 0;
+                if (n == 0) continue;
+                filter_tile(wt, bias, phi, K, C, n, a.data());
+                filter_tile(wt, (const T*)nullptr, dphi, K, C, n, b.data());
+                for (int t = 0; t < n; ++t) {
+                    const T* g = grad + edge[t] * C;
+                    const T* at = a.data() + (std::int64_t)t * C;
+                    const T* bt = b.data() + (std::int64_t)t * C;
+                    T s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
-                for (int c = 0; c < C; ++c) {
-                    s1 += g[c] * b[c];
-                    s2 += g[c] * a[c];
-                }
-                gd[e] = fc * s1 + dfc * s2;
-                if (part) {
                     for (int c = 0; c < C; ++c) {
-                        const T gc = g[c] * fc;
-                        T* prow = part + (std::int64_t)c * K1;
-                        for (int k = 0; k < K; ++k) prow[k] += gc * phi[k];
-                        prow[K] += gc;
+                        s1 += g[c] * bt[c];
+                        s2 += g[c] * at[c];
+                    }
+                    gd[edge[t]] = fc[t] * s1 + dfc[t] * s2;
+                    if (part) {
+                        const T* ph = phi + t * K;
+                        for (int c = 0; c < C; ++c) {
+                            const T gc = g[c] * fc[t];
+                            T* prow = part + (std::int64_t)c * K1;
+                            for (int k = 0; k < K; ++k) prow[k] += gc * ph[k];
+                            prow[K] += gc;
+                        }
                     }
                 }
             }
