@@ -18,7 +18,8 @@ from .validation import check_numbers, check_overlaps
 class PaiNNCalculator(Calculator):
     """Evaluate a PaiNN model on ``ase.Atoms``.
 
-    ``model`` is a :class:`PaiNN`, a checkpoint path, or None for the built-in default model.
+    ``model`` is a :class:`PaiNN`, ``optimize()`` of one (run as it is, with its own path
+    policy), a checkpoint path, or None for the built-in default model.
     ``optimize`` runs :func:`painnfx.rewriter.optimize` on the model first: ``"auto"``
     (default) does so when it applies and then, per system size, runs whichever of the fused
     graph and the plain model is faster (measured on the first call of that size), so it never
@@ -54,6 +55,7 @@ class PaiNNCalculator(Calculator):
         self.elements = getattr(cfg, "elements", None)
         self.max_z = getattr(cfg, "max_z", 100)
         self.evaluator = self._maybe_optimize(self.model, optimize)
+        self.model = getattr(self.model, "model", self.model)  # optimize() of a PaiNN: the PaiNN behind it
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA device, got {self.device}")
         self.cuda_graphs = cuda_graphs
@@ -63,9 +65,13 @@ class PaiNNCalculator(Calculator):
     def _maybe_optimize(model, optimize):
         """``optimize``: True (required), False (never) or "auto" (when it applies: a model that
         cannot be captured or matched runs unoptimized, as ``optimize()`` itself reports)."""
+        from painnfx.rewriter import optimize as run_optimize
+        from painnfx.rewriter.runner import OptimizedModel
+
+        if isinstance(model, OptimizedModel):  # optimized already: run it as it is, or the model behind it
+            return model.model if optimize is False else model
         if optimize is False:
             return model
-        from painnfx.rewriter import optimize as run_optimize
 
         if optimize is True:
             fast = run_optimize(model)

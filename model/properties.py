@@ -21,7 +21,7 @@ from .validation import check_system_tensors
 class Properties:
     energy: torch.Tensor  # (n_systems,)
     forces: torch.Tensor  # (N, 3)
-    stress: Optional[torch.Tensor] = None  # (3, 3), only for a single periodic system
+    stress: Optional[torch.Tensor] = None  # (3, 3) for one system, (n_systems, 3, 3) for a batch
 
 
 def voigt(stress) -> np.ndarray:
@@ -43,17 +43,28 @@ def compute_properties(
     batch: Optional[torch.Tensor] = None,
     n_systems: int = 1,
 ) -> Properties:
-    """Evaluate E, F = -dE/dR and, with ``stress=True`` (one system, ``cell`` given), sigma."""
+    """Evaluate E, F = -dE/dR and, with ``stress=True`` and ``cell`` given, sigma.
+
+    One system: ``cell`` (3, 3), sigma (3, 3). A batch (``batch`` assigns atoms to
+    ``n_systems`` systems): ``cell`` (n_systems, 3, 3), one strain per system, sigma
+    (n_systems, 3, 3); a system whose cell has no volume (not periodic) gets NaN there."""
     check_system_tensors(model, positions, numbers, edge_index, shifts)
     positions = positions.detach().requires_grad_(True)
     inputs = [positions]
     if stress:
-        if cell is None or batch is not None:
-            raise ValueError("stress needs a single periodic system with its cell")
-        strain = torch.zeros(3, 3, dtype=positions.dtype, device=positions.device, requires_grad=True)
-        sym = 0.5 * (strain + strain.T)
-        pos = positions + positions @ sym
-        sh = shifts + shifts @ sym
+        if cell is None:
+            raise ValueError("stress needs the cell of each system")
+        systems = 1 if batch is None else n_systems
+        if batch is not None and tuple(cell.shape) != (n_systems, 3, 3):
+            raise ValueError(f"a batch's stress needs one cell per system, shape ({n_systems}, 3, 3); got {tuple(cell.shape)}")
+        strain = torch.zeros(systems, 3, 3, dtype=positions.dtype, device=positions.device, requires_grad=True)
+        sym = 0.5 * (strain + strain.transpose(1, 2))
+        if batch is None:
+            pos = positions + positions @ sym[0]
+            sh = shifts + shifts @ sym[0]
+        else:  # each atom, and each edge's shift (an edge lies in its centre atom's system), in its own frame
+            pos = positions + torch.bmm(positions[:, None], sym[batch])[:, 0]
+            sh = shifts + torch.bmm(shifts[:, None], sym[batch[edge_index[0]]])[:, 0]
         inputs.append(strain)
     else:
         pos, sh = positions, shifts
@@ -66,8 +77,12 @@ def compute_properties(
     sigma = None
     if stress:
         volume = torch.abs(torch.linalg.det(cell.to(positions.dtype)))
-        g = grads[1] if grads[1] is not None else torch.zeros(3, 3, dtype=positions.dtype)
-        sigma = g / volume
+        g = grads[1] if grads[1] is not None else torch.zeros_like(strain)
+        if batch is None:
+            sigma = g[0] / volume
+        else:
+            volume = volume[:, None, None]
+            sigma = torch.where(volume > 0, g / volume.clamp_min(torch.finfo(g.dtype).tiny), float("nan"))
     if not create_graph:
         energy, forces = energy.detach(), forces.detach()
         sigma = None if sigma is None else sigma.detach()

@@ -1,0 +1,237 @@
+"""Many structures per call: energy, forces and stress of a list (or a stream) of ``ase.Atoms``.
+
+One call of a PaiNN per small molecule is all overhead: the arithmetic of a water molecule takes
+microseconds, the call milliseconds. :func:`evaluate` packs structures into batches, evaluates
+each batch as one graph (the model's ``batch`` / ``n_systems`` arguments: atoms of all systems in
+one array, each system with its own neighbor list, energies summed per system, one strain per
+system for the stress) and hands back, per structure, a copy of the ``ase.Atoms`` with its
+results in a ``SinglePointCalculator``, in input order.
+
+* **Bounded memory.** A batch holds at most ``max_atoms`` atoms and ``max_edges`` edges (a single
+  structure larger than that runs alone). :func:`iter_evaluate` reads its input ``window``
+  structures at a time, so a stream of any length runs in flat memory (``painnfx eval``).
+* **Stable shapes.** Within a window, structures are sorted by size before packing, so batches
+  hold structures of similar size and the auto path policy's size classes (and compiled paths)
+  see few distinct shapes.
+* **Every structure checked.** Unknown elements, NaN positions, degenerate cells and overlapping
+  atoms raise :class:`~painnfx.model.validation.InputError` naming the structure
+  (:func:`evaluate`), or are yielded as :class:`Failed` records while every good structure is
+  still evaluated (:func:`iter_evaluate`).
+* **The calculator's results.** The model is prepared exactly as ``PaiNNCalculator`` prepares it
+  (``optimize="auto"``: the fused graph where it is faster), and each structure's energy, forces
+  and stress equal the calculator's one-by-one results to rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .neighbors import neighbor_list
+from .properties import compute_properties, voigt
+from .validation import InputError, check_numbers, check_overlaps
+
+#: default bounds of one batch: at F=128, L=3 the eager model's peak is ~1 kB per edge in float64
+DEFAULT_MAX_ATOMS = 4096
+DEFAULT_MAX_EDGES = 65536
+#: how many input structures are read, checked and packed at a time by iter_evaluate
+DEFAULT_WINDOW = 1024
+
+
+@dataclass
+class Failed:
+    """A structure that could not be evaluated: its index in the input and why."""
+
+    index: int
+    reason: str
+
+
+@dataclass
+class _System:
+    """One checked structure, ready to be packed: its neighbor list is already computed."""
+
+    index: int
+    positions: np.ndarray  # (N, 3) float64
+    numbers: np.ndarray  # (N,)
+    cell: np.ndarray  # (3, 3), rows are lattice vectors
+    edge_index: torch.Tensor  # (2, E), local atom indices
+    shifts: np.ndarray  # (E, 3) Cartesian, float64
+    stress: bool  # stress wanted and periodic in all three directions
+    atoms: object = None  # the ase.Atoms it came from, if any
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edge_index.shape[1])
+
+
+class BatchEvaluator:
+    """A model prepared for batched evaluation (as ``PaiNNCalculator`` prepares it) and the
+    packing and evaluation of batches. ``model``: a painnfx PaiNN, ``optimize()`` of one, a
+    checkpoint path, or None for the default model."""
+
+    def __init__(self, model=None, *, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float64,
+                 optimize: Union[bool, str] = "auto", stress: bool = True):
+        from .calculator import PaiNNCalculator
+
+        self.calc = PaiNNCalculator(model, device=device, dtype=dtype, optimize=optimize)
+        self.device, self.dtype = self.calc.device, dtype
+        self.stress = stress
+
+    @property
+    def evaluator(self):
+        return self.calc.evaluator
+
+    def prepare(self, index: int, atoms) -> _System:
+        """Check one ``ase.Atoms`` and compute its neighbor list; raises InputError naming the problem."""
+        return self.prepare_arrays(index, atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc, atoms)
+
+    def prepare_arrays(self, index: int, positions, numbers, cell, pbc, atoms=None) -> _System:
+        """The same for plain arrays: positions (N, 3), numbers (N,), cell (3, 3) rows, pbc (3,)."""
+        calc = self.calc
+        numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+        check_numbers(numbers, calc.elements, calc.max_z)
+        pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+        cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+        nl = neighbor_list(pos, calc.cutoff, cell, pbc, dtype=torch.float64)
+        ei = nl.edge_index
+        r = torch.from_numpy(pos)
+        check_overlaps(ei, r[ei[1]] - r[ei[0]] + nl.shifts)
+        return _System(index, pos, numbers, cell, ei, nl.shifts.numpy(), bool(self.stress and pbc.all()), atoms)
+
+    def run_packed(self, systems: Sequence[_System]):
+        """Evaluate ``systems`` as one batch, in the order given: ``Properties`` with energy
+        (n_systems,), forces (N, 3) (atoms in order) and, when any system wants it, stress
+        (n_systems, 3, 3) (NaN for systems without a 3D cell)."""
+        dt, dev = self.dtype, self.device
+        sizes = [s.n_atoms for s in systems]
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        positions = torch.as_tensor(np.concatenate([s.positions for s in systems]), dtype=dt, device=dev)
+        numbers = torch.as_tensor(np.concatenate([s.numbers for s in systems]), dtype=torch.long, device=dev)
+        edge_index = torch.cat([s.edge_index + int(o) for s, o in zip(systems, offsets)], dim=1).to(dev)
+        shifts = torch.as_tensor(np.concatenate([s.shifts for s in systems]), dtype=dt, device=dev)
+        batch = torch.repeat_interleave(torch.arange(len(systems)), torch.tensor(sizes)).to(dev)
+        cells = torch.as_tensor(np.stack([s.cell for s in systems]), dtype=dt, device=dev)
+        return compute_properties(self.evaluator, positions, numbers, edge_index, shifts, cells,
+                                  stress=any(s.stress for s in systems), batch=batch, n_systems=len(systems))
+
+    def run(self, systems: Sequence[_System]) -> list:
+        """Evaluate ``systems`` as one batch; returns a copy of each one's atoms with its results."""
+        empty = [s for s in systems if s.n_atoms == 0]  # nothing to evaluate: energy 0, no forces
+        if empty:
+            results = {s.index: self._result(s, 0.0, np.zeros((0, 3)), np.zeros((3, 3)) if s.stress else None)
+                       for s in empty}
+            rest = iter(self.run([s for s in systems if s.n_atoms]))
+            return [results[s.index] if s.n_atoms == 0 else next(rest) for s in systems]
+        if not systems:
+            return []
+        out = self.run_packed(systems)
+        energies = out.energy.double().cpu().numpy()
+        forces = out.forces.double().cpu().numpy()
+        stresses = None if out.stress is None else out.stress.double().cpu().numpy()
+        offsets = np.concatenate([[0], np.cumsum([s.n_atoms for s in systems])[:-1]])
+        return [self._result(s, energies[k], forces[o:o + s.n_atoms], stresses[k] if s.stress else None)
+                for k, (s, o) in enumerate(zip(systems, offsets))]
+
+    @staticmethod
+    def _result(system: _System, energy: float, forces: np.ndarray, stress: Optional[np.ndarray]):
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        from ase import Atoms
+
+        atoms = system.atoms.copy() if system.atoms is not None else Atoms(
+            numbers=system.numbers, positions=system.positions, cell=system.cell)
+        results = dict(energy=float(energy), free_energy=float(energy), forces=np.array(forces))
+        if stress is not None:
+            results["stress"] = voigt(stress)
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        return atoms
+
+
+def pack(systems: Sequence[_System], max_atoms: int, max_edges: int) -> List[List[_System]]:
+    """Split ``systems`` into batches of at most ``max_atoms`` atoms and ``max_edges`` edges,
+    structures of similar size together (sorted by atoms, then edges). A structure above either
+    bound forms a batch of its own."""
+    if max_atoms < 1 or max_edges < 1:
+        raise ValueError(f"max_atoms and max_edges must be positive, got {max_atoms}, {max_edges}")
+    batches, current, atoms, edges = [], [], 0, 0
+    for s in sorted(systems, key=lambda s: (s.n_atoms, s.n_edges, s.index)):
+        if current and (atoms + s.n_atoms > max_atoms or edges + s.n_edges > max_edges):
+            batches.append(current)
+            current, atoms, edges = [], 0, 0
+        current.append(s)
+        atoms += s.n_atoms
+        edges += s.n_edges
+    if current:
+        batches.append(current)
+    return batches
+
+
+def iter_evaluate(frames: Iterable, model=None, *, device: Union[str, torch.device] = "cpu",
+                  dtype: torch.dtype = torch.float64, optimize: Union[bool, str] = "auto",
+                  max_atoms: int = DEFAULT_MAX_ATOMS, max_edges: int = DEFAULT_MAX_EDGES, window: int = DEFAULT_WINDOW,
+                  stress: bool = True, progress: Optional[bool] = None, total: Optional[int] = None,
+                  evaluator: Optional[BatchEvaluator] = None) -> Iterator[Union[object, Failed]]:
+    """Yield, for each structure of ``frames`` in input order, a copy of its ``ase.Atoms`` with
+    energy, forces and (fully periodic structures, ``stress=True``) stress in a
+    ``SinglePointCalculator``, or a :class:`Failed` record for a structure that cannot be
+    evaluated. ``frames`` may be any iterable (a generator reading a file): ``window`` structures
+    are held at a time. ``progress``: a progress bar on stderr (None: only when stderr is a
+    terminal); ``total``, the number of structures if known, for the bar."""
+    if window < 1:
+        raise ValueError(f"window must be positive, got {window}")
+    from tqdm.auto import tqdm
+
+    if evaluator is None:
+        evaluator = BatchEvaluator(model, device=device, dtype=dtype, optimize=optimize, stress=stress)
+    if total is None and hasattr(frames, "__len__"):
+        total = len(frames)
+    stream = enumerate(frames)
+    with tqdm(total=total, unit="structure", disable=(None if progress is None else not progress),
+              leave=False) as bar:
+        while True:
+            chunk = list(islice(stream, window))
+            if not chunk:
+                return
+            results: dict = {}
+            ready = []
+            for index, atoms in chunk:
+                try:
+                    ready.append(evaluator.prepare(index, atoms))
+                except InputError as exc:
+                    results[index] = Failed(index, str(exc))
+            for group in pack(ready, max_atoms, max_edges):
+                for system, result in zip(group, evaluator.run(group)):
+                    results[system.index] = result
+                bar.update(len(group))
+            bar.update(len(chunk) - len(ready))
+            for index, _ in chunk:
+                yield results.pop(index)
+
+
+def evaluate(frames: Iterable, model=None, *, device: Union[str, torch.device] = "cpu",
+             dtype: torch.dtype = torch.float64, optimize: Union[bool, str] = "auto",
+             max_atoms: int = DEFAULT_MAX_ATOMS, max_edges: int = DEFAULT_MAX_EDGES, stress: bool = True,
+             progress: Optional[bool] = None) -> list:
+    """Energy, forces and stress of many structures, batched: a list of ``ase.Atoms`` copies in
+    input order, each with its results in a ``SinglePointCalculator`` (``atoms.get_forces()``
+    etc.). ``frames``: ``ase.Atoms`` of any sizes and elements, periodic or not. Stress (eV/A^3,
+    ASE's Voigt order and sign) is given for structures periodic in all three directions. A bad
+    structure raises :class:`~painnfx.model.validation.InputError` naming its index (use
+    :func:`iter_evaluate` to keep going past bad structures). ``model``, ``device``, ``dtype``
+    and ``optimize`` mean what they mean for ``PaiNNCalculator``."""
+    out = []
+    for result in iter_evaluate(frames, model, device=device, dtype=dtype, optimize=optimize, max_atoms=max_atoms,
+                                max_edges=max_edges, stress=stress, progress=progress):
+        if isinstance(result, Failed):
+            raise InputError(f"structure {result.index}: {result.reason}")
+        out.append(result)
+    return out
