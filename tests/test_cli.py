@@ -86,7 +86,7 @@ def test_bench_report_helpers():
 
 def test_help_lists_subcommands():
     text = build_parser().format_help()
-    assert "md" in text and "bench" in text
+    assert all(name in text for name in ("md", "bench", "eval", "inspect", "lammps", "distill"))
 
 
 def test_inspect_text_json_and_dot(tmp_path, capsys):
@@ -170,6 +170,14 @@ BAD_INPUT = [
     (["lammps", "export", "--checkpoint", "@missing"], "does not exist"),
     (["lammps", "run", "-np", "0"], "argument -np/--nprocs: must be at least 1"),
     (["distill", "--elements", "Xx", "--n-train", "1", "--out", "@tmp/x.pt"], "Xx"),
+    (["eval", "@missing", "@tmp/out.xyz"], "IN @missing: no such file"),
+    (["eval", "@tmp", "@tmp/out.xyz"], "not a readable file"),
+    (["eval", "@empty", "@tmp/out.xyz"], "the file is empty"),
+    (["eval", "@garbage", "@tmp/out.xyz"], "ASE cannot read it"),
+    (["eval", "@structure", "@unwritable/out.xyz"], "OUT @unwritable/out.xyz: cannot create its folder"),
+    (["eval", "@structure", "@tmp"], "is a folder, not a file"),
+    (["eval", "@structure", "@tmp/out.xyz", "--max-atoms", "0"], "argument --max-atoms: must be at least 1"),
+    (["eval", "@structure", "@tmp/out.xyz", "--device", "cuda"], "no CUDA device is available here"),
 ]
 
 
@@ -179,8 +187,12 @@ def test_bad_input_is_one_clear_line_and_exit_status_2(argv, message, tmp_path, 
     garbage.write_bytes(b"\x00\x01 not a structure or a checkpoint")
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder is expected")
+    empty = tmp_path / "empty.xyz"
+    empty.write_text("")
+    structure = tmp_path / "cu.xyz"
+    structure.write_text("1\n\nCu 0 0 0\n")
     names = dict(missing=str(tmp_path / "missing.xyz"), tmp=str(tmp_path), garbage=str(garbage),
-                 unwritable=str(blocker))
+                 unwritable=str(blocker), empty=str(empty), structure=str(structure))
     def fill(text):
         for key, value in names.items():
             text = text.replace(f"@{key}", value)

@@ -7,7 +7,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, distill, inspect_cmd, lammps_cmd, md
+    from . import bench, distill, eval_cmd, inspect_cmd, lammps_cmd, md
 
     parser = argparse.ArgumentParser(
         prog="painnfx",
@@ -18,6 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description=md.__doc__)
     md.add_arguments(p)
     p.set_defaults(func=md.main_md)
+    p = sub.add_parser("eval", help="energy, forces and stress of every structure in a file, batched",
+                       description=eval_cmd.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    eval_cmd.add_arguments(p)
+    p.set_defaults(func=eval_cmd.main_eval)
     p = sub.add_parser("bench", help="time energy+forces of eager, torch.compile, schnetpack, ... side by side",
                        description=bench.__doc__)
     bench.add_arguments(p)

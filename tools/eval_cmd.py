@@ -1,0 +1,116 @@
+"""``painnfx eval IN OUT``: energy, forces and stress of every structure in a file, batched.
+
+IN is any file ASE reads (extxyz, xyz, traj, ...; every frame). OUT is extended XYZ with each
+frame's energy, forces and (frames periodic in all three directions) stress, in ASE's
+SinglePointCalculator conventions (eV, eV/A, eV/A^3 in Voigt order). Frames are read, checked
+and evaluated a window at a time (painnfx.model.batch), so memory stays flat on files of any
+length. A frame that cannot be evaluated (unknown element, NaN positions, overlapping atoms,
+degenerate cell) is reported on stderr with its index and reason and left out of OUT; every
+good frame is still written, in input order, and the exit status is 1 when any frame failed.
+
+    painnfx eval structures.extxyz results.extxyz --dtype float32 --max-atoms 8192
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from .dtypes import DTYPES
+from .usage import UsageError, check_device, output_file, positive_int
+
+
+def add_arguments(p) -> None:
+    from painnfx.model.batch import DEFAULT_MAX_ATOMS, DEFAULT_MAX_EDGES, DEFAULT_WINDOW
+
+    p.add_argument("input", metavar="IN", help="structures: any file ASE reads, all frames")
+    p.add_argument("output", metavar="OUT", help="extended XYZ file to write")
+    p.add_argument("--model", help="model checkpoint (default: the built-in default model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
+    p.add_argument("--optimize", choices=["auto", "on", "off"], default="auto",
+                   help="as for painnfx md: auto runs the fused graph where measured faster")
+    p.add_argument("--max-atoms", type=positive_int, default=DEFAULT_MAX_ATOMS, help="atoms per batch at most")
+    p.add_argument("--max-edges", type=positive_int, default=DEFAULT_MAX_EDGES, help="edges per batch at most")
+    p.add_argument("--window", type=positive_int, default=DEFAULT_WINDOW,
+                   help="frames read, checked and packed at a time (bounds memory)")
+    p.add_argument("--no-stress", action="store_true", help="do not compute stress for periodic frames")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def read_frames(path: str):
+    """After checking that ASE can read ``path``: a function returning a generator of its frames
+    (read lazily). A frame ASE cannot parse ends the stream; the function's ``error`` then says
+    where and why."""
+    from ase.io import iread
+
+    if not os.path.exists(path):
+        raise UsageError(f"IN {path}: no such file")
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise UsageError(f"IN {path}: not a readable file")
+    if os.path.getsize(path) == 0:
+        raise UsageError(f"IN {path}: the file is empty")
+    frames = iread(path, index=":")
+    try:
+        first = next(frames)
+    except StopIteration:
+        raise UsageError(f"IN {path}: no structures in the file") from None
+    except Exception as exc:  # ASE raises many types for files it cannot parse
+        raise UsageError(f"IN {path}: ASE cannot read it ({type(exc).__name__}: {exc})") from None
+
+    def stream():
+        yield first
+        index = 1
+        while True:
+            try:
+                atoms = next(frames)
+            except StopIteration:
+                return
+            except Exception as exc:  # a corrupt frame ends the file for ASE: say where, keep what was read
+                stream.error = f"ASE stopped reading IN at frame {index} ({type(exc).__name__}: {exc})"
+                return
+            yield atoms
+            index += 1
+
+    stream.error = None
+    return stream
+
+
+def main_eval(args) -> int:
+    from ase.io import write
+
+    from painnfx.model.batch import BatchEvaluator, Failed, iter_evaluate
+
+    check_device(args.device)
+    read = read_frames(args.input)
+    frames = read()
+    out = output_file(args.output, "OUT")
+    optimize = {"auto": "auto", "on": True, "off": False}[args.optimize]
+    start = time.perf_counter()
+    evaluator = BatchEvaluator(args.model, device=args.device, dtype=DTYPES[args.dtype], optimize=optimize,
+                               stress=not args.no_stress)
+    setup = time.perf_counter() - start
+    failed, written, atoms_done = [], 0, 0
+    start = time.perf_counter()
+    with open(out, "w") as fh:
+        for result in iter_evaluate(frames, evaluator=evaluator, max_atoms=args.max_atoms, max_edges=args.max_edges,
+                                    window=args.window, progress=False if args.quiet else None):
+            if isinstance(result, Failed):
+                failed.append(result)
+                print(f"painnfx eval: frame {result.index}: {result.reason}", file=sys.stderr)
+                continue
+            write(fh, result, format="extxyz")
+            written += 1
+            atoms_done += len(result)
+    seconds = time.perf_counter() - start
+    print(f"{written} structures ({atoms_done} atoms) in {seconds:.2f} s: {written / seconds:.1f} structures/s, "
+          f"{atoms_done / seconds:.0f} atoms/s (after {setup:.1f} s of model set-up); wrote {out}")
+    if read.error:
+        print(f"painnfx eval: {read.error}; the frames after it were not evaluated", file=sys.stderr)
+        return 1
+    if failed:
+        print(f"painnfx eval: {len(failed)} of {written + len(failed)} frames failed (not written): frames "
+              + ", ".join(str(f.index) for f in failed[:20]) + (" ..." if len(failed) > 20 else ""), file=sys.stderr)
+        return 1
+    return 0
