@@ -209,3 +209,30 @@ def test_bad_input_is_one_clear_line_and_exit_status_2(argv, message, tmp_path, 
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert re.match(rf"painnfx {argv[0]}( \w+)?: error: ", last), err
+
+
+def test_files_written_by_default_stay_out_of_the_repository():
+    """Every output default of every subcommand lies under painnfx_out/ (in .gitignore), except
+    bench results, whose home is docs/perf/; nothing is written to the working folder itself."""
+    import argparse
+    from pathlib import Path
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    seen = []
+
+    def walk(p, name):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child_name, child in action.choices.items():
+                    walk(child, f"{name} {child_name}")
+            elif action.dest in ("out", "workdir", "output", "plot", "trajectory") and action.default is not None:
+                seen.append((name, action.dest, action.default))
+
+    for name, p in sub.choices.items():
+        walk(p, name)
+    assert seen, "no output options found"
+    for name, dest, default in seen:
+        assert default.startswith(("painnfx_out/", "docs/perf/")), (name, dest, default)
+    ignore = (Path(__file__).parents[1] / ".gitignore").read_text().split()
+    assert "/painnfx_out/" in ignore

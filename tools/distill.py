@@ -107,7 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force-weight", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--optimized", action="store_true", help="train through optimize() (fused ops, double backward)")
-    p.add_argument("--out", default="distilled.pt")
+    p.add_argument("--out", default="painnfx_out/distilled.pt")
     p.add_argument("--quiet", action="store_true")
 
 

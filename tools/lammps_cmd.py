@@ -137,7 +137,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.set_defaults(func=main_build)
     e = sub.add_parser("export", help="write a model file for pair_style mliap unified, and its input lines")
     _model_arguments(e)
-    e.add_argument("--out", default="painnfx_model.pkl", help="model file (the lines go to OUT.lammps)")
+    e.add_argument("--out", default="painnfx_out/lammps/model.pkl", help="model file (the lines go to OUT.lammps)")
     e.set_defaults(func=main_export)
     r = sub.add_parser("run", help="MD in LAMMPS on N MPI ranks (default: the Cu NVE example)")
     _model_arguments(r)
@@ -147,7 +147,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--var", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="extra -var for the input (example: --var nx 4 --var steps 50)")
     r.add_argument("--threads", type=positive_int, help="torch/OpenMP threads per rank (default: cores / ranks)")
-    r.add_argument("--workdir", default="painnfx_lammps", help="where the model file and log go")
+    r.add_argument("--workdir", default="painnfx_out/lammps", help="where the model file and log go")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=main_run)
     bn = sub.add_parser("bench", help="steps/s of the Cu NVE example on 1, 2, ... MPI ranks, side by side")
@@ -156,6 +156,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     bn.add_argument("--sizes", type=positive_int, nargs="+", default=[3, 6], help="cubic cells per side (4 n^3 atoms)")
     bn.add_argument("--steps", type=positive_int, default=50, help="timed MD steps (after a 5-step warm-up run)")
     bn.add_argument("--out", default="docs/perf/lammps_bench", help="writes OUT.json and OUT.md")
+    bn.add_argument("--workdir", default="painnfx_out/lammps_bench", help="where the model file and LAMMPS logs go")
     bn.set_defaults(func=main_bench)
 
 
@@ -219,8 +220,8 @@ def main_bench(args) -> int:
     import platform
 
     check_device(args.device)
-    work = Path("painnfx_lammps_bench").resolve()
-    work.mkdir(exist_ok=True)
+    work = Path(args.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
     _, lines_file, _ = export(str(work / "model.pkl"), args.checkpoint, args.types, DTYPES[args.dtype],
                               args.device, args.optimize, args.skin)
     cores = os.cpu_count() or 1
