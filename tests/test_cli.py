@@ -236,3 +236,18 @@ def test_files_written_by_default_stay_out_of_the_repository():
         assert default.startswith(("painnfx_out/", "docs/perf/")), (name, dest, default)
     ignore = (Path(__file__).parents[1] / ".gitignore").read_text().split()
     assert "/painnfx_out/" in ignore
+
+
+def test_throughput_bench_case_and_table():
+    """`painnfx bench --throughput`: one set timed as a whole, one call per structure or batched."""
+    from painnfx.tools.bench import throughput_table
+
+    recs = [measure("mol64", v, dtype="float64", device="cpu", threads=1, warmup=0, min_repeats=1, max_repeats=1,
+                    max_time=0.0, max_atoms=200, max_edges=10**6) for v in ("eager-1by1", "eager-batched")]
+    one, batched = recs
+    assert one["structures"] == batched["structures"] == 64 and one["batches"] == 64
+    assert 3 <= batched["batches"] < 64  # 464 atoms in batches of at most 200
+    assert batched["structures_per_s"] == pytest.approx(64 / batched["median_s"])
+    report = {"results": recs, "speedups_vs_eager": speedups(recs, "eager-1by1"), "environment": {}}
+    table = throughput_table(report)
+    assert "| mol64 | 64 | 464 |" in table and "| eager-1by1 | 64 |" in table and "1.00x" in table

@@ -63,22 +63,41 @@ MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
 def measure(system: str, variant: str, *, dtype: str, device: str, threads: int, warmup: int,
-            min_repeats: int, max_repeats: int, max_time: float, seed: int = 0) -> dict:
-    """Run one (system, variant) pair in this process and return its record."""
+            min_repeats: int, max_repeats: int, max_time: float, seed: int = 0,
+            max_atoms: int = None, max_edges: int = None) -> dict:
+    """Run one (system, variant) pair in this process and return its record. A structure set of
+    the throughput benchmark (``tools/systems.structure_sets``) is timed as a whole, with
+    ``max_atoms``/``max_edges`` bounding its batches."""
     from painnfx.model.default import random_model
     from painnfx.model.neighbors import neighbor_list
 
     from .flops import energy_forces_flops
+    from .systems import structure_sets
     from .systems import system as lookup
-    from .variants import VARIANTS, Prepared, Unavailable
+    from .variants import THROUGHPUT_VARIANTS, VARIANTS, Prepared, Unavailable
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
     dt = DTYPES[dtype]
-    atoms = lookup(system)
     model = random_model(seed).to(device=dev, dtype=dt)
     for p in model.parameters():
         p.requires_grad_(False)
+    cfg = model.config
+    if system in structure_sets():
+        from painnfx.model.batch import DEFAULT_MAX_ATOMS, DEFAULT_MAX_EDGES
+
+        structures = structure_sets()[system]()
+        max_atoms, max_edges = max_atoms or DEFAULT_MAX_ATOMS, max_edges or DEFAULT_MAX_EDGES
+        step = THROUGHPUT_VARIANTS[variant](model, structures, max_atoms, max_edges)
+        n_edges = sum(neighbor_list(a.positions, model.cutoff, a.cell.array, a.pbc).n_edges for a in structures)
+        record = {"system": system, "variant": variant, "structures": len(structures),
+                  "n_atoms": sum(len(a) for a in structures), "n_edges": n_edges, "batches": step.batches,
+                  "max_atoms": max_atoms, "max_edges": max_edges}
+        record = _time(step, dev, record, warmup, min_repeats, max_repeats, max_time)
+        if "median_s" in record:
+            record["structures_per_s"] = len(structures) / record["median_s"]
+        return record
+    atoms = lookup(system)
     nl = neighbor_list(atoms.positions, model.cutoff, atoms.cell.array, atoms.pbc, dtype=dt, device=dev)
     prepared = Prepared(
         torch.as_tensor(atoms.positions, dtype=dt, device=dev),
@@ -87,12 +106,22 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
         torch.as_tensor(atoms.cell.array, dtype=dt, device=dev), atoms.pbc,
     )
     record = {"system": system, "variant": variant, "n_atoms": len(atoms), "n_edges": nl.n_edges,
-              "gflop": energy_forces_flops(len(atoms), nl.n_edges, model.config.n_atom_basis, model.config.n_rbf,
-                                           model.config.n_interactions)["total"] / 1e9}
+              "gflop": energy_forces_flops(len(atoms), nl.n_edges, cfg.n_atom_basis, cfg.n_rbf,
+                                           cfg.n_interactions)["total"] / 1e9}
     try:
         step = VARIANTS[variant](model, prepared)
     except Unavailable as exc:
         return {**record, "error": str(exc)}
+    record = _time(step, dev, record, warmup, min_repeats, max_repeats, max_time)
+    if "median_s" in record:
+        record["gflops_per_s"] = record["gflop"] / record["median_s"]
+    return record
+
+
+def _time(step, dev: torch.device, record: dict, warmup: int, min_repeats: int, max_repeats: int,
+          max_time: float) -> dict:
+    """The timing protocol of every case: one untimed first call (``first_call_s``), ``warmup``
+    more, then timed calls (median, min, repeats) and the peak memory of those calls."""
     try:
         t0 = time.perf_counter()
         step()
@@ -125,7 +154,6 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
         return {**record, "error": f"out of memory: {str(exc).splitlines()[0]}"}
     record.update(
         timer="cuda events" if dev.type == "cuda" else "perf_counter",
-        gflops_per_s=record["gflop"] / statistics.median(times),
         median_s=statistics.median(times),
         min_s=min(times),
         repeats=len(times),
@@ -162,15 +190,22 @@ def environment(device: str, threads: int, dtype: str) -> dict:
     return env
 
 
-def _run_case(args, system: str, variant: str, largest: bool = False) -> dict:
-    """One (system, variant) measurement in a fresh process (``largest``: one untimed + one timed call)."""
-    reps = ["--warmup", "0", "--min-repeats", "1", "--max-repeats", "1", "--max-time", "0"] if largest else [
-        "--warmup", str(args.warmup), "--min-repeats", str(args.min_repeats), "--max-repeats", str(args.max_repeats),
-        "--max-time", str(args.max_time)]
+def _run_case(args, system: str, variant: str, largest: bool = False, memory: bool = False) -> dict:
+    """One (system, variant) measurement in a fresh process, bounded by ``--case-timeout``.
+    ``largest``: one untimed and one timed call; ``memory``: the peak-memory pass (one warm-up,
+    one call, every tensor of 64 KiB or more mmapped, so the resident set tracks live memory)."""
+    if largest or memory:
+        reps = ["--warmup", "1" if memory else "0", "--min-repeats", "1", "--max-repeats", "1", "--max-time", "0"]
+    else:
+        reps = ["--warmup", str(args.warmup), "--min-repeats", str(args.min_repeats),
+                "--max-repeats", str(args.max_repeats), "--max-time", str(args.max_time)]
+    bounds = [f"--{k}={getattr(args, k.replace('-', '_'))}" for k in ("max-atoms", "max-edges")
+              if getattr(args, k.replace("-", "_"), None)]
     cmd = [sys.executable, "-m", "painnfx.tools.bench", "--worker", system, variant, "--dtype", args.dtype,
-           "--device", args.device, "--threads", str(args.threads), *reps]
+           "--device", args.device, "--threads", str(args.threads), *reps, *bounds]
+    env = {**os.environ, **MEMORY_ENV} if memory else None
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"system": system, "variant": variant, "error": f"over --case-timeout {args.case_timeout} s"}
     if proc.returncode != 0:
@@ -182,47 +217,44 @@ def _run_case(args, system: str, variant: str, largest: bool = False) -> dict:
 def run(args) -> dict:
     from tqdm import tqdm
 
-    from .systems import gpu_systems, standard_systems
-    from .variants import DEFAULT_VARIANTS, VARIANTS
+    from .systems import gpu_systems, standard_systems, structure_sets
+    from .variants import DEFAULT_VARIANTS, THROUGHPUT_VARIANTS, VARIANTS
 
-    systems = args.systems or list(standard_systems())
-    variants = args.variants or DEFAULT_VARIANTS
-    unknown = [s for s in systems if s not in gpu_systems()] + [v for v in variants if v not in VARIANTS]
+    if args.throughput:
+        systems = args.systems or list(structure_sets())
+        variants = args.variants or list(THROUGHPUT_VARIANTS)
+        known_systems, known_variants = structure_sets(), THROUGHPUT_VARIANTS
+    else:
+        systems = args.systems or list(standard_systems())
+        variants = args.variants or DEFAULT_VARIANTS
+        known_systems, known_variants = gpu_systems(), VARIANTS
+    unknown = [s for s in systems if s not in known_systems] + [v for v in variants if v not in known_variants]
     if unknown:
-        raise UsageError(f"unknown system/variant: {unknown}; systems: {list(gpu_systems())}, variants: {list(VARIANTS)}")
+        raise UsageError(f"unknown system/variant: {unknown}; systems: {list(known_systems)}, "
+                         f"variants: {list(known_variants)}")
     results = []
     pairs = [(s, v) for s in systems for v in variants]
     for system, variant in tqdm(pairs, desc="bench", unit="case", disable=args.quiet):
-        cmd = [sys.executable, "-m", "painnfx.tools.bench", "--worker", system, variant,
-               "--dtype", args.dtype, "--device", args.device, "--threads", str(args.threads),
-               "--warmup", str(args.warmup), "--min-repeats", str(args.min_repeats),
-               "--max-repeats", str(args.max_repeats), "--max-time", str(args.max_time)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            results.append({"system": system, "variant": variant, "error": " | ".join(tail)})
-        else:
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            if args.device == "cpu" and not args.no_memory and "median_s" in results[-1]:
-                mem_cmd = cmd[:cmd.index("--warmup")] + ["--warmup", "1", "--min-repeats", "1", "--max-repeats", "1",
-                                                         "--max-time", "0"]
-                mem = subprocess.run(mem_cmd, capture_output=True, text=True, timeout=args.case_timeout,
-                                     env={**os.environ, **MEMORY_ENV})
-                if mem.returncode == 0:
-                    rec = json.loads(mem.stdout.strip().splitlines()[-1])
-                    results[-1]["peak_mb"] = rec.get("rss_rise_mb")
-                    results[-1]["peak_method"] = "RSS rise over one warm call, mmap threshold 64 KiB, VmHWM reset"
+        results.append(_run_case(args, system, variant))
+        if args.device == "cpu" and not args.no_memory and "median_s" in results[-1]:
+            rec = _run_case(args, system, variant, memory=True)
+            if "rss_rise_mb" in rec:
+                results[-1]["peak_mb"] = rec["rss_rise_mb"]
+                results[-1]["peak_method"] = "RSS rise over one warm call, mmap threshold 64 KiB, VmHWM reset"
         if not args.quiet:
             r = results[-1]
             msg = f"{r['median_s'] * 1e3:9.2f} ms" if "median_s" in r else f"error: {r['error'][:80]}"
-            tqdm.write(f"{system:>9} {variant:>12} {msg}")
-    report = {"environment": environment(args.device, args.threads, args.dtype), "results": results,
-              "speedups_vs_eager": speedups(results)}
-    return report
+            if "structures_per_s" in r:
+                msg += f"  {r['structures_per_s']:8.1f} structures/s"
+            tqdm.write(f"{system:>9} {variant:>17} {msg}")
+    base = "eager-1by1" if args.throughput else "eager"
+    return {"environment": environment(args.device, args.threads, args.dtype), "results": results,
+            "speedups_vs_eager": speedups(results, base)}
 
 
-def speedups(results: list[dict]) -> dict:
-    eager = {r["system"]: r["median_s"] for r in results if r["variant"] == "eager" and "median_s" in r}
+def speedups(results: list[dict], base: str = "eager") -> dict:
+    """Per system, each variant's ratio to ``base`` (eager autograd; eager one by one for throughput)."""
+    eager = {r["system"]: r["median_s"] for r in results if r["variant"] == base and "median_s" in r}
     out: dict = {}
     for r in results:
         if "median_s" in r and r["system"] in eager:
@@ -266,7 +298,53 @@ def machine_line(env: dict) -> str:
             + (f", FMA peak {peak:.0f} GFLOP/s (estimate, tools/flops.py)" if peak else ""))
 
 
+def throughput_table(report: dict) -> str:
+    """Structures per second of each set and variant (x eager one by one), batches, peak memory."""
+    results = report["results"]
+    lines = ["| set | structures | atoms | edges | variant | batches | ms per set | structures/s | x eager 1by1 "
+             "| peak |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "median_s" not in r:
+            lines.append(f"| {r['system']} | | | | {r['variant']} | | n/a: {r.get('error', '')[:60]} | | | |")
+            continue
+        sp = report["speedups_vs_eager"].get(r["system"], {}).get(r["variant"])
+        peak = f"{r['peak_mb']:.0f} MB" if r.get("peak_mb") is not None else "n/a"
+        ratio = f"{sp:.2f}x" if sp else "n/a"
+        lines.append(f"| {r['system']} | {r['structures']} | {r['n_atoms']} | {r['n_edges']} | {r['variant']} | "
+                     f"{r['batches']} | {r['median_s'] * 1e3:.1f} | {r['structures_per_s']:.0f} | {ratio} | {peak} |")
+    env = report.get("environment") or {}
+    if env:
+        lines = [f"Machine: {machine_line(env)}.", ""] + lines
+    return "\n".join(lines)
+
+
+def plot_throughput(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [r for r in report["results"] if "structures_per_s" in r]
+    sets = list(dict.fromkeys(r["system"] for r in results))
+    variants = list(dict.fromkeys(r["variant"] for r in results))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / max(len(variants), 1)
+    by = {(r["system"], r["variant"]): r["structures_per_s"] for r in results}
+    for k, v in enumerate(variants):
+        ax.bar([i + k * width for i in range(len(sets))], [by.get((s, v), 0) for s in sets], width, label=v)
+    env = report["environment"]
+    where = env.get("gpu") or f"{env['processor']}, {env['threads']} threads"
+    ax.set_xticks([i + width * (len(variants) - 1) / 2 for i in range(len(sets))], sets)
+    ax.set(ylabel="structures/s (energy+forces)", yscale="log", title=f"{where} ({env['dtype']})")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def markdown_table(report: dict) -> str:
+    if any("structures_per_s" in r for r in report["results"]):
+        return throughput_table(report)
     results = [r for r in report["results"]]
     variants = sorted({r["variant"] for r in results}, key=lambda v: (v != "eager", v))
     systems = list(dict.fromkeys(r["system"] for r in results))
@@ -317,6 +395,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--largest", action="store_true",
                    help="instead of timing the set: find the largest Cu cell each variant evaluates (writes STEM.json)")
     p.add_argument("--largest-atoms", type=int, default=10_000_000, help="with --largest: stop above this many atoms")
+    p.add_argument("--throughput", action="store_true",
+                   help="instead of the standard set: structures/s of sets of many structures (mol64, mol512, "
+                        "Cu108x16), one call per structure vs batched, eager vs optimized")
+    p.add_argument("--max-atoms", type=positive_int, help="with --throughput: atoms per batch at most")
+    p.add_argument("--max-edges", type=positive_int, help="with --throughput: edges per batch at most")
 
 
 def largest(args) -> dict:
@@ -354,7 +437,7 @@ def main_bench(args) -> int:
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
     stem.with_suffix(".md").write_text(markdown_table(report) + "\n")
-    plot(report, stem.with_suffix(".png"))
+    (plot_throughput if args.throughput else plot)(report, stem.with_suffix(".png"))
     print(markdown_table(report))
     print(f"wrote {stem}.json, {stem}.md, {stem}.png")
     return 0
@@ -369,7 +452,8 @@ def _worker_main(argv: list[str]) -> None:
     add_arguments(p)
     a = p.parse_args(argv)
     rec = measure(a.worker[0], a.worker[1], dtype=a.dtype, device=a.device, threads=a.threads,
-                  warmup=a.warmup, min_repeats=a.min_repeats, max_repeats=a.max_repeats, max_time=a.max_time)
+                  warmup=a.warmup, min_repeats=a.min_repeats, max_repeats=a.max_repeats, max_time=a.max_time,
+                  max_atoms=a.max_atoms, max_edges=a.max_edges)
     print(json.dumps(rec))
 
 

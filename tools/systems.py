@@ -62,3 +62,33 @@ def system(name: str) -> Atoms:
     if name not in systems:
         raise KeyError(f"unknown system {name!r}; known: {sorted(systems)} or CuN<n>")
     return systems[name]
+
+
+#: how many structures of what the throughput benchmark evaluates (``painnfx bench --throughput``)
+SMALL_MOLECULES = ("H2O", "CH4", "C6H6", "CH3CH2OH")
+
+
+def small_molecules(n: int) -> list[Atoms]:
+    """``n`` small molecules (water, methane, benzene, ethanol in turn), each rattled by 0.05 A."""
+    out = []
+    for k in range(n):
+        atoms = molecule(SMALL_MOLECULES[k % len(SMALL_MOLECULES)])
+        atoms.rattle(0.05, seed=k)
+        out.append(atoms)
+    return out
+
+
+def copper_cells(n: int, repeat=(3, 3, 3)) -> list[Atoms]:
+    """``n`` Cu fcc cells (108 atoms for 3x3x3), each rattled by 0.05 A with its own seed."""
+    out = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * repeat
+        atoms.rattle(0.05, seed=k)
+        out.append(atoms)
+    return out
+
+
+def structure_sets() -> dict:
+    """The throughput benchmark's sets, by name: functions returning lists of structures."""
+    return {"mol64": lambda: small_molecules(64), "mol512": lambda: small_molecules(512),
+            "Cu108x16": lambda: copper_cells(16)}

@@ -122,3 +122,33 @@ VARIANTS: dict[str, Callable] = {
 }
 
 DEFAULT_VARIANTS = ["eager", "compile", "schnetpack", "optimized", "auto"]
+
+
+def throughput(optimize, batched: bool):
+    """Energy+forces of a whole set of structures: one call per structure, or packed into
+    batches (painnfx.model.batch, bounded by ``max_atoms``/``max_edges``). Neighbor lists are
+    built beforehand, outside the timed step, for both. ``optimize`` as for PaiNNCalculator:
+    False (the eager model) or "auto" (what the calculator runs)."""
+    def make(model: PaiNN, structures: list, max_atoms: int, max_edges: int):
+        from painnfx.model.batch import BatchEvaluator, pack
+
+        evaluator = BatchEvaluator(model, device=next(model.parameters()).device,
+                                   dtype=next(model.parameters()).dtype, optimize=optimize, stress=False)
+        systems = [evaluator.prepare(k, atoms) for k, atoms in enumerate(structures)]
+        groups = pack(systems, max_atoms, max_edges) if batched else [[s] for s in systems]
+
+        def step():
+            return [evaluator.run_packed(group) for group in groups]
+
+        step.batches = len(groups)
+        return step
+
+    return make
+
+
+THROUGHPUT_VARIANTS: dict[str, Callable] = {
+    "eager-1by1": throughput(False, batched=False),
+    "eager-batched": throughput(False, batched=True),
+    "optimized-1by1": throughput("auto", batched=False),
+    "optimized-batched": throughput("auto", batched=True),
+}
