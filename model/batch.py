@@ -8,7 +8,8 @@ system for the stress) and hands back, per structure, a copy of the ``ase.Atoms`
 results in a ``SinglePointCalculator``, in input order.
 
 * **Bounded memory.** A batch holds at most ``max_atoms`` atoms and ``max_edges`` edges (a single
-  structure larger than that runs alone). :func:`iter_evaluate` reads its input ``window``
+  structure larger than that runs alone; the default edge bound is larger for the fused graph,
+  which keeps no per-edge feature tensors, than for the plain model). :func:`iter_evaluate` reads its input ``window``
   structures at a time, so a stream of any length runs in flat memory (``painnfx eval``).
 * **Stable shapes.** Within a window, structures are sorted by size before packing, so batches
   hold structures of similar size and the auto path policy's size classes (and compiled paths)
@@ -35,9 +36,14 @@ from .neighbors import neighbor_list
 from .properties import compute_properties, voigt
 from .validation import InputError, check_numbers, check_overlaps
 
-#: default bounds of one batch: at F=128, L=3 the eager model's peak is ~1 kB per edge in float64
+#: default bounds of one batch. The edge bound depends on the path: the fused graph keeps no
+#: per-edge feature tensors (51 MB peak for 37,000 edges at F=128, L=3, float32) and gains from
+#: large batches; the plain (eager) model holds ~40 kB per edge (1.9 GB there) and streams each
+#: (E, 3F) tensor from memory once it leaves the caches, so beyond ~8000 edges its batches get
+#: slower per edge than one call per structure (measured: docs/batch.md)
 DEFAULT_MAX_ATOMS = 4096
 DEFAULT_MAX_EDGES = 65536
+DEFAULT_MAX_EDGES_PLAIN = 8192
 #: how many input structures are read, checked and packed at a time by iter_evaluate
 DEFAULT_WINDOW = 1024
 
@@ -88,6 +94,11 @@ class BatchEvaluator:
     @property
     def evaluator(self):
         return self.calc.evaluator
+
+    @property
+    def default_max_edges(self) -> int:
+        """The edge bound of a batch when none is given: larger for the fused graph (see above)."""
+        return DEFAULT_MAX_EDGES if self.calc.optimized else DEFAULT_MAX_EDGES_PLAIN
 
     def prepare(self, index: int, atoms) -> _System:
         """Check one ``ase.Atoms`` and compute its neighbor list; raises InputError naming the problem."""
@@ -177,21 +188,23 @@ def pack(systems: Sequence[_System], max_atoms: int, max_edges: int) -> List[Lis
 
 def iter_evaluate(frames: Iterable, model=None, *, device: Union[str, torch.device] = "cpu",
                   dtype: torch.dtype = torch.float64, optimize: Union[bool, str] = "auto",
-                  max_atoms: int = DEFAULT_MAX_ATOMS, max_edges: int = DEFAULT_MAX_EDGES, window: int = DEFAULT_WINDOW,
+                  max_atoms: int = DEFAULT_MAX_ATOMS, max_edges: Optional[int] = None, window: int = DEFAULT_WINDOW,
                   stress: bool = True, progress: Optional[bool] = None, total: Optional[int] = None,
                   evaluator: Optional[BatchEvaluator] = None) -> Iterator[Union[object, Failed]]:
     """Yield, for each structure of ``frames`` in input order, a copy of its ``ase.Atoms`` with
     energy, forces and (fully periodic structures, ``stress=True``) stress in a
     ``SinglePointCalculator``, or a :class:`Failed` record for a structure that cannot be
     evaluated. ``frames`` may be any iterable (a generator reading a file): ``window`` structures
-    are held at a time. ``progress``: a progress bar on stderr (None: only when stderr is a
-    terminal); ``total``, the number of structures if known, for the bar."""
+    are held at a time; ``max_edges`` None: 65536 for the fused graph, 8192 for the plain model.
+    ``progress``: a progress bar on stderr (None: only when stderr is a terminal); ``total``, the
+    number of structures if known, for the bar."""
     if window < 1:
         raise ValueError(f"window must be positive, got {window}")
     from tqdm.auto import tqdm
 
     if evaluator is None:
         evaluator = BatchEvaluator(model, device=device, dtype=dtype, optimize=optimize, stress=stress)
+    max_edges = max_edges or evaluator.default_max_edges
     if total is None and hasattr(frames, "__len__"):
         total = len(frames)
     stream = enumerate(frames)
@@ -219,7 +232,7 @@ def iter_evaluate(frames: Iterable, model=None, *, device: Union[str, torch.devi
 
 def evaluate(frames: Iterable, model=None, *, device: Union[str, torch.device] = "cpu",
              dtype: torch.dtype = torch.float64, optimize: Union[bool, str] = "auto",
-             max_atoms: int = DEFAULT_MAX_ATOMS, max_edges: int = DEFAULT_MAX_EDGES, stress: bool = True,
+             max_atoms: int = DEFAULT_MAX_ATOMS, max_edges: Optional[int] = None, stress: bool = True,
              progress: Optional[bool] = None) -> list:
     """Energy, forces and stress of many structures, batched: a list of ``ase.Atoms`` copies in
     input order, each with its results in a ``SinglePointCalculator`` (``atoms.get_forces()``

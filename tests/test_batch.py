@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import CPU_KERNELS, assert_fused, assert_kernels
-from painnfx.model.batch import BatchEvaluator, Failed, evaluate, iter_evaluate, pack
+from painnfx.model.batch import (DEFAULT_MAX_EDGES, DEFAULT_MAX_EDGES_PLAIN, BatchEvaluator, Failed, evaluate,
+                                 iter_evaluate, pack)
 from painnfx.model.calculator import PaiNNCalculator
 from painnfx.model.default import random_model
 from painnfx.model.validation import InputError
@@ -108,6 +109,9 @@ def test_packing_respects_the_bounds_and_groups_similar_sizes():
     assert [len(b) for b in big] == [1] * len(frames)
     with pytest.raises(ValueError, match="positive"):
         pack(systems, 0, 10)
+    # the default edge bound follows the path: the plain model's batches stay small (docs/batch.md)
+    assert ev.default_max_edges == DEFAULT_MAX_EDGES_PLAIN < DEFAULT_MAX_EDGES
+    assert BatchEvaluator(_model(torch.float64, fused=True), optimize=True).default_max_edges == DEFAULT_MAX_EDGES
 
 
 def _bad_frames():

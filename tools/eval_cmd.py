@@ -22,7 +22,7 @@ from .usage import UsageError, check_device, output_file, positive_int
 
 
 def add_arguments(p) -> None:
-    from painnfx.model.batch import DEFAULT_MAX_ATOMS, DEFAULT_MAX_EDGES, DEFAULT_WINDOW
+    from painnfx.model.batch import DEFAULT_MAX_ATOMS, DEFAULT_MAX_EDGES, DEFAULT_MAX_EDGES_PLAIN, DEFAULT_WINDOW
 
     p.add_argument("input", metavar="IN", help="structures: any file ASE reads, all frames")
     p.add_argument("output", metavar="OUT", help="extended XYZ file to write")
@@ -32,7 +32,9 @@ def add_arguments(p) -> None:
     p.add_argument("--optimize", choices=["auto", "on", "off"], default="auto",
                    help="as for painnfx md: auto runs the fused graph where measured faster")
     p.add_argument("--max-atoms", type=positive_int, default=DEFAULT_MAX_ATOMS, help="atoms per batch at most")
-    p.add_argument("--max-edges", type=positive_int, default=DEFAULT_MAX_EDGES, help="edges per batch at most")
+    p.add_argument("--max-edges", type=positive_int,
+                   help=f"edges per batch at most (default: {DEFAULT_MAX_EDGES} for the optimized model, "
+                        f"{DEFAULT_MAX_EDGES_PLAIN} for the plain one)")
     p.add_argument("--window", type=positive_int, default=DEFAULT_WINDOW,
                    help="frames read, checked and packed at a time (bounds memory)")
     p.add_argument("--no-stress", action="store_true", help="do not compute stress for periodic frames")

@@ -126,7 +126,8 @@ DEFAULT_VARIANTS = ["eager", "compile", "schnetpack", "optimized", "auto"]
 
 def throughput(optimize, batched: bool):
     """Energy+forces of a whole set of structures: one call per structure, or packed into
-    batches (painnfx.model.batch, bounded by ``max_atoms``/``max_edges``). Neighbor lists are
+    batches (painnfx.model.batch, bounded by ``max_atoms``/``max_edges``; None: the evaluator's
+    default for its path). Neighbor lists are
     built beforehand, outside the timed step, for both. ``optimize`` as for PaiNNCalculator:
     False (the eager model) or "auto" (what the calculator runs)."""
     def make(model: PaiNN, structures: list, max_atoms: int, max_edges: int):
@@ -135,12 +136,13 @@ def throughput(optimize, batched: bool):
         evaluator = BatchEvaluator(model, device=next(model.parameters()).device,
                                    dtype=next(model.parameters()).dtype, optimize=optimize, stress=False)
         systems = [evaluator.prepare(k, atoms) for k, atoms in enumerate(structures)]
+        max_edges = max_edges or evaluator.default_max_edges
         groups = pack(systems, max_atoms, max_edges) if batched else [[s] for s in systems]
 
         def step():
             return [evaluator.run_packed(group) for group in groups]
 
-        step.batches = len(groups)
+        step.batches, step.max_edges = len(groups), max_edges
         return step
 
     return make
