@@ -19,6 +19,14 @@ def capturing(t: torch.Tensor) -> bool:
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
+def eager(*tensors) -> bool:
+    """True when plain tensors run eagerly: no compile, tracing, fake or dispatch mode that
+    needs the torch.library op itself (the fused ops then skip torch.library's Python layers)."""
+    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._is_torch_function_mode_enabled()
+            and all(t is None or type(t) is torch.Tensor for t in tensors))
+
+
 def real(t: torch.Tensor) -> bool:
     """False for fake/meta tensors, whose values cannot be read."""
     return t.device.type != "meta" and not isinstance(t, torch._subclasses.FakeTensor)

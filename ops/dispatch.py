@@ -65,6 +65,11 @@ def available_backends() -> list[str]:
     return list(_BACKENDS)
 
 
+def operator_names() -> list[str]:
+    """The fused ops made dispatchable with ``define`` (each a ``painnfx::`` torch.library op)."""
+    return list(_OPS)
+
+
 def register_backend(name: str, device_types: set, priority: int = 1,
                      usable: Optional[Callable[..., bool]] = None) -> None:
     """Declare a backend serving ``device_types`` (its implementations follow with ``implement``).

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from . import dispatch
-from .checks import capturing, real
+from .checks import capturing, eager, real
 from .errors import InputError
 
 OP = "prepare_edges"
@@ -91,8 +91,6 @@ def _prepare_edges_fake(r, idx_i, idx_j, n_atoms):
 
 def prepare(r, idx_i, idx_j, n_atoms: int):
     """``prepare_edges``, called directly when running eagerly (no torch.library layers)."""
-    from .message import eager
-
     if eager(r, idx_i, idx_j):
         return tuple(_prepare_edges_body(r, idx_i, idx_j, n_atoms))
     return prepare_edges(r, idx_i, idx_j, n_atoms)

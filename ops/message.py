@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from . import dispatch, reference
-from .checks import check_message
+from .checks import check_message, eager
 from .edges import check_plan
 
 OP, BACKWARD = "painn_message", "painn_message_backward"
@@ -128,14 +128,6 @@ def _backward(ctx, gq, gmu):
 
 
 painn_message.register_autograd(_backward, setup_context=_setup_context)
-
-
-def eager(*tensors) -> bool:
-    """True when plain tensors run eagerly: no compile, tracing, fake or dispatch mode that
-    needs the torch.library op itself."""
-    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
-            and not torch._C._is_torch_function_mode_enabled()
-            and all(t is None or type(t) is torch.Tensor for t in tensors))
 
 
 class _EagerMessage(torch.autograd.Function):
