@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cutoff import CosineCutoff
+from .cutoff import CUTOFFS
 from .radial import RADIAL_BASES
 
 
@@ -35,6 +35,7 @@ class PaiNNConfig:
     n_rbf: int = 20
     cutoff: float = 5.0
     radial_basis: str = "gaussian"
+    cutoff_fn: str = "cosine"  # or "mollifier" (schnetpack's MollifierCutoff, eps 1e-7)
     shared_interactions: bool = False
     shared_filters: bool = False
     epsilon: float = 1e-8
@@ -47,6 +48,8 @@ class PaiNNConfig:
             raise ValueError(
                 f"unknown radial_basis {self.radial_basis!r}; choose one of {sorted(RADIAL_BASES)}"
             )
+        if self.cutoff_fn not in CUTOFFS:
+            raise ValueError(f"unknown cutoff_fn {self.cutoff_fn!r}; choose one of {sorted(CUTOFFS)}")
         for name in ("n_atom_basis", "n_interactions", "n_rbf", "max_z"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -95,7 +98,7 @@ class PaiNNInteraction(nn.Module):
             Dense(n_atom_basis, 3 * n_atom_basis),
         )
 
-    def forward(self, q, mu, w_ij, dir_ij, idx_i, idx_j, n_atoms: int):
+    def forward(self, q, mu, w_ij, dir_ij, idx_i, idx_j):
         x = self.interatomic_context_net(q)
         x = w_ij * x[idx_j]
         dq, dmu_r, dmu_mu = torch.split(x, self.n_atom_basis, dim=-1)
@@ -156,7 +159,7 @@ class PaiNN(nn.Module):
         self.cutoff = float(config.cutoff)
         self.embedding = nn.Embedding(config.max_z, n)
         self.radial_basis = RADIAL_BASES[config.radial_basis](config.n_rbf, config.cutoff)
-        self.cutoff_fn = CosineCutoff(config.cutoff)
+        self.cutoff_fn = CUTOFFS[config.cutoff_fn](config.cutoff)
         self.share_filters = config.shared_filters
         n_filters = 3 * n if config.shared_filters else 3 * n * L
         self.filter_net = Dense(config.n_rbf, n_filters)
@@ -203,7 +206,7 @@ class PaiNN(nn.Module):
         q = self.embedding(numbers)[:, None]
         mu = torch.zeros((n_atoms, 3, self.n_atom_basis), dtype=q.dtype, device=q.device)
         for interaction, mixing, w_ij in zip(self.interactions, self.mixing, filter_list):
-            q, mu = interaction(q, mu, w_ij, dir_ij, idx_i, idx_j, n_atoms)
+            q, mu = interaction(q, mu, w_ij, dir_ij, idx_i, idx_j)
             q, mu = mixing(q, mu)
         return self.atomwise(q.squeeze(1), numbers)
 

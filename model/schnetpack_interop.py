@@ -34,8 +34,12 @@ def from_schnetpack(nnpot, energy_key: str = "energy") -> PaiNN:
         raise ValueError("electronic embeddings (charge/spin) are not supported")
     if not isinstance(rep.embedding, torch.nn.Embedding):
         raise ValueError("only a plain nn.Embedding nuclear embedding is supported")
-    if not isinstance(rep.cutoff_fn, spk.nn.CosineCutoff):
-        raise ValueError(f"cutoff {type(rep.cutoff_fn).__name__} is not supported (CosineCutoff only)")
+    cutoff_kinds = {spk.nn.CosineCutoff: "cosine", spk.nn.MollifierCutoff: "mollifier"}
+    cutoff_fn = cutoff_kinds.get(type(rep.cutoff_fn))
+    if cutoff_fn is None:
+        raise ValueError(f"cutoff {type(rep.cutoff_fn).__name__} is not supported (CosineCutoff, MollifierCutoff)")
+    if cutoff_fn == "mollifier" and abs(float(rep.cutoff_fn.eps) - 1e-7) > 1e-12:  # a float32 buffer
+        raise ValueError(f"MollifierCutoff with eps={float(rep.cutoff_fn.eps)} is not supported (eps=1e-7 only)")
     rbf = rep.radial_basis
     try:
         kind, _ = basis_of_module(rbf)
@@ -69,6 +73,7 @@ def from_schnetpack(nnpot, energy_key: str = "energy") -> PaiNN:
         n_rbf=rbf.n_rbf,
         cutoff=float(rep.cutoff_fn.cutoff.item()),
         radial_basis=kind,
+        cutoff_fn=cutoff_fn,
         shared_interactions=shared_interactions,
         shared_filters=bool(rep.share_filters),
         epsilon=float(rep.mixing[0].epsilon),
@@ -100,7 +105,7 @@ def to_schnetpack(model: PaiNN, energy_key: str = "energy", stress: bool = False
         n_atom_basis=cfg.n_atom_basis,
         n_interactions=cfg.n_interactions,
         radial_basis=rbf,
-        cutoff_fn=spk.nn.CosineCutoff(cfg.cutoff),
+        cutoff_fn={"cosine": spk.nn.CosineCutoff, "mollifier": spk.nn.MollifierCutoff}[cfg.cutoff_fn](cfg.cutoff),
         shared_interactions=cfg.shared_interactions,
         shared_filters=cfg.shared_filters,
         epsilon=cfg.epsilon,

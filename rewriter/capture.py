@@ -33,12 +33,8 @@ class GraphInput:
 class Captured:
     gm: fx.GraphModule
     inputs: list[GraphInput]
-    module: torch.nn.Module
     constants: dict = field(default_factory=dict)  # placeholder name -> tensor (buffers, lifted constants)
     target: "Target" = None
-
-    def placeholders(self) -> list[fx.Node]:
-        return [n for n in self.gm.graph.nodes if n.op == "placeholder"]
 
     def static_arguments(self, detach: bool = False) -> tuple[list, list]:
         """(arguments, user slots): the graph's flat arguments with parameters, buffers and
@@ -153,4 +149,4 @@ def capture(target: Target) -> Captured:
             inputs.append(GraphInput("user", next(user_names), node))
         else:
             raise NotImplementedError(f"unsupported graph input kind {spec.kind}")
-    return Captured(gm=ep.graph_module, inputs=inputs, module=target, constants=constants, target=target)
+    return Captured(gm=ep.graph_module, inputs=inputs, constants=constants, target=target)

@@ -158,10 +158,6 @@ def eliminate_common_subexpressions(cap: Captured) -> list[str]:
     return [f"merged {n} duplicate nodes"] if n else []
 
 
-def _is_const(node, consts) -> bool:
-    return not isinstance(node, fx.Node) or node in consts
-
-
 def constant_nodes(cap: Captured) -> dict:
     """fx.Node -> value for buffer/constant placeholders and folded get_attr constants."""
     out = {}

@@ -33,7 +33,7 @@ from painnfx.ops import available_backends, use_backend
 from . import normalize
 from .adapters import is_schnetpack_potential
 from .capture import AtomicEnergies, SchnetpackRepresentation, Target, TotalEnergy, capture
-from .fusions import FUSED_TARGETS
+from .fusions import BACKWARD_LAUNCHES, FUSED_TARGETS
 from .passes import PIPELINE
 from .report import OptimizeReport, PassResult, graph_table, launch_estimate, op_counts
 from .runner import OptimizedModel, OptimizedRepresentation
@@ -122,7 +122,7 @@ def rewrite(target: Target, verify: bool = True, name: str = "model", backend: s
     report.graph_before = cap.gm.code
     report.nodes_before = len(cap.gm.graph.nodes)
     report.ops_before = dict(op_counts(cap.gm))
-    report.launches_before = launch_estimate(cap.gm)
+    report.launches_before = launch_estimate(cap.gm, BACKWARD_LAUNCHES)
     norm = PassResult("normalize")
     for fn in NORMALIZE:
         norm.lines += [f"{fn.__name__}: {line}" for line in fn(cap)]
@@ -142,7 +142,7 @@ def rewrite(target: Target, verify: bool = True, name: str = "model", backend: s
     report.applied = bool(fused)
     report.nodes_after = len(cap.gm.graph.nodes)
     report.ops_after = dict(op_counts(cap.gm))
-    report.launches_after = launch_estimate(cap.gm)
+    report.launches_after = launch_estimate(cap.gm, BACKWARD_LAUNCHES)
     report.graph_after = cap.gm.code
     report.table_after = graph_table(cap.gm)
     if report.applied and verify:

@@ -4,7 +4,7 @@
     match_radial_basis        annotate radial bases (every spec of ops.radial), read their constants
     match_cutoff              annotate cutoff functions (every spec), read r_c (and the rest)
     match_radial_filter       linear(basis) * cutoff -> fused_radial_filter                (verified)
-    fold_zero_mu              prove which vector features are zero (the first layer's mu)
+    find_zero_mu              prove which vector features are zero (the first layer's mu)
     match_message             annotate PaiNN message blocks (gather, products, scatter)
     fuse_filter_into_message  radial filter + its messages -> fused_painn_message per layer (verified)
     share_edge_plans          one prepared-edges node per edge list

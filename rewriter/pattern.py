@@ -67,8 +67,6 @@ class Match:
     def kind(self, name: str) -> str:
         return self._b[name].kind
 
-    def names(self) -> list[str]:
-        return sorted(self._b)
 
 
 @dataclass
@@ -321,7 +319,6 @@ getitem = op(operator.getitem)
 linear = op(aten.linear)
 norm = op(aten.linalg_vector_norm)
 cast = op(aten._to_copy, aten.to, free_tail=True)
-zeros = op(aten.zeros, aten.zeros_like, aten.new_zeros, free_tail=True)
 ones_like = op(aten.ones_like, free_tail=True)
 
 

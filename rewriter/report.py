@@ -32,11 +32,11 @@ def op_counts(gm: fx.GraphModule) -> Counter:
     return Counter(op_name(n) for n in gm.graph.nodes if n.op == "call_function")
 
 
-def launch_estimate(gm: fx.GraphModule) -> dict:
-    """Kernel launches of one forward and one backward, estimated from the op list (CUDA);
-    a fused node is one launch each way (an edge plan: a few sorts, no backward)."""
-    from .fusions import FUSED_NODES
-
+def launch_estimate(gm: fx.GraphModule, fused: dict) -> dict:
+    """Kernel launches of one forward and one backward, estimated from the op list (CUDA).
+    ``fused`` maps each fused node's name to its launches in the backward (one for a fused op
+    with an analytical backward, none for an edge plan: a few sorts), as the fusion registry
+    says (``fusions.BACKWARD_LAUNCHES``)."""
     fwd = bwd = 0
     for n in gm.graph.nodes:
         if n.op != "call_function":
@@ -45,8 +45,8 @@ def launch_estimate(gm: fx.GraphModule) -> dict:
         if name in _METADATA:
             continue
         fwd += 1
-        if name in FUSED_NODES:
-            bwd += 0 if name == "edge_plan" else 1
+        if name in fused:
+            bwd += fused[name]
         else:
             bwd += _BACKWARD_KERNELS.get(name, 2)
     return {"forward": fwd, "backward": bwd, "total": fwd + bwd}

@@ -18,6 +18,7 @@ def model_configs(draw, cutoff: float = 3.0):
         n_rbf=draw(st.integers(2, 10)),
         cutoff=cutoff,
         radial_basis=draw(st.sampled_from(["gaussian", "bessel"])),
+        cutoff_fn=draw(st.sampled_from(["cosine", "mollifier"])),
         shared_filters=draw(st.booleans()),
         shared_interactions=draw(st.booleans()),
         seed=draw(st.integers(0, 2**16)),

@@ -20,14 +20,18 @@ from . import message, radial_filter
 class Fusion:
     name: str
     passes: tuple
-    nodes: tuple  # leaf functions its replacements put into the graph
+    nodes: tuple  # fused ops its replacements put into the graph (an analytical backward each)
+    plans: tuple = ()  # set-up nodes they share, with no backward and nothing fused (edge plans)
 
 
 FUSIONS = (
     Fusion("radial_filter", tuple(radial_filter.PASSES), (fused_radial_filter,)),
-    Fusion("painn_message", tuple(message.PASSES), (edge_plan, fused_painn_message)),
+    Fusion("painn_message", tuple(message.PASSES), (fused_painn_message,), plans=(edge_plan,)),
 )
 PASSES = [p for fusion in FUSIONS for p in fusion.passes]
-FUSED_NODES = {fn.__name__: fusion.name for fusion in FUSIONS for fn in fusion.nodes}
+FUSED_NODES = {fn.__name__: fusion.name for fusion in FUSIONS for fn in fusion.nodes + fusion.plans}
 #: the nodes that make an optimized graph "applied" (edge plans alone fuse nothing)
-FUSED_TARGETS = {fused_radial_filter, fused_painn_message}
+FUSED_TARGETS = {fn for fusion in FUSIONS for fn in fusion.nodes}
+#: kernel launches of each fused node's backward (report.launch_estimate)
+BACKWARD_LAUNCHES = {fn.__name__: 0 if fn in fusion.plans else 1 for fusion in FUSIONS
+                     for fn in fusion.nodes + fusion.plans}

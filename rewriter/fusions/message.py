@@ -7,7 +7,7 @@ r"""Fusion: PaiNN message (with its radial filter).
 -> one ``fused_painn_message`` per layer, fed by one ``edge_plan`` (``prepare_edges``) per
 edge list. Passes, in order:
 
-    fold_zero_mu              prove which vector features are zero (the first layer's mu)
+    find_zero_mu              prove which vector features are zero (the first layer's mu)
     match_message             annotate message blocks (gather, products, scatter)
     fuse_filter_into_message  filter + its messages -> fused_painn_message per layer (verified)
     share_edge_plans          one edge plan per edge list, not per layer
@@ -44,10 +44,10 @@ _ZERO_PRESERVING = {aten._to_copy, aten.to, aten.index, aten.index_select, aten.
                     aten.expand, aten.contiguous}
 
 
-def fold_zero_mu(state: RewriteState) -> PassResult:
+def find_zero_mu(state: RewriteState) -> PassResult:
     """Find tensors that are provably zero (zeros and what gathers/casts/views of zeros give),
     so the first layer's mu_j term can be dropped from its message."""
-    res = PassResult("fold_zero_mu")
+    res = PassResult("find_zero_mu")
     for node in state.graph.nodes:
         if node.op != "call_function":
             continue
@@ -203,4 +203,4 @@ def share_edge_plans(state: RewriteState) -> PassResult:
     return res
 
 
-PASSES = [fold_zero_mu, match_message, fuse_filter_into_message, share_edge_plans]
+PASSES = [find_zero_mu, match_message, fuse_filter_into_message, share_edge_plans]
