@@ -76,6 +76,12 @@ class PaiNNModel(ModelInterface):
         if cell.ndim == 2:
             cell = cell[None]
         pbc = np.broadcast_to(np.asarray(torch.as_tensor(_get(state, "pbc")).cpu(), dtype=bool), (3,))
+        if self._compute_stress and not pbc.all():
+            raise ValueError("stress needs systems periodic in all three directions; "
+                             "build the model with compute_stress=False")
+        if system_idx.numel() and bool((system_idx[1:] < system_idx[:-1]).any()):
+            raise ValueError("the atoms of each system must be contiguous, systems in order "
+                             "(system_idx non-decreasing), as in a SimState")
         pos = positions.detach().double().cpu().numpy()
         z = numbers.cpu().numpy()
         rows = cell.detach().transpose(-1, -2).double().cpu().numpy()
@@ -88,8 +94,5 @@ class PaiNNModel(ModelInterface):
         if self._compute_forces:
             results["forces"] = out.forces.to(dtype=positions.dtype, device=positions.device)
         if self._compute_stress:
-            if not pbc.all():
-                raise ValueError("stress needs systems periodic in all three directions; "
-                                 "build the model with compute_stress=False")
             results["stress"] = out.stress.to(dtype=positions.dtype, device=positions.device)
         return results

@@ -68,6 +68,8 @@ def test_torch_sims_interface_validation_and_both_spellings_of_the_system_index(
     old = model(dict(fields, batch=state.system_idx))
     for key in ("energy", "forces", "stress"):
         torch.testing.assert_close(new[key], old[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        model(dict(fields, system_idx=state.system_idx.flip(0)))
     float32 = PaiNNModel(random_model(0, n_atom_basis=8, n_interactions=2, n_rbf=6), dtype=torch.float32,
                          optimize=False)
     out = float32(ts.io.atoms_to_state(_cells(2), torch.device("cpu"), torch.float32))
