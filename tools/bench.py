@@ -115,7 +115,18 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
     record = _time(step, dev, record, warmup, min_repeats, max_repeats, max_time)
     if "median_s" in record:
         record["gflops_per_s"] = record["gflop"] / record["median_s"]
+        if len(atoms) <= CHECK_MAX_ATOMS:  # a fast variant must also be right: its forces against eager's
+            from painnfx.model.properties import compute_properties
+
+            ref = compute_properties(model, prepared.positions, prepared.numbers, nl.edge_index, nl.shifts)
+            out = step()
+            forces = out.forces if hasattr(out, "forces") else out[1]
+            record["max_force_error_vs_eager"] = float((forces.detach() - ref.forces).abs().max())
     return record
+
+
+#: systems up to this size get the force check against eager (eager's cost grows fast beyond it)
+CHECK_MAX_ATOMS = 600
 
 
 def _time(step, dev: torch.device, record: dict, warmup: int, min_repeats: int, max_repeats: int,
@@ -373,6 +384,10 @@ def markdown_table(report: dict) -> str:
         for r in fused:
             share = f"{100 * r['gflops_per_s'] / peak:.0f}%" if peak else "n/a"
             lines.append(f"| {r['system']} | {r['variant']} | {r['gflop']:.3g} | {r['gflops_per_s']:.1f} | {share} |")
+    checked = [r for r in results if "max_force_error_vs_eager" in r and r["variant"] != "eager"]
+    if checked:
+        lines += ["", "| system | variant | max abs force error vs eager (eV/A) |", "|---|---|---|"]
+        lines += [f"| {r['system']} | {r['variant']} | {r['max_force_error_vs_eager']:.1e} |" for r in checked]
     if env:
         lines = [f"Machine: {machine_line(env)}.", ""] + lines
     return "\n".join(lines)

@@ -88,6 +88,22 @@ def compiled(mode: Optional[str]):
     return make
 
 
+def compile_forces(model: PaiNN, s: Prepared):
+    """The strongest peer a user has without painnfx: ``torch.compile`` of
+    ``torch.func.grad_and_value`` of the plain model's energy, so the compiler sees forward and
+    backward as one function (no autograd engine at run time)."""
+    def energy(positions):
+        return model(positions, s.numbers, s.edge_index, s.shifts).sum()
+
+    fn = torch.compile(torch.func.grad_and_value(energy), dynamic=False, fullgraph=False)
+
+    def step():
+        grad, e = fn(s.positions)
+        return e, -grad
+
+    return step
+
+
 def schnetpack(model: PaiNN, s: Prepared):
     try:
         from painnfx.model.schnetpack_interop import schnetpack_inputs, to_schnetpack
@@ -114,6 +130,7 @@ VARIANTS: dict[str, Callable] = {
     "eager": eager,
     "compile": compiled(None),
     "compile-ro": compiled("reduce-overhead"),
+    "compile-forces": compile_forces,
     "fused": fused,
     "optimized": optimized,
     "auto": auto,
