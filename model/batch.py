@@ -197,7 +197,8 @@ def iter_evaluate(frames: Iterable, model=None, *, device: Union[str, torch.devi
     evaluated. ``frames`` may be any iterable (a generator reading a file): ``window`` structures
     are held at a time; ``max_edges`` None: 65536 for the fused graph, 8192 for the plain model.
     ``progress``: a progress bar on stderr (None: only when stderr is a terminal); ``total``, the
-    number of structures if known, for the bar."""
+    number of structures if known, for the bar. ``evaluator``: a prepared :class:`BatchEvaluator`
+    to reuse (then ``model``, ``device``, ``dtype``, ``optimize`` and ``stress`` are its own)."""
     if window < 1:
         raise ValueError(f"window must be positive, got {window}")
     from tqdm.auto import tqdm
