@@ -48,6 +48,11 @@ DEFAULT_MAX_EDGES_PLAIN = 8192
 DEFAULT_WINDOW = 1024
 
 
+def atom_offsets(sizes: Sequence[int]) -> np.ndarray:
+    """Where each system's atoms start in a batch of systems with ``sizes`` atoms each."""
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+
+
 @dataclass
 class Failed:
     """A structure that could not be evaluated: its index in the input and why."""
@@ -124,7 +129,7 @@ class BatchEvaluator:
         (n_systems, 3, 3) (NaN for systems without a 3D cell)."""
         dt, dev = self.dtype, self.device
         sizes = [s.n_atoms for s in systems]
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        offsets = atom_offsets(sizes)
         positions = torch.as_tensor(np.concatenate([s.positions for s in systems]), dtype=dt, device=dev)
         numbers = torch.as_tensor(np.concatenate([s.numbers for s in systems]), dtype=torch.long, device=dev)
         edge_index = torch.cat([s.edge_index + int(o) for s, o in zip(systems, offsets)], dim=1).to(dev)
@@ -148,7 +153,7 @@ class BatchEvaluator:
         energies = out.energy.double().cpu().numpy()
         forces = out.forces.double().cpu().numpy()
         stresses = None if out.stress is None else out.stress.double().cpu().numpy()
-        offsets = np.concatenate([[0], np.cumsum([s.n_atoms for s in systems])[:-1]])
+        offsets = atom_offsets([s.n_atoms for s in systems])
         return [self._result(s, energies[k], forces[o:o + s.n_atoms], stresses[k] if s.stress else None)
                 for k, (s, o) in enumerate(zip(systems, offsets))]
 

@@ -23,7 +23,7 @@ try:
 except ImportError as exc:  # the optional extra is not installed
     raise ImportError('painnfx.model.torchsim needs torch-sim: pip install "painnfx[torchsim]"') from exc
 
-from .batch import BatchEvaluator
+from .batch import BatchEvaluator, atom_offsets
 
 
 def _get(state, *names):
@@ -86,7 +86,7 @@ class PaiNNModel(ModelInterface):
         z = numbers.cpu().numpy()
         rows = cell.detach().transpose(-1, -2).double().cpu().numpy()
         counts = torch.bincount(system_idx.cpu(), minlength=rows.shape[0]).tolist()
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        starts = atom_offsets(counts)
         systems = [self.batched.prepare_arrays(k, pos[s:s + n], z[s:s + n], rows[k], pbc)
                    for k, (s, n) in enumerate(zip(starts, counts))]
         out = self.batched.run_packed(systems)

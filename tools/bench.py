@@ -89,9 +89,8 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
         structures = structure_sets()[system]()
         max_atoms = max_atoms or DEFAULT_MAX_ATOMS
         step = THROUGHPUT_VARIANTS[variant](model, structures, max_atoms, max_edges)
-        n_edges = sum(neighbor_list(a.positions, model.cutoff, a.cell.array, a.pbc).n_edges for a in structures)
         record = {"system": system, "variant": variant, "structures": len(structures),
-                  "n_atoms": sum(len(a) for a in structures), "n_edges": n_edges, "batches": step.batches,
+                  "n_atoms": sum(len(a) for a in structures), "n_edges": step.n_edges, "batches": step.batches,
                   "max_atoms": max_atoms, "max_edges": step.max_edges}
         record = _time(step, dev, record, warmup, min_repeats, max_repeats, max_time)
         if "median_s" in record:

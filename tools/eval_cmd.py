@@ -18,7 +18,7 @@ import sys
 import time
 
 from .dtypes import DTYPES
-from .usage import UsageError, check_device, output_file, positive_int
+from .usage import UsageError, check_device, output_file, positive_int, readable_file
 
 
 def add_arguments(p) -> None:
@@ -47,10 +47,7 @@ def read_frames(path: str):
     where and why."""
     from ase.io import iread
 
-    if not os.path.exists(path):
-        raise UsageError(f"IN {path}: no such file")
-    if not os.path.isfile(path) or not os.access(path, os.R_OK):
-        raise UsageError(f"IN {path}: not a readable file")
+    readable_file(path, "IN")
     if os.path.getsize(path) == 0:
         raise UsageError(f"IN {path}: the file is empty")
     frames = iread(path, index=":")

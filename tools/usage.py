@@ -61,14 +61,19 @@ def read_json(text: str, option: str) -> dict:
     return value
 
 
-def read_structure(path: str, option: str = "--structure"):
-    """An ``ase.Atoms`` from a file ASE reads (the last frame of a trajectory)."""
-    from ase.io import read
-
+def readable_file(path: str, option: str) -> None:
+    """``path`` exists and is a file this process may read."""
     if not os.path.exists(path):
         raise UsageError(f"{option} {path}: no such file")
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
         raise UsageError(f"{option} {path}: not a readable file")
+
+
+def read_structure(path: str, option: str = "--structure"):
+    """An ``ase.Atoms`` from a file ASE reads (the last frame of a trajectory)."""
+    from ase.io import read
+
+    readable_file(path, option)
     try:
         return read(path)
     except Exception as exc:  # ASE raises many types for files it cannot parse

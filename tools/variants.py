@@ -160,6 +160,7 @@ def throughput(optimize, batched: bool):
             return [evaluator.run_packed(group) for group in groups]
 
         step.batches, step.max_edges = len(groups), max_edges
+        step.n_edges = sum(s.n_edges for s in systems)
         return step
 
     return make
