@@ -20,10 +20,12 @@ def capturing(t: torch.Tensor) -> bool:
 
 
 def eager(*tensors) -> bool:
-    """True when plain tensors run eagerly: no compile, tracing, fake or dispatch mode that
-    needs the torch.library op itself (the fused ops then skip torch.library's Python layers)."""
+    """True when plain tensors run eagerly: no compile, tracing, fake or dispatch mode and no
+    torch.func transform (grad, vmap) that needs the torch.library op itself (the fused ops then
+    skip torch.library's Python layers)."""
     return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
             and not torch._C._is_torch_function_mode_enabled()
+            and not torch._C._are_functorch_transforms_active()
             and all(t is None or type(t) is torch.Tensor for t in tensors))
 
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import dispatch
-from .checks import capturing, eager, real
+from .checks import capturing, real
 from .errors import InputError
+from .fused_op import FusedOp
 
 OP = "prepare_edges"
 
@@ -73,27 +73,18 @@ def prepare_reference(r, idx_i, idx_j, n_atoms):
     return dst_ptr, dst_perm, src_ptr, src_perm
 
 
-def _prepare_edges_body(r: Tensor, idx_i: Tensor, idx_j: Tensor,
-                        n_atoms: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _signature(r: Tensor, idx_i: Tensor, idx_j: Tensor, n_atoms: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_shapes(r, idx_i, idx_j, n_atoms)
-    return dispatch.run(OP, r.device.type, r.detach(), idx_i, idx_j, n_atoms)
 
 
-prepare_edges = torch.library.custom_op("painnfx::prepare_edges", mutates_args=())(_prepare_edges_body)
-
-
-@prepare_edges.register_fake
-def _prepare_edges_fake(r, idx_i, idx_j, n_atoms):
-    _check_shapes(r, idx_i, idx_j, n_atoms)
+def _fake(r, idx_i, idx_j, n_atoms):
     e = r.shape[0]
     return idx_i.new_empty(n_atoms + 1), idx_i.new_empty(e), idx_i.new_empty(n_atoms + 1), idx_i.new_empty(e)
 
 
-def prepare(r, idx_i, idx_j, n_atoms: int):
-    """``prepare_edges``, called directly when running eagerly (no torch.library layers)."""
-    if eager(r, idx_i, idx_j):
-        return tuple(_prepare_edges_body(r, idx_i, idx_j, n_atoms))
-    return prepare_edges(r, idx_i, idx_j, n_atoms)
+PREPARE_EDGES = FusedOp(OP, _signature, _fake, prepare_reference)
+prepare_edges = PREPARE_EDGES.op
+prepare = PREPARE_EDGES.call
 
 
 def check_plan(op: str, edges, n_atoms: int, n_edges: int) -> None:
@@ -106,6 +97,3 @@ def check_plan(op: str, edges, n_atoms: int, n_edges: int) -> None:
             raise InputError(f"{op}: edges.{name} must be int64 of shape ({size},), got {t.dtype} {tuple(t.shape)}; "
                              "pass the result of prepare_edges for this edge list")
 
-
-dispatch.define(OP, prepare_edges, _prepare_edges_body)
-dispatch.implement(OP, dispatch.REFERENCE, prepare_reference)
