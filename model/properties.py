@@ -49,6 +49,42 @@ def compute_properties(
     ``n_systems`` systems): ``cell`` (n_systems, 3, 3), one strain per system, sigma
     (n_systems, 3, 3); a system whose cell has no volume (not periodic) gets NaN there."""
     check_system_tensors(model, positions, numbers, edge_index, shifts)
+    joint = getattr(model, "joint_properties", None)
+    capturing = positions.is_cuda and torch.cuda.is_current_stream_capturing()
+    if joint is not None and not create_graph and batch is None and not capturing:
+        out = _joint(model, joint, positions, numbers, edge_index, shifts, cell, stress)
+        if out is not None:
+            return out
+    return derive_properties(model, positions, numbers, edge_index, shifts, cell, stress, create_graph, batch, n_systems)
+
+
+def _joint(model, joint, positions, numbers, edge_index, shifts, cell, stress: bool) -> Optional[Properties]:
+    """Through an optimized model's compiled joint graph (rewriter/joint.py), when its auto policy
+    picks that path for this system; None otherwise."""
+    def fused(pos, numbers, edge_index, shifts):
+        return model._fused(pos, numbers, edge_index, shifts, None, 1)
+
+    if stress:
+        if cell is None:
+            raise ValueError("stress needs the cell of each system")
+
+        def fn(positions, numbers, edge_index, shifts, cell):
+            p = derive_properties(fused, positions, numbers, edge_index, shifts, cell, True, False, None, 1)
+            return p.energy, p.forces, p.stress
+
+        out = joint("energy+forces+stress", fn, (positions, numbers, edge_index, shifts, cell.to(positions.dtype)))
+    else:
+        def fn(positions, numbers, edge_index, shifts):
+            p = derive_properties(fused, positions, numbers, edge_index, shifts, None, False, False, None, 1)
+            return p.energy, p.forces
+
+        out = joint("energy+forces", fn, (positions, numbers, edge_index, shifts))
+    return None if out is None else Properties(*out)
+
+
+def derive_properties(model, positions, numbers, edge_index, shifts, cell, stress: bool, create_graph: bool, batch,
+            n_systems: int) -> Properties:
+    """E, F and sigma by autograd (what ``compute_properties`` computes, its inputs checked)."""
     positions = positions.detach().requires_grad_(True)
     inputs = [positions]
     if stress:
@@ -68,11 +104,12 @@ def compute_properties(
         inputs.append(strain)
     else:
         pos, sh = positions, shifts
-    if batch is None:
-        energy = model(pos, numbers, edge_index, sh)
-    else:
-        energy = model(pos, numbers, edge_index, sh, batch, n_systems)
-    grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph, allow_unused=True)
+    with torch.enable_grad():
+        if batch is None:
+            energy = model(pos, numbers, edge_index, sh)
+        else:
+            energy = model(pos, numbers, edge_index, sh, batch, n_systems)
+        grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph, allow_unused=True)
     forces = -grads[0] if grads[0] is not None else torch.zeros_like(positions)
     sigma = None
     if stress:

@@ -1,48 +1,113 @@
-"""Energy and forces as one graph traced ahead of time: the joint forward and backward of an
-optimized model, run without the autograd engine.
+"""Energy, forces and stress as one graph traced ahead of time: the joint forward and backward of
+an optimized model, run without the autograd engine.
 
-``joint_forces(fast, example)`` traces ``energy, -dE/dR`` of ``fast``'s fused graph with
-``make_fx`` (symbolic atom and edge counts): autograd runs once, at trace time, and what it
-would do on every call is recorded as graph nodes, the fused ops' analytical backwards
-(``painnfx::painn_message_backward``) among them. The result runs under ``torch.inference_mode``:
-no tape is recorded and no engine walks one. It can be handed to ``torch.compile`` (Inductor) as a
-whole. Parameters are read from the model's live tensors at trace time (trace again after
-``.to()``). Training (``create_graph=True``) keeps the autograd path.
+``JointGraphs.run(key, fn, *tensors)`` traces ``fn`` (a function of tensors that evaluates the
+optimized model's fused path and differentiates it with ``torch.autograd.grad``) once per kind of
+call ``key``, with ``make_fx`` and symbolic atom and edge counts: autograd runs once, at trace
+time, and what it would do on every call is recorded as graph nodes, the fused ops' analytical
+backwards (``painnfx::painn_message_backward``) among them. The graph is then compiled by
+Inductor (its dense remainder fused into C++ loops; the fused ops stay opaque calls) and run
+under ``torch.inference_mode``: no tape is recorded and no engine walks one. One trace serves
+every system size. Parameters are read from the model's live tensors (trace again after ``.to()``).
+Training (``create_graph=True``) keeps the autograd path.
 
-Measured (H2O, float32, 2 threads, AMD EPYC; docs/rewriter.md): the traced graph alone is no
-faster than the autograd path (per-op dispatch, not the engine, dominates at 3 atoms); under
-Inductor it is 1.7x eager, and then the Python layer of the fused ops' calls is 40% of the time.
+``OptimizedModel`` decides per size class whether a call takes this path (runner.py, the auto
+policy: timed against the fused and plain paths, and its energy and forces checked against the
+fused path's first); ``model/properties.py`` hands it the function to trace.
 """
 
 from __future__ import annotations
+
+import time
+from typing import Callable
 
 import torch
 import torch.fx as fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .runner import OptimizedModel
+#: the fused ops' nodes, forward and backward, as they appear in a joint graph
+FUSED_NODES = ("painnfx.prepare_edges.default", "painnfx.painn_message.default",
+               "painnfx.painn_message_backward.default", "painnfx.radial_filter.default",
+               "painnfx.radial_filter_backward.default")
 
 
-def _energy_and_forces(fast: OptimizedModel):
-    def fn(positions, numbers, edge_index, shifts):
+def trace(fn: Callable, *tensors) -> fx.GraphModule:
+    """``fn`` traced on ``tensors`` with symbolic sizes (any atom and edge count)."""
+    return make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*tensors)
+
+
+#: atom and edge counts of the system joint graphs are traced on: primes that coincide with no
+#: feature, basis or spatial size (tracing on a 3-atom molecule would bake N = 3 into views)
+TRACE_ATOMS, TRACE_EDGES = 7, 19
+
+
+def trace_example(positions, numbers, edge_index, shifts, *rest) -> tuple:
+    """Inputs like the given ones (dtypes, devices, the size-independent ``rest``) with
+    ``TRACE_ATOMS`` atoms and ``TRACE_EDGES`` edges: what a joint graph is traced on (the sizes are
+    symbolic; the values only have to be a valid system)."""
+    n, e = TRACE_ATOMS, TRACE_EDGES
+    pos = torch.arange(n * 3, dtype=positions.dtype, device=positions.device).reshape(n, 3) * 0.9
+    src = torch.arange(e, device=edge_index.device) % n
+    ei = torch.stack([src, (src + 1 + torch.arange(e, device=edge_index.device) // n) % n]).to(edge_index.dtype)
+    return (pos, numbers[:1].expand(n).clone(), ei, torch.zeros(e, 3, dtype=shifts.dtype, device=shifts.device), *rest)
+
+
+def node_counts(gm: fx.GraphModule) -> dict:
+    """{"nodes": all, "fused": {op: count}} of a joint graph."""
+    fused: dict = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and str(n.target) in FUSED_NODES:
+            fused[str(n.target)] = fused.get(str(n.target), 0) + 1
+    return {"nodes": len(gm.graph.nodes), "fused": fused}
+
+
+class JointGraphs:
+    """The traced (and, with ``compile``, Inductor-compiled) joint graphs of one optimized model,
+    one per kind of call (``key``, e.g. with or without stress). ``compile_seconds[key]``: the
+    first call's trace and compile time, reported apart from the timed calls."""
+
+    def __init__(self, compile: bool = True):
+        self.compile = compile
+        self.graphs: dict = {}  # key -> traced GraphModule
+        self._runners: dict = {}  # key -> what runs it (compiled or the GraphModule)
+        self.compile_seconds: dict = {}
+
+    def run(self, key, fn: Callable, *tensors):
+        """``fn(*tensors)`` through the graph of kind ``key`` (traced and compiled on first use).
+        ``tensors`` start with (positions, numbers, edge_index, shifts); the rest do not change
+        size with the system."""
+        runner = self._runners.get(key)
+        if runner is None:
+            start = time.perf_counter()
+            example = trace_example(*tensors)
+            gm = trace(fn, *example)
+            runner = torch.compile(gm, dynamic=True, fullgraph=True) if self.compile else gm
+            with torch.inference_mode():
+                runner(*example)  # Inductor compiles here, for sizes that coincide with nothing
+                out = runner(*tensors)
+            self.compile_seconds[key] = time.perf_counter() - start
+            self.graphs[key], self._runners[key] = gm, runner
+            return out
+        with torch.inference_mode():
+            return runner(*tensors)
+
+
+def joint_forces(fast, positions, numbers, edge_index, shifts) -> fx.GraphModule:
+    """The traced graph of (energy (1,), forces (N, 3)) of ``fast``'s fused path, for any N and E
+    (traced on the example given, with symbolic sizes; not compiled)."""
+    if not getattr(fast, "applied", False):
+        raise ValueError("joint_forces needs optimize() of a model that was rewritten (report.applied)")
+    if fast.per_atom is False:
+        raise ValueError("joint_forces needs a per-atom model (atomic_energies and aggregate)")
+
+    def energy_and_forces(positions, numbers, edge_index, shifts):
         positions = positions.detach().requires_grad_(True)
         with torch.enable_grad():
             energy = fast._fused(positions, numbers, edge_index, shifts, None, 1)
             (grad,) = torch.autograd.grad(energy.sum(), positions)
         return energy.detach(), -grad
 
-    return fn
-
-
-def joint_forces(fast: OptimizedModel, positions, numbers, edge_index, shifts) -> fx.GraphModule:
-    """The traced graph of (energy (1,), forces (N, 3)) of ``fast``'s fused path, for any N and E
-    (traced on the example given, with symbolic sizes)."""
-    if not isinstance(fast, OptimizedModel) or not fast.applied:
-        raise ValueError("joint_forces needs optimize() of a model that was rewritten (report.applied)")
-    if fast.per_atom is False:
-        raise ValueError("joint_forces needs a per-atom model (atomic_energies and aggregate)")
-    return make_fx(_energy_and_forces(fast), tracing_mode="symbolic", _allow_non_fake_inputs=True)(
-        positions, numbers, edge_index, shifts)
+    return trace(energy_and_forces, positions, numbers, edge_index, shifts)
 
 
 def run_joint(gm: fx.GraphModule, positions, numbers, edge_index, shifts):

@@ -86,6 +86,7 @@ class OptimizeReport:
     end_to_end: str = ""  # the whole-graph verification's verdict
     path_policy: str = ""  # how calls choose between the fused graph and the plain model
     path_choices: list = field(default_factory=list)  # one per size class seen: path and why
+    joint: dict = field(default_factory=dict)  # joint graphs built ({"graphs": {key: counts}}), or why rejected
     graph_before: str = ""
     graph_after: str = ""
     table_before: list = field(default_factory=list)  # normalized graph, before the rewrites
@@ -146,6 +147,17 @@ class OptimizeReport:
             out.append(f"path: {self.path_policy}")
             for c in self.path_choices:
                 out.append(f"  {c['atoms']} atoms, {c['edges']} edges: {c['path']} ({c['why']})")
+        traced = self.joint.get("traced")
+        if traced:
+            fused = ", ".join(f"{op.split('.')[1]} {n}" for op, n in traced["fused"].items())
+            out.append(f"joint graph (energy+forces, traced): plain model {traced['plain_nodes']} nodes -> optimized "
+                       f"{traced['optimized_nodes']} nodes; fused nodes: {fused}")
+        for key, g in self.joint.get("graphs", {}).items():
+            fused = ", ".join(f"{op.split('.')[1]} {n}" for op, n in g["fused"].items())
+            out.append(f"joint graph ({key}): {g['nodes']} nodes, fused nodes: {fused}; traced and compiled in "
+                       f"{g['compile_seconds']} s")
+        if self.joint.get("rejected"):
+            out.append(f"joint graph rejected: {self.joint['rejected']}")
         out.append(f"nodes: {self.nodes_before} -> {self.nodes_after}")
         out.append(f"kernel launches (estimate, fwd+bwd): {self.launches_before} -> {self.launches_after}")
         before, after = Counter(self.ops_before), Counter(self.ops_after)

@@ -9,7 +9,9 @@ fills in the user inputs.
 from __future__ import annotations
 
 import math
+import os
 import time
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -18,6 +20,7 @@ from torch import nn
 from painnfx.ops import InputError, use_backend
 
 from .capture import Captured
+from .joint import JointGraphs, node_counts
 from .report import OptimizeReport
 
 
@@ -53,6 +56,26 @@ class GraphRunner(nn.Module):
 MEASURE_MAX_EDGES = 10_000
 
 
+def joint_default() -> bool:
+    """Whether the auto policy considers the compiled joint graph (``PAINNFX_JOINT``, default 1).
+    Its first use per kind of call costs an Inductor compile (seconds): the test suite sets 0 and
+    the joint path's own tests turn it on."""
+    return os.environ.get("PAINNFX_JOINT", "1") != "0"
+
+
+#: the joint graph's forces must equal the fused autograd path's to this (relative to max |F|)
+JOINT_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+PATHS = {
+    "fused": "fused graph on every call, forces by autograd",
+    "auto": "auto: the fastest of fused, plain and (for energy with forces, unless PAINNFX_JOINT=0) the compiled "
+            f"joint graph, measured on the first call of each size class (fused without measuring above "
+            f"{MEASURE_MAX_EDGES} edges)",
+    "joint": "the compiled joint graph for energy with forces (and stress), the fused graph for energy alone",
+}
+
+
 def size_class(n_atoms: int, n_edges: int) -> tuple:
     """Systems within a factor of two in atoms and edges share one measured choice."""
     return (max(0, math.ceil(math.log2(max(n_atoms, 1)))), max(0, math.ceil(math.log2(max(n_edges, 1)))))
@@ -68,11 +91,17 @@ class OptimizedModel(nn.Module):
     by default) never makes a call slower than the plain model: on the first call of each size
     class (``size_class``) it times energy+forces of both paths (``repeats`` calls each after a
     warm-up, the fastest counts) and keeps the faster; above ``MEASURE_MAX_EDGES`` edges it takes
-    the fused path unmeasured. ``report.path_choices`` records each choice and why."""
+    the fused path unmeasured. ``report.path_choices`` records each choice and why.
+
+    ``joint`` (default ``PAINNFX_JOINT``, on): where a caller asks for energy and forces together
+    (``joint_properties``, what ``compute_properties`` does without ``create_graph``), the auto
+    policy also times the compiled joint graph (joint.py: forward and analytical backward traced
+    ahead of time, Inductor, no autograd engine), after checking its energy and forces against the
+    fused path's on that system; a joint graph that disagrees is never used (``report.joint``)."""
 
     def __init__(self, model: nn.Module, cap: Optional[Captured], report: OptimizeReport, per_atom: bool,
                  backend: Optional[str] = None, path: str = "fused", timer: Callable[[], float] = time.perf_counter,
-                 repeats: int = 3):
+                 repeats: int = 3, joint: Optional[bool] = None):
         super().__init__()
         self.model = model
         self.runner = GraphRunner(cap, backend) if (cap is not None and report.applied) else None
@@ -83,6 +112,9 @@ class OptimizedModel(nn.Module):
         self.path = path
         self.timer, self.repeats = timer, repeats
         self._choice: dict = {}
+        self.joint = joint_default() if joint is None else joint
+        self.joint_graphs = JointGraphs()
+        self._joint_verified: set = set()
 
     @property
     def applied(self) -> bool:
@@ -94,12 +126,10 @@ class OptimizedModel(nn.Module):
 
     @path.setter
     def path(self, value: str) -> None:
-        if value not in ("fused", "auto"):
-            raise ValueError(f"path must be 'fused' or 'auto', got {value!r}")
+        if value not in PATHS:
+            raise ValueError(f"path must be one of {', '.join(PATHS)}, got {value!r}")
         self._path = value
-        self.report.path_policy = ("fused graph on every call" if value == "fused" else
-                                   "auto: the faster of fused and plain, measured on the first call of each size class "
-                                   f"(fused without measuring above {MEASURE_MAX_EDGES} edges)")
+        self.report.path_policy = PATHS[value]
 
     def _plain(self, positions, numbers, edge_index, shifts, batch, n_systems):
         if batch is None:
@@ -115,39 +145,102 @@ class OptimizedModel(nn.Module):
 
     def _time(self, fn, args) -> float:
         positions = args[0].detach().clone().requires_grad_(True)
-        sync = torch.cuda.synchronize if positions.is_cuda else (lambda: None)  # time the work, not the launch
-        best = math.inf
+
+        def call():
+            energy = fn(positions, *args[1:])
+            torch.autograd.grad(energy.sum(), positions)
+
         with torch.enable_grad():
-            for k in range(self.repeats + 1):
-                sync()
-                start = self.timer()
-                energy = fn(positions, *args[1:])
-                torch.autograd.grad(energy.sum(), positions)
-                sync()
-                if k:  # the first call is a warm-up
-                    best = min(best, self.timer() - start)
+            return self._best(call, positions)
+
+    def _best(self, call, like) -> float:
+        """Fastest of ``repeats`` calls after a warm-up."""
+        sync = torch.cuda.synchronize if like.is_cuda else (lambda: None)  # time the work, not the launch
+        best = math.inf
+        for k in range(self.repeats + 1):
+            sync()
+            start = self.timer()
+            call()
+            sync()
+            if k:  # the first call is a warm-up
+                best = min(best, self.timer() - start)
         return best
 
-    def _choose(self, args) -> str:
+    def _joint_agrees(self, joint_call, args) -> Optional[str]:
+        """None when the joint graph's energy and forces equal the fused path's here, else why not."""
+        energy, forces = joint_call()[:2]
+        positions = args[0].detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            ref = self._fused(positions, *args[1:])
+            (grad,) = torch.autograd.grad(ref.sum(), positions)
+        scale = max(1.0, float(grad.abs().max()))
+        tol = JOINT_TOLERANCE.get(positions.dtype, 1e-4) * scale
+        err_f = float((forces + grad).abs().max()) if forces.numel() else 0.0
+        err_e = float((energy - ref.detach()).abs().max())
+        if err_f > tol or err_e > tol * max(1.0, float(ref.detach().abs().max())):
+            return f"joint graph disagrees with the fused path: max force error {err_f:.2e}, energy {err_e:.2e}"
+        return None
+
+    def _choose(self, args, joint_call=None) -> str:
+        """The path for this call's size class, measured on its first call. A measurement made for
+        energy alone is redone when a caller offers the joint graph; one that included it serves
+        energy-alone calls too (its "joint" means the fused graph there)."""
         n_atoms, n_edges = args[0].shape[0], args[2].shape[1]
         cls = size_class(n_atoms, n_edges)
-        if cls not in self._choice:
+        known = self._choice.get(cls)
+        if known is None or (joint_call is not None and not known[1]):
             if n_edges > MEASURE_MAX_EDGES:
                 choice, why = "fused", f"more than {MEASURE_MAX_EDGES} edges"
             else:
-                fused, plain = self._time(self._fused, args), self._time(self._plain, args)
-                choice = "fused" if fused <= plain else "plain"
-                why = f"fused {fused * 1e3:.3g} ms vs plain {plain * 1e3:.3g} ms per energy+forces"
-            self._choice[cls] = choice
+                times = {"fused": self._time(self._fused, args), "plain": self._time(self._plain, args)}
+                if joint_call is not None:
+                    times["joint"] = self._best(joint_call, args[0])
+                choice = min(times, key=times.get)
+                why = " vs ".join(f"{k} {t * 1e3:.3g} ms" for k, t in times.items()) + " per energy+forces"
+            self._choice[cls] = known = (choice, joint_call is not None)
             self.report.path_choices.append(
                 {"atoms": n_atoms, "edges": n_edges, "size_class": list(cls), "path": choice, "why": why})
-        return self._choice[cls]
+        if joint_call is None and known[0] == "joint":
+            return "fused"
+        return known[0]
+
+    def _reject_joint(self, why: str) -> None:
+        self.joint = False
+        self.report.joint["rejected"] = why
+        warnings.warn(f"painnfx: {why}; this model keeps the autograd path", RuntimeWarning, stacklevel=4)
+
+    def joint_properties(self, key, fn: Callable, tensors: tuple):
+        """``fn(*tensors)`` through the compiled joint graph of kind ``key`` when the auto policy
+        picks the joint path for this size class, else None (the caller runs autograd). ``fn``
+        must evaluate ``self._fused`` and differentiate it; ``tensors`` start with (positions,
+        numbers, edge_index, shifts)."""
+        if self.runner is None or self._path == "fused" or not self.joint or not self.per_atom:
+            return None
+
+        def joint_call():
+            return self.joint_graphs.run(key, fn, *tensors)
+
+        args = (*tensors[:4], None, 1)
+        if key not in self._joint_verified:  # the first call traces and compiles
+            rejected = self._joint_agrees(joint_call, args)
+            if rejected is not None:
+                self._reject_joint(rejected)
+                return None
+            self._joint_verified.add(key)
+        if self._path == "auto" and self._choose(args, joint_call) != "joint":
+            return None
+        out = joint_call()
+        if key not in self.report.joint.get("graphs", {}):
+            gm = self.joint_graphs.graphs[key]
+            self.report.joint.setdefault("graphs", {})[key] = {
+                **node_counts(gm), "compile_seconds": round(self.joint_graphs.compile_seconds[key], 2)}
+        return out
 
     def forward(self, positions, numbers, edge_index, shifts, batch=None, n_systems: int = 1):
         args = (positions, numbers, edge_index, shifts, batch, n_systems)
         if self.runner is None or (batch is not None and not self.per_atom):
             return self._plain(*args)
-        if self._path == "auto" and self._choose(args) == "plain":
+        if self._path == "auto" and self._choose(args, None) == "plain":
             return self._plain(*args)
         return self._fused(*args)
 

@@ -2,11 +2,14 @@
 contains the fused ops' analytical backwards, runs without autograd, and gives the forces of the
 autograd path for systems of other sizes than the one it was traced on."""
 
+import numpy as np
+import pytest
 import torch
 from ase.build import bulk, molecule
 
 from helpers import CPU_KERNELS, assert_kernels, evaluate, system_tensors
 from painnfx.model.default import random_model
+from painnfx.model.properties import compute_properties, voigt
 from painnfx.ops.dispatch import record_calls
 from painnfx.rewriter import optimize
 from painnfx.rewriter.joint import joint_forces, run_joint
@@ -34,3 +37,111 @@ def test_joint_graph_has_the_fused_backward_and_matches_autograd_on_other_sizes(
         ref = evaluate(model, atoms)
         torch.testing.assert_close(energy, ref.energy, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(forces, ref.forces, rtol=1e-10, atol=1e-10)
+
+
+def _fixed_timer(fast, monkeypatch, joint: float, fused: float = 2.0, plain: float = 3.0):
+    """Fake timings for the auto policy: the plain and fused paths through ``_time``, the joint
+    graph through ``_best`` (which ``_time`` also uses, so it is patched after)."""
+    monkeypatch.setattr(fast, "_time", lambda fn, args: fused if fn == fast._fused else plain)
+    monkeypatch.setattr(fast, "_best", lambda call, like: call() and joint)
+
+
+def _cu_cell():
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 1, 1)
+    atoms.rattle(0.05, seed=4)
+    return atoms
+
+
+def test_calculator_takes_the_joint_graph_where_auto_measures_it_faster(monkeypatch):
+    """The calculator's auto policy with the joint graph on (traced, not compiled here: the Inductor
+    test below compiles it): chosen on the fake timings, checked against the fused path first,
+    then every energy+forces (and stress) call runs it, in inference mode, on the kernels."""
+    from painnfx.model.calculator import PaiNNCalculator
+    from painnfx.rewriter.joint import JointGraphs
+
+    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
+    calc = PaiNNCalculator(model, optimize="auto", dtype=torch.float64)
+    fast = calc.evaluator
+    fast.joint, fast.joint_graphs = True, JointGraphs(compile=False)
+    _fixed_timer(fast, monkeypatch, joint=1.0)
+    for atoms, stress in ((molecule("H2O"), False), (molecule("C6H6"), False), (_cu_cell(), True)):
+        atoms.rattle(0.02, seed=2)
+        pos, numbers, nl, cell = system_tensors(atoms, model.cutoff)
+        compute_properties(fast, pos, numbers, nl.edge_index, nl.shifts, cell, stress=stress)  # measures
+        with record_calls() as calls:
+            out = compute_properties(fast, pos, numbers, nl.edge_index, nl.shifts, cell, stress=stress)
+        assert_kernels(calls, CPU_KERNELS, 2)
+        assert out.forces.is_inference() and out.energy.is_inference()  # no autograd tape was recorded
+        ref = evaluate(model, atoms, stress=stress)
+        torch.testing.assert_close(out.energy, ref.energy, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out.forces, ref.forces, rtol=1e-10, atol=1e-10)
+        if stress:
+            torch.testing.assert_close(out.stress, ref.stress, rtol=1e-10, atol=1e-12)
+            atoms.calc = calc
+            np.testing.assert_allclose(atoms.get_stress(), voigt(ref.stress), rtol=1e-9, atol=1e-12)
+    assert [c["path"] for c in fast.report.path_choices] == ["joint"] * 3
+    graphs = fast.report.joint["graphs"]
+    assert set(graphs) == {"energy+forces", "energy+forces+stress"}
+    assert graphs["energy+forces"]["fused"] == {"painnfx.prepare_edges.default": 1, "painnfx.painn_message.default": 2,
+                                                "painnfx.painn_message_backward.default": 2}
+    assert "joint graph (energy+forces)" in fast.report.to_text()
+
+
+def test_auto_keeps_autograd_where_the_joint_graph_is_slower(monkeypatch):
+    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
+    fast = optimize(model)
+    fast.path, fast.joint = "auto", True
+    from painnfx.rewriter.joint import JointGraphs
+
+    fast.joint_graphs = JointGraphs(compile=False)
+    _fixed_timer(fast, monkeypatch, joint=5.0)
+    atoms = molecule("C6H6")
+    out = evaluate(fast, atoms)
+    assert not out.forces.is_inference()  # the autograd path ran
+    (choice,) = fast.report.path_choices  # one measurement serves the energy+forces call and the energy inside it
+    assert choice["path"] == "fused"
+    assert "fused 2e+03 ms vs plain 3e+03 ms vs joint 5e+03 ms" in choice["why"]
+
+
+def test_a_joint_graph_that_disagrees_is_never_used(monkeypatch):
+    """A joint graph whose forces differ from the fused path's (here: shifted on purpose) is
+    rejected on its first call, with a warning; the call and all later ones take autograd."""
+    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
+    fast = optimize(model)
+    fast.path, fast.joint = "joint", True
+    from painnfx.rewriter.joint import JointGraphs
+
+    graphs = JointGraphs(compile=False)
+    run = graphs.run
+    monkeypatch.setattr(graphs, "run", lambda key, fn, *t: (lambda e, f: (e, f + 1e-6))(*run(key, fn, *t)))
+    fast.joint_graphs = graphs
+    atoms = molecule("CH4")
+    with pytest.warns(RuntimeWarning, match="joint graph disagrees with the fused path: max force error 1.00e-06"):
+        out = evaluate(fast, atoms)
+    torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
+    assert not fast.joint and "disagrees" in fast.report.joint["rejected"]
+    assert not evaluate(fast, molecule("H2O")).forces.is_inference()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_compiled_joint_graph_equals_eager_on_every_size_without_recompiling(dtype):
+    """Inductor-compiled joint graph (what the calculator runs by default where it is faster),
+    traced and compiled once on its own example sizes, then run on a 3-atom molecule (N = 3
+    coincides with the spatial dimension), a 12-atom one and a periodic cell."""
+    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).to(dtype)
+    fast = optimize(model)
+    fast.path, fast.joint = "joint", True
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5}[dtype]
+    for atoms in (molecule("H2O"), molecule("C6H6"), _cu_cell()):
+        atoms.rattle(0.02, seed=3)
+        with record_calls() as calls:
+            out = evaluate(fast, atoms, dtype=dtype)
+        assert calls[("painn_message", CPU_KERNELS)] >= 2 and calls[("painn_message_backward", CPU_KERNELS)] >= 2
+        assert out.forces.is_inference()
+        ref = evaluate(model, atoms, dtype=dtype)
+        torch.testing.assert_close(out.forces, ref.forces, rtol=tol, atol=tol)
+        torch.testing.assert_close(out.energy, ref.energy, rtol=tol, atol=tol)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert fast.report.joint["graphs"]["energy+forces"]["compile_seconds"] < 60

@@ -35,7 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--measure", action="store_true",
                    help="run the calculator's auto path policy on a 3-atom and a 50-atom cluster and report which "
-                        "path (fused or plain) each size takes and why")
+                        "path (fused, plain or the compiled joint graph) each size takes and why")
+    p.add_argument("--joint", action="store_true",
+                   help="trace the joint forward+backward graph (energy and forces, no autograd engine) of the plain "
+                        "and the optimized model and report their node counts and fused nodes")
 
 
 def load_model(args):
@@ -91,6 +94,31 @@ def measure_paths(fast, model) -> None:
                            nl.shifts)
 
 
+def trace_joint_graphs(fast, model) -> None:
+    """Node counts of the energy+forces joint graphs of the plain and the optimized model, traced
+    (not compiled) with symbolic sizes, into ``report.joint["traced"]``."""
+    from painnfx.model.properties import derive_properties
+    from painnfx.rewriter.joint import node_counts, trace, trace_example
+
+    p = next(model.parameters())
+    elements = getattr(getattr(model, "config", None), "elements", None) or [1]
+    empty = torch.zeros(0, 3, dtype=p.dtype, device=p.device)
+    example = trace_example(empty, torch.full((1,), int(elements[0]), device=p.device),
+                            torch.zeros(2, 0, dtype=torch.long, device=p.device), empty)
+
+    def graph_of(energy):
+        def fn(positions, numbers, edge_index, shifts):
+            out = derive_properties(energy, positions, numbers, edge_index, shifts, None, False, False, None, 1)
+            return out.energy, out.forces
+
+        return node_counts(trace(fn, *example))
+
+    plain = graph_of(model)
+    fused = graph_of(lambda *a: fast._fused(*a, None, 1))
+    fast.report.joint["traced"] = {"plain_nodes": plain["nodes"], "optimized_nodes": fused["nodes"],
+                                   "fused": fused["fused"]}
+
+
 def main_inspect(args) -> int:
     from painnfx.rewriter import optimize
     from painnfx.rewriter.optimize import NothingRewrittenWarning
@@ -102,6 +130,8 @@ def main_inspect(args) -> int:
     report = fast.report
     if args.measure and fast.applied:
         measure_paths(fast, model)
+    if args.joint and fast.applied:
+        trace_joint_graphs(fast, model)
     written = []
     if args.dot:
         from .graphviz import write_graphs

@@ -164,6 +164,9 @@ def main_md(args) -> int:
         "path_choices": [{k: c[k] for k in ("atoms", "edges", "path", "why")} for c in report.path_choices]
         if calc.optimized else [],
         "kernels": backends_that_ran(calls),  # which implementation ran each fused op, and how often
+        # the first step's one-off cost of the compiled joint graph (trace + Inductor), not in steps_per_s
+        "joint_compile_s": {k: g["compile_seconds"] for k, g in report.joint.get("graphs", {}).items()}
+        if calc.optimized else {},
     }
     if args.plot:
         plot_energy(energies, run_md.last_potential, n, args, summary, args.plot)
@@ -181,6 +184,8 @@ def main_md(args) -> int:
               f"optimized={summary['optimized']}")
         for c in summary["path_choices"]:
             print(f"  path: {c['path']} ({c['why']})")
+        for key, sec in summary["joint_compile_s"].items():
+            print(f"  joint graph ({key}) traced and compiled in {sec} s (first step, not in the step rate)")
         if summary["kernels"]:
             print("  fused ops ran on: " + ", ".join(f"{op} {'/'.join(f'{b} x{k}' for b, k in v.items())}"
                                                        for op, v in summary["kernels"].items()))
