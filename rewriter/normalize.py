@@ -13,17 +13,23 @@ Canonical forms (aten level):
     identity  detach(x) | lift_fresh_copy(x) | alias(x)  -> x
 Constants: nodes computed only from buffers and literals are evaluated once (``fold_constants``);
 parameters stay graph inputs so the optimized module keeps using the live weights.
+
+The canonical forms are ``RULES``: (pattern, rewrite) pairs in the pattern language the fusions
+use (``pattern.py``), applied by ``canonicalize`` until none matches.
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
 import torch
 import torch.fx as fx
 
 from .capture import Captured
+from .pattern import (Const, Lit, Match, MatchContext, Pattern, Var, add, any_of, div, linear, match_at, mul, op, pow_,
+                      reciprocal, sqrt)
 
 aten = torch.ops.aten
 
@@ -200,138 +206,51 @@ def _replace(g: fx.Graph, node: fx.Node, target, args, kwargs=None) -> fx.Node:
     return new
 
 
-def _scalar(a):
-    return isinstance(a, (int, float)) and not isinstance(a, bool)
+@dataclass(frozen=True)
+class Rule:
+    """A canonical-form rewrite: where ``pattern`` matches a node, ``rewrite(match, node, gm)``
+    gives what replaces it: an existing value (an fx.Node), a call ``(aten target, args)``, or
+    None to leave the node (a condition the pattern cannot state)."""
+
+    name: str
+    pattern: Pattern
+    rewrite: Callable[[Match, fx.Node, fx.GraphModule], Optional[Union[fx.Node, tuple]]]
 
 
 def canonicalize(cap: Captured) -> list[str]:
-    """Apply the canonical-form rewrites until nothing changes."""
+    """Apply the canonical-form rules (``RULES``, first match wins) until nothing changes."""
     g = cap.gm.graph
     counts: dict[str, int] = {}
     changed = True
     while changed:
         changed = False
-        consts = constant_nodes(cap)
+        ctx = MatchContext(constants=constant_nodes(cap))
         for node in list(g.nodes):
             if node.op != "call_function" or node not in g.nodes:
                 continue
-            for name, rule in _RULES:
-                if rule(g, node, consts):
-                    counts[name] = counts.get(name, 0) + 1
-                    changed = True
-                    break
+            for rule in RULES:
+                m, _, _ = match_at(node, rule.pattern, ctx)
+                out = None if m is None else rule.rewrite(m, node, cap.gm)
+                if out is None:
+                    continue
+                if isinstance(out, fx.Node):
+                    node.replace_all_uses_with(out)
+                    g.erase_node(node)
+                else:
+                    _replace(g, node, *out)
+                counts[rule.name] = counts.get(rule.name, 0) + 1
+                changed = True
+                break
     return [f"{name}: {n}" for name, n in counts.items()]
 
 
-def _rule_norm(g, node, consts):
-    if not _is(node, aten.sqrt):
-        return False
-    s = node.args[0]
-    if not _is(s, aten.sum) or len(s.args) < 2:
-        return False
-    sq = s.args[0]
-    if _is(sq, aten.pow) and sq.args[1] == 2:
-        x = sq.args[0]
-    elif _is(sq, aten.mul) and sq.args[0] is sq.args[1]:
-        x = sq.args[0]
-    else:
-        return False
-    keepdim = s.args[2] if len(s.args) > 2 else s.kwargs.get("keepdim", False)
-    _replace(g, node, aten.linalg_vector_norm.default, [x, 2, s.args[1], keepdim])
-    return True
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _rule_reciprocal(g, node, consts):
-    if not _is(node, aten.mul):
-        return False
-    a, b = node.args[:2]
-    for x, y in ((a, b), (b, a)):
-        if not isinstance(x, fx.Node) or x in consts:
-            continue
-        if _is(y, aten.reciprocal):
-            _replace(g, node, aten.div.Tensor, [x, y.args[0]])
-            return True
-        if _is(y, aten.pow) and y.args[1] == -1:
-            _replace(g, node, aten.div.Tensor, [x, y.args[0]])
-            return True
-    return False
-
-
-def _rule_square(g, node, consts):
-    if _is(node, aten.mul) and node.args[0] is node.args[1] and isinstance(node.args[0], fx.Node):
-        _replace(g, node, aten.pow.Tensor_Scalar, [node.args[0], 2])
-        return True
-    return False
-
-
-def _rule_square_op(g, node, consts):
-    if _is(node, aten.square):
-        _replace(g, node, aten.pow.Tensor_Scalar, [node.args[0], 2])
-        return True
-    return False
-
-
-def _rule_mul_one(g, node, consts):
-    if _is(node, aten.mul) and len(node.args) == 2:
-        for x, c in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
-            if isinstance(x, fx.Node) and _scalar(c) and c == 1:
-                node.replace_all_uses_with(x)
-                g.erase_node(node)
-                return True
-    return False
-
-
-def _rule_neg(g, node, consts):
-    if _is(node, aten.neg):
-        _replace(g, node, aten.mul.Tensor, [node.args[0], -1.0])
-        return True
-    return False
-
-
-def _const_value(a, consts):
-    if _scalar(a):
-        return a
-    if isinstance(a, fx.Node) and a in consts:
-        return consts[a]
-    return None
-
-
-def _rule_div_by_constant(g, node, consts):
-    if not _is(node, aten.div) or len(node.args) != 2 or node.kwargs.get("rounding_mode"):
-        return False
-    x, c = node.args
-    value = _const_value(c, consts)
-    if value is None or _const_value(x, consts) is not None:
-        return False
-    inv = 1.0 / value
-    _replace(g, node, aten.mul.Tensor, [x, inv if _scalar(inv) else add_constant(g.owning_module, node, f"const_{node.name}", inv)])
-    return True
-
-
-def _rule_scale_chain(g, node, consts):
-    """(x * c1) * c2 -> x * (c1 c2), for constants c1, c2."""
-    if not _is(node, aten.mul):
-        return False
-    for inner, c2 in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
-        v2 = _const_value(c2, consts)
-        if v2 is None or not _is(inner, aten.mul) or len(inner.users) != 1:
-            continue
-        for x, c1 in ((inner.args[0], inner.args[1]), (inner.args[1], inner.args[0])):
-            v1 = _const_value(c1, consts)
-            if v1 is None or _const_value(x, consts) is not None:
-                continue
-            prod = v1 * v2
-            c = prod if _scalar(prod) else add_constant(g.owning_module, node, f"const_{node.name}", torch.as_tensor(prod))
-            _replace(g, node, aten.mul.Tensor, [x, c])
-            return True
-    return False
-
-
-def _rule_index_select(g, node, consts):
-    if _is(node, aten.index_select) and node.args[1] == 0:
-        _replace(g, node, aten.index.Tensor, [node.args[0], [node.args[2]]])
-        return True
-    return False
+def _constant_arg(gm: fx.GraphModule, node: fx.Node, value):
+    """A constant as a call argument: a Python number as is, a tensor as a new constant node."""
+    return value if _number(value) else add_constant(gm, node, f"const_{node.name}", torch.as_tensor(value))
 
 
 def _base_index(idx):
@@ -346,17 +265,6 @@ def _base_index(idx):
     return None
 
 
-def _rule_scatter_add(g, node, consts):
-    if not _is(node, aten.scatter_add) or node.args[1] != 0:
-        return False
-    base, index, src = node.args[0], node.args[2], node.args[3]
-    idx = _base_index(index)
-    if idx is None:
-        return False
-    _replace(g, node, aten.index_add.default, [base, 0, idx, src])
-    return True
-
-
 def _transposed_weight(w):
     """W if w is W transposed (W 2-D): W.t(), W.T, W.mT, W.permute(1, 0), W.transpose(0, 1)."""
     if _is(w, aten.numpy_T, aten.mT, aten.adjoint):
@@ -369,50 +277,44 @@ def _transposed_weight(w):
     return None
 
 
-def _rule_linear(g, node, consts):
-    if _is(node, aten.addmm) and len(node.args) == 3 and not node.kwargs:
-        w = _transposed_weight(node.args[2])
-        if w is not None:
-            _replace(g, node, aten.linear.default, [node.args[1], w, node.args[0]])
-            return True
-    if _is(node, aten.matmul, aten.mm):
-        w = _transposed_weight(node.args[1])
-        if w is not None:
-            _replace(g, node, aten.linear.default, [node.args[0], w])
-            return True
-    if _is(node, aten.add) and len(node.args) == 2:
-        for lin, b in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
-            if _is(lin, aten.linear) and len(lin.args) == 2 and len(lin.users) == 1 and isinstance(b, fx.Node):
-                bval, wval = b.meta.get("val"), lin.args[1].meta.get("val")
-                if bval is not None and wval is not None and bval.dim() == 1 and bval.shape[0] == wval.shape[0]:
-                    _replace(g, node, aten.linear.default, [lin.args[0], lin.args[1], b])
-                    return True
-    return False
+def _bias_of(m: Match, node, gm):
+    """linear(x, W) + b -> linear(x, W, b) when b is a 1-D bias of W's output size."""
+    b, w = m.node("b"), m.node("w")
+    bval, wval = b.meta.get("val"), w.meta.get("val")
+    if bval is None or wval is None or bval.dim() != 1 or bval.shape[0] != wval.shape[0]:
+        return None
+    return aten.linear.default, [m["x"], w, b]
 
 
-_IDENTITIES = {aten.detach, aten.detach_, aten.lift_fresh_copy, aten.lift_fresh, aten.alias}
+_x, _y = Var("x"), Var("y")
+_variable = Var("x", constant=False)
+_transposed = Var("wt", where=lambda n: _transposed_weight(n) is not None)
+_sum, _square, _neg = op(aten.sum), op(aten.square), op(aten.neg)
+_index_select, _scatter_add, _addmm, _mm = op(aten.index_select), op(aten.scatter_add), op(aten.addmm), op(aten.mm, aten.matmul)
+_identity = op(aten.detach, aten.detach_, aten.lift_fresh_copy, aten.lift_fresh, aten.alias)
+_dim, _keepdim = Lit(pred=lambda v: True, name="dim"), Lit(pred=lambda v: True, name="keepdim")
 
-
-def _rule_identity(g, node, consts):
-    """detach / lift_fresh_copy / alias return their input's values: use the input."""
-    if node.op == "call_function" and _packet(node.target) in _IDENTITIES and isinstance(node.args[0], fx.Node):
-        node.replace_all_uses_with(node.args[0])
-        g.erase_node(node)
-        return True
-    return False
-
-
-_RULES: list[tuple[str, Callable]] = [
-    ("identity", _rule_identity),
-    ("norm", _rule_norm),
-    ("division", _rule_reciprocal),
-    ("square", _rule_square),
-    ("square op", _rule_square_op),
-    ("multiplication by one", _rule_mul_one),
-    ("negation", _rule_neg),
-    ("division by constant", _rule_div_by_constant),
-    ("constant scale chain", _rule_scale_chain),
-    ("gather", _rule_index_select),
-    ("scatter", _rule_scatter_add),
-    ("linear", _rule_linear),
+RULES: list[Rule] = [
+    # detach / lift_fresh_copy / alias return their input's values: use the input
+    Rule("identity", _identity(_x), lambda m, n, gm: m.node("x")),
+    Rule("norm", sqrt(_sum(any_of(pow_(_x, 2), mul(_x, _x)), _dim, _keepdim)),
+         lambda m, n, gm: (aten.linalg_vector_norm.default, [m["x"], 2, m["dim"], m["keepdim"]])),
+    Rule("division", mul(_variable, any_of(reciprocal(_y), pow_(_y, -1))),
+         lambda m, n, gm: (aten.div.Tensor, [m["x"], m["y"]])),
+    Rule("square", mul(_x, _x), lambda m, n, gm: (aten.pow.Tensor_Scalar, [m["x"], 2])),
+    Rule("square op", _square(_x), lambda m, n, gm: (aten.pow.Tensor_Scalar, [m["x"], 2])),
+    Rule("multiplication by one", mul(_x, Lit(pred=lambda v: _number(v) and v == 1)), lambda m, n, gm: m.node("x")),
+    Rule("negation", _neg(_x), lambda m, n, gm: (aten.mul.Tensor, [m["x"], -1.0])),
+    Rule("division by constant", div(_variable, Const("c")),
+         lambda m, n, gm: (aten.mul.Tensor, [m["x"], _constant_arg(gm, n, 1.0 / m["c"])])),
+    # (x * c1) * c2 -> x * (c1 c2), for constants c1, c2
+    Rule("constant scale chain", mul(mul(_variable, Const("c1"), users=1), Const("c2")),
+         lambda m, n, gm: (aten.mul.Tensor, [m["x"], _constant_arg(gm, n, m["c1"] * m["c2"])])),
+    Rule("gather", _index_select(_x, 0, Var("i")), lambda m, n, gm: (aten.index.Tensor, [m["x"], [m["i"]]])),
+    Rule("scatter", _scatter_add(Var("base"), 0, Var("index", where=lambda i: _base_index(i) is not None), Var("src")),
+         lambda m, n, gm: (aten.index_add.default, [m["base"], 0, _base_index(m["index"]), m["src"]])),
+    Rule("linear", any_of(_addmm(Var("b"), _x, _transposed), _mm(_x, _transposed)),
+         lambda m, n, gm: (aten.linear.default,
+                           [m["x"], _transposed_weight(m["wt"]), *([m["b"]] if "b" in m else [])])),
+    Rule("linear", add(linear(_x, Var("w"), users=1), Var("b")), _bias_of),
 ]

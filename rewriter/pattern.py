@@ -134,12 +134,18 @@ def _one(caps):
 
 @dataclass(frozen=True)
 class Var(Pattern):
+    """A graph value; ``constant=False`` refuses one known at optimize time."""
+
     name: Optional[str] = None
     where: Optional[Callable[[fx.Node], bool]] = None
+    constant: Optional[bool] = None
 
     def matches(self, value, ctx, caps, depth):
         if not isinstance(value, fx.Node):
             ctx.fail(depth, f"expected a graph value for {self.name or 'a variable'}, found literal {value!r}")
+            return
+        if self.constant is False and value in ctx.constants:
+            ctx.fail(depth, f"{_describe(value)} is a constant, the pattern needs a variable {self.name or ''}")
             return
         if self.where is not None and not self.where(value):
             ctx.fail(depth, f"{_describe(value)} is not a valid {self.name or 'value'} here")

@@ -59,7 +59,8 @@ class GraphCounter:
         self.graphs, self.inner = [], inner
 
     def __call__(self, gm, example_inputs):
-        self.graphs.append(gm)
+        if any(n.op == "call_function" for n in gm.graph.nodes):  # Dynamo also hands over empty graphs
+            self.graphs.append(gm)
         if self.inner == "inductor":
             from torch._inductor.compile_fx import compile_fx
 
