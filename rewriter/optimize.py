@@ -33,7 +33,7 @@ from painnfx.ops import available_backends, use_backend
 from . import normalize
 from .adapters import is_schnetpack_potential
 from .capture import AtomicEnergies, SchnetpackRepresentation, Target, TotalEnergy, capture
-from .fusions import BACKWARD_LAUNCHES, FUSED_TARGETS
+from .fusions import BACKWARD_LAUNCHES, FUSED_TARGETS, LEAVES
 from .passes import PIPELINE
 from .report import OptimizeReport, PassResult, graph_table, launch_estimate, op_counts
 from .runner import OptimizedModel, OptimizedRepresentation
@@ -129,7 +129,7 @@ def rewrite(target: Target, verify: bool = True, name: str = "model", backend: s
     report.passes.append(norm)
 
     report.table_before = graph_table(cap.gm)
-    state = RewriteState(cap=cap, verify=verify, strict=strict, dtype=p.dtype, sabotage=_sabotage)
+    state = RewriteState(cap=cap, verify=verify, strict=strict, dtype=p.dtype, sabotage=_sabotage, leaves=LEAVES)
     forced = None if backend == "auto" else backend
     with use_backend(forced):  # rewrites are verified on the backend the model will run
         for pass_fn in PIPELINE:

@@ -3,8 +3,8 @@
 Each adapts shapes between the model's spelling and a fused op's contract and calls the op.
 Replacements are plain Python functions traced into the graph (``splice``); these adapters
 stay one ``call_function`` node each, so the rewritten graph reads as the model with fused
-nodes. ``LEAVES`` lists them for the tracer; the fusion registry (``fusions``) says which
-fusion puts each into the graph.
+nodes. The fusion registry (``fusions.FUSIONS``) says which fusion puts each into the graph, and
+derives from that the tracer's leaves (``fusions.LEAVES``).
 """
 
 from __future__ import annotations
@@ -43,5 +43,3 @@ def fused_painn_message(r: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tenso
                       cutoff_params)
     return dq.reshape(*x.shape[:-1], f), dmu
 
-
-LEAVES = (fused_radial_filter, edge_plan, fused_painn_message)

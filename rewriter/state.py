@@ -13,7 +13,6 @@ from .capture import Captured
 from .normalize import add_constant, constant_nodes
 from .pattern import MatchContext
 from .probes import probe_systems
-from .replacements import LEAVES
 from .verify import VerificationError, compare, evaluate_region, record_values, tolerance
 
 
@@ -36,32 +35,6 @@ class CutoffInfo:
 
 
 @dataclass
-class FilterInfo:
-    d: fx.Node
-    weight: fx.Node
-    bias: fx.Node
-    basis: BasisInfo
-    cutoff: CutoffInfo
-
-
-@dataclass
-class MessageInfo:
-    dq: fx.Node
-    dmu: fx.Node
-    w: fx.Node
-    x: fx.Node
-    mu: fx.Node
-    idx_i: fx.Node
-    idx_j: fx.Node
-    u: fx.Node
-    r: fx.Node
-    d: fx.Node
-    f: int
-    mu_zero: bool
-    region: list  # the gather-product-scatter nodes between the inputs and the two scatters
-
-
-@dataclass
 class Replacement:
     """A replacement: ``fn`` (plain Python, traced when spliced) applied to ``args`` (graph
     nodes, or tensors that become constants of the rewritten graph)."""
@@ -74,9 +47,9 @@ class Replacement:
         return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
-def trace(fn: Callable) -> fx.Graph:
-    """``fn`` as an fx graph; the fused-op adapters stay single nodes."""
-    return fx.Tracer(autowrap_functions=LEAVES).trace(fn)
+def trace(fn: Callable, leaves: tuple) -> fx.Graph:
+    """``fn`` as an fx graph; the fused-op adapters (``leaves``) stay single nodes."""
+    return fx.Tracer(autowrap_functions=leaves).trace(fn)
 
 
 @dataclass
@@ -85,11 +58,12 @@ class RewriteState:
     verify: bool = True
     strict: bool = False
     dtype: torch.dtype = torch.float64
+    leaves: tuple = ()  # functions a traced replacement keeps as single nodes (fusions.LEAVES)
+    # what the recognisers found, for every fusion to use
     basis: dict = field(default_factory=dict)  # fx.Node -> BasisInfo
     cutoffs: dict = field(default_factory=dict)  # fx.Node -> CutoffInfo
-    filters: dict = field(default_factory=dict)  # fused_radial_filter node -> FilterInfo
-    zeros: set = field(default_factory=set)
-    messages: list = field(default_factory=list)  # MessageInfo
+    zeros: set = field(default_factory=set)  # nodes provably zero
+    found: dict = field(default_factory=dict)  # fusion name -> what its passes found, for its later passes
     sabotage: Optional[Callable] = None  # tests: corrupt a replacement to exercise rejection
     _envs: Optional[list] = None
     _probe_args: Optional[list] = None
@@ -159,7 +133,7 @@ class RewriteState:
         gm = self.cap.gm
         args = [a if isinstance(a, fx.Node) else add_constant(gm, anchor, f"{name}_{k}", a)
                 for k, a in enumerate(replacement.args)]
-        traced = trace(replacement.fn)
+        traced = trace(replacement.fn, self.leaves)
         placeholders = [n for n in traced.nodes if n.op == "placeholder"]
         with self.graph.inserting_before(anchor):
             out = self.graph.graph_copy(traced, dict(zip(placeholders, args)))

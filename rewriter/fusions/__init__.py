@@ -4,8 +4,10 @@ graph (``RewriteState.splice``), in the spirit of torch._inductor's ``register_r
 
 A fusion contributes passes (in pipeline order) and the fused nodes its replacements leave
 in the graph; ``optimize`` runs ``PASSES``, and the report, ``painnfx inspect`` and Graphviz
-read the fused-node names from ``FUSED_NODES``. A new fusion is a module here plus its
-entry in ``FUSIONS``.
+read the fused-node names from ``FUSED_NODES``; the tracer's leaves, the targets that make a
+graph "applied" and the report's launch counts derive from the same records. A new fusion is a
+module here plus its entry in ``FUSIONS``; what its passes find lives in ``RewriteState.found``
+under its name.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ class Fusion:
 
 
 FUSIONS = (
-    Fusion("radial_filter", tuple(radial_filter.PASSES), (fused_radial_filter,)),
-    Fusion("painn_message", tuple(message.PASSES), (fused_painn_message,), plans=(edge_plan,)),
+    Fusion(radial_filter.NAME, tuple(radial_filter.PASSES), (fused_radial_filter,)),
+    Fusion(message.NAME, tuple(message.PASSES), (fused_painn_message,), plans=(edge_plan,)),
 )
 PASSES = [p for fusion in FUSIONS for p in fusion.passes]
+#: the functions a traced replacement keeps as single nodes (``RewriteState.splice``)
+LEAVES = tuple(fn for fusion in FUSIONS for fn in fusion.nodes + fusion.plans)
 FUSED_NODES = {fn.__name__: fusion.name for fusion in FUSIONS for fn in fusion.nodes + fusion.plans}
 #: the nodes that make an optimized graph "applied" (edge plans alone fuse nothing)
 FUSED_TARGETS = {fn for fusion in FUSIONS for fn in fusion.nodes}

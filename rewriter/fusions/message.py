@@ -16,6 +16,7 @@ edge list. Passes, in order:
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
@@ -25,7 +26,32 @@ from ..pattern import (
 )
 from ..replacements import edge_plan, fused_painn_message, fused_radial_filter
 from ..report import PassResult
-from ..state import FilterInfo, MessageInfo, Replacement, RewriteState
+from ..state import Replacement, RewriteState
+from .radial_filter import FilterInfo, filters
+
+NAME = "painn_message"
+
+
+@dataclass
+class MessageInfo:
+    dq: fx.Node
+    dmu: fx.Node
+    w: fx.Node
+    x: fx.Node
+    mu: fx.Node
+    idx_i: fx.Node
+    idx_j: fx.Node
+    u: fx.Node
+    r: fx.Node
+    d: fx.Node
+    f: int
+    mu_zero: bool
+    region: list  # the gather-product-scatter nodes between the inputs and the two scatters
+
+
+def messages(state: RewriteState) -> list:
+    """The messages ``match_message`` found, for ``fuse_filter_into_message``."""
+    return state.found.setdefault(NAME, [])
 
 aten = torch.ops.aten
 
@@ -85,7 +111,7 @@ def match_message(state: RewriteState) -> PassResult:
         msg = MessageInfo(dq=s.root, dmu=v.root, w=s["w"], x=s["x"], mu=v["mu"], idx_i=s["idx_i"], idx_j=s["idx_j"],
                           u=v["u"], r=geo["r"].value, d=geo["d"].value, f=s["f"], mu_zero=v["mu"] in state.zeros,
                           region=covered_nodes(s.root, stops) + covered_nodes(v.root, stops))
-        state.messages.append(msg)
+        messages(state).append(msg)
         res.matches.append({"kind": "painn_message", "scatter": name, "F": msg.f,
                             "mu": "zero (folded)" if msg.mu_zero else msg.mu.name})
     return res
@@ -93,12 +119,12 @@ def match_message(state: RewriteState) -> PassResult:
 
 def _filter_slice(state: RewriteState, w: fx.Node):
     """(fused filter node, first row, rows) if w is that filter or a split piece of it."""
-    if w in state.filters:
+    if w in filters(state):
         return w, 0, None
     if w.op == "call_function" and w.target is operator.getitem:
         sp, k = w.args
         if (isinstance(sp, fx.Node) and getattr(sp.target, "overloadpacket", None) in (aten.split, aten.split_with_sizes)
-                and sp.args[0] in state.filters and isinstance(sp.args[1], int) and sp.args[2] in (-1, 2)):
+                and sp.args[0] in filters(state) and isinstance(sp.args[1], int) and sp.args[2] in (-1, 2)):
             size = sp.args[1]
             return sp.args[0], k * size, size
     return None
@@ -128,14 +154,14 @@ def replacement(msg: MessageInfo, info: FilterInfo, row0: int, rows: int) -> Rep
 def fuse_filter_into_message(state: RewriteState) -> PassResult:
     res = PassResult("fuse_filter_into_message")
     by_filter: dict = {}
-    for msg in state.messages:
+    for msg in messages(state):
         found = _filter_slice(state, msg.w)
         if found is None:
             res.rejected.append(f"message at {msg.dq.name}: its filter is not a fused radial filter")
             continue
         by_filter.setdefault(found[0], []).append((msg, found[1], found[2]))
     for rf, items in by_filter.items():
-        info = state.filters[rf]
+        info = filters(state)[rf]
         inside = {n for msg, _, _ in items for n in msg.region}
         pieces = {m.w for m, _, _ in items if m.w is not rf}
         outside = [u for u in rf.users if u not in inside and not all(g in pieces for g in u.users)]

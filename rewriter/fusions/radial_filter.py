@@ -7,10 +7,31 @@ fusion absorbs it and W is never materialised.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch.fx as fx
+
 from ..pattern import Lit, Var, covered_nodes, find_all, linear, mul, unsqueeze
 from ..replacements import fused_radial_filter
 from ..report import PassResult
-from ..state import FilterInfo, Replacement, RewriteState
+from ..state import BasisInfo, CutoffInfo, Replacement, RewriteState
+
+NAME = "radial_filter"
+
+
+@dataclass
+class FilterInfo:
+    d: fx.Node
+    weight: fx.Node
+    bias: fx.Node
+    basis: BasisInfo
+    cutoff: CutoffInfo
+
+
+def filters(state: RewriteState) -> dict:
+    """The filters this fusion replaced: fused_radial_filter node -> FilterInfo (the message
+    fusion folds them into its messages)."""
+    return state.found.setdefault(NAME, {})
 
 PATTERN = mul(
     linear(Var("phi"), Var("weight"), Var("bias")),
@@ -51,7 +72,7 @@ def match_radial_filter(state: RewriteState) -> PassResult:
         (new,) = state.splice(repl, root, f"basis_params_{root.name}")
         new.meta.update({k: v for k, v in root.meta.items() if k == "val"})
         root.replace_all_uses_with(new)
-        state.filters[new] = info
+        filters(state)[new] = info
         res.matches.append({"kind": "radial_filter", "node": new.name, "basis": basis.spec, "K": basis.n_rbf,
                             "cutoff": cut.spec, "cutoff_params": list(cut.params), "weight": info.weight.name,
                             "verified_rel_error": f"{err:.1e}", "region": sorted(n.name for n in region)})
