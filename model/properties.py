@@ -59,26 +59,26 @@ def compute_properties(
 
 
 def _joint(model, joint, positions, numbers, edge_index, shifts, cell, stress: bool) -> Optional[Properties]:
-    """Through an optimized model's compiled joint graph (rewriter/joint.py), when its auto policy
-    picks that path for this system; None otherwise."""
-    def fused(pos, numbers, edge_index, shifts):
-        return model._fused(pos, numbers, edge_index, shifts, None, 1)
+    """Through one of an optimized model's compiled joint graphs (rewriter/joint.py), when its
+    path policy picks one for this system; None otherwise."""
+    if stress and cell is None:
+        raise ValueError("stress needs the cell of each system")
+
+    def make(energy):
+        if stress:
+            def fn(positions, numbers, edge_index, shifts, cell):
+                p = derive_properties(energy, positions, numbers, edge_index, shifts, cell, True, False, None, 1)
+                return p.energy, p.forces, p.stress
+        else:
+            def fn(positions, numbers, edge_index, shifts):
+                p = derive_properties(energy, positions, numbers, edge_index, shifts, None, False, False, None, 1)
+                return p.energy, p.forces
+        return fn
 
     if stress:
-        if cell is None:
-            raise ValueError("stress needs the cell of each system")
-
-        def fn(positions, numbers, edge_index, shifts, cell):
-            p = derive_properties(fused, positions, numbers, edge_index, shifts, cell, True, False, None, 1)
-            return p.energy, p.forces, p.stress
-
-        out = joint("energy+forces+stress", fn, (positions, numbers, edge_index, shifts, cell.to(positions.dtype)))
+        out = joint("energy+forces+stress", make, (positions, numbers, edge_index, shifts, cell.to(positions.dtype)))
     else:
-        def fn(positions, numbers, edge_index, shifts):
-            p = derive_properties(fused, positions, numbers, edge_index, shifts, None, False, False, None, 1)
-            return p.energy, p.forces
-
-        out = joint("energy+forces", fn, (positions, numbers, edge_index, shifts))
+        out = joint("energy+forces", make, (positions, numbers, edge_index, shifts))
     return None if out is None else Properties(*out)
 
 

@@ -67,10 +67,13 @@ def joint_default() -> bool:
 JOINT_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
 
 
+#: what a measured path means for a call that wants the energy alone
+ENERGY_PATH = {"joint": "fused", "plain-joint": "plain"}
+
 PATHS = {
     "fused": "fused graph on every call, forces by autograd",
     "auto": "auto: the fastest of fused, plain and (for energy with forces, unless PAINNFX_JOINT=0) the compiled "
-            f"joint graph, measured on the first call of each size class (fused without measuring above "
+            f"joint graphs of both, measured on the first call of each size class (fused without measuring above "
             f"{MEASURE_MAX_EDGES} edges)",
     "joint": "the compiled joint graph for energy with forces (and stress), the fused graph for energy alone",
 }
@@ -95,9 +98,10 @@ class OptimizedModel(nn.Module):
 
     ``joint`` (default ``PAINNFX_JOINT``, on): where a caller asks for energy and forces together
     (``joint_properties``, what ``compute_properties`` does without ``create_graph``), the auto
-    policy also times the compiled joint graph (joint.py: forward and analytical backward traced
-    ahead of time, Inductor, no autograd engine), after checking its energy and forces against the
-    fused path's on that system; a joint graph that disagrees is never used (``report.joint``)."""
+    policy also times compiled joint graphs (joint.py: forward and backward traced ahead of time,
+    Inductor, no autograd engine) of the fused graph and of the plain model, each after checking
+    its energy and forces against the fused path's on the first call of every size class; one that
+    disagrees is never used again (``report.joint``)."""
 
     def __init__(self, model: nn.Module, cap: Optional[Captured], report: OptimizeReport, per_atom: bool,
                  backend: Optional[str] = None, path: str = "fused", timer: Callable[[], float] = time.perf_counter,
@@ -114,7 +118,8 @@ class OptimizedModel(nn.Module):
         self._choice: dict = {}
         self.joint = joint_default() if joint is None else joint
         self.joint_graphs = JointGraphs()
-        self._joint_verified: set = set()
+        self._joint_verified: set = set()  # (joint graph key, size class) checked against the fused path
+        self._joint_rejected: dict = {}  # joint path name -> why it is not used
 
     @property
     def applied(self) -> bool:
@@ -166,8 +171,8 @@ class OptimizedModel(nn.Module):
                 best = min(best, self.timer() - start)
         return best
 
-    def _joint_agrees(self, joint_call, args) -> Optional[str]:
-        """None when the joint graph's energy and forces equal the fused path's here, else why not."""
+    def _joint_agrees(self, name: str, joint_call, args) -> Optional[str]:
+        """None when joint graph ``name``'s energy and forces equal the fused path's here, else why not."""
         energy, forces = joint_call()[:2]
         positions = args[0].detach().clone().requires_grad_(True)
         with torch.enable_grad():
@@ -178,63 +183,80 @@ class OptimizedModel(nn.Module):
         err_f = float((forces + grad).abs().max()) if forces.numel() else 0.0
         err_e = float((energy - ref.detach()).abs().max())
         if err_f > tol or err_e > tol * max(1.0, float(ref.detach().abs().max())):
-            return f"joint graph disagrees with the fused path: max force error {err_f:.2e}, energy {err_e:.2e}"
+            return f"{name} graph disagrees with the fused path: max force error {err_f:.2e}, energy {err_e:.2e}"
         return None
 
-    def _choose(self, args, joint_call=None) -> str:
+    def _choose(self, args, joint_calls: Optional[dict] = None) -> str:
         """The path for this call's size class, measured on its first call. A measurement made for
-        energy alone is redone when a caller offers the joint graph; one that included it serves
-        energy-alone calls too (its "joint" means the fused graph there)."""
+        energy alone is redone when a caller offers joint graphs (``joint_calls``: path -> call);
+        one that included them serves energy-alone calls too ("joint" meaning the fused graph there,
+        "plain-joint" the plain model)."""
         n_atoms, n_edges = args[0].shape[0], args[2].shape[1]
         cls = size_class(n_atoms, n_edges)
         known = self._choice.get(cls)
-        if known is None or (joint_call is not None and not known[1]):
+        if known is None or (joint_calls and not known[1]):
             if n_edges > MEASURE_MAX_EDGES:
                 choice, why = "fused", f"more than {MEASURE_MAX_EDGES} edges"
             else:
                 times = {"fused": self._time(self._fused, args), "plain": self._time(self._plain, args)}
-                if joint_call is not None:
-                    times["joint"] = self._best(joint_call, args[0])
+                for name, call in (joint_calls or {}).items():
+                    times[name] = self._best(call, args[0])
                 choice = min(times, key=times.get)
                 why = " vs ".join(f"{k} {t * 1e3:.3g} ms" for k, t in times.items()) + " per energy+forces"
-            self._choice[cls] = known = (choice, joint_call is not None)
+            self._choice[cls] = known = (choice, bool(joint_calls))
             self.report.path_choices.append(
                 {"atoms": n_atoms, "edges": n_edges, "size_class": list(cls), "path": choice, "why": why})
-        if joint_call is None and known[0] == "joint":
-            return "fused"
+        if not joint_calls and known[0] in ENERGY_PATH:
+            return ENERGY_PATH[known[0]]
         return known[0]
 
-    def _reject_joint(self, why: str) -> None:
-        self.joint = False
-        self.report.joint["rejected"] = why
-        warnings.warn(f"painnfx: {why}; this model keeps the autograd path", RuntimeWarning, stacklevel=4)
+    def _reject_joint(self, name: str, why: str) -> None:
+        self._joint_rejected[name] = why
+        self.report.joint.setdefault("rejected", {})[name] = why
+        warnings.warn(f"painnfx: {why}; this model does not use it", RuntimeWarning, stacklevel=4)
 
-    def joint_properties(self, key, fn: Callable, tensors: tuple):
-        """``fn(*tensors)`` through the compiled joint graph of kind ``key`` when the auto policy
-        picks the joint path for this size class, else None (the caller runs autograd). ``fn``
-        must evaluate ``self._fused`` and differentiate it; ``tensors`` start with (positions,
-        numbers, edge_index, shifts)."""
+    def joint_properties(self, key: str, make: Callable, tensors: tuple):
+        """The energy, forces (and stress) of ``tensors`` through a compiled joint graph of kind
+        ``key`` when the path policy picks one for this size class, else None (the caller runs
+        autograd). ``make(energy)`` gives the function to trace: it evaluates ``energy`` (a
+        callable with the model's signature) and differentiates it. Two joint graphs compete:
+        "joint", the fused graph's (fused ops and their analytical backwards, Inductor around
+        them), and "plain-joint", the plain model's (Inductor alone: what torch.compile of
+        grad_and_value does, which wins where the fused ops' per-call overhead exceeds their
+        arithmetic). ``tensors`` start with (positions, numbers, edge_index, shifts)."""
         if self.runner is None or self._path == "fused" or not self.joint or not self.per_atom:
             return None
-
-        def joint_call():
-            return self.joint_graphs.run(key, fn, *tensors)
-
+        energies = {"joint": lambda *a: self._fused(*a, None, 1)}
+        if self._path == "auto":
+            energies["plain-joint"] = lambda *a: self._plain(*a, None, 1)
+        calls = {}
+        for name, energy in energies.items():
+            if name in self._joint_rejected:
+                continue
+            fn = make(energy)
+            calls[name] = (lambda graph_key, fn: lambda: self.joint_graphs.run(graph_key, fn, *tensors))(
+                f"{key} ({name})", fn)
         args = (*tensors[:4], None, 1)
-        if key not in self._joint_verified:  # the first call traces and compiles
-            rejected = self._joint_agrees(joint_call, args)
+        cls = size_class(tensors[0].shape[0], tensors[2].shape[1])
+        for name in list(calls):
+            graph_key = f"{key} ({name})"
+            if (graph_key, cls) in self._joint_verified:
+                continue
+            # checked on the first call of each size class (the very first also traces and compiles)
+            rejected = self._joint_agrees(name, calls[name], args)
             if rejected is not None:
-                self._reject_joint(rejected)
-                return None
-            self._joint_verified.add(key)
-        if self._path == "auto" and self._choose(args, joint_call) != "joint":
+                self._reject_joint(name, rejected)
+                del calls[name]
+                continue
+            self._joint_verified.add((graph_key, cls))
+            graphs = self.report.joint.setdefault("graphs", {})
+            if graph_key not in graphs:
+                graphs[graph_key] = {**node_counts(self.joint_graphs.graphs[graph_key]),
+                                     "compile_seconds": round(self.joint_graphs.compile_seconds[graph_key], 2)}
+        if not calls:
             return None
-        out = joint_call()
-        if key not in self.report.joint.get("graphs", {}):
-            gm = self.joint_graphs.graphs[key]
-            self.report.joint.setdefault("graphs", {})[key] = {
-                **node_counts(gm), "compile_seconds": round(self.joint_graphs.compile_seconds[key], 2)}
-        return out
+        choice = "joint" if self._path == "joint" else self._choose(args, calls)
+        return calls[choice]() if choice in calls else None
 
     def forward(self, positions, numbers, edge_index, shifts, batch=None, n_systems: int = 1):
         args = (positions, numbers, edge_index, shifts, batch, n_systems)

@@ -39,11 +39,19 @@ def test_joint_graph_has_the_fused_backward_and_matches_autograd_on_other_sizes(
         torch.testing.assert_close(forces, ref.forces, rtol=1e-10, atol=1e-10)
 
 
-def _fixed_timer(fast, monkeypatch, joint: float, fused: float = 2.0, plain: float = 3.0):
+def _fixed_timer(fast, monkeypatch, joint: float, plain_joint: float = 9.0, fused: float = 2.0, plain: float = 3.0):
     """Fake timings for the auto policy: the plain and fused paths through ``_time``, the joint
-    graph through ``_best`` (which ``_time`` also uses, so it is patched after)."""
+    graphs through ``_best`` (which ``_time`` also uses, so it is patched after), which times the
+    fused graph's ("joint") first, then the plain model's ("plain-joint")."""
     monkeypatch.setattr(fast, "_time", lambda fn, args: fused if fn == fast._fused else plain)
-    monkeypatch.setattr(fast, "_best", lambda call, like: call() and joint)
+    timed = []
+
+    def best(call, like):
+        call()
+        timed.append(call)
+        return (joint, plain_joint)[(len(timed) - 1) % 2]
+
+    monkeypatch.setattr(fast, "_best", best)
 
 
 def _cu_cell():
@@ -81,10 +89,35 @@ def test_calculator_takes_the_joint_graph_where_auto_measures_it_faster(monkeypa
             np.testing.assert_allclose(atoms.get_stress(), voigt(ref.stress), rtol=1e-9, atol=1e-12)
     assert [c["path"] for c in fast.report.path_choices] == ["joint"] * 3
     graphs = fast.report.joint["graphs"]
-    assert set(graphs) == {"energy+forces", "energy+forces+stress"}
-    assert graphs["energy+forces"]["fused"] == {"painnfx.prepare_edges.default": 1, "painnfx.painn_message.default": 2,
-                                                "painnfx.painn_message_backward.default": 2}
-    assert "joint graph (energy+forces)" in fast.report.to_text()
+    assert set(graphs) == {f"{k} ({g})" for k in ("energy+forces", "energy+forces+stress")
+                           for g in ("joint", "plain-joint")}
+    assert graphs["energy+forces (joint)"]["fused"] == {
+        "painnfx.prepare_edges.default": 1, "painnfx.painn_message.default": 2,
+        "painnfx.painn_message_backward.default": 2}
+    assert graphs["energy+forces (plain-joint)"]["fused"] == {}
+    assert "joint graph (energy+forces (joint))" in fast.report.to_text()
+
+
+def test_auto_takes_the_plain_models_compiled_graph_where_that_is_fastest(monkeypatch):
+    """At a few atoms the plain model's joint graph (Inductor alone) can beat the fused ops'
+    per-call overhead: the policy takes it, after checking it against the fused path."""
+    from painnfx.rewriter.joint import JointGraphs
+
+    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
+    fast = optimize(model)
+    fast.path, fast.joint, fast.joint_graphs = "auto", True, JointGraphs(compile=False)
+    _fixed_timer(fast, monkeypatch, joint=1.5, plain_joint=1.0)
+    atoms = molecule("H2O")
+    evaluate(fast, atoms)  # measures
+    with record_calls() as calls:
+        out = evaluate(fast, atoms)
+    assert not calls and out.forces.is_inference()  # no fused op, no autograd tape
+    ref = evaluate(model, atoms)
+    torch.testing.assert_close(out.forces, ref.forces, rtol=1e-10, atol=1e-10)
+    (choice,) = fast.report.path_choices
+    assert choice["path"] == "plain-joint" and "joint 1.5e+03 ms vs plain-joint 1e+03 ms" in choice["why"]
+    pos, numbers, nl, _ = system_tensors(atoms, model.cutoff)
+    assert fast._choose((pos, numbers, nl.edge_index, nl.shifts, None, 1)) == "plain"  # for energy alone
 
 
 def test_auto_keeps_autograd_where_the_joint_graph_is_slower(monkeypatch):
@@ -100,7 +133,7 @@ def test_auto_keeps_autograd_where_the_joint_graph_is_slower(monkeypatch):
     assert not out.forces.is_inference()  # the autograd path ran
     (choice,) = fast.report.path_choices  # one measurement serves the energy+forces call and the energy inside it
     assert choice["path"] == "fused"
-    assert "fused 2e+03 ms vs plain 3e+03 ms vs joint 5e+03 ms" in choice["why"]
+    assert "fused 2e+03 ms vs plain 3e+03 ms vs joint 5e+03 ms vs plain-joint 9e+03 ms" in choice["why"]
 
 
 def test_a_joint_graph_that_disagrees_is_never_used(monkeypatch):
@@ -119,7 +152,7 @@ def test_a_joint_graph_that_disagrees_is_never_used(monkeypatch):
     with pytest.warns(RuntimeWarning, match="joint graph disagrees with the fused path: max force error 1.00e-06"):
         out = evaluate(fast, atoms)
     torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
-    assert not fast.joint and "disagrees" in fast.report.joint["rejected"]
+    assert "disagrees" in fast.report.joint["rejected"]["joint"]
     assert not evaluate(fast, molecule("H2O")).forces.is_inference()
 
 
@@ -144,4 +177,4 @@ def test_the_compiled_joint_graph_equals_eager_on_every_size_without_recompiling
         torch.testing.assert_close(out.forces, ref.forces, rtol=tol, atol=tol)
         torch.testing.assert_close(out.energy, ref.energy, rtol=tol, atol=tol)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
-    assert fast.report.joint["graphs"]["energy+forces"]["compile_seconds"] < 60
+    assert fast.report.joint["graphs"]["energy+forces (joint)"]["compile_seconds"] < 60
