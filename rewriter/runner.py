@@ -8,6 +8,7 @@ fills in the user inputs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -32,9 +33,21 @@ class GraphRunner(nn.Module):
         p = next(iter(cap.target.parameters()))
         self.dtype, self.device = p.dtype, p.device
         self.backend = backend
+        self._frozen = False
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """Calls in this block read the parameters detached: a backward computes no weight
+        gradients (what a joint graph of forces is traced with; the fused backward otherwise
+        computes them whenever the weights require grad, wanted or not)."""
+        self._frozen = True
+        try:
+            yield
+        finally:
+            self._frozen = False
 
     def forward(self, **user):
-        args = list(self._args)
+        args = [a.detach() if isinstance(a, torch.Tensor) else a for a in self._args] if self._frozen else list(self._args)
         for k, name in self._slots:
             args[k] = user[name]
         if self.backend is None:
@@ -226,7 +239,11 @@ class OptimizedModel(nn.Module):
         arithmetic). ``tensors`` start with (positions, numbers, edge_index, shifts)."""
         if self.runner is None or self._path == "fused" or not self.joint or not self.per_atom:
             return None
-        energies = {"joint": lambda *a: self._fused(*a, None, 1)}
+        def fused(*a):
+            with self.runner.frozen():
+                return self._fused(*a, None, 1)
+
+        energies = {"joint": fused}
         if self._path == "auto":
             energies["plain-joint"] = lambda *a: self._plain(*a, None, 1)
         calls = {}

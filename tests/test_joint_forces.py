@@ -178,3 +178,21 @@ def test_the_compiled_joint_graph_equals_eager_on_every_size_without_recompiling
         torch.testing.assert_close(out.energy, ref.energy, rtol=tol, atol=tol)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert fast.report.joint["graphs"]["energy+forces (joint)"]["compile_seconds"] < 60
+
+
+def test_the_joint_graph_computes_no_weight_gradients_for_trainable_weights():
+    """Forces need no dL/dW: the joint graph's backward ops are traced with weight_grad=False even
+    when the model's weights require grad (the autograd path cannot know, and computes them)."""
+    from painnfx.rewriter.joint import JointGraphs
+
+    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
+    assert all(p.requires_grad for p in model.parameters())
+    fast = optimize(model)
+    fast.path, fast.joint, fast.joint_graphs = "joint", True, JointGraphs(compile=False)
+    atoms = molecule("CH4")
+    out = evaluate(fast, atoms)
+    torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
+    backward = [n for n in fast.joint_graphs.graphs["energy+forces (joint)"].graph.nodes
+                if str(n.target) == "painnfx.painn_message_backward.default"]
+    assert len(backward) == 2 and all(n.args[-1] is False for n in backward)
+    assert all(p.requires_grad for p in model.parameters())  # the user's weights are untouched
