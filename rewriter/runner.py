@@ -76,7 +76,7 @@ def joint_default() -> bool:
     return os.environ.get("PAINNFX_JOINT", "1") != "0"
 
 
-#: the joint graph's forces must equal the fused autograd path's to this (relative to max |F|)
+#: a joint graph's outputs must equal the fused autograd path's to this (relative to max |output|, at least 1)
 JOINT_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
 
 
@@ -184,19 +184,18 @@ class OptimizedModel(nn.Module):
                 best = min(best, self.timer() - start)
         return best
 
-    def _joint_agrees(self, name: str, joint_call, args) -> Optional[str]:
-        """None when joint graph ``name``'s energy and forces equal the fused path's here, else why not."""
-        energy, forces = joint_call()[:2]
-        positions = args[0].detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            ref = self._fused(positions, *args[1:])
-            (grad,) = torch.autograd.grad(ref.sum(), positions)
-        scale = max(1.0, float(grad.abs().max()))
-        tol = JOINT_TOLERANCE.get(positions.dtype, 1e-4) * scale
-        err_f = float((forces + grad).abs().max()) if forces.numel() else 0.0
-        err_e = float((energy - ref.detach()).abs().max())
-        if err_f > tol or err_e > tol * max(1.0, float(ref.detach().abs().max())):
-            return f"{name} graph disagrees with the fused path: max force error {err_f:.2e}, energy {err_e:.2e}"
+    @staticmethod
+    def _joint_agrees(name: str, joint_call, reference_call) -> Optional[str]:
+        """None when joint graph ``name`` gives what ``reference_call`` (the same function run
+        eagerly on the fused path, autograd and all) gives here, every output (energy, forces,
+        stress), to ``JOINT_TOLERANCE`` of the output's scale; else why not."""
+        got, want = joint_call(), reference_call()
+        for k, (a, b) in enumerate(zip(got, want)):
+            b = b.detach()
+            tol = JOINT_TOLERANCE.get(b.dtype, 1e-4) * max(1.0, float(b.abs().max()) if b.numel() else 0.0)
+            err = float((a - b).abs().max()) if b.numel() else 0.0
+            if not err <= tol:  # NaN fails too
+                return f"{name} graph disagrees with the fused path: output {k} off by {err:.2e} (tolerance {tol:.1e})"
         return None
 
     def _choose(self, args, joint_calls: Optional[dict] = None) -> str:
@@ -260,7 +259,7 @@ class OptimizedModel(nn.Module):
             if (graph_key, cls) in self._joint_verified:
                 continue
             # checked on the first call of each size class (the very first also traces and compiles)
-            rejected = self._joint_agrees(name, calls[name], args)
+            rejected = self._joint_agrees(name, calls[name], lambda: make(fused)(*tensors))
             if rejected is not None:
                 self._reject_joint(name, rejected)
                 del calls[name]

@@ -136,9 +136,11 @@ def test_auto_keeps_autograd_where_the_joint_graph_is_slower(monkeypatch):
     assert "fused 2e+03 ms vs plain 3e+03 ms vs joint 5e+03 ms vs plain-joint 9e+03 ms" in choice["why"]
 
 
-def test_a_joint_graph_that_disagrees_is_never_used(monkeypatch):
-    """A joint graph whose forces differ from the fused path's (here: shifted on purpose) is
-    rejected on its first call, with a warning; the call and all later ones take autograd."""
+@pytest.mark.parametrize("wrong", [1, 2], ids=["forces", "stress"])
+def test_a_joint_graph_that_disagrees_is_never_used(monkeypatch, wrong):
+    """A joint graph one of whose outputs differs from the fused path's (here: forces or stress
+    shifted on purpose) is rejected on its first call, with a warning; that call and all later
+    ones take autograd."""
     model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
     fast = optimize(model)
     fast.path, fast.joint = "joint", True
@@ -146,12 +148,20 @@ def test_a_joint_graph_that_disagrees_is_never_used(monkeypatch):
 
     graphs = JointGraphs(compile=False)
     run = graphs.run
-    monkeypatch.setattr(graphs, "run", lambda key, fn, *t: (lambda e, f: (e, f + 1e-6))(*run(key, fn, *t)))
+
+    def shifted(key, fn, *t):
+        out = list(run(key, fn, *t))
+        out[wrong] = out[wrong] + 1e-6
+        return tuple(out)
+
+    monkeypatch.setattr(graphs, "run", shifted)
     fast.joint_graphs = graphs
-    atoms = molecule("CH4")
-    with pytest.warns(RuntimeWarning, match="joint graph disagrees with the fused path: max force error 1.00e-06"):
-        out = evaluate(fast, atoms)
-    torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
+    atoms = _cu_cell()
+    with pytest.warns(RuntimeWarning, match=rf"joint graph disagrees with the fused path: output {wrong} off by 1.00e-06"):
+        out = evaluate(fast, atoms, stress=True)
+    ref = evaluate(model, atoms, stress=True)
+    torch.testing.assert_close(out.forces, ref.forces, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.stress, ref.stress, rtol=1e-10, atol=1e-12)
     assert "disagrees" in fast.report.joint["rejected"]["joint"]
     assert not evaluate(fast, molecule("H2O")).forces.is_inference()
 
