@@ -178,16 +178,46 @@ class PaiNNMLIAP(EngineModel):
         owner = np.where((graph.atoms < nlocal) & mapped, np.arange(n), nlocal)  # ghosts' energies: dropped
 
         dev, dt = self.device, self.dtype
-        shifts = torch.as_tensor(rij[graph.pairs], device=dev).to(dt).requires_grad_(True)
-        with torch.enable_grad():
-            e = self.evaluator(torch.zeros(n, 3, dtype=dt, device=dev), torch.as_tensor(z, device=dev),
-                               torch.as_tensor(graph.edge_index, device=dev), shifts,
-                               torch.as_tensor(owner, device=dev), nlocal + 1)[:nlocal]
-            (grad,) = torch.autograd.grad(e.sum(), shifts, allow_unused=True)
+        tensors = (torch.zeros(n, 3, dtype=dt, device=dev), torch.as_tensor(z, device=dev),
+                   torch.as_tensor(graph.edge_index, device=dev), torch.as_tensor(rij[graph.pairs], device=dev).to(dt),
+                   torch.as_tensor(owner, device=dev), torch.empty(nlocal + 1, 0, device=dev))
+        joint = getattr(self.evaluator, "joint_properties", None)
+        out = None
+        if joint is not None and n:
+            out = joint("lammps pair forces", pair_forces, tensors, call_args=(*tensors[:5], nlocal + 1),
+                        example=_pair_example(*tensors))
+        e, grad = out if out is not None else pair_forces(self.evaluator)(*tensors)
         fij = np.zeros((len(pair_i), 3))
-        if grad is not None:
-            fij[graph.pairs] = grad.detach().to("cpu", torch.float64).numpy()
+        fij[graph.pairs] = grad.detach().to("cpu", torch.float64).numpy()
         return e.detach().to("cpu", torch.float64).numpy(), fij
+
+
+def pair_forces(energy):
+    """The function an engine step needs of ``energy`` (a model with the batched PaiNN signature):
+    (positions, numbers, edge_index, r_ij as shifts, owner per atom, a (nlocal + 1, 0) tensor whose
+    length is the number of energy bins, the last one collecting the ghosts') -> (owned atoms'
+    energies (nlocal,), dE_owned/dr_ij (E, 3)). Run as is (autograd) or traced into a joint graph."""
+    def fn(positions, numbers, edge_index, shifts, owner, bins):
+        shifts = shifts.detach().requires_grad_(True)
+        with torch.enable_grad():
+            e = energy(positions, numbers, edge_index, shifts, owner, bins.shape[0])[:-1]
+            (grad,) = torch.autograd.grad(e.sum(), shifts, allow_unused=True)
+        return e.detach(), torch.zeros_like(shifts) if grad is None else grad
+
+    return fn
+
+
+def _pair_example(positions, numbers, edge_index, shifts, owner, bins) -> tuple:
+    """A 7-atom, 19-pair, 3-owned-atom rank like the given one to trace on (sizes that coincide
+    with no feature or spatial size; joint.trace_example)."""
+    from painnfx.rewriter.joint import trace_example
+
+    pos, z, ei, sh = trace_example(positions, numbers, edge_index, shifts)
+    sh = sh + torch.arange(1, sh.shape[0] + 1, dtype=sh.dtype, device=sh.device)[:, None] * 0.1  # no zero-length pair
+    owned = 3
+    own = torch.where(torch.arange(pos.shape[0], device=owner.device) < owned,
+                      torch.arange(pos.shape[0], device=owner.device), owned).to(owner.dtype)
+    return pos, z, ei, sh, own, bins.new_empty(owned + 1, 0)
 
 
 class NeededGraph(NamedTuple):

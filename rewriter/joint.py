@@ -19,7 +19,7 @@ fused path's first); ``model/properties.py`` hands it the function to trace.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.fx as fx
@@ -72,14 +72,14 @@ class JointGraphs:
         self._runners: dict = {}  # key -> what runs it (compiled or the GraphModule)
         self.compile_seconds: dict = {}
 
-    def run(self, key, fn: Callable, *tensors):
-        """``fn(*tensors)`` through the graph of kind ``key`` (traced and compiled on first use).
-        ``tensors`` start with (positions, numbers, edge_index, shifts); the rest do not change
-        size with the system."""
+    def run(self, key, fn: Callable, *tensors, example: Optional[tuple] = None):
+        """``fn(*tensors)`` through the graph of kind ``key`` (traced and compiled on first use,
+        on ``example``, default ``trace_example(*tensors)``: then ``tensors`` start with
+        (positions, numbers, edge_index, shifts) and the rest do not change size with the system)."""
         runner = self._runners.get(key)
         if runner is None:
             start = time.perf_counter()
-            example = trace_example(*tensors)
+            example = trace_example(*tensors) if example is None else example
             gm = trace(fn, *example)
             runner = torch.compile(gm, dynamic=True, fullgraph=True) if self.compile else gm
             with torch.inference_mode():

@@ -227,7 +227,8 @@ class OptimizedModel(nn.Module):
         self.report.joint.setdefault("rejected", {})[name] = why
         warnings.warn(f"painnfx: {why}; this model does not use it", RuntimeWarning, stacklevel=4)
 
-    def joint_properties(self, key: str, make: Callable, tensors: tuple):
+    def joint_properties(self, key: str, make: Callable, tensors: tuple, call_args: Optional[tuple] = None,
+                         example: Optional[tuple] = None):
         """The energy, forces (and stress) of ``tensors`` through a compiled joint graph of kind
         ``key`` when the path policy picks one for this size class, else None (the caller runs
         autograd). ``make(energy)`` gives the function to trace: it evaluates ``energy`` (a
@@ -235,24 +236,31 @@ class OptimizedModel(nn.Module):
         "joint", the fused graph's (fused ops and their analytical backwards, Inductor around
         them), and "plain-joint", the plain model's (Inductor alone: what torch.compile of
         grad_and_value does, which wins where the fused ops' per-call overhead exceeds their
-        arithmetic). ``tensors`` start with (positions, numbers, edge_index, shifts)."""
+        arithmetic). ``tensors`` start with (positions, numbers, edge_index, shifts).
+        ``call_args``: the model-call arguments the autograd paths are timed with (default: those
+        four, no batch); ``example``: what to trace on, the same kinds of tensors (default:
+        ``joint.trace_example``, which needs the tensors after the first four not to change size
+        with the system)."""
         if self.runner is None or self._path == "fused" or not self.joint or not self.per_atom:
             return None
-        def fused(*a):
+        def fused(positions, numbers, edge_index, shifts, batch=None, n_systems=1):
             with self.runner.frozen():
-                return self._fused(*a, None, 1)
+                return self._fused(positions, numbers, edge_index, shifts, batch, n_systems)
+
+        def plain(positions, numbers, edge_index, shifts, batch=None, n_systems=1):
+            return self._plain(positions, numbers, edge_index, shifts, batch, n_systems)
 
         energies = {"joint": fused}
         if self._path == "auto":
-            energies["plain-joint"] = lambda *a: self._plain(*a, None, 1)
+            energies["plain-joint"] = plain
         calls = {}
         for name, energy in energies.items():
             if name in self._joint_rejected:
                 continue
             fn = make(energy)
-            calls[name] = (lambda graph_key, fn: lambda: self.joint_graphs.run(graph_key, fn, *tensors))(
-                f"{key} ({name})", fn)
-        args = (*tensors[:4], None, 1)
+            calls[name] = (lambda graph_key, fn: lambda: self.joint_graphs.run(graph_key, fn, *tensors,
+                                                                                example=example))(f"{key} ({name})", fn)
+        args = call_args if call_args is not None else (*tensors[:4], None, 1)
         cls = size_class(tensors[0].shape[0], tensors[2].shape[1])
         for name in list(calls):
             graph_key = f"{key} ({name})"

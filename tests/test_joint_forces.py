@@ -149,8 +149,8 @@ def test_a_joint_graph_that_disagrees_is_never_used(monkeypatch, wrong):
     graphs = JointGraphs(compile=False)
     run = graphs.run
 
-    def shifted(key, fn, *t):
-        out = list(run(key, fn, *t))
+    def shifted(key, fn, *t, **kw):
+        out = list(run(key, fn, *t, **kw))
         out[wrong] = out[wrong] + 1e-6
         return tuple(out)
 
