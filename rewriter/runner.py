@@ -9,6 +9,7 @@ fills in the user inputs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -47,7 +48,9 @@ class GraphRunner(nn.Module):
             self._frozen = False
 
     def forward(self, **user):
-        args = [a.detach() if isinstance(a, torch.Tensor) else a for a in self._args] if self._frozen else list(self._args)
+        args = list(self._args)
+        if self._frozen:
+            args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
         for k, name in self._slots:
             args[k] = user[name]
         if self.backend is None:
@@ -166,7 +169,7 @@ class OptimizedModel(nn.Module):
 
         def call():
             energy = fn(positions, *args[1:])
-            torch.autograd.grad(energy.sum(), positions)
+            torch.autograd.grad(energy.sum(), positions, allow_unused=True)  # no edges: energy has no gradient
 
         with torch.enable_grad():
             return self._best(call, positions)
@@ -243,6 +246,7 @@ class OptimizedModel(nn.Module):
         with the system)."""
         if self.runner is None or self._path == "fused" or not self.joint or not self.per_atom:
             return None
+
         def fused(positions, numbers, edge_index, shifts, batch=None, n_systems=1):
             with self.runner.frozen():
                 return self._fused(positions, numbers, edge_index, shifts, batch, n_systems)
@@ -253,13 +257,9 @@ class OptimizedModel(nn.Module):
         energies = {"joint": fused}
         if self._path == "auto":
             energies["plain-joint"] = plain
-        calls = {}
-        for name, energy in energies.items():
-            if name in self._joint_rejected:
-                continue
-            fn = make(energy)
-            calls[name] = (lambda graph_key, fn: lambda: self.joint_graphs.run(graph_key, fn, *tensors,
-                                                                                example=example))(f"{key} ({name})", fn)
+        calls = {name: functools.partial(self.joint_graphs.run, f"{key} ({name})", make(energy), *tensors,
+                                         example=example)
+                 for name, energy in energies.items() if name not in self._joint_rejected}
         args = call_args if call_args is not None else (*tensors[:4], None, 1)
         cls = size_class(tensors[0].shape[0], tensors[2].shape[1])
         for name in list(calls):

@@ -52,6 +52,18 @@ def _close(a, b, dtype, what):
     torch.testing.assert_close(a.detach(), b, rtol=TOL[dtype], atol=TOL[dtype], msg=what)
 
 
+def _assert_eager_results(model, evaluator, dtype, label: str) -> None:
+    """``evaluator``'s energy and forces on every system equal eager's, the fused kernels ran."""
+    for atoms in _systems():
+        args = _inputs(atoms, model.cutoff, dtype)
+        with record_calls() as calls:
+            energy, forces = _energy_forces(evaluator, args)
+        assert_kernels(calls, CPU_KERNELS, 2)
+        ref_e, ref_f = _energy_forces(model, args)
+        _close(energy, ref_e, dtype, f"energy ({label})")
+        _close(forces, ref_f, dtype, f"forces ({label})")
+
+
 class GraphCounter:
     """A torch.compile backend that keeps each graph Dynamo hands it, then runs Inductor."""
 
@@ -88,15 +100,7 @@ def test_compile_fullgraph_of_the_optimized_model(dtype):
     model = _model(dtype)
     fast = optimize(model)
     counter = GraphCounter(BACKEND[dtype])
-    compiled = torch.compile(fast, fullgraph=True, backend=counter)
-    for atoms in _systems():
-        args = _inputs(atoms, model.cutoff, dtype)
-        with record_calls() as calls:
-            energy, forces = _energy_forces(compiled, args)
-        assert_kernels(calls, CPU_KERNELS, 2)
-        ref_e, ref_f = _energy_forces(model, args)
-        _close(energy, ref_e, dtype, "energy")
-        _close(forces, ref_f, dtype, "forces")
+    _assert_eager_results(model, torch.compile(fast, fullgraph=True, backend=counter), dtype, "compiled")
     assert len(counter.graphs) <= 2  # static first, then one dynamic graph for every later size
     assert counter.fused_nodes()["painnfx.painn_message.default"] == 2 * len(counter.graphs)
 
@@ -148,14 +152,7 @@ def test_export_with_dynamic_sizes_round_trips_through_save_and_load(tmp_path):
     assert targets.count("painnfx.prepare_edges.default") == 1 and targets.count("painnfx.painn_message.default") == 2
     torch.export.save(program, tmp_path / "fast.pt2")
     loaded = torch.export.load(tmp_path / "fast.pt2").module()
-    for atoms in _systems():  # other atom and edge counts than exported with
-        args = _inputs(atoms, model.cutoff, dtype)
-        with record_calls() as calls:
-            energy, forces = _energy_forces(loaded, args)
-        assert_kernels(calls, CPU_KERNELS, 2)
-        ref_e, ref_f = _energy_forces(model, args)
-        _close(energy, ref_e, dtype, "energy (exported)")
-        _close(forces, ref_f, dtype, "forces (exported)")
+    _assert_eager_results(model, loaded, dtype, "exported")  # other atom and edge counts than exported with
 
 
 def test_md_with_a_changing_neighbor_list_recompiles_at_most_once():
