@@ -83,7 +83,7 @@ def _joint(model, joint, positions, numbers, edge_index, shifts, cell, stress: b
 
 
 def derive_properties(model, positions, numbers, edge_index, shifts, cell, stress: bool, create_graph: bool, batch,
-            n_systems: int) -> Properties:
+                      n_systems: int) -> Properties:
     """E, F and sigma by autograd (what ``compute_properties`` computes, its inputs checked)."""
     positions = positions.detach().requires_grad_(True)
     inputs = [positions]

@@ -8,12 +8,14 @@ time, and what it would do on every call is recorded as graph nodes, the fused o
 backwards (``painnfx::painn_message_backward``) among them. The graph is then compiled by
 Inductor (its dense remainder fused into C++ loops; the fused ops stay opaque calls) and run
 under ``torch.inference_mode``: no tape is recorded and no engine walks one. One trace serves
-every system size. Parameters are read from the model's live tensors (trace again after ``.to()``).
-Training (``create_graph=True``) keeps the autograd path.
+every system size. The graph reads the model's live parameter tensors, so in-place updates are
+seen (tested); after ``.to()``, optimize again (a call refuses the old dtype or device). Training
+(``create_graph=True``) keeps the autograd path.
 
-``OptimizedModel`` decides per size class whether a call takes this path (runner.py, the auto
-policy: timed against the fused and plain paths, and its energy and forces checked against the
-fused path's first); ``model/properties.py`` hands it the function to trace.
+``OptimizedModel.joint_properties`` decides per size class whether a call takes this path
+(runner.py: the fused graph's joint graph and the plain model's, each checked output by output
+against the fused autograd path, timed against it and the plain model); ``model/properties.py``
+and the LAMMPS adapter hand it the function to trace.
 """
 
 from __future__ import annotations

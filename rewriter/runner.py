@@ -246,6 +246,7 @@ class OptimizedModel(nn.Module):
         with the system)."""
         if self.runner is None or self._path == "fused" or not self.joint or not self.per_atom:
             return None
+        self.runner.check(tensors[0])  # a graph traced for another dtype or device must not run
 
         def fused(positions, numbers, edge_index, shifts, batch=None, n_systems=1):
             with self.runner.frozen():

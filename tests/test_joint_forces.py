@@ -188,6 +188,13 @@ def test_the_compiled_joint_graph_equals_eager_on_every_size_without_recompiling
         torch.testing.assert_close(out.energy, ref.energy, rtol=tol, atol=tol)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert fast.report.joint["graphs"]["energy+forces (joint)"]["compile_seconds"] < 60
+    with torch.no_grad():  # in-place weight updates (load_state_dict, an optimizer step) are seen
+        for p in model.parameters():
+            p.mul_(1.25)
+    atoms = _cu_cell()
+    out, ref = evaluate(fast, atoms, dtype=dtype), evaluate(model, atoms, dtype=dtype)
+    assert out.forces.is_inference()
+    torch.testing.assert_close(out.forces, ref.forces, rtol=tol, atol=tol)
 
 
 def test_the_joint_graph_computes_no_weight_gradients_for_trainable_weights():
@@ -206,3 +213,17 @@ def test_the_joint_graph_computes_no_weight_gradients_for_trainable_weights():
                 if str(n.target) == "painnfx.painn_message_backward.default"]
     assert len(backward) == 2 and all(n.args[-1] is False for n in backward)
     assert all(p.requires_grad for p in model.parameters())  # the user's weights are untouched
+
+
+def test_a_joint_graph_refuses_a_model_converted_after_optimize():
+    from painnfx.ops import InputError
+    from painnfx.rewriter.joint import JointGraphs
+
+    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
+    fast = optimize(model)
+    fast.path, fast.joint, fast.joint_graphs = "joint", True, JointGraphs(compile=False)
+    atoms = molecule("CH4")
+    assert evaluate(fast, atoms).forces.is_inference()
+    model.float()
+    with pytest.raises(InputError, match="built for torch.float64"):
+        evaluate(fast, atoms, dtype=torch.float32)
