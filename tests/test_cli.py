@@ -116,6 +116,19 @@ def test_inspect_checkpoint_and_pickle_guard(tmp_path, capsys):
     assert "allow-pickle" in capsys.readouterr().err
 
 
+def test_inspect_shows_the_joint_graphs(capsys):
+    """`painnfx inspect --joint`: node counts of the plain and optimized joint graphs and the
+    fused nodes (forward and analytical backward) in the latter."""
+    cfg = '{"n_atom_basis": 8, "n_rbf": 4, "n_interactions": 2, "seed": 1}'
+    assert main(["inspect", "--random", cfg, "--joint", "--json"]) == 0
+    traced = json.loads(capsys.readouterr().out)["joint"]["traced"]
+    assert traced["optimized_nodes"] < traced["plain_nodes"]
+    assert traced["fused"] == {"painnfx.prepare_edges.default": 1, "painnfx.painn_message.default": 2,
+                               "painnfx.painn_message_backward.default": 2}
+    assert main(["inspect", "--random", cfg, "--joint"]) == 0
+    assert "joint graph (energy+forces, traced): plain model" in capsys.readouterr().out
+
+
 def test_inspect_measures_the_auto_path(capsys):
     from painnfx.tools.cli import main
 
