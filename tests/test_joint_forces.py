@@ -227,3 +227,25 @@ def test_a_joint_graph_refuses_a_model_converted_after_optimize():
     model.float()
     with pytest.raises(InputError, match="built for torch.float64"):
         evaluate(fast, atoms, dtype=torch.float32)
+
+
+def test_the_compiled_joint_graph_on_edge_cases():
+    """No edges (isolated atoms), one atom, a pair at exactly the cutoff, an atom with only its own
+    periodic images (with stress): the Inductor-compiled joint graph equals eager (fp64)."""
+    from ase import Atoms
+
+    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
+    fast = optimize(model)
+    fast.path, fast.joint = "joint", True
+    cases = [Atoms("HH", positions=[[0, 0, 0], [10, 0, 0]]), Atoms("H", positions=[[0, 0, 0]]),
+             Atoms("HH", positions=[[0, 0, 0], [3.0, 0, 0]]),
+             Atoms("H", positions=[[0, 0, 0]], cell=[2.5, 2.5, 2.5], pbc=True)]
+    for atoms in cases:
+        stress = bool(atoms.pbc.any())
+        out, ref = evaluate(fast, atoms, stress=stress), evaluate(model, atoms, stress=stress)
+        assert out.forces.is_inference()
+        torch.testing.assert_close(out.energy, ref.energy, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out.forces, ref.forces, rtol=1e-10, atol=1e-10)
+        if stress:
+            torch.testing.assert_close(out.stress, ref.stress, rtol=1e-10, atol=1e-12)
+    assert "rejected" not in fast.report.joint
