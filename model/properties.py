@@ -51,35 +51,57 @@ def compute_properties(
     check_system_tensors(model, positions, numbers, edge_index, shifts)
     joint = getattr(model, "joint_properties", None)
     capturing = positions.is_cuda and torch.cuda.is_current_stream_capturing()
-    if joint is not None and not create_graph and batch is None and not capturing:
-        out = _joint(model, joint, positions, numbers, edge_index, shifts, cell, stress)
+    if joint is not None and not create_graph and not capturing:
+        out = _joint(joint, positions, numbers, edge_index, shifts, cell, stress, batch, n_systems)
         if out is not None:
             return out
     return derive_properties(model, positions, numbers, edge_index, shifts, cell, stress, create_graph, batch, n_systems)
 
 
-def _joint(model, joint, positions, numbers, edge_index, shifts, cell, stress: bool) -> Optional[Properties]:
+def _joint(joint, positions, numbers, edge_index, shifts, cell, stress: bool, batch, n_systems: int):
     """Through one of an optimized model's compiled joint graphs (rewriter/joint.py), when its
-    path policy picks one for this system; None otherwise."""
+    path policy picks one for this call; None otherwise. A batch is traced with its system count
+    as the length of an empty (n_systems, 0) tensor, so that one graph serves every count."""
     if stress and cell is None:
         raise ValueError("stress needs the cell of each system")
+    batched = batch is not None
 
     def make(energy):
-        if stress:
-            def fn(positions, numbers, edge_index, shifts, cell):
-                p = derive_properties(energy, positions, numbers, edge_index, shifts, cell, True, False, None, 1)
-                return p.energy, p.forces, p.stress
-        else:
-            def fn(positions, numbers, edge_index, shifts):
-                p = derive_properties(energy, positions, numbers, edge_index, shifts, None, False, False, None, 1)
-                return p.energy, p.forces
+        def fn(positions, numbers, edge_index, shifts, *rest):
+            b, systems, c = (rest[0], rest[1].shape[0], rest[2:]) if batched else (None, 1, rest)
+            p = derive_properties(energy, positions, numbers, edge_index, shifts, c[0] if stress else None, stress,
+                                  False, b, systems)
+            return (p.energy, p.forces, p.stress) if stress else (p.energy, p.forces)
         return fn
 
+    tensors = [positions, numbers, edge_index, shifts]
+    example = None
+    if batched:
+        tensors += [batch, positions.new_empty(n_systems, 0)]
+        example = _batch_example(positions, numbers, edge_index, shifts, cell if stress else None)
     if stress:
-        out = joint("energy+forces+stress", make, (positions, numbers, edge_index, shifts, cell.to(positions.dtype)))
-    else:
-        out = joint("energy+forces", make, (positions, numbers, edge_index, shifts))
+        tensors.append(cell.to(positions.dtype))
+    key = ("batch " if batched else "") + ("energy+forces+stress" if stress else "energy+forces")
+    call_args = (*tensors[:4], batch, n_systems)
+    out = joint(key, make, tuple(tensors), call_args=call_args, example=example)
     return None if out is None else Properties(*out)
+
+
+#: systems of the batch joint graphs are traced on: rewriter/joint.trace_example's 7 atoms in 5
+#: systems (a count that coincides with no other size: 3 would be taken for the spatial dimension)
+_TRACE_SYSTEMS = (0, 0, 1, 2, 3, 3, 4)
+
+
+def _batch_example(positions, numbers, edge_index, shifts, cell) -> tuple:
+    from painnfx.rewriter.joint import trace_example
+
+    pos, z, ei, sh = trace_example(positions, numbers, edge_index, shifts)
+    b = torch.tensor(_TRACE_SYSTEMS, dtype=torch.long, device=positions.device)
+    systems = len(set(_TRACE_SYSTEMS))
+    rest = [b, positions.new_empty(systems, 0)]
+    if cell is not None:
+        rest.append(torch.eye(3, dtype=positions.dtype, device=positions.device).expand(systems, 3, 3).clone() * 9.0)
+    return (pos, z, ei, sh, *rest)
 
 
 def derive_properties(model, positions, numbers, edge_index, shifts, cell, stress: bool, create_graph: bool, batch,

@@ -163,3 +163,28 @@ def test_batched_stress_is_per_system():
     results = evaluate([a, b], model, optimize=False, max_atoms=100)
     assert not np.allclose(results[0].get_stress(), results[1].get_stress())
     _compare(results, _one_by_one(model, [a, b], torch.float64), torch.float64)
+
+
+_JOINT: dict = {}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@settings(max_examples=6, deadline=None)
+@given(frames=frames_strategy, max_atoms=st.integers(4, 40))
+def test_batches_through_the_joint_graph(dtype, frames, max_atoms):
+    """Batched calls through the fused model's joint graph (traced once on a 5-system example, run
+    on every batch's atom, edge and system counts; traced here, Inductor's compile is tested in
+    test_joint_forces): the plain model's one-by-one results, per-system stress included (NaN
+    for the systems without a cell in the batch's own stress tensor)."""
+    from painnfx.rewriter.joint import JointGraphs
+
+    if dtype not in _JOINT:
+        _JOINT[dtype] = fast = optimize(random_model(3, **CONFIG).to(dtype))
+        fast.path, fast.joint, fast.joint_graphs = "joint", True, JointGraphs(compile=False)
+    fast = _JOINT[dtype]
+    evaluator = BatchEvaluator(fast, dtype=dtype, optimize=True)
+    results = list(iter_evaluate(frames, evaluator=evaluator, max_atoms=max_atoms))
+    _compare(results, _one_by_one(_model(dtype, fused=False), frames, dtype), dtype)
+    if any(len(a) for a in frames):
+        assert any(k.startswith("batch energy+forces") for k in fast.report.joint["graphs"])
+    assert "rejected" not in fast.report.joint
