@@ -51,7 +51,10 @@ def compute_properties(
     check_system_tensors(model, positions, numbers, edge_index, shifts)
     joint = getattr(model, "joint_properties", None)
     capturing = positions.is_cuda and torch.cuda.is_current_stream_capturing()
-    if joint is not None and not create_graph and not capturing:
+    # a batch of one system keeps autograd: its batch graph would be recompiled for a system count
+    # of 1, where Inductor's code generation of the per-system sum fails (torch 2.13)
+    one_of_a_batch = batch is not None and n_systems == 1
+    if joint is not None and not create_graph and not capturing and not one_of_a_batch:
         out = _joint(joint, positions, numbers, edge_index, shifts, cell, stress, batch, n_systems)
         if out is not None:
             return out

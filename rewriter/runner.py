@@ -192,7 +192,10 @@ class OptimizedModel(nn.Module):
         """None when joint graph ``name`` gives what ``reference_call`` (the same function run
         eagerly on the fused path, autograd and all) gives here, every output (energy, forces,
         stress), to ``JOINT_TOLERANCE`` of the output's scale; else why not."""
-        got, want = joint_call(), reference_call()
+        got = joint_call()
+        if got is None:  # it failed to compile or run (rejected already)
+            return None
+        want = reference_call()
         for k, (a, b) in enumerate(zip(got, want)):
             b = b.detach()
             both_nan = torch.isnan(a) & torch.isnan(b)  # a batch's stress is NaN for systems without a cell
@@ -216,7 +219,9 @@ class OptimizedModel(nn.Module):
             else:
                 times = {"fused": self._time(self._fused, args), "plain": self._time(self._plain, args)}
                 for name, call in (joint_calls or {}).items():
-                    times[name] = self._best(call, args[0])
+                    t = self._best(call, args[0])
+                    if name not in self._joint_rejected:  # one that failed while timed does not compete
+                        times[name] = t
                 choice = min(times, key=times.get)
                 why = " vs ".join(f"{k} {t * 1e3:.3g} ms" for k, t in times.items()) + " per energy+forces"
             self._choice[cls] = known = (choice, bool(joint_calls))
@@ -259,8 +264,8 @@ class OptimizedModel(nn.Module):
         energies = {"joint": fused}
         if self._path == "auto":
             energies["plain-joint"] = plain
-        calls = {name: functools.partial(self.joint_graphs.run, f"{key} ({name})", make(energy), *tensors,
-                                         example=example)
+        calls = {name: functools.partial(self._guarded, name, functools.partial(
+                     self.joint_graphs.run, f"{key} ({name})", make(energy), *tensors, example=example))
                  for name, energy in energies.items() if name not in self._joint_rejected}
         args = call_args if call_args is not None else (*tensors[:4], None, 1)
         cls = size_class(tensors[0].shape[0], tensors[2].shape[1])
@@ -272,6 +277,7 @@ class OptimizedModel(nn.Module):
             rejected = self._joint_agrees(name, calls[name], lambda: make(fused)(*tensors))
             if rejected is not None:
                 self._reject_joint(name, rejected)
+            if name in self._joint_rejected:
                 del calls[name]
                 continue
             self._joint_verified.add((graph_key, cls))
@@ -282,7 +288,24 @@ class OptimizedModel(nn.Module):
         if not calls:
             return None
         choice = "joint" if self._path == "joint" else self._choose(args, calls)
-        return calls[choice]() if choice in calls else None
+        if choice not in calls or choice in self._joint_rejected:
+            return None
+        return calls[choice]()  # None if it fails now: the caller runs autograd
+
+    def _guarded(self, name: str, call):
+        """``call()``, or None after rejecting joint path ``name`` when compiling or running its
+        graph fails (an Inductor or Dynamo error for some shape): never a failed call for the user.
+        Bad input (``InputError``) is the caller's error and propagates."""
+        if name in self._joint_rejected:
+            return None
+        try:
+            return call()
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001  any compiler failure: the autograd paths remain
+            first = (str(exc).strip().splitlines() or [""])[0]
+            self._reject_joint(name, f"{name} graph failed: {type(exc).__name__}: {first}")
+            return None
 
     def forward(self, positions, numbers, edge_index, shifts, batch=None, n_systems: int = 1):
         args = (positions, numbers, edge_index, shifts, batch, n_systems)

@@ -185,6 +185,7 @@ def test_batches_through_the_joint_graph(dtype, frames, max_atoms):
     evaluator = BatchEvaluator(fast, dtype=dtype, optimize=True)
     results = list(iter_evaluate(frames, evaluator=evaluator, max_atoms=max_atoms))
     _compare(results, _one_by_one(_model(dtype, fused=False), frames, dtype), dtype)
-    if any(len(a) for a in frames):
+    nonempty = [a for a in frames if len(a)]
+    if len(nonempty) >= 2 and sum(len(a) for a in nonempty) <= max_atoms:  # one batch of several systems
         assert any(k.startswith("batch energy+forces") for k in fast.report.joint["graphs"])
     assert "rejected" not in fast.report.joint

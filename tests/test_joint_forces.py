@@ -249,3 +249,36 @@ def test_the_compiled_joint_graph_on_edge_cases():
         if stress:
             torch.testing.assert_close(out.stress, ref.stress, rtol=1e-10, atol=1e-12)
     assert "rejected" not in fast.report.joint
+
+
+def test_a_joint_graph_that_fails_to_compile_leaves_the_call_to_autograd(monkeypatch):
+    """Inductor can fail on a shape (an assertion in its code generation was seen for some molecule
+    sizes): the call still returns the right numbers, through autograd, with one warning, and the
+    failed joint path is not tried again."""
+    from painnfx.rewriter.joint import JointGraphs
+
+    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
+    fast = optimize(model)
+    fast.path, fast.joint = "auto", True
+    graphs = JointGraphs(compile=False)
+    run = graphs.run
+
+    def failing(key, fn, *t, **kw):
+        if key.endswith("(plain-joint)"):
+            raise RuntimeError("InductorError: AssertionError (simulated)")
+        return run(key, fn, *t, **kw)
+
+    monkeypatch.setattr(graphs, "run", failing)
+    fast.joint_graphs = graphs
+    atoms = molecule("CH4")
+    with pytest.warns(RuntimeWarning, match="plain-joint graph failed: RuntimeError: InductorError"):
+        out = evaluate(fast, atoms)
+    torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
+    assert "plain-joint" in fast.report.joint["rejected"] and "joint" not in fast.report.joint["rejected"]
+    assert "plain-joint" not in fast.report.path_choices[-1]["why"]
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        evaluate(fast, molecule("H2O"))
+    assert not [w for w in seen if issubclass(w.category, RuntimeWarning)]  # not tried again
