@@ -12,7 +12,9 @@ from painnfx.model.default import random_model
 from painnfx.model.properties import compute_properties, voigt
 from painnfx.ops.dispatch import record_calls
 from painnfx.rewriter import optimize
-from painnfx.rewriter.joint import joint_forces, run_joint
+from painnfx.rewriter.joint import JointGraphs, joint_forces, run_joint
+
+SMALL = dict(n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0)
 
 
 def _targets(gm):
@@ -20,7 +22,7 @@ def _targets(gm):
 
 
 def test_joint_graph_has_the_fused_backward_and_matches_autograd_on_other_sizes():
-    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
+    model = random_model(4, **SMALL).double()
     fast = optimize(model)
     pos, numbers, nl, _ = system_tensors(molecule("CH4"), model.cutoff)
     gm = joint_forces(fast, pos, numbers, nl.edge_index, nl.shifts)
@@ -54,6 +56,17 @@ def _fixed_timer(fast, monkeypatch, joint: float, plain_joint: float = 9.0, fuse
     monkeypatch.setattr(fast, "_best", best)
 
 
+def _joint_model(path: str, dtype=torch.float64, compiled: bool = False):
+    """A small PaiNN and optimize() of it with the joint graphs on under ``path``; traced only
+    (``JointGraphs(compile=False)``) unless ``compiled`` (Inductor)."""
+    model = random_model(4, **SMALL).to(dtype)
+    fast = optimize(model)
+    fast.path, fast.joint = path, True
+    if not compiled:
+        fast.joint_graphs = JointGraphs(compile=False)
+    return model, fast
+
+
 def _cu_cell():
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 1, 1)
     atoms.rattle(0.05, seed=4)
@@ -65,9 +78,7 @@ def test_calculator_takes_the_joint_graph_where_auto_measures_it_faster(monkeypa
     test below compiles it): chosen on the fake timings, checked against the fused path first,
     then every energy+forces (and stress) call runs it, in inference mode, on the kernels."""
     from painnfx.model.calculator import PaiNNCalculator
-    from painnfx.rewriter.joint import JointGraphs
-
-    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
+    model = random_model(4, **SMALL).double()
     calc = PaiNNCalculator(model, optimize="auto", dtype=torch.float64)
     fast = calc.evaluator
     fast.joint, fast.joint_graphs = True, JointGraphs(compile=False)
@@ -101,11 +112,7 @@ def test_calculator_takes_the_joint_graph_where_auto_measures_it_faster(monkeypa
 def test_auto_takes_the_plain_models_compiled_graph_where_that_is_fastest(monkeypatch):
     """At a few atoms the plain model's joint graph (Inductor alone) can beat the fused ops'
     per-call overhead: the policy takes it, after checking it against the fused path."""
-    from painnfx.rewriter.joint import JointGraphs
-
-    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
-    fast = optimize(model)
-    fast.path, fast.joint, fast.joint_graphs = "auto", True, JointGraphs(compile=False)
+    model, fast = _joint_model("auto")
     _fixed_timer(fast, monkeypatch, joint=1.5, plain_joint=1.0)
     atoms = molecule("H2O")
     evaluate(fast, atoms)  # measures
@@ -121,12 +128,7 @@ def test_auto_takes_the_plain_models_compiled_graph_where_that_is_fastest(monkey
 
 
 def test_auto_keeps_autograd_where_the_joint_graph_is_slower(monkeypatch):
-    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
-    fast = optimize(model)
-    fast.path, fast.joint = "auto", True
-    from painnfx.rewriter.joint import JointGraphs
-
-    fast.joint_graphs = JointGraphs(compile=False)
+    model, fast = _joint_model("auto")
     _fixed_timer(fast, monkeypatch, joint=5.0)
     atoms = molecule("C6H6")
     out = evaluate(fast, atoms)
@@ -141,12 +143,8 @@ def test_a_joint_graph_that_disagrees_is_never_used(monkeypatch, wrong):
     """A joint graph one of whose outputs differs from the fused path's (here: forces or stress
     shifted on purpose) is rejected on its first call, with a warning; that call and all later
     ones take autograd."""
-    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
-    fast = optimize(model)
-    fast.path, fast.joint = "joint", True
-    from painnfx.rewriter.joint import JointGraphs
-
-    graphs = JointGraphs(compile=False)
+    model, fast = _joint_model("joint")
+    graphs = fast.joint_graphs
     run = graphs.run
 
     def shifted(key, fn, *t, **kw):
@@ -155,7 +153,6 @@ def test_a_joint_graph_that_disagrees_is_never_used(monkeypatch, wrong):
         return tuple(out)
 
     monkeypatch.setattr(graphs, "run", shifted)
-    fast.joint_graphs = graphs
     atoms = _cu_cell()
     with pytest.warns(RuntimeWarning, match=rf"joint graph disagrees with the fused path: output {wrong} off by 1.00e-06"):
         out = evaluate(fast, atoms, stress=True)
@@ -171,9 +168,7 @@ def test_the_compiled_joint_graph_equals_eager_on_every_size_without_recompiling
     """Inductor-compiled joint graph (what the calculator runs by default where it is faster),
     traced and compiled once on its own example sizes, then run on a 3-atom molecule (N = 3
     coincides with the spatial dimension), a 12-atom one and a periodic cell."""
-    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).to(dtype)
-    fast = optimize(model)
-    fast.path, fast.joint = "joint", True
+    model, fast = _joint_model("joint", dtype, compiled=True)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     tol = {torch.float64: 1e-10, torch.float32: 1e-5}[dtype]
@@ -200,12 +195,8 @@ def test_the_compiled_joint_graph_equals_eager_on_every_size_without_recompiling
 def test_the_joint_graph_computes_no_weight_gradients_for_trainable_weights():
     """Forces need no dL/dW: the joint graph's backward ops are traced with weight_grad=False even
     when the model's weights require grad (the autograd path cannot know, and computes them)."""
-    from painnfx.rewriter.joint import JointGraphs
-
-    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
+    model, fast = _joint_model("joint")
     assert all(p.requires_grad for p in model.parameters())
-    fast = optimize(model)
-    fast.path, fast.joint, fast.joint_graphs = "joint", True, JointGraphs(compile=False)
     atoms = molecule("CH4")
     out = evaluate(fast, atoms)
     torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
@@ -217,11 +208,8 @@ def test_the_joint_graph_computes_no_weight_gradients_for_trainable_weights():
 
 def test_a_joint_graph_refuses_a_model_converted_after_optimize():
     from painnfx.ops import InputError
-    from painnfx.rewriter.joint import JointGraphs
 
-    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
-    fast = optimize(model)
-    fast.path, fast.joint, fast.joint_graphs = "joint", True, JointGraphs(compile=False)
+    model, fast = _joint_model("joint")
     atoms = molecule("CH4")
     assert evaluate(fast, atoms).forces.is_inference()
     model.float()
@@ -234,9 +222,7 @@ def test_the_compiled_joint_graph_on_edge_cases():
     periodic images (with stress): the Inductor-compiled joint graph equals eager (fp64)."""
     from ase import Atoms
 
-    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
-    fast = optimize(model)
-    fast.path, fast.joint = "joint", True
+    model, fast = _joint_model("joint", compiled=True)
     cases = [Atoms("HH", positions=[[0, 0, 0], [10, 0, 0]]), Atoms("H", positions=[[0, 0, 0]]),
              Atoms("HH", positions=[[0, 0, 0], [3.0, 0, 0]]),
              Atoms("H", positions=[[0, 0, 0]], cell=[2.5, 2.5, 2.5], pbc=True)]
@@ -255,12 +241,8 @@ def test_a_joint_graph_that_fails_to_compile_leaves_the_call_to_autograd(monkeyp
     """Inductor can fail on a shape (an assertion in its code generation was seen for some molecule
     sizes): the call still returns the right numbers, through autograd, with one warning, and the
     failed joint path is not tried again."""
-    from painnfx.rewriter.joint import JointGraphs
-
-    model = random_model(4, n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0).double()
-    fast = optimize(model)
-    fast.path, fast.joint = "auto", True
-    graphs = JointGraphs(compile=False)
+    model, fast = _joint_model("auto")
+    graphs = fast.joint_graphs
     run = graphs.run
 
     def failing(key, fn, *t, **kw):
@@ -269,7 +251,6 @@ def test_a_joint_graph_that_fails_to_compile_leaves_the_call_to_autograd(monkeyp
         return run(key, fn, *t, **kw)
 
     monkeypatch.setattr(graphs, "run", failing)
-    fast.joint_graphs = graphs
     atoms = molecule("CH4")
     with pytest.warns(RuntimeWarning, match="plain-joint graph failed: RuntimeError: InductorError"):
         out = evaluate(fast, atoms)
