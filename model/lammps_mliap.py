@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import sys
 from typing import Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -151,7 +152,7 @@ class PaiNNMLIAP(EngineModel):
                                         np.asarray(data.pair_j)[:npairs], np.asarray(data.rij)[:npairs],
                                         int(data.nlocal), tags)
         if not self._summarised:
-            print(self.run_summary(calls), flush=True)
+            print(self.run_summary(calls), file=sys.stderr, flush=True)  # never inside LAMMPS's thermo rows
             self._summarised = True
         data.update_pair_forces(fij)
         data.energy = float(eatoms.sum())

@@ -88,8 +88,6 @@ def thermo_rows(output: str, first: str = "Step") -> list:
     for ln in lines[start + 1:]:
         if ln.startswith("Loop time"):
             break
-        if ln.startswith("painnfx: "):  # a rank's run summary (its own process's stdout may land here)
-            continue
         rows.append([float(v) for v in ln.split()])
     return rows
 
