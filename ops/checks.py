@@ -19,6 +19,9 @@ def capturing(t: torch.Tensor) -> bool:
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # a model's weights reach the update op as Parameters
+
+
 def eager(*tensors) -> bool:
     """True when plain tensors run eagerly: no compile, tracing, fake or dispatch mode and no
     torch.func transform (grad, vmap) that needs the torch.library op itself (the fused ops then
@@ -26,7 +29,7 @@ def eager(*tensors) -> bool:
     return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
             and not torch._C._is_torch_function_mode_enabled()
             and not torch._C._are_functorch_transforms_active()
-            and all(t is None or type(t) is torch.Tensor for t in tensors))
+            and all(t is None or type(t) in _PLAIN for t in tensors))
 
 
 def real(t: torch.Tensor) -> bool:
@@ -87,3 +90,16 @@ def check_message(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cut
     floats = [("x", x), ("weight", weight), ("bias", bias)] + ([("mu", mu)] if mu is not None else [])
     _same(op, "r", r, floats)
     _same(op, "r", r, [("idx_i", idx_i), ("idx_j", idx_j), ("basis_params", basis_params)], dtype=False)
+
+
+def check_update(q, mu, mix_weight, w1, b1, w2, b2) -> None:
+    op = "painn_update"
+    if q.ndim != 2 or not q.is_floating_point():
+        raise InputError(f"{op}: q must be a floating tensor of shape (N, F), got {q.dtype} {tuple(q.shape)}")
+    n, f = q.shape
+    shapes = {"mu": (mu, (n, 3, f)), "mix_weight": (mix_weight, (2 * f, f)), "w1": (w1, (f, 2 * f)), "b1": (b1, (f,)),
+              "w2": (w2, (3 * f, f)), "b2": (b2, (3 * f,))}
+    for name, (t, shape) in shapes.items():
+        if tuple(t.shape) != shape:
+            raise InputError(f"{op}: {name} must have shape {shape}, got {tuple(t.shape)}")
+    _same(op, "q", q, [(name, t) for name, (t, _) in shapes.items()])
