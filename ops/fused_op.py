@@ -26,8 +26,10 @@ declaration plus its reference math and kernels.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
+import threading
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -39,6 +41,23 @@ _EMPTY = (0,)
 _NO_DEFAULT = inspect.Parameter.empty
 _DECLARED: dict = {}  # name -> FusedOp; the generated Functions look themselves up here, so that
                       # Dynamo, tracing one inside a transform, reaches it through a global
+
+
+_inlined = threading.local()  # .names: fused ops that run as their reference torch ops on this thread
+
+
+@contextlib.contextmanager
+def inline_reference(names):
+    """In this block (this thread), the fused ops ``names`` run as their reference implementation
+    in plain differentiable torch ops, which autograd records op by op: what a tracer that
+    compiles the result (the joint graphs, rewriter/joint.py) should see where a compiler's code
+    for those ops beats the opaque op."""
+    previous = getattr(_inlined, "names", frozenset())
+    _inlined.names = previous | frozenset(names)
+    try:
+        yield
+    finally:
+        _inlined.names = previous
 
 
 def transformed() -> bool:
@@ -68,7 +87,7 @@ class FusedOp:
         _DECLARED[name] = self
         self._signature = inspect.signature(signature)
         self._check, self._fake, self._value_check = signature, fake, value_check
-        self._reference_backward = reference_backward
+        self._reference, self._reference_backward = reference, reference_backward
         names = list(self._signature.parameters)
         self._n_params = len(names)
         self._defaults = [p.default for p in self._signature.parameters.values()]
@@ -124,6 +143,8 @@ class FusedOp:
     def call(self, *args):
         """The op as the rewritten graph calls it (see the module docstring)."""
         args = self._bind(args)
+        if self.name in getattr(_inlined, "names", ()):
+            return self._reference(*args)
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if self.backward_op is None:  # nothing to differentiate (integer bookkeeping)
             if eager(*tensors):
@@ -164,6 +185,30 @@ class FusedOp:
         ctx.save_for_backward(*tensors)
         ctx.layout = layout
         ctx.backend = dispatch.forced()
+        ctx.weight_nodes = None
+
+    def _record_weight_nodes(self, ctx, inputs) -> None:
+        """(eager) The autograd nodes the weights' gradients flow into, so that the backward can
+        skip the weight gradients when the engine will not use them: ``autograd.grad(E,
+        positions)`` of a model whose parameters require grad (forces in MD) prunes the
+        parameters' accumulators, as autograd does for the plain model's ops."""
+        nodes = []
+        for p in self._weight_positions:
+            a = inputs[p] if p < len(inputs) else None
+            if isinstance(a, torch.Tensor) and a.requires_grad:
+                nodes.append(torch.autograd.graph.get_gradient_edge(a).node)
+        ctx.weight_nodes = nodes
+
+    @staticmethod
+    def _weights_used(ctx) -> bool:
+        """False when the running backward will not reach any weight's gradient node."""
+        nodes = getattr(ctx, "weight_nodes", None)
+        if not nodes:
+            return True
+        try:
+            return any(torch._C._will_engine_execute_node(node) for node in nodes)
+        except RuntimeError:  # not inside an engine's backward (a traced one): keep them
+            return True
 
     @staticmethod
     def _saved_inputs(ctx) -> list:
@@ -185,6 +230,8 @@ class FusedOp:
         need = ctx.needs_input_grad
         inputs = self._saved_inputs(ctx)
         weight_grad = any(p < len(need) and need[p] for p in self._weight_positions)
+        if weight_grad and not library_op:
+            weight_grad = self._weights_used(ctx)
         args = (*grad_outputs, *inputs, *((weight_grad,) if self._weight_flag else ()))
         if torch.is_grad_enabled():
             grads = self._reference_backward(*args)
@@ -232,6 +279,8 @@ class FusedOp:
                 fused = _DECLARED[name]
                 out = fused._body(*args)
                 fused._setup_context(ctx, args, out)
+                if fused._weight_flag:
+                    fused._record_weight_nodes(ctx, args)
                 return out
 
             @staticmethod

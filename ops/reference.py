@@ -123,3 +123,54 @@ def message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu: Optional[torch.Tens
             gb = gb + g_w.t() @ fc
     gr = torch.cat(gr_parts) if gr_parts else torch.zeros_like(r)
     return gr, gx, gmu_in, gw, gb
+
+
+def _update_intermediates(q, mu, mix_weight, w1, b1, w2, b2, epsilon: float):
+    """Spelled with split and linear, as the model is: traced into a joint graph
+    (``fused_op.inline_reference``), autograd then differentiates it as it does the model."""
+    f = q.shape[1]
+    v, w = torch.nn.functional.linear(mu, mix_weight).split(f, dim=2)  # (N, 3, F) each
+    vn = torch.sqrt((v * v).sum(1) + epsilon)
+    ctx = torch.cat([q, vn], dim=1)
+    pre = torch.nn.functional.linear(ctx, w1, b1)
+    h = torch.nn.functional.silu(pre)
+    x = torch.nn.functional.linear(h, w2, b2)
+    return v, w, vn, ctx, pre, h, x
+
+
+def update_forward(q, mu, mix_weight, w1, b1, w2, b2, epsilon: float):
+    """(q', mu') of PaiNN's update (mixing) block; q (N, F), mu (N, 3, F), see DESIGN.md sec. 1:
+    V, W = mu U^T;  a, b, c = W2 silu(W1 [q, |V|] + b1) + b2;  q' = q + a + c (V.W);  mu' = mu + b W."""
+    f = q.shape[1]
+    v, w, _, _, _, _, x = _update_intermediates(q, mu, mix_weight, w1, b1, w2, b2, epsilon)
+    a, b, c = x.split(f, dim=1)
+    return q + a + c * (v * w).sum(1), mu + b[:, None, :] * w
+
+
+def update_backward(gq, gmu, q, mu, mix_weight, w1, b1, w2, b2, epsilon: float, weight_grad: bool = True):
+    """(dL/dq, dL/dmu, and, when ``weight_grad``, dL/dU, dL/dW1, dL/db1, dL/dW2, dL/db2 else Nones).
+
+    With s = V.W (summed over the 3 components), |V| = sqrt(V.V + eps):
+    dL/da = gq, dL/dc = gq s, dL/ds = gq c, dL/db = gmu.W;  dL/dh = [da, db, dc] W2,
+    dL/dpre = dL/dh silu'(pre);  [dL/dq_ctx, dL/d|V|] = dL/dpre W1;
+    dL/dV = dL/ds W + dL/d|V| V / |V|,  dL/dW = gmu b + dL/ds V;  dL/dmu = gmu + [dV, dW] U.
+    """
+    f = q.shape[1]
+    v, w, vn, ctx, pre, h, x = _update_intermediates(q, mu, mix_weight, w1, b1, w2, b2, epsilon)
+    _, b, c = x.split(f, dim=1)
+    s = (v * w).sum(1)
+    gs = gq * c
+    gx = torch.cat([gq, (gmu * w).sum(1), gq * s], dim=1)
+    gh = gx @ w2
+    sig = torch.sigmoid(pre)
+    gpre = gh * sig * (1 + pre * (1 - sig))
+    gctx = gpre @ w1
+    gv = gs[:, None, :] * w + (gctx[:, f:] / vn)[:, None, :] * v
+    gw = gmu * b[:, None, :] + gs[:, None, :] * v
+    gvw = torch.cat([gv, gw], dim=2)
+    gq_in = gq + gctx[:, :f]
+    gmu_in = gmu + torch.matmul(gvw, mix_weight)
+    if not weight_grad:
+        return gq_in, gmu_in, None, None, None, None, None
+    g_mix = gvw.reshape(-1, 2 * f).t() @ mu.reshape(-1, f)
+    return gq_in, gmu_in, g_mix, gpre.t() @ ctx, gpre.sum(0), gx.t() @ h, gx.sum(0)

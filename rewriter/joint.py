@@ -27,15 +27,24 @@ import torch
 import torch.fx as fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
-#: the fused ops' nodes, forward and backward, as they appear in a joint graph
-FUSED_NODES = ("painnfx.prepare_edges.default", "painnfx.painn_message.default",
-               "painnfx.painn_message_backward.default", "painnfx.radial_filter.default",
-               "painnfx.radial_filter_backward.default")
+from painnfx.ops import dispatch
+from painnfx.ops.fused_op import inline_reference
+
+from .fusions import JOINT_INLINED
+
+
+def fused_node_names() -> set:
+    """The targets of the fused ops' nodes in a traced graph, every declared op and its backward."""
+    return {f"painnfx.{name}.default" for name in dispatch.operator_names()}
 
 
 def trace(fn: Callable, *tensors) -> fx.GraphModule:
-    """``fn`` traced on ``tensors`` with symbolic sizes (any atom and edge count)."""
-    return make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*tensors)
+    """``fn`` traced on ``tensors`` with symbolic sizes (any atom and edge count). The fused ops a
+    fusion marks ``joint_decomposed`` (the update block: Inductor's code for its dense products and
+    pointwise steps beat the opaque op there, docs/rewriter.md) are traced as their reference torch
+    ops, which autograd differentiates at trace time (saving, not recomputing, their activations)."""
+    with inline_reference(JOINT_INLINED):
+        return make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*tensors)
 
 
 #: atom and edge counts of the system joint graphs are traced on: primes that coincide with no
@@ -57,8 +66,9 @@ def trace_example(positions, numbers, edge_index, shifts, *rest) -> tuple:
 def node_counts(gm: fx.GraphModule) -> dict:
     """{"nodes": all, "fused": {op: count}} of a joint graph."""
     fused: dict = {}
+    names = fused_node_names()
     for n in gm.graph.nodes:
-        if n.op == "call_function" and str(n.target) in FUSED_NODES:
+        if n.op == "call_function" and str(n.target) in names:
             fused[str(n.target)] = fused.get(str(n.target), 0) + 1
     return {"nodes": len(gm.graph.nodes), "fused": fused}
 

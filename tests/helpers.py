@@ -64,16 +64,21 @@ CPU_KERNELS = "cpp"
 
 
 def assert_fused(report, layers: int) -> None:
-    """optimize() kept one fused message per layer after verification, per rewrite and end to end."""
+    """optimize() kept one fused message and one fused update block per layer after verification,
+    per rewrite and end to end."""
     assert report.applied, report.to_text()
-    assert report.fused_nodes == layers, report.to_text()
+    assert report.fused_nodes == 2 * layers, report.to_text()
     assert report.end_to_end.startswith("passed"), report.end_to_end
 
 
-def assert_kernels(calls, backend: str, forward: int, backward: int = None) -> None:
+def assert_kernels(calls, backend: str, forward: int, backward: int = None, updates: int = None) -> None:
     """``dispatch.record_calls()`` saw exactly ``forward`` message forwards and ``backward``
-    backwards (default: as many), every one on ``backend``: the fused path ran, on that backend."""
+    backwards (default: as many), every one on ``backend``: the fused path ran, on that backend;
+    with ``updates``, as many update-block forwards and backwards too."""
     backward = forward if backward is None else backward
-    for op, n in (("painn_message", forward), ("painn_message_backward", backward)):
+    checks = [("painn_message", forward), ("painn_message_backward", backward)]
+    if updates is not None:
+        checks += [("painn_update", updates), ("painn_update_backward", updates)]
+    for op, n in checks:
         ran = {b: k for (o, b), k in calls.items() if o == op and k}
         assert ran == ({backend: n} if n else {}), f"{op} ran {ran}, expected {n} call(s) on {backend}"

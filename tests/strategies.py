@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from ase import Atoms
 from hypothesis import strategies as st
 
@@ -128,3 +129,14 @@ def message_inputs(draw, dtype=None, max_atoms: int = 7, max_edges: int = 40):
     return dict(r=cast(r), idx_i=idx_i, idx_j=idx_j, x=cast(x), mu=cast(mu), weight=cast(weight),
                 bias=cast(bias), basis_params=params.to(dtype), basis=basis, cutoff=cutoff,
                 cutoff_params=cutoff_params)
+
+
+def update_inputs(n: int, f: int, seed: int, scale: float = 1.0, eps: float = 1e-8) -> list:
+    """q, mu, U, W1, b1, W2, b2 (float64, weights scaled like a trained layer), epsilon."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, fan_in=1):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) / fan_in ** 0.5
+
+    return [rand(n, f), scale * rand(n, 3, f), rand(2 * f, f, fan_in=f), rand(f, 2 * f, fan_in=2 * f), rand(f),
+            rand(3 * f, f, fan_in=f), rand(3 * f), eps]

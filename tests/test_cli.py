@@ -37,7 +37,7 @@ def test_md_json_summary_fused_path(capsys):
     summary = json.loads(out[out.index("{"):])
     assert summary["atoms"] == 4 and summary["steps"] == 4
     assert summary["steps_per_s"] > 0
-    assert summary["optimized"] and summary["fused_nodes"] == 3  # one fused message per layer of the default model
+    assert summary["optimized"] and summary["fused_nodes"] == 6  # a fused message and update per layer of the default model
     # ASE's VelocityVerlet evaluates forces once per step, plus the initial call: 5 energy+forces
     # evaluations, 3 layers each, every one on the C++ kernels
     assert summary["kernels"]["painn_message"] == {"cpp": 15}
@@ -97,7 +97,7 @@ def test_inspect_text_json_and_dot(tmp_path, capsys):
         assert needle in text
     assert main(["inspect", "--random", cfg, "--json", "--dot", str(tmp_path / "g"), "--format"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["applied"] and report["fused_nodes"] == 2
+    assert report["applied"] and report["fused_nodes"] == 4
     assert report["launches_after"]["total"] < report["launches_before"]["total"]
     dot = (tmp_path / "g_before.dot").read_text()
     assert "digraph" in dot and "#fde0dd" in dot  # a highlighted region

@@ -86,8 +86,8 @@ def test_a_failing_compile_is_an_error_with_the_compiler_output(tmp_path, monkey
     """A compiler that runs but fails (not a missing one): CpuBuildError with its output, nothing cached."""
     monkeypatch.setenv("PAINNFX_CACHE_DIR", str(tmp_path))
     broken = tmp_path / "painn_message.cpp"
-    broken.write_text(build.SOURCE.read_text() + "\nthis is not C++;\n")
-    monkeypatch.setattr(build, "SOURCE", broken)
+    broken.write_text(build.SOURCES[0].read_text() + "\nthis is not C++;\n")
+    monkeypatch.setattr(build, "SOURCES", (broken, *build.SOURCES[1:]))
     with pytest.raises(build.CpuBuildError, match="failed to build the CPU kernels(.|\n)*this is not C"):
         build.build()
     assert not list((tmp_path / "cpu").glob("*.so")) and not list((tmp_path / "cpu").glob("*.json"))

@@ -18,6 +18,7 @@ KERNELS = {
     "painn_message.cu": ["painn_message_forward_f32", "painn_message_forward_f64"],
     "painn_message_backward.cu": [f"painn_message_{k}_{s}" for k in ("backward_nodes", "backward_edges",
                                   "backward_weights", "reduce_partials") for s in ("f32", "f64")],
+    "painn_update.cu": [f"painn_update_{k}_{s}" for k in ("forward", "backward") for s in ("f32", "f64")],
 }
 
 

@@ -37,18 +37,20 @@ def cu_cell():
 
 
 def _kernel_calls(calls) -> dict:
-    return {op: calls[(op, "emulated")] for op in ("painn_message", "painn_message_backward")}
+    return {op: calls[(op, "emulated")] for op in ("painn_message", "painn_message_backward", "painn_update",
+                                                   "painn_update_backward")}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_optimized_model_runs_end_to_end_on_the_emulated_kernels(on_emulator, dtype):
     model = perturbed_model(CONFIG, dtype)
     fast = optimize(model, backend="emulated")
-    assert fast.applied and fast.report.fused_nodes == 2, fast.report.to_text()
+    assert fast.applied and fast.report.fused_nodes == 4, fast.report.to_text()
     pos, numbers, nl, cell = system_tensors(cu_cell(), model.cutoff, dtype)
     with record_calls() as calls:
         got = compute_properties(fast, pos, numbers, nl.edge_index, nl.shifts, cell, stress=True)
-    assert _kernel_calls(calls) == {"painn_message": 2, "painn_message_backward": 2}  # both layers, both ways
+    assert _kernel_calls(calls) == {"painn_message": 2, "painn_message_backward": 2, "painn_update": 2,
+                                    "painn_update_backward": 2}  # both layers, both ways
     assert calls[("painn_message", "cpp")] == calls[("painn_message", "reference")] == 0
     want = compute_properties(model, pos, numbers, nl.edge_index, nl.shifts, cell, stress=True)
     for name in ("energy", "forces", "stress"):
@@ -122,7 +124,8 @@ def test_cuda_graph_step_on_the_emulated_kernels(on_emulator):
         with record_calls() as calls:
             got = graphed(pos, nl.edge_index, nl.shifts, cell)
         runs = stub.captures + stub.replays - runs  # a capture runs the step once, and so does each replay
-        assert _kernel_calls(calls) == {"painn_message": 2 * runs, "painn_message_backward": 2 * runs}
+        assert _kernel_calls(calls) == {op: 2 * runs for op in ("painn_message", "painn_message_backward",
+                                                                 "painn_update", "painn_update_backward")}
         capacities.append(graphed.capacity)
         assert graphed.capacity > n_edges  # padding edges were part of the step
         pad = graphed.positions[graphed.edge_index[1, n_edges:]] - graphed.positions[graphed.edge_index[0, n_edges:]]

@@ -89,7 +89,7 @@ def test_calculator_takes_the_joint_graph_where_auto_measures_it_faster(monkeypa
         compute_properties(fast, pos, numbers, nl.edge_index, nl.shifts, cell, stress=stress)  # measures
         with record_calls() as calls:
             out = compute_properties(fast, pos, numbers, nl.edge_index, nl.shifts, cell, stress=stress)
-        assert_kernels(calls, CPU_KERNELS, 2)
+        assert_kernels(calls, CPU_KERNELS, 2, updates=0)
         assert out.forces.is_inference() and out.energy.is_inference()  # no autograd tape was recorded
         ref = evaluate(model, atoms, stress=stress)
         torch.testing.assert_close(out.energy, ref.energy, rtol=1e-12, atol=1e-12)
@@ -102,6 +102,7 @@ def test_calculator_takes_the_joint_graph_where_auto_measures_it_faster(monkeypa
     graphs = fast.report.joint["graphs"]
     assert set(graphs) == {f"{k} ({g})" for k in ("energy+forces", "energy+forces+stress")
                            for g in ("joint", "plain-joint")}
+    # the update blocks are traced as torch ops (Inductor's code beat the opaque op there): no painn_update node
     assert graphs["energy+forces (joint)"]["fused"] == {
         "painnfx.prepare_edges.default": 1, "painnfx.painn_message.default": 2,
         "painnfx.painn_message_backward.default": 2}

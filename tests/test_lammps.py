@@ -109,7 +109,7 @@ def assert_ran(out: str, nprocs: int, optimize: str, layers: int, dtype="torch.f
     for line in lines:
         assert line.startswith(f"painnfx: {dtype} on cpu, "), line
         if optimize == "fused":
-            assert f"fused graph ({layers} fused nodes, path fused)" in line, line
+            assert f"fused graph ({2 * layers} fused nodes, path fused)" in line, line
             assert f"painn_message cpp x{layers}; painn_message_backward cpp x{layers}" in line, line
         else:
             assert "plain model" in line and "no fused op" in line, line

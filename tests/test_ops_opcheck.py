@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from painnfx.ops import dispatch, prepare_edges
-from strategies import message_inputs
+from strategies import message_inputs, update_inputs
 
-OPS = ("prepare_edges", "painn_message", "painn_message_backward", "radial_filter", "radial_filter_backward")
+OPS = ("prepare_edges", "painn_message", "painn_message_backward", "radial_filter", "radial_filter_backward",
+       "painn_update", "painn_update_backward")
 
 
 def _opcheck(name, args, kwargs=None):
@@ -41,6 +42,17 @@ def _all_ops(inp, weight_grad: bool):
     _opcheck("radial_filter", filt)
     grad = torch.randn(d.shape[0], weight.shape[0], generator=gen, dtype=torch.float64).to(d.dtype)
     _opcheck("radial_filter_backward", (grad, *[a.detach() if torch.is_tensor(a) else a for a in filt]))
+    _update_ops(n, f, x.dtype, weight_grad, gen)
+
+
+def _update_ops(n, f, dtype, weight_grad: bool, gen):
+    args = [a.to(dtype) if torch.is_tensor(a) else a for a in update_inputs(n, f, int(gen.initial_seed()))]
+    update = [a.requires_grad_(k < 2 or weight_grad) if torch.is_tensor(a) else a for k, a in enumerate(args)]
+    _opcheck("painn_update", update)
+    gq = torch.randn(n, f, generator=gen, dtype=torch.float64).to(dtype)
+    gmu = torch.randn(n, 3, f, generator=gen, dtype=torch.float64).to(dtype)
+    _opcheck("painn_update_backward", (gq, gmu, *[a.detach() if torch.is_tensor(a) else a for a in update],
+                                       weight_grad))
 
 
 def test_the_list_covers_every_registered_op():

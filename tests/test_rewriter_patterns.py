@@ -44,8 +44,9 @@ def test_near_misses_are_not_fused_and_still_run(miss):
     assert not _matched(fast.report, "fused_painn_message"), fast.report.to_text()
     assert not _matched(fast.report, "radial_filter")
     a, b = evaluate(fast, ATOMS), evaluate(model, ATOMS)
-    torch.testing.assert_close(a.energy, b.energy, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(a.forces, b.forces, rtol=1e-12, atol=1e-12)
+    # (the update blocks are no near miss: fused, they round differently from eager)
+    torch.testing.assert_close(a.energy, b.energy, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(a.forces, b.forces, rtol=1e-10, atol=1e-11)
 
 
 def test_near_miss_constants_are_reported():

@@ -1,4 +1,4 @@
-"""The "cpp" backend: the fused ops' CPU kernels (painn_message.cpp), registered with
+"""The "cpp" backend: the fused ops' CPU kernels (painn_message.cpp, painn_update.cpp), registered with
 ``painnfx.ops.dispatch`` for the device type "cpu" (torch's dispatcher runs them for CPU
 tensors; ``use_backend("reference")`` still selects the reference).
 
@@ -10,6 +10,7 @@ reference implementation runs, after one warning that says why. Double backward
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import warnings
 from typing import Optional
@@ -151,6 +152,51 @@ def filter_backward(grad, d, weight, bias, basis_params, basis, cutoff, cutoff_p
     return gd, total[:, :k].clone(), total[:, k].clone()
 
 
+#: from this many atoms on the update kernels take their weights transposed (three copies per
+#: call) for the register-blocked products; below, dot products with the weights as given
+UPDATE_TRANSPOSE_ATOMS = int(os.environ.get("PAINNFX_UPDATE_TRANSPOSE_ATOMS", "24"))
+
+
+def _transposed(n: int, weights) -> list:
+    if n < UPDATE_TRANSPOSE_ATOMS:
+        return [None, None, None]
+    return [w.t().contiguous() for w in weights]
+
+
+def update_forward(q, mu, mix_weight, w1, b1, w2, b2, epsilon):
+    lib = library()
+    n, f = q.shape
+    q_out, mu_out = torch.empty_like(q), torch.empty_like(mu)
+    if n:
+        tensors = [t.contiguous() for t in (q, mu, mix_weight, w1, b1, w2, b2)]
+        wt = _transposed(n, (mix_weight, w1, w2))
+        getattr(lib, f"painn_update_forward_{_SUFFIX[q.dtype]}")(
+            *map(_ptr, tensors), *map(_ptr, wt), _SCALAR[q.dtype](epsilon), n, f, _ptr(q_out), _ptr(mu_out),
+            torch.get_num_threads())
+    return q_out, mu_out
+
+
+def update_backward(gq, gmu, q, mu, mix_weight, w1, b1, w2, b2, epsilon, weight_grad=True):
+    """dL/dq, dL/dmu from the kernel; the weight gradients, when asked, as three matrix products
+    of the per-atom factors the kernel writes (deterministic BLAS reductions over atoms)."""
+    lib = library()
+    n, f = q.shape
+    gq_in, gmu_in = torch.empty_like(q), torch.empty_like(mu)
+    factors = [q.new_empty(n, 3, 2 * f), q.new_empty(n, f), q.new_empty(n, 3 * f), q.new_empty(n, 2 * f),
+               q.new_empty(n, f)] if weight_grad else [None] * 5
+    if n:
+        tensors = [t.contiguous() for t in (gq, gmu, q, mu, mix_weight, w1, b1, w2, b2)]
+        wt = _transposed(n, (mix_weight, w1, w2))
+        getattr(lib, f"painn_update_backward_{_SUFFIX[q.dtype]}")(
+            *map(_ptr, tensors), *map(_ptr, wt), _SCALAR[q.dtype](epsilon), n, f, _ptr(gq_in), _ptr(gmu_in), *map(_ptr, factors),
+            torch.get_num_threads())
+    if not weight_grad:
+        return gq_in, gmu_in, None, None, None, None, None
+    gvw, gpre, gx, ctx, h = factors
+    g_mix = gvw.reshape(-1, 2 * f).t() @ mu.reshape(-1, f)
+    return gq_in, gmu_in, g_mix, gpre.t() @ ctx, gpre.sum(0), gx.t() @ h, gx.sum(0)
+
+
 def usable(op_name: str, *args) -> bool:
     """The kernels are built (or buildable) here and take this dtype (float32, float64)."""
     dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
@@ -163,3 +209,5 @@ def register() -> None:
     dispatch.implement("painn_message_backward", NAME, message_backward)
     dispatch.implement("radial_filter", NAME, filter_forward)
     dispatch.implement("radial_filter_backward", NAME, filter_backward)
+    dispatch.implement("painn_update", NAME, update_forward)
+    dispatch.implement("painn_update_backward", NAME, update_backward)

@@ -1,4 +1,4 @@
-"""Compiling the CPU kernels (``painn_message.cpp``) into a shared library on first use.
+"""Compiling the CPU kernels (``painn_message.cpp``, ``painn_update.cpp``) into one shared library on first use.
 
 The host C++ compiler (``$CXX``, else g++ or c++) builds with ``-O3 -march=native -fopenmp``:
 the library is built on, and for, the machine that runs it, so targeting its own instruction
@@ -25,7 +25,8 @@ from .entry_points import Library, parse
 
 HERE = Path(__file__).parent
 INCLUDE = HERE.parent / "cuda"  # radial.cuh, shared with the CUDA kernels
-SOURCE = HERE / "painn_message.cpp"
+SOURCES = (HERE / "painn_message.cpp", HERE / "painn_update.cpp")
+HEADERS = (HERE / "cpu_common.h", INCLUDE / "radial.cuh")
 FLAGS = ("-O3", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 #: ``$PAINNFX_CPU_ARCH``: the instruction set the kernels are built for (g++ ``-march``). "native"
 #: (default) is this machine's own (AVX2, AVX-512 where it has them); a named level such as
@@ -71,8 +72,7 @@ def _cpu_identity() -> str:
 
 def key(cxx: str) -> str:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
-    return digest([SOURCE.read_text(), (INCLUDE / "radial.cuh").read_text(), " ".join(flags()), version,
-                   _cpu_identity()])
+    return digest([*(p.read_text() for p in (*SOURCES, *HEADERS)), " ".join(flags()), version, _cpu_identity()])
 
 
 def build(use_cache: bool = True) -> tuple[Path, dict]:
@@ -86,7 +86,7 @@ def build(use_cache: bool = True) -> tuple[Path, dict]:
 
     def compile_to(out: Path) -> dict:
         start = time.perf_counter()
-        res = subprocess.run([cxx, *flags(), f"-I{INCLUDE}", str(SOURCE), "-o", str(out)], capture_output=True,
+        res = subprocess.run([cxx, *flags(), f"-I{HERE}", f"-I{INCLUDE}", *map(str, SOURCES), "-o", str(out)], capture_output=True,
                              text=True, timeout=600)
         if res.returncode:
             raise CpuBuildError(f"{cxx} failed to build the CPU kernels:\n{res.stderr[-3000:]}")
@@ -98,14 +98,17 @@ def build(use_cache: bool = True) -> tuple[Path, dict]:
 
 
 def signatures(cxx: str) -> dict:
-    """The ``extern "C"`` entry points of the source, read after preprocessing (entry_points.py)."""
-    res = subprocess.run([cxx, "-E", "-P", *[f for f in flags() if f.startswith(("-std", "-f", "-m"))], f"-I{INCLUDE}",
-                          str(SOURCE)], capture_output=True, text=True, timeout=120)
-    if res.returncode:
-        raise CpuBuildError(f"{cxx} failed to preprocess the CPU kernels:\n{res.stderr[-3000:]}")
-    found = parse(res.stdout)
-    if not found:
-        raise CpuBuildError(f"no extern \"C\" entry points found in {SOURCE.name}")
+    """The ``extern "C"`` entry points of the sources, read after preprocessing (entry_points.py)."""
+    found: dict = {}
+    for source in SOURCES:
+        res = subprocess.run([cxx, "-E", "-P", *[f for f in flags() if f.startswith(("-std", "-f", "-m"))],
+                              f"-I{HERE}", f"-I{INCLUDE}", str(source)], capture_output=True, text=True, timeout=120)
+        if res.returncode:
+            raise CpuBuildError(f"{cxx} failed to preprocess the CPU kernels:\n{res.stderr[-3000:]}")
+        entries = parse(res.stdout)
+        if not entries:
+            raise CpuBuildError(f"no extern \"C\" entry points found in {source.name}")
+        found.update(entries)
     return found
 
 

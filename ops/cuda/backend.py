@@ -1,4 +1,4 @@
-"""The "cuda" backend: the fused message op's forward and backward kernels, registered with
+"""The "cuda" backend: the fused message and update ops' forward and backward kernels, registered with
 ``painnfx.ops.dispatch`` for the device type "cuda", so torch's dispatcher runs them for CUDA
 tensors with no further code (``use_backend("reference")`` still selects the reference).
 
@@ -17,15 +17,18 @@ import functools
 import warnings
 
 from .. import dispatch
-from . import message
+from . import message, update
 
 NAME = "cuda"
 _unavailable: list = []  # the reason, once cuda-python failed to import
 
 
 def _usable(op_name: str = "", *args) -> bool:
-    """cuda-python imports (else the reference runs, after one warning)."""
+    """cuda-python imports (else the reference runs, after one warning), and for the update op
+    the kernels take its feature count (``update.MAX_F``)."""
     if _unavailable:
+        return False
+    if op_name.startswith("painn_update") and not update.usable(args[2] if op_name.endswith("backward") else args[0]):
         return False
     try:
         import cuda.core  # noqa: F401
@@ -45,9 +48,13 @@ def _launch(launch: message.Launch) -> None:
 
 message_forward = functools.partial(message.run_forward, _launch)
 message_backward = functools.partial(message.run_backward, _launch)
+update_forward = functools.partial(update.run_forward, _launch)
+update_backward = functools.partial(update.run_backward, _launch)
 
 
 def register() -> None:
     dispatch.register_backend(NAME, {"cuda"}, priority=1, usable=_usable)
     dispatch.implement("painn_message", NAME, message_forward)
     dispatch.implement("painn_message_backward", NAME, message_backward)
+    dispatch.implement("painn_update", NAME, update_forward)
+    dispatch.implement("painn_update_backward", NAME, update_backward)

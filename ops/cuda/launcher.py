@@ -23,7 +23,7 @@ import torch
 from .launch import kernel_args, launch_values
 from .nvrtc import compile_cubin, kernel_source
 
-SOURCES = ("painn_message.cu", "painn_message_backward.cu")
+SOURCES = ("painn_message.cu", "painn_message_backward.cu", "painn_update.cu")
 OPTIONS = ("-lineinfo", "--ftz=true")
 _modules: dict = {}  # (device index, file) -> cuda.core ObjectCode
 _kernels: dict = {}  # (device index, kernel name) -> cuda.core Kernel
@@ -67,7 +67,7 @@ def load(device: torch.device) -> None:
 
 
 def run(launch, device: torch.device) -> None:
-    """Launch one ``message.Launch`` on the current stream of ``device``."""
+    """Launch one ``Launch`` (message.py, update.py) on the current stream of ``device``."""
     from cuda.core import LaunchConfig
     from cuda.core import launch as cuda_launch
 

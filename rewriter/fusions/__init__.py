@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..replacements import edge_plan, fused_painn_message, fused_radial_filter
-from . import message, radial_filter
+from painnfx.ops.update import UPDATE
+
+from ..replacements import edge_plan, fused_painn_message, fused_painn_update, fused_radial_filter
+from . import message, radial_filter, update
 
 
 @dataclass(frozen=True)
@@ -24,11 +26,16 @@ class Fusion:
     passes: tuple
     nodes: tuple  # fused ops its replacements put into the graph (an analytical backward each)
     plans: tuple = ()  # set-up nodes they share, with no backward and nothing fused (edge plans)
+    #: fused ops traced into the compiled joint graphs (rewriter/joint.py) as their reference torch
+    #: ops, differentiated by autograd at trace time: where Inductor, fusing them with their
+    #: neighbours, was measured faster than the opaque op
+    joint_decomposed: tuple = ()
 
 
 FUSIONS = (
     Fusion(radial_filter.NAME, tuple(radial_filter.PASSES), (fused_radial_filter,)),
     Fusion(message.NAME, tuple(message.PASSES), (fused_painn_message,), plans=(edge_plan,)),
+    Fusion(update.NAME, tuple(update.PASSES), (fused_painn_update,), joint_decomposed=(UPDATE,)),
 )
 PASSES = [p for fusion in FUSIONS for p in fusion.passes]
 #: the functions a traced replacement keeps as single nodes (``RewriteState.splice``)
@@ -37,5 +44,7 @@ FUSED_NODES = {fn.__name__: fusion.name for fusion in FUSIONS for fn in fusion.n
 #: the nodes that make an optimized graph "applied" (edge plans alone fuse nothing)
 FUSED_TARGETS = {fn for fusion in FUSIONS for fn in fusion.nodes}
 #: kernel launches of each fused node's backward (report.launch_estimate)
+#: the fused ops traced into joint graphs as their reference torch ops (``fused_op.inline_reference``)
+JOINT_INLINED = tuple(op.name for fusion in FUSIONS for op in fusion.joint_decomposed)
 BACKWARD_LAUNCHES = {fn.__name__: 0 if fn in fusion.plans else 1 for fusion in FUSIONS
                      for fn in fusion.nodes + fusion.plans}

@@ -14,17 +14,17 @@ Slow (fibers): for systems of a few atoms in tests, never a real backend.
 from __future__ import annotations
 
 from painnfx.ops import dispatch
-from painnfx.ops.cuda import message
+from painnfx.ops.cuda import message, update
 
 from . import Emulator, build
 
 NAME = "emulated"
-SOURCES = ["painn_message.cu", "painn_message_backward.cu"]
+SOURCES = ["painn_message.cu", "painn_message_backward.cu", "painn_update.cu"]
 _state: dict = {"schedule": "forward", "seed": 0}
 
 
 def emulator(sources=None) -> Emulator:
-    """The emulator of the message kernels (built once, cached on disk like every build)."""
+    """The emulator of the message and update kernels (built once, cached on disk like every build)."""
     if "emu" not in _state:
         _state["emu"] = build(SOURCES, sources=sources)
     return _state["emu"]
@@ -43,14 +43,31 @@ def message_backward(*args):
     return message.run_backward(_launch, *args)
 
 
+def update_forward(*args):
+    return update.run_forward(_launch, *args)
+
+
+def update_backward(*args):
+    return update.run_backward(_launch, *args)
+
+
+def _usable(op_name: str, *args) -> bool:
+    """The update kernels' feature bound (``update.MAX_F``), as on a GPU."""
+    if op_name.startswith("painn_update"):
+        return update.usable(args[2] if op_name.endswith("backward") else args[0])
+    return True
+
+
 def register(schedule: str = "forward", seed: int = 0, sources=None) -> None:
     """Register (or re-register) the backend; ``sources`` replaces kernel files (mutation tests)."""
     _state.pop("emu", None)
     _state.update(schedule=schedule, seed=seed)
     emulator(sources)
-    dispatch.register_backend(NAME, {"cpu"}, priority=-1)
+    dispatch.register_backend(NAME, {"cpu"}, priority=-1, usable=_usable)
     dispatch.implement("painn_message", NAME, message_forward)
     dispatch.implement("painn_message_backward", NAME, message_backward)
+    dispatch.implement("painn_update", NAME, update_forward)
+    dispatch.implement("painn_update_backward", NAME, update_backward)
 
 
 def unregister() -> None:
