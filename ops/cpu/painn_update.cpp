@@ -74,6 +74,13 @@ inline void dot_rows(const T* __restrict w, const T* __restrict bias, const T* _
     }
 }
 
+// s = sum_c V_c W_c of feature f, from an atom's (3, 2F) rows [V_c, W_c]
+template <typename T>
+inline T vw_dot(const T* vw, int f, int F) {
+    const int F2 = 2 * F;
+    return vw[f] * vw[F + f] + vw[F2 + f] * vw[F2 + F + f] + vw[2 * F2 + f] * vw[2 * F2 + F + f];
+}
+
 template <typename T>
 inline T sigmoid(T x) {
     return T(1) / (T(1) + std::exp(-x));
@@ -118,39 +125,52 @@ struct UpdateTile {
     }
 };
 
+// The backward's per-thread buffers besides the recomputed forward's.
 template <typename T>
-void update_forward(const T* q, const T* mu, const T* u, const T* w1, const T* b1, const T* w2, const T* b2,
-                    const T* const* wt, T eps, std::int64_t N, int F, T* q_out, T* mu_out, int threads) {
+struct UpdateBackwardTile : UpdateTile<T> {
+    std::vector<T> gx, gh, gctx, gvw, gm;
+    explicit UpdateBackwardTile(int F)
+        : UpdateTile<T>(F), gx(TILE * 3 * F), gh(TILE * F), gctx(TILE * 2 * F), gvw(3 * TILE * 2 * F), gm(3 * TILE * F) {}
+};
+
+// OpenMP over tiles of up to TILE atoms: body(buffers, first atom, atoms in the tile), with one
+// Buffers per thread and subnormals flushed on every thread for the duration (cpu_common.h).
+template <typename Buffers, typename Body>
+void over_tiles(std::int64_t N, int F, int threads, Body body) {
     const std::int64_t tiles = (N + TILE - 1) / TILE;
-    const int F2 = 2 * F;
 #pragma omp parallel num_threads(threads) if (tiles > 1)
     {
         FlushDenormals flush;
-        UpdateTile<T> tile(F);
+        Buffers buffers(F);
 #pragma omp for schedule(static)
         for (std::int64_t ti = 0; ti < tiles; ++ti) {
             const std::int64_t a0 = ti * TILE;
-            const int nt = (int)(N - a0 < TILE ? N - a0 : TILE);
-            tile.forward(q, mu, u, w1, b1, w2, b2, wt, eps, a0, nt, F);
-            for (int t = 0; t < nt; ++t) {
-                const std::int64_t a = a0 + t;
-                const T* x = tile.x.data() + (std::int64_t)t * 3 * F;
-                const T* vw = tile.vw.data() + (std::int64_t)(3 * t) * F2;
-#pragma omp simd
-                for (int f = 0; f < F; ++f) {
-                    const T s = vw[f] * vw[F + f] + vw[F2 + f] * vw[F2 + F + f] + vw[2 * F2 + f] * vw[2 * F2 + F + f];
-                    q_out[a * F + f] = q[a * F + f] + x[f] + x[2 * F + f] * s;
-                }
-                for (int c = 0; c < 3; ++c) {
-                    const T* w = vw + (std::int64_t)c * F2 + F;
-                    const T* m = mu + (a * 3 + c) * F;
-                    T* o = mu_out + (a * 3 + c) * F;
-#pragma omp simd
-                    for (int f = 0; f < F; ++f) o[f] = m[f] + x[F + f] * w[f];
-                }
-            }
+            body(buffers, a0, (int)(N - a0 < TILE ? N - a0 : TILE));
         }
     }
+}
+
+template <typename T>
+void update_forward(const T* q, const T* mu, const T* u, const T* w1, const T* b1, const T* w2, const T* b2,
+                    const T* const* wt, T eps, std::int64_t N, int F, T* q_out, T* mu_out, int threads) {
+    const int F2 = 2 * F;
+    over_tiles<UpdateTile<T>>(N, F, threads, [&](UpdateTile<T>& tile, std::int64_t a0, int nt) {
+        tile.forward(q, mu, u, w1, b1, w2, b2, wt, eps, a0, nt, F);
+        for (int t = 0; t < nt; ++t) {
+            const std::int64_t a = a0 + t;
+            const T* x = tile.x.data() + (std::int64_t)t * 3 * F;
+            const T* vw = tile.vw.data() + (std::int64_t)(3 * t) * F2;
+#pragma omp simd
+            for (int f = 0; f < F; ++f) q_out[a * F + f] = q[a * F + f] + x[f] + x[2 * F + f] * vw_dot(vw, f, F);
+            for (int c = 0; c < 3; ++c) {
+                const T* w = vw + (std::int64_t)c * F2 + F;
+                const T* m = mu + (a * 3 + c) * F;
+                T* o = mu_out + (a * 3 + c) * F;
+#pragma omp simd
+                for (int f = 0; f < F; ++f) o[f] = m[f] + x[F + f] * w[f];
+            }
+        }
+    });
 }
 
 // Per atom (see reference.update_backward): gx = [gq, gmu.W, gq s]; gh = gx W2; gpre = gh silu'(pre);
@@ -161,73 +181,62 @@ template <typename T>
 void update_backward(const T* gq, const T* gmu, const T* q, const T* mu, const T* u, const T* w1, const T* b1,
                      const T* w2, const T* b2, const T* const* wt, T eps, std::int64_t N, int F,
                      T* gq_in, T* gmu_in, T* gvw_out, T* gpre_out, T* gx_out, T* ctx_out, T* h_out, int threads) {
-    const std::int64_t tiles = (N + TILE - 1) / TILE;
     const int F2 = 2 * F, F3 = 3 * F;
-#pragma omp parallel num_threads(threads) if (tiles > 1)
-    {
-        FlushDenormals flush;
-        UpdateTile<T> tile(F);
-        std::vector<T> gx(TILE * F3), gh(TILE * F), gctx(TILE * F2), gvw(3 * TILE * F2), gm(3 * TILE * F);
-#pragma omp for schedule(static)
-        for (std::int64_t ti = 0; ti < tiles; ++ti) {
-            const std::int64_t a0 = ti * TILE;
-            const int nt = (int)(N - a0 < TILE ? N - a0 : TILE);
-            tile.forward(q, mu, u, w1, b1, w2, b2, wt, eps, a0, nt, F);
-            for (int t = 0; t < nt; ++t) {
-                const std::int64_t a = a0 + t;
-                const T* x = tile.x.data() + (std::int64_t)t * F3;
-                const T* vw = tile.vw.data() + (std::int64_t)(3 * t) * F2;
-                const T* ga = gmu + a * 3 * F;
-                T* g = gx.data() + (std::int64_t)t * F3;
+    over_tiles<UpdateBackwardTile<T>>(N, F, threads, [&](UpdateBackwardTile<T>& tile, std::int64_t a0, int nt) {
+        std::vector<T>&gx = tile.gx, &gh = tile.gh, &gctx = tile.gctx, &gvw = tile.gvw, &gm = tile.gm;
+        tile.forward(q, mu, u, w1, b1, w2, b2, wt, eps, a0, nt, F);
+        for (int t = 0; t < nt; ++t) {
+            const std::int64_t a = a0 + t;
+            const T* vw = tile.vw.data() + (std::int64_t)(3 * t) * F2;
+            const T* ga = gmu + a * 3 * F;
+            T* g = gx.data() + (std::int64_t)t * F3;
 #pragma omp simd
-                for (int f = 0; f < F; ++f) {
-                    const T s = vw[f] * vw[F + f] + vw[F2 + f] * vw[F2 + F + f] + vw[2 * F2 + f] * vw[2 * F2 + F + f];
-                    g[f] = gq[a * F + f];
-                    g[F + f] = ga[f] * vw[F + f] + ga[F + f] * vw[F2 + F + f] + ga[2 * F + f] * vw[2 * F2 + F + f];
-                    g[2 * F + f] = gq[a * F + f] * s;
-                }
-            }
-            filter_tile(w2, (const T*)nullptr, gx.data(), F3, F, nt, gh.data());
-            for (int k = 0; k < nt * F; ++k) {
-                const T p = tile.pre[k], sg = sigmoid(p);
-                gh[k] *= sg * (T(1) + p * (T(1) - sg));  // now dL/dpre
-            }
-            filter_tile(w1, (const T*)nullptr, gh.data(), F, F2, nt, gctx.data());
-            for (int t = 0; t < nt; ++t) {
-                const std::int64_t a = a0 + t;
-                const T* x = tile.x.data() + (std::int64_t)t * F3;
-                const T* vw = tile.vw.data() + (std::int64_t)(3 * t) * F2;
-                const T* vn = tile.ctx.data() + (std::int64_t)t * F2 + F;
-                const T* gc = gctx.data() + (std::int64_t)t * F2;
-                for (int c = 0; c < 3; ++c) {
-                    const T* v = vw + (std::int64_t)c * F2;
-                    const T* gm_c = gmu + (a * 3 + c) * F;
-                    T* out = gvw.data() + (std::int64_t)(3 * t + c) * F2;
-#pragma omp simd
-                    for (int f = 0; f < F; ++f) {
-                        const T gs = gq[a * F + f] * x[2 * F + f];
-                        out[f] = gs * v[F + f] + gc[F + f] / vn[f] * v[f];
-                        out[F + f] = gm_c[f] * x[F + f] + gs * v[f];
-                    }
-                }
-#pragma omp simd
-                for (int f = 0; f < F; ++f) gq_in[a * F + f] = gq[a * F + f] + gc[f];
-            }
-            rows_product(u, (const T*)nullptr, gvw.data(), F2, F, 3 * nt, gm.data());
-            const std::int64_t n3 = (std::int64_t)3 * nt * F;
-            const T* gmu0 = gmu + a0 * 3 * F;
-            T* gin0 = gmu_in + a0 * 3 * F;
-#pragma omp simd
-            for (std::int64_t k = 0; k < n3; ++k) gin0[k] = gmu0[k] + gm[k];
-            if (gvw_out) {
-                std::memcpy(gvw_out + a0 * 3 * F2, gvw.data(), sizeof(T) * 3 * nt * F2);
-                std::memcpy(gpre_out + a0 * F, gh.data(), sizeof(T) * nt * F);
-                std::memcpy(gx_out + a0 * F3, gx.data(), sizeof(T) * nt * F3);
-                std::memcpy(ctx_out + a0 * F2, tile.ctx.data(), sizeof(T) * nt * F2);
-                std::memcpy(h_out + a0 * F, tile.h.data(), sizeof(T) * nt * F);
+            for (int f = 0; f < F; ++f) {
+                g[f] = gq[a * F + f];
+                g[F + f] = ga[f] * vw[F + f] + ga[F + f] * vw[F2 + F + f] + ga[2 * F + f] * vw[2 * F2 + F + f];
+                g[2 * F + f] = gq[a * F + f] * vw_dot(vw, f, F);
             }
         }
-    }
+        filter_tile(w2, (const T*)nullptr, gx.data(), F3, F, nt, gh.data());
+        for (int k = 0; k < nt * F; ++k) {
+            const T p = tile.pre[k], sg = sigmoid(p);
+            gh[k] *= sg * (T(1) + p * (T(1) - sg));  // now dL/dpre
+        }
+        filter_tile(w1, (const T*)nullptr, gh.data(), F, F2, nt, gctx.data());
+        for (int t = 0; t < nt; ++t) {
+            const std::int64_t a = a0 + t;
+            const T* x = tile.x.data() + (std::int64_t)t * F3;
+            const T* vw = tile.vw.data() + (std::int64_t)(3 * t) * F2;
+            const T* vn = tile.ctx.data() + (std::int64_t)t * F2 + F;
+            const T* gc = gctx.data() + (std::int64_t)t * F2;
+            for (int c = 0; c < 3; ++c) {
+                const T* v = vw + (std::int64_t)c * F2;
+                const T* gm_c = gmu + (a * 3 + c) * F;
+                T* out = gvw.data() + (std::int64_t)(3 * t + c) * F2;
+#pragma omp simd
+                for (int f = 0; f < F; ++f) {
+                    const T gs = gq[a * F + f] * x[2 * F + f];
+                    out[f] = gs * v[F + f] + gc[F + f] / vn[f] * v[f];
+                    out[F + f] = gm_c[f] * x[F + f] + gs * v[f];
+                }
+            }
+#pragma omp simd
+            for (int f = 0; f < F; ++f) gq_in[a * F + f] = gq[a * F + f] + gc[f];
+        }
+        rows_product(u, (const T*)nullptr, gvw.data(), F2, F, 3 * nt, gm.data());
+        const std::int64_t n3 = (std::int64_t)3 * nt * F;
+        const T* gmu0 = gmu + a0 * 3 * F;
+        T* gin0 = gmu_in + a0 * 3 * F;
+#pragma omp simd
+        for (std::int64_t k = 0; k < n3; ++k) gin0[k] = gmu0[k] + gm[k];
+        if (gvw_out) {
+            std::memcpy(gvw_out + a0 * 3 * F2, gvw.data(), sizeof(T) * 3 * nt * F2);
+            std::memcpy(gpre_out + a0 * F, gh.data(), sizeof(T) * nt * F);
+            std::memcpy(gx_out + a0 * F3, gx.data(), sizeof(T) * nt * F3);
+            std::memcpy(ctx_out + a0 * F2, tile.ctx.data(), sizeof(T) * nt * F2);
+            std::memcpy(h_out + a0 * F, tile.h.data(), sizeof(T) * nt * F);
+        }
+    });
 }
 
 }  // namespace
