@@ -20,7 +20,11 @@ for a differentiable op, a reference backward and the names of the inputs it dif
 The backward: with grad mode on (``create_graph=True``, or any torch.func transform), the
 differentiable reference backward (so double backward and nested transforms work on every
 backend); otherwise ``backward_op``'s implementation, under the backend override recorded at
-forward time (autograd may run the backward on another thread). A new fused op is then one
+forward time (autograd may run the backward on another thread). Weight gradients are computed
+only when the running backward will reach the weights (``_weights_used``): forces of a model with
+trainable weights skip them, as autograd prunes a plain model's parameter gradients.
+``inline_reference(names)`` makes ``call`` run those ops as their reference torch ops instead (the
+joint graphs trace the update block so, rewriter/joint.py). A new fused op is then one
 declaration plus its reference math and kernels.
 """
 

@@ -12,6 +12,7 @@ or 2, V ** 2 as V * V, and additions and products in either order.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -51,7 +52,7 @@ class UpdateInfo:
 def _mu_output(m, ctx) -> Optional[fx.Node]:
     """The node mu + b * W of this block, if anything reads mu' (not after the last layer)."""
     for g in m["x"].users:
-        if g.target.__name__ != "getitem" or g.args[1] != 1:
+        if g.target is not operator.getitem or g.args[1] != 1:
             continue
         for prod in g.users:
             for out in prod.users:
