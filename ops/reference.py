@@ -172,5 +172,13 @@ def update_backward(gq, gmu, q, mu, mix_weight, w1, b1, w2, b2, epsilon: float, 
     gmu_in = gmu + torch.matmul(gvw, mix_weight)
     if not weight_grad:
         return gq_in, gmu_in, None, None, None, None, None
+    return gq_in, gmu_in, *update_weight_gradients(mu, gvw, gpre, gx, ctx, h)
+
+
+def update_weight_gradients(mu, gvw, gpre, gx, ctx, h) -> tuple:
+    """(dL/dU, dL/dW1, dL/db1, dL/dW2, dL/db2) from the per-atom factors dL/d[V, W] (N, 3, 2F),
+    dL/dpre (N, F), dL/dx (N, 3F) and the inputs [q, |V|] (N, 2F), h (N, F): sums over atoms as
+    matrix products (what the kernels' backwards hand back to be reduced, deterministically)."""
+    f = mu.shape[-1]
     g_mix = gvw.reshape(-1, 2 * f).t() @ mu.reshape(-1, f)
-    return gq_in, gmu_in, g_mix, gpre.t() @ ctx, gpre.sum(0), gx.t() @ h, gx.sum(0)
+    return g_mix, gpre.t() @ ctx, gpre.sum(0), gx.t() @ h, gx.sum(0)

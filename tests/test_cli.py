@@ -37,7 +37,7 @@ def test_md_json_summary_fused_path(capsys):
     summary = json.loads(out[out.index("{"):])
     assert summary["atoms"] == 4 and summary["steps"] == 4
     assert summary["steps_per_s"] > 0
-    assert summary["optimized"] and summary["fused_nodes"] == 6  # a fused message and update per layer of the default model
+    assert summary["optimized"] and summary["fused_nodes"] == 6  # a fused message and update per layer
     # ASE's VelocityVerlet evaluates forces once per step, plus the initial call: 5 energy+forces
     # evaluations, 3 layers each, every one on the C++ kernels
     assert summary["kernels"]["painn_message"] == {"cpp": 15}

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from .. import dispatch
+from .. import dispatch, reference
 from ..radial import kernel_radial
 from .build import CpuBuildError, build, load
 from .entry_points import Library
@@ -188,13 +188,11 @@ def update_backward(gq, gmu, q, mu, mix_weight, w1, b1, w2, b2, epsilon, weight_
         tensors = [t.contiguous() for t in (gq, gmu, q, mu, mix_weight, w1, b1, w2, b2)]
         wt = _transposed(n, (mix_weight, w1, w2))
         getattr(lib, f"painn_update_backward_{_SUFFIX[q.dtype]}")(
-            *map(_ptr, tensors), *map(_ptr, wt), _SCALAR[q.dtype](epsilon), n, f, _ptr(gq_in), _ptr(gmu_in), *map(_ptr, factors),
-            torch.get_num_threads())
+            *map(_ptr, tensors), *map(_ptr, wt), _SCALAR[q.dtype](epsilon), n, f, _ptr(gq_in), _ptr(gmu_in),
+            *map(_ptr, factors), torch.get_num_threads())
     if not weight_grad:
         return gq_in, gmu_in, None, None, None, None, None
-    gvw, gpre, gx, ctx, h = factors
-    g_mix = gvw.reshape(-1, 2 * f).t() @ mu.reshape(-1, f)
-    return gq_in, gmu_in, g_mix, gpre.t() @ ctx, gpre.sum(0), gx.t() @ h, gx.sum(0)
+    return gq_in, gmu_in, *reference.update_weight_gradients(mu, *factors)
 
 
 def usable(op_name: str, *args) -> bool:

@@ -86,8 +86,8 @@ def build(use_cache: bool = True) -> tuple[Path, dict]:
 
     def compile_to(out: Path) -> dict:
         start = time.perf_counter()
-        res = subprocess.run([cxx, *flags(), f"-I{HERE}", f"-I{INCLUDE}", *map(str, SOURCES), "-o", str(out)], capture_output=True,
-                             text=True, timeout=600)
+        res = subprocess.run([cxx, *flags(), f"-I{HERE}", f"-I{INCLUDE}", *map(str, SOURCES), "-o", str(out)],
+                             capture_output=True, text=True, timeout=600)
         if res.returncode:
             raise CpuBuildError(f"{cxx} failed to build the CPU kernels:\n{res.stderr[-3000:]}")
         return {"compiler": cxx, "flags": list(flags()), "build_seconds": round(time.perf_counter() - start, 2),

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .. import reference
 from .message import _SCALAR, _SUFFIX, Launch, _feature_block
 
 MAX_F = {torch.float32: 256, torch.float64: 128}
@@ -76,7 +77,4 @@ def run_backward(launch: Callable[[Launch], None], gq, gmu, q, mu, mix_weight, w
         launch(one)
     if not weight_grad:
         return gq_in, gmu_in, None, None, None, None, None
-    f = q.shape[1]
-    gvw, gpre, gx, ctx, h = factors
-    g_mix = gvw.reshape(-1, 2 * f).t() @ mu.reshape(-1, f)
-    return gq_in, gmu_in, g_mix, gpre.t() @ ctx, gpre.sum(0), gx.t() @ h, gx.sum(0)
+    return gq_in, gmu_in, *reference.update_weight_gradients(mu, *factors)
