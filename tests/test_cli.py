@@ -56,6 +56,23 @@ def test_bench_measure_one_case(variant):
     assert rec["gflops_per_s"] == pytest.approx(rec["gflop"] / rec["median_s"])
 
 
+def test_bench_records_the_path_the_auto_policy_chose(monkeypatch):
+    """``auto`` cases say which path the calculator's policy took and the timings it chose from
+    (JSON and the markdown table); the joint graphs traced but not compiled, to keep this short."""
+    import functools
+
+    from painnfx.rewriter import joint, runner
+    from painnfx.tools.bench import markdown_table
+
+    monkeypatch.setattr(runner, "JointGraphs", functools.partial(joint.JointGraphs, compile=False))
+    rec = measure("H2O", "auto", dtype="float64", device="cpu", threads=1, warmup=0, min_repeats=1, max_repeats=1,
+                  max_time=0.0)
+    (choice,) = rec["path_choices"]
+    assert choice["path"] in ("fused", "plain", "joint", "plain-joint") and "plain-joint" in choice["why"]
+    table = markdown_table({"results": [rec], "speedups_vs_eager": {}})
+    assert f"| H2O | auto | {choice['path']} |" in table
+
+
 def test_flop_model_and_machine_metadata():
     from painnfx.tools.bench import environment, machine_line
     from painnfx.tools.flops import energy_forces_flops

@@ -112,6 +112,9 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
     except Unavailable as exc:
         return {**record, "error": str(exc)}
     record = _time(step, dev, record, warmup, min_repeats, max_repeats, max_time)
+    choices = getattr(getattr(getattr(step, "evaluator", None), "report", None), "path_choices", None)
+    if choices:  # what the auto path policy chose, and the first-call timings it chose from
+        record["path_choices"] = [{k: c[k] for k in ("path", "why")} for c in choices]
     if "median_s" in record:
         record["gflops_per_s"] = record["gflop"] / record["median_s"]
         if len(atoms) <= CHECK_MAX_ATOMS:  # a fast variant must also be right: its forces against eager's
@@ -383,6 +386,11 @@ def markdown_table(report: dict) -> str:
         for r in fused:
             share = f"{100 * r['gflops_per_s'] / peak:.0f}%" if peak else "n/a"
             lines.append(f"| {r['system']} | {r['variant']} | {r['gflop']:.3g} | {r['gflops_per_s']:.1f} | {share} |")
+    chosen = [r for r in results if r.get("path_choices")]
+    if chosen:
+        lines += ["", "| system | variant | path chosen | first-call timings it chose from |", "|---|---|---|---|"]
+        lines += [f"| {r['system']} | {r['variant']} | {c['path']} | {c['why']} |" for r in chosen
+                  for c in r["path_choices"]]
     checked = [r for r in results if "max_force_error_vs_eager" in r and r["variant"] != "eager"]
     if checked:
         lines += ["", "| system | variant | max abs force error vs eager (eV/A) |", "|---|---|---|"]
