@@ -40,7 +40,7 @@ def fused_node_names() -> set:
 
 def trace(fn: Callable, *tensors) -> fx.GraphModule:
     """``fn`` traced on ``tensors`` with symbolic sizes (any atom and edge count). The fused ops a
-    fusion marks ``joint_decomposed`` (the update block: Inductor's code for its dense products and
+    fusion marks ``joint_inlined`` (the update block: Inductor's code for its dense products and
     pointwise steps beat the opaque op there, docs/rewriter.md) are traced as their reference torch
     ops, which autograd differentiates at trace time (saving, not recomputing, their activations)."""
     with inline_reference(JOINT_INLINED):

@@ -45,7 +45,6 @@ def fused_painn_message(r: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tenso
     return dq.reshape(*x.shape[:-1], f), dmu
 
 
-
 def fused_painn_update(q: torch.Tensor, mu: torch.Tensor, mix_weight: torch.Tensor, w1: torch.Tensor,
                        b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, epsilon: float):
     """(q', mu') of one update block; q keeps its shape ((N, 1, F) in both PaiNN spellings)."""

@@ -128,6 +128,18 @@ class RewriteState:
                 return False, worst, verdict.detail
         return True, worst, ""
 
+    def replace_outputs(self, replacement: Replacement, outputs: Sequence[fx.Node], name: str) -> list[fx.Node]:
+        """Splice ``replacement`` before the first of ``outputs`` (graph order) and let its outputs,
+        in order, take over every use of ``outputs`` (with their recorded values' metadata); the
+        new output nodes. The region they replace is left for dead-code elimination."""
+        order = {n: k for k, n in enumerate(self.graph.nodes)}
+        first = min(outputs, key=order.__getitem__)
+        new_nodes = self.splice(replacement, first, f"{name}_{first.name}")
+        for new, old in zip(new_nodes, outputs):
+            new.meta.update({k: v for k, v in old.meta.items() if k == "val"})
+            old.replace_all_uses_with(new)
+        return new_nodes
+
     def splice(self, replacement: Replacement, anchor: fx.Node, name: str) -> list[fx.Node]:
         """Trace ``replacement.fn`` and insert its nodes before ``anchor``; its outputs."""
         gm = self.cap.gm

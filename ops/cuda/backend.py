@@ -28,7 +28,7 @@ def _usable(op_name: str = "", *args) -> bool:
     the kernels take its feature count (``update.MAX_F``)."""
     if _unavailable:
         return False
-    if op_name.startswith("painn_update") and not update.usable(args[2] if op_name.endswith("backward") else args[0]):
+    if not update.takes(op_name, *args):
         return False
     try:
         import cuda.core  # noqa: F401

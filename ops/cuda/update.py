@@ -24,6 +24,14 @@ def usable(q) -> bool:
     return q.dtype in MAX_F and q.shape[1] <= MAX_F[q.dtype]
 
 
+def takes(op_name: str, *args) -> bool:
+    """For a backend's ``usable`` predicate (ops/dispatch.py): False only for an update-op call
+    (forward: q first; backward: gq, gmu, q) whose feature count the kernels do not take."""
+    if not op_name.startswith("painn_update"):
+        return True
+    return usable(args[2] if op_name.endswith("_backward") else args[0])
+
+
 def _weights(mix_weight, w1, b1, w2, b2) -> dict:
     return {"u": mix_weight.contiguous(), "ut": mix_weight.t().contiguous(), "w1": w1.contiguous(),
             "w1t": w1.t().contiguous(), "b1": b1.contiguous(), "w2": w2.contiguous(), "w2t": w2.t().contiguous(),

@@ -29,13 +29,13 @@ class Fusion:
     #: fused ops traced into the compiled joint graphs (rewriter/joint.py) as their reference torch
     #: ops, differentiated by autograd at trace time: where Inductor, fusing them with their
     #: neighbours, was measured faster than the opaque op
-    joint_decomposed: tuple = ()
+    joint_inlined: tuple = ()
 
 
 FUSIONS = (
     Fusion(radial_filter.NAME, tuple(radial_filter.PASSES), (fused_radial_filter,)),
     Fusion(message.NAME, tuple(message.PASSES), (fused_painn_message,), plans=(edge_plan,)),
-    Fusion(update.NAME, tuple(update.PASSES), (fused_painn_update,), joint_decomposed=(UPDATE,)),
+    Fusion(update.NAME, tuple(update.PASSES), (fused_painn_update,), joint_inlined=(UPDATE,)),
 )
 PASSES = [p for fusion in FUSIONS for p in fusion.passes]
 #: the functions a traced replacement keeps as single nodes (``RewriteState.splice``)
@@ -43,8 +43,8 @@ LEAVES = tuple(fn for fusion in FUSIONS for fn in fusion.nodes + fusion.plans)
 FUSED_NODES = {fn.__name__: fusion.name for fusion in FUSIONS for fn in fusion.nodes + fusion.plans}
 #: the nodes that make an optimized graph "applied" (edge plans alone fuse nothing)
 FUSED_TARGETS = {fn for fusion in FUSIONS for fn in fusion.nodes}
-#: kernel launches of each fused node's backward (report.launch_estimate)
 #: the fused ops traced into joint graphs as their reference torch ops (``fused_op.inline_reference``)
-JOINT_INLINED = tuple(op.name for fusion in FUSIONS for op in fusion.joint_decomposed)
+JOINT_INLINED = tuple(op.name for fusion in FUSIONS for op in fusion.joint_inlined)
+#: kernel launches of each fused node's backward (report.launch_estimate)
 BACKWARD_LAUNCHES = {fn.__name__: 0 if fn in fusion.plans else 1 for fusion in FUSIONS
                      for fn in fusion.nodes + fusion.plans}

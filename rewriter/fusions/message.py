@@ -191,12 +191,7 @@ def _fuse_group(state: RewriteState, info: FilterInfo, items, res: PassResult) -
         if not ok:
             res.rejected.append(f"message at {msg.dq.name}: verification failed ({why})")
             continue
-        order = {n: k for k, n in enumerate(state.graph.nodes)}
-        first = min((msg.dq, msg.dmu), key=order.__getitem__)
-        dq, dmu = state.splice(repl, first, f"basis_params_{first.name}")
-        for new, old in ((dq, msg.dq), (dmu, msg.dmu)):
-            new.meta.update({k: v for k, v in old.meta.items() if k == "val"})
-            old.replace_all_uses_with(new)
+        dq, _ = state.replace_outputs(repl, [msg.dq, msg.dmu], "basis_params")
         fused = dq.args[0]
         res.matches.append({"kind": "fused_painn_message", "node": fused.name, "layer_rows": f"{row0}:{row0 + rows}",
                             "mu": "None (folded zero)" if msg.mu_zero else msg.mu.name,

@@ -69,9 +69,7 @@ def match_radial_filter(state: RewriteState) -> PassResult:
         if not ok:
             res.rejected.append(f"radial filter at {root.name}: verification failed ({why})")
             continue
-        (new,) = state.splice(repl, root, f"basis_params_{root.name}")
-        new.meta.update({k: v for k, v in root.meta.items() if k == "val"})
-        root.replace_all_uses_with(new)
+        (new,) = state.replace_outputs(repl, [root], "basis_params")
         filters(state)[new] = info
         res.matches.append({"kind": "radial_filter", "node": new.name, "basis": basis.spec, "K": basis.n_rbf,
                             "cutoff": cut.spec, "cutoff_params": list(cut.params), "weight": info.weight.name,

@@ -103,12 +103,7 @@ def fuse_update(state: RewriteState) -> PassResult:
         if not ok:
             res.rejected.append(f"update block at {name}: verification failed ({why})")
             continue
-        order = {n: k for k, n in enumerate(state.graph.nodes)}
-        first = min(outputs, key=order.__getitem__)
-        new_nodes = state.splice(repl, first, f"update_{name}")
-        for new, old in zip(new_nodes, outputs):
-            new.meta.update({k: v for k, v in old.meta.items() if k == "val"})
-            old.replace_all_uses_with(new)
+        new_nodes = state.replace_outputs(repl, outputs, "update")
         res.matches.append({"kind": "fused_painn_update", "node": new_nodes[0].args[0].name, "F": m["f"],
                             "mu_out": info.mu_out.name if info.mu_out is not None else "unused (last layer)",
                             "verified_rel_error": f"{err:.1e}", "region": sorted(n.name for n in region)})

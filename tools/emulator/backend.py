@@ -51,19 +51,12 @@ def update_backward(*args):
     return update.run_backward(_launch, *args)
 
 
-def _usable(op_name: str, *args) -> bool:
-    """The update kernels' feature bound (``update.MAX_F``), as on a GPU."""
-    if op_name.startswith("painn_update"):
-        return update.usable(args[2] if op_name.endswith("backward") else args[0])
-    return True
-
-
 def register(schedule: str = "forward", seed: int = 0, sources=None) -> None:
     """Register (or re-register) the backend; ``sources`` replaces kernel files (mutation tests)."""
     _state.pop("emu", None)
     _state.update(schedule=schedule, seed=seed)
     emulator(sources)
-    dispatch.register_backend(NAME, {"cpu"}, priority=-1, usable=_usable)
+    dispatch.register_backend(NAME, {"cpu"}, priority=-1, usable=update.takes)  # F bound as on a GPU
     dispatch.implement("painn_message", NAME, message_forward)
     dispatch.implement("painn_message_backward", NAME, message_backward)
     dispatch.implement("painn_update", NAME, update_forward)
