@@ -31,6 +31,7 @@ from painnfx.ops import dispatch
 from painnfx.ops.fused_op import inline_reference
 
 from .fusions import JOINT_INLINED
+from .native_products import native_counts, use_native_products, wrapper_options
 
 
 def fused_node_names() -> set:
@@ -44,7 +45,9 @@ def trace(fn: Callable, *tensors) -> fx.GraphModule:
     pointwise steps beat the opaque op there, docs/rewriter.md) are traced as their reference torch
     ops, which autograd differentiates at trace time (saving, not recomputing, their activations)."""
     with inline_reference(JOINT_INLINED):
-        return make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*tensors)
+        gm = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*tensors)
+    use_native_products(gm)  # small-row matrix products without BLAS's packing (native_products.py)
+    return gm
 
 
 #: atom and edge counts of the system joint graphs are traced on: primes that coincide with no
@@ -64,13 +67,13 @@ def trace_example(positions, numbers, edge_index, shifts, *rest) -> tuple:
 
 
 def node_counts(gm: fx.GraphModule) -> dict:
-    """{"nodes": all, "fused": {op: count}} of a joint graph."""
+    """{"nodes": all, "fused": {op: count}, "native": {op: count}} of a joint graph."""
     fused: dict = {}
     names = fused_node_names()
     for n in gm.graph.nodes:
         if n.op == "call_function" and str(n.target) in names:
             fused[str(n.target)] = fused.get(str(n.target), 0) + 1
-    return {"nodes": len(gm.graph.nodes), "fused": fused}
+    return {"nodes": len(gm.graph.nodes), "fused": fused, "native": native_counts(gm)}
 
 
 class JointGraphs:
@@ -83,6 +86,7 @@ class JointGraphs:
         self.graphs: dict = {}  # key -> traced GraphModule
         self._runners: dict = {}  # key -> what runs it (compiled or the GraphModule)
         self.compile_seconds: dict = {}
+        self.options: dict = {}  # key -> the Inductor options it was compiled with
 
     def run(self, key, fn: Callable, *tensors, example: Optional[tuple] = None):
         """``fn(*tensors)`` through the graph of kind ``key`` (traced and compiled on first use,
@@ -93,7 +97,8 @@ class JointGraphs:
             start = time.perf_counter()
             example = trace_example(*tensors) if example is None else example
             gm = trace(fn, *example)
-            runner = torch.compile(gm, dynamic=True, fullgraph=True) if self.compile else gm
+            self.options[key] = wrapper_options(gm)
+            runner = torch.compile(gm, dynamic=True, fullgraph=True, options=self.options[key]) if self.compile else gm
             with torch.inference_mode():
                 runner(*example)  # Inductor compiles here, for sizes that coincide with nothing
                 out = runner(*tensors)

@@ -284,6 +284,7 @@ class OptimizedModel(nn.Module):
             graphs = self.report.joint.setdefault("graphs", {})
             if graph_key not in graphs:
                 graphs[graph_key] = {**node_counts(self.joint_graphs.graphs[graph_key]),
+                                     "wrapper": "C++" if self.joint_graphs.options[graph_key].get("cpp_wrapper") else "Python",
                                      "compile_seconds": round(self.joint_graphs.compile_seconds[graph_key], 2)}
         if not calls:
             return None

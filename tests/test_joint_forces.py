@@ -264,3 +264,35 @@ def test_a_joint_graph_that_fails_to_compile_leaves_the_call_to_autograd(monkeyp
         warnings.simplefilter("always")
         evaluate(fast, molecule("H2O"))
     assert not [w for w in seen if issubclass(w.category, RuntimeWarning)]  # not tried again
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_plain_models_joint_graph_runs_native_products_under_the_cpp_wrapper(monkeypatch, dtype):
+    """The plain model's compiled joint graph (what auto takes for a few atoms) calls its matrix
+    products as ``painnfx_native::dense`` from Inductor's C++ wrapper (no Python between kernels;
+    the profiler sees each product reach the native op), and equals eager on a 3-atom and a
+    12-atom molecule and a periodic cell, compiled once."""
+    from painnfx.ops.cpu import native
+
+    if not native.available():
+        pytest.skip("no C++ compiler for the native ops")
+    model, fast = _joint_model("auto", dtype, compiled=True)
+    _fixed_timer(fast, monkeypatch, joint=1.5, plain_joint=1.0)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5}[dtype]
+    for atoms in (molecule("H2O"), molecule("C6H6"), _cu_cell()):
+        atoms.rattle(0.02, seed=3)
+        evaluate(fast, atoms, dtype=dtype)  # the first call of a size class measures (and compiles)
+        with torch.profiler.profile() as prof:
+            out = evaluate(fast, atoms, dtype=dtype)
+        ran = sum(e.count for e in prof.key_averages() if e.key == "painnfx_native::dense")
+        ref = evaluate(model, atoms, dtype=dtype)
+        torch.testing.assert_close(out.forces, ref.forces, rtol=tol, atol=tol)
+        torch.testing.assert_close(out.energy, ref.energy, rtol=tol, atol=tol)
+        assert out.forces.is_inference()
+        graph = fast.report.joint["graphs"]["energy+forces (plain-joint)"]
+        assert graph["wrapper"] == "C++" and ran == graph["native"]["painnfx_native.dense.default"] > 10
+    assert fast.report.joint["graphs"]["energy+forces (joint)"]["wrapper"] == "Python"  # it calls Python ops
+    assert [c["path"] for c in fast.report.path_choices] == ["plain-joint"] * 3
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # the two joint graphs, once each

@@ -1,0 +1,140 @@
+"""Operators registered with torch's dispatcher in C++ (``native_ops.cpp``, namespace
+``painnfx_native``): what a compiled graph can call with no Python per call.
+
+The fused ops' "cpp" backend (backend.py) is a ctypes library reached through Python: ~50-100 us
+of Python per call, more than a small molecule's arithmetic. The operators here are built against
+the installed torch's headers and registered for the CPU dispatch key, so Inductor's C++ wrapper
+calls them directly. ``dense`` (a @ b + bias with small-row kernels, ATen's mm/addmm beyond)
+replaces the matrix products of the joint graphs (rewriter/native_products.py).
+
+Built on first use like the ctypes library (same compiler, ``-march`` and disk cache; the key
+adds the torch version, whose headers and ABI the library is tied to) and loaded with
+``torch.ops.load_library``. Without a compiler, or if the build fails, ``library()`` is None
+after one warning and the graphs keep ATen's products. Fakes and autograd formulas are
+registered here, so the ops trace, compile, export and differentiate like any torch op
+(``torch.library.opcheck`` in the tests).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..build_cache import BuildCache, digest
+from .build import HERE, CpuBuildError, _cpu_identity, compiler, flags
+
+SOURCE = HERE / "native_ops.cpp"
+HEADERS = (HERE / "small_products.h", HERE / "cpu_common.h")
+NAMESPACE = "painnfx_native"
+#: what ``dense_form`` returns: which path ``dense`` takes
+FORMS = {0: "blas", 1: "dot", 2: "axpy"}
+CACHE = BuildCache("cpu-native")
+_state: dict = {}
+_lock = threading.Lock()
+
+
+def _torch_flags() -> list:
+    from torch.utils import cpp_extension
+
+    lib = Path(torch.__file__).parent / "lib"
+    return ([f"-I{p}" for p in cpp_extension.include_paths()]
+            + [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", f"-L{lib}", f"-Wl,-rpath,{lib}"])
+
+
+def _flags() -> list:
+    """The ctypes library's flags (``-march`` included), C++20 for torch's headers, SIMD pragmas
+    without an OpenMP runtime (threads come from torch's own pool, ``at::parallel_for``)."""
+    own = [f for f in flags() if f not in ("-fopenmp", "-std=c++17")]
+    return [*own, "-fopenmp-simd", "-std=c++20", "-w"]
+
+
+def build(use_cache: bool = True) -> tuple[Path, dict]:
+    """(library path, metadata incl. ``build_seconds`` and ``cached``)."""
+    cxx = compiler()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = digest([*(p.read_text() for p in (SOURCE, *HEADERS)), " ".join(_flags()), version, _cpu_identity(),
+                  torch.__version__, str(Path(torch.__file__).parent)])
+    name = f"painnfx_native_{key[:24]}.so"
+    if use_cache:
+        recorded = CACHE.lookup(name)
+        if recorded is not None:
+            return CACHE.path(name), dict(recorded, cached=True)
+
+    def compile_to(out: Path) -> dict:
+        start = time.perf_counter()
+        cmd = [cxx, *_flags(), f"-I{HERE}", str(SOURCE), "-o", str(out), *_torch_flags(), "-lc10", "-ltorch_cpu"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if res.returncode:
+            raise CpuBuildError(f"{cxx} failed to build the native ops:\n{res.stderr[-3000:]}")
+        return {"compiler": cxx, "flags": _flags(), "build_seconds": round(time.perf_counter() - start, 2)}
+
+    info = CACHE.store(name, compile_to)
+    return CACHE.path(name), dict(info, cached=False)
+
+
+def library() -> Optional[Path]:
+    """The loaded library's path, or None (with one warning) when it cannot be built here."""
+    if "path" in _state:
+        return _state["path"]
+    with _lock:
+        if "path" not in _state:
+            try:
+                path, info = build()
+                torch.ops.load_library(str(path))
+                _register_python_parts()
+                _state.update(path=path, info=info)
+            except (CpuBuildError, OSError, RuntimeError) as exc:
+                _state.update(path=None, info={"error": str(exc)})
+                warnings.warn(f"painnfx: the native CPU ops are unavailable ({str(exc).splitlines()[0]}); compiled "
+                              "graphs keep ATen's matrix products", stacklevel=3)
+    return _state["path"]
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def info() -> dict:
+    """Build facts (``build_seconds``, ``cached``, ``flags``) or the reason the library is unavailable."""
+    library()
+    return dict(_state.get("info", {}))
+
+
+def dense_form(a: torch.Tensor, b: torch.Tensor, bias: Optional[torch.Tensor] = None) -> str:
+    """Which path ``dense(a, b, bias)`` takes here: "dot", "axpy" (the small-row kernels) or "blas"."""
+    return FORMS[int(torch.ops.painnfx_native.dense_form(a, b, bias))]
+
+
+def _register_python_parts() -> None:
+    """Fakes and autograd formulas of the C++-defined ops (once per process, after loading)."""
+    name = f"{NAMESPACE}::dense"
+
+    @torch.library.register_fake(name)
+    def _dense_fake(a, b, bias=None):
+        torch._check(a.dim() == 2 and b.dim() == 2, lambda: "dense: a and b must be matrices")
+        torch._check(a.shape[1] == b.shape[0], lambda: f"dense: {tuple(a.shape)} @ {tuple(b.shape)}")
+        return a.new_empty(a.shape[0], b.shape[1])
+
+    @torch.library.register_fake(f"{NAMESPACE}::dense_form")
+    def _form_fake(a, b, bias=None):
+        return torch.library.get_ctx().new_dynamic_size()
+
+    def setup_context(ctx, inputs, output):
+        a, b, bias = inputs
+        ctx.save_for_backward(a, b)
+        ctx.has_bias = bias is not None
+
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        ga = grad @ b.t() if ctx.needs_input_grad[0] else None
+        gb = a.t() @ grad if ctx.needs_input_grad[1] else None
+        gbias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return ga, gb, gbias
+
+    torch.library.register_autograd(name, backward, setup_context=setup_context)

@@ -1,0 +1,134 @@
+"""``painnfx_native::dense`` (ops/cpu/native_ops.cpp): a @ b (+ bias) with small-row kernels, against
+float64 ``torch.addmm``/``torch.mm``, on hypothesis-drawn shapes and layouts, with the path
+that ran asserted (``dense_form``: "dot", "axpy" or "blas"), subnormal inputs, the caller's
+floating-point state untouched, and ``torch.library.opcheck``."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from painnfx.ops.cpu import native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C++ compiler for the native ops")
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
+#: what native_ops.cpp takes on its small-row kernels (DOT_MAX_ROWS, AXPY_MAX_ROWS)
+MAX_ROWS = {"dot": 4, "axpy": 4}
+
+
+def dense(a, b, bias=None):
+    return torch.ops.painnfx_native.dense(a, b, bias)
+
+
+def _operands(m, k, n, layout, dtype, with_bias, seed):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(m, k, generator=gen, dtype=torch.float64)
+    w = torch.randn(n, k, generator=gen, dtype=torch.float64)
+    bias = torch.randn(n, generator=gen, dtype=torch.float64) if with_bias else None
+    if layout == "dot":  # a Linear weight seen transposed: the forward's products
+        b = w.to(dtype).t()
+    elif layout == "axpy":  # rows contiguous: the backward's products
+        b = w.t().contiguous().to(dtype)
+    else:  # rows of a read with a stride: BLAS
+        a = torch.randn(m, 2 * k, generator=gen, dtype=torch.float64)[:, ::2]
+        b = w.t().contiguous().to(dtype)
+    return a.to(dtype), b, None if bias is None else bias.to(dtype)
+
+
+def _expected_form(m, k, n, layout):
+    """Up to 4 rows the kernels: the dot form where b's columns are contiguous (a transposed weight;
+    also any b of one row or one column), the axpy form where its rows are; BLAS otherwise."""
+    if m > MAX_ROWS[layout if layout != "strided" else "axpy"] or (layout == "strided" and k > 1):
+        return "blas"
+    return "dot" if layout == "dot" or k <= 1 or n == 1 else "axpy"
+
+
+@settings(max_examples=60)
+@given(m=st.integers(1, 12), k=st.one_of(st.integers(0, 40), st.just(128)), n=st.integers(1, 70),
+       layout=st.sampled_from(["dot", "axpy", "strided"]), dtype=st.sampled_from([torch.float64, torch.float32]),
+       with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_dense_equals_addmm(m, k, n, layout, dtype, with_bias, seed):
+    a, b, bias = _operands(m, k, n, layout, dtype, with_bias, seed)
+    assert native.dense_form(a, b, bias) == _expected_form(m, k, n, layout)
+    got = dense(a, b, bias)
+    a64, b64 = a.double(), b.double()
+    want = torch.addmm(bias.double(), a64, b64) if bias is not None else a64 @ b64
+    assert got.shape == (m, n) and got.dtype == dtype and got.is_contiguous()
+    scale = max(1.0, float(want.abs().max()) if want.numel() else 0.0) * max(1, k) ** 0.5
+    assert float((got.double() - want).abs().max()) <= TOL[dtype] * scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layout", ["dot", "axpy"])
+def test_the_small_row_kernels_run_at_the_sizes_of_a_small_molecule(layout, dtype):
+    """3 atoms, F = 128: the products of the context network and the readout take the kernels."""
+    for n in (128, 384, 64, 1):
+        a, b, bias = _operands(3, 128, n, layout, dtype, True, n)
+        assert native.dense_form(a, b, bias) == ("dot" if n == 1 else layout)
+        torch.testing.assert_close(dense(a, b, bias), torch.addmm(bias, a, b), rtol=TOL[dtype], atol=TOL[dtype] * 30)
+
+
+def test_many_rows_and_other_dtypes_take_atens_product():
+    a, b, bias = _operands(40, 16, 8, "dot", torch.float64, True, 0)
+    assert native.dense_form(a, b, bias) == "blas"
+    torch.testing.assert_close(dense(a, b, bias), torch.addmm(bias, a, b))
+    half = torch.randn(2, 3, dtype=torch.bfloat16), torch.randn(3, 4, dtype=torch.bfloat16)
+    assert native.dense_form(*half) == "blas"
+    torch.testing.assert_close(dense(*half), half[0] @ half[1])
+    a, b, _ = _operands(3, 5, 6, "axpy", torch.float64, False, 1)
+    bias2d = torch.randn(3, 6, dtype=torch.float64)  # a 2-D bias is addmm's business
+    assert native.dense_form(a, b, bias2d) == "blas"
+    torch.testing.assert_close(dense(a, b, bias2d), torch.addmm(bias2d, a, b))
+
+
+def test_empty_inner_dimension_gives_the_bias():
+    a, b = torch.zeros(3, 0), torch.zeros(0, 5)
+    bias = torch.arange(5.0)
+    assert native.dense_form(a, b, bias) == "dot"
+    torch.testing.assert_close(dense(a, b, bias), bias.expand(3, 5))
+    torch.testing.assert_close(dense(a, b), torch.zeros(3, 5))
+
+
+@pytest.mark.parametrize("layout", ["dot", "axpy"])
+def test_subnormal_inputs_flush_and_leave_the_callers_state(layout):
+    """The kernels flush subnormals for the call (no microcode stalls on Intel cores) and restore
+    the calling thread's MXCSR: the caller's floating-point state never changes."""
+    from painnfx.ops.cpu.backend import flush_denormal_state
+
+    a, b, bias = _operands(3, 64, 48, layout, torch.float32, True, 3)
+    tiny = a * 1e-39  # subnormal in float32
+    before = flush_denormal_state()
+    out = dense(tiny, b, bias)
+    assert flush_denormal_state() == before
+    torch.testing.assert_close(out, bias.expand(3, 48), atol=1e-30, rtol=0)
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(RuntimeError):
+        dense(torch.zeros(3, 4), torch.zeros(5, 6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layout", ["dot", "axpy", "strided"])
+def test_opcheck(layout, dtype):
+    a, b, bias = _operands(3, 7, 5, layout, dtype, True, 5)
+    args = (a.requires_grad_(), b.detach().requires_grad_(), bias.requires_grad_())
+    result = torch.library.opcheck(torch.ops.painnfx_native.dense.default, args, raise_exception=False)
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def test_dense_differentiates_like_addmm():
+    a, b, bias = _operands(3, 6, 4, "dot", torch.float64, True, 7)
+    torch.autograd.gradcheck(dense, (a.requires_grad_(), b.detach().requires_grad_(), bias.requires_grad_()))
+
+
+def test_one_node_under_compile_and_export():
+    a, b, bias = _operands(3, 6, 4, "dot", torch.float32, True, 9)
+
+    class M(torch.nn.Module):
+        def forward(self, a, b, bias):
+            return dense(a, b, bias).relu()
+
+    ep = torch.export.export(M(), (a, b, bias))
+    assert sum(n.target == torch.ops.painnfx_native.dense.default for n in ep.graph.nodes) == 1
+    torch.testing.assert_close(torch.compile(M(), fullgraph=True)(a, b, bias), torch.addmm(bias, a, b).relu())
