@@ -21,13 +21,14 @@ and the LAMMPS adapter hand it the function to trace.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Callable, Optional
 
 import torch
 import torch.fx as fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from painnfx.ops import dispatch
+from painnfx.ops import InputError, dispatch
 from painnfx.ops.fused_op import inline_reference
 
 from .fusions import JOINT_INLINED
@@ -97,16 +98,35 @@ class JointGraphs:
             start = time.perf_counter()
             example = trace_example(*tensors) if example is None else example
             gm = trace(fn, *example)
-            self.options[key] = wrapper_options(gm)
-            runner = torch.compile(gm, dynamic=True, fullgraph=True, options=self.options[key]) if self.compile else gm
+            options = wrapper_options(gm) if self.compile else {}
+            try:
+                runner = self._compiled(gm, options, example)
+            except InputError:
+                raise
+            except Exception as exc:  # noqa: BLE001  the C++ wrapper failed here: the Python one remains
+                if not options:
+                    raise
+                first = (str(exc).strip().splitlines() or [""])[0]
+                warnings.warn(f"painnfx: Inductor's C++ wrapper failed for the {key} graph ({type(exc).__name__}: "
+                              f"{first}); it is compiled with the Python wrapper", RuntimeWarning, stacklevel=3)
+                options = {}
+                runner = self._compiled(gm, options, example)
             with torch.inference_mode():
-                runner(*example)  # Inductor compiles here, for sizes that coincide with nothing
                 out = runner(*tensors)
             self.compile_seconds[key] = time.perf_counter() - start
-            self.graphs[key], self._runners[key] = gm, runner
+            self.graphs[key], self._runners[key], self.options[key] = gm, runner, options
             return out
         with torch.inference_mode():
             return runner(*tensors)
+
+
+    def _compiled(self, gm: fx.GraphModule, options: dict, example: tuple):
+        """``gm`` compiled with ``options`` (or ``gm`` itself when not compiling), run once on
+        ``example``: Inductor compiles there, for sizes that coincide with nothing."""
+        runner = torch.compile(gm, dynamic=True, fullgraph=True, options=options) if self.compile else gm
+        with torch.inference_mode():
+            runner(*example)
+        return runner
 
 
 def joint_forces(fast, positions, numbers, edge_index, shifts) -> fx.GraphModule:

@@ -296,3 +296,20 @@ def test_the_plain_models_joint_graph_runs_native_products_under_the_cpp_wrapper
     assert fast.report.joint["graphs"]["energy+forces (joint)"]["wrapper"] == "Python"  # it calls Python ops
     assert [c["path"] for c in fast.report.path_choices] == ["plain-joint"] * 3
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # the two joint graphs, once each
+
+
+def test_a_cpp_wrapper_that_fails_leaves_the_python_wrapper(monkeypatch):
+    """Inductor's C++ wrapper needs more of the machine than its Python one (it builds a C++
+    extension around the graph): if it fails, the graph is compiled with the Python wrapper, with
+    one warning, and still runs the native products."""
+    import painnfx.rewriter.joint as joint
+
+    monkeypatch.setattr(joint, "wrapper_options", lambda gm: {"cpp_wrapper": True, "no_such_inductor_option": 1})
+    model, fast = _joint_model("auto", compiled=True)
+    _fixed_timer(fast, monkeypatch, joint=1.5, plain_joint=1.0)
+    atoms = molecule("CH4")
+    with pytest.warns(RuntimeWarning, match="C\\+\\+ wrapper failed for the energy\\+forces \\(plain-joint\\) graph"):
+        out = evaluate(fast, atoms)
+    torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
+    assert out.forces.is_inference() and "rejected" not in fast.report.joint
+    assert fast.report.joint["graphs"]["energy+forces (plain-joint)"]["wrapper"] == "Python"
