@@ -32,22 +32,25 @@ from painnfx.ops import InputError, dispatch
 from painnfx.ops.fused_op import inline_reference
 
 from .fusions import JOINT_INLINED
-from .native_products import native_counts, use_native_products, wrapper_options
+from .native import NATIVE_FUSED, native_counts, use_native_ops, wrapper_options
 
 
 def fused_node_names() -> set:
-    """The targets of the fused ops' nodes in a traced graph, every declared op and its backward."""
-    return {f"painnfx.{name}.default" for name in dispatch.operator_names()}
+    """The targets of the fused ops' nodes in a traced graph, every declared op and its backward,
+    and their native twins (native.py)."""
+    return {f"painnfx.{name}.default" for name in dispatch.operator_names()} | set(NATIVE_FUSED)
 
 
-def trace(fn: Callable, *tensors) -> fx.GraphModule:
+def trace(fn: Callable, *tensors, backend: Optional[str] = None) -> fx.GraphModule:
     """``fn`` traced on ``tensors`` with symbolic sizes (any atom and edge count). The fused ops a
     fusion marks ``joint_inlined`` (the update block: Inductor's code for its dense products and
     pointwise steps beat the opaque op there, docs/rewriter.md) are traced as their reference torch
-    ops, which autograd differentiates at trace time (saving, not recomputing, their activations)."""
+    ops, which autograd differentiates at trace time (saving, not recomputing, their activations).
+    On the CPU the matrix products, and the fused ops where ``backend`` (the optimized model's)
+    runs the C++ kernels, become native ops (native.py): no Python per call."""
     with inline_reference(JOINT_INLINED):
         gm = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*tensors)
-    use_native_products(gm)  # small-row matrix products without BLAS's packing (native_products.py)
+    use_native_ops(gm, backend)
     return gm
 
 
@@ -80,10 +83,12 @@ def node_counts(gm: fx.GraphModule) -> dict:
 class JointGraphs:
     """The traced (and, with ``compile``, Inductor-compiled) joint graphs of one optimized model,
     one per kind of call (``key``, e.g. with or without stress). ``compile_seconds[key]``: the
-    first call's trace and compile time, reported apart from the timed calls."""
+    first call's trace and compile time, reported apart from the timed calls. ``backend``: the
+    fused ops' backend of the optimized model (None: the dispatcher's choice), which decides
+    whether they become native ops."""
 
-    def __init__(self, compile: bool = True):
-        self.compile = compile
+    def __init__(self, compile: bool = True, backend: Optional[str] = None):
+        self.compile, self.backend = compile, backend
         self.graphs: dict = {}  # key -> traced GraphModule
         self._runners: dict = {}  # key -> what runs it (compiled or the GraphModule)
         self.compile_seconds: dict = {}
@@ -97,7 +102,7 @@ class JointGraphs:
         if runner is None:
             start = time.perf_counter()
             example = trace_example(*tensors) if example is None else example
-            gm = trace(fn, *example)
+            gm = trace(fn, *example, backend=self.backend)
             options = wrapper_options(gm) if self.compile else {}
             try:
                 runner = self._compiled(gm, options, example)
@@ -144,7 +149,7 @@ def joint_forces(fast, positions, numbers, edge_index, shifts) -> fx.GraphModule
             (grad,) = torch.autograd.grad(energy.sum(), positions)
         return energy.detach(), -grad
 
-    return trace(energy_and_forces, positions, numbers, edge_index, shifts)
+    return trace(energy_and_forces, positions, numbers, edge_index, shifts, backend=fast.runner.backend)
 
 
 def run_joint(gm: fx.GraphModule, positions, numbers, edge_index, shifts):

@@ -149,13 +149,14 @@ class OptimizeReport:
                 out.append(f"  {c['atoms']} atoms, {c['edges']} edges: {c['path']} ({c['why']})")
         traced = self.joint.get("traced")
         if traced:
-            fused = ", ".join(f"{op.split('.')[1]} {n}" for op, n in traced["fused"].items())
             out.append(f"joint graph (energy+forces, traced): plain model {traced['plain_nodes']} nodes -> optimized "
-                       f"{traced['optimized_nodes']} nodes; fused nodes: {fused}")
+                       f"{traced['optimized_nodes']} nodes; fused nodes: {_ops(traced['fused'])}"
+                       + (f"; native ops: {_ops(traced['native'])}" if traced.get("native") else ""))
         for key, g in self.joint.get("graphs", {}).items():
-            fused = ", ".join(f"{op.split('.')[1]} {n}" for op, n in g["fused"].items())
-            out.append(f"joint graph ({key}): {g['nodes']} nodes, fused nodes: {fused}; traced and compiled in "
-                       f"{g['compile_seconds']} s")
+            native = f"; native ops: {_ops(g['native'])}" if g.get("native") else ""
+            wrapper = f"; Inductor's {g['wrapper']} wrapper" if g.get("wrapper") else ""
+            out.append(f"joint graph ({key}): {g['nodes']} nodes, fused nodes: {_ops(g['fused'])}{native}{wrapper}; "
+                       f"traced and compiled in {g['compile_seconds']} s")
         if self.joint.get("rejected"):
             out.append(f"joint graph rejected: {self.joint['rejected']}")
         out.append(f"nodes: {self.nodes_before} -> {self.nodes_after}")
@@ -164,3 +165,8 @@ class OptimizeReport:
         names = sorted(set(before) | set(after), key=lambda k: -max(before[k], after[k]))
         out.append("ops (before -> after): " + ", ".join(f"{k} {before[k]}->{after[k]}" for k in names if before[k] != after[k]))
         return "\n".join(out)
+
+
+def _ops(counts: dict) -> str:
+    """"painn_message 3, dense 34" from {"painnfx.painn_message.default": 3, ...}."""
+    return ", ".join(f"{op.split('.')[1]} {n}" for op, n in counts.items())

@@ -133,7 +133,7 @@ class OptimizedModel(nn.Module):
         self.timer, self.repeats = timer, repeats
         self._choice: dict = {}
         self.joint = joint_default() if joint is None else joint
-        self.joint_graphs = JointGraphs()
+        self.joint_graphs = JointGraphs(backend=backend)
         self._joint_verified: set = set()  # (joint graph key, size class) checked against the fused path
         self._joint_rejected: dict = {}  # joint path name -> why it is not used
 

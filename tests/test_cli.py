@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from helpers import fused_target
 from painnfx.tools.bench import markdown_table, measure, speedups
 from painnfx.tools.cli import build_parser, main
 from painnfx.tools.systems import alkane, standard_systems
@@ -140,8 +141,8 @@ def test_inspect_shows_the_joint_graphs(capsys):
     assert main(["inspect", "--random", cfg, "--joint", "--json"]) == 0
     traced = json.loads(capsys.readouterr().out)["joint"]["traced"]
     assert traced["optimized_nodes"] < traced["plain_nodes"]
-    assert traced["fused"] == {"painnfx.prepare_edges.default": 1, "painnfx.painn_message.default": 2,
-                               "painnfx.painn_message_backward.default": 2}
+    assert traced["fused"] == {fused_target("prepare_edges"): 1, fused_target("painn_message"): 2,
+                               fused_target("painn_message_backward"): 2}
     assert main(["inspect", "--random", cfg, "--joint"]) == 0
     assert "joint graph (energy+forces, traced): plain model" in capsys.readouterr().out
 

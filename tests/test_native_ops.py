@@ -8,9 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import env_skip
 from painnfx.ops.cpu import native
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="no C++ compiler for the native ops")
+
+@pytest.fixture(autouse=True)
+def _library():
+    if not native.available():
+        env_skip(f"the native ops cannot be built here: {native.info().get('error')}")
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
 #: what native_ops.cpp takes on its small-row kernels (DOT_MAX_ROWS, AXPY_MAX_ROWS)
 MAX_ROWS = {"dot": 4, "axpy": 4}

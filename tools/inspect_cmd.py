@@ -111,12 +111,12 @@ def trace_joint_graphs(fast, model) -> None:
             out = derive_properties(energy, positions, numbers, edge_index, shifts, None, False, False, None, 1)
             return out.energy, out.forces
 
-        return node_counts(trace(fn, *example))
+        return node_counts(trace(fn, *example, backend=fast.runner.backend))
 
     plain = graph_of(model)
     fused = graph_of(lambda *a: fast._fused(*a, None, 1))
     fast.report.joint["traced"] = {"plain_nodes": plain["nodes"], "optimized_nodes": fused["nodes"],
-                                   "fused": fused["fused"]}
+                                   "fused": fused["fused"], "native": fused["native"]}
 
 
 def main_inspect(args) -> int:

@@ -27,10 +27,11 @@ from typing import Optional
 import torch
 
 from ..build_cache import BuildCache, digest
-from .build import HERE, CpuBuildError, _cpu_identity, compiler, flags
+from .build import HERE, INCLUDE, CpuBuildError, _cpu_identity, compiler, flags
 
-SOURCE = HERE / "native_ops.cpp"
-HEADERS = (HERE / "small_products.h", HERE / "cpu_common.h")
+#: the operators, and the message kernels they call (the ctypes library's source, built in here too)
+SOURCES = (HERE / "native_ops.cpp", HERE / "painn_message.cpp")
+HEADERS = (HERE / "small_products.h", HERE / "cpu_common.h", INCLUDE / "radial.cuh")
 NAMESPACE = "painnfx_native"
 #: what ``dense_form`` returns: which path ``dense`` takes
 FORMS = {0: "blas", 1: "dot", 2: "axpy"}
@@ -48,17 +49,15 @@ def _torch_flags() -> list:
 
 
 def _flags() -> list:
-    """The ctypes library's flags (``-march`` included), C++20 for torch's headers, SIMD pragmas
-    without an OpenMP runtime (threads come from torch's own pool, ``at::parallel_for``)."""
-    own = [f for f in flags() if f not in ("-fopenmp", "-std=c++17")]
-    return [*own, "-fopenmp-simd", "-std=c++20", "-w"]
+    """The ctypes library's flags (``-march`` and OpenMP included), C++20 for torch's headers."""
+    return [*(f for f in flags() if f != "-std=c++17"), "-std=c++20", "-w"]
 
 
 def build(use_cache: bool = True) -> tuple[Path, dict]:
     """(library path, metadata incl. ``build_seconds`` and ``cached``)."""
     cxx = compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = digest([*(p.read_text() for p in (SOURCE, *HEADERS)), " ".join(_flags()), version, _cpu_identity(),
+    key = digest([*(p.read_text() for p in (*SOURCES, *HEADERS)), " ".join(_flags()), version, _cpu_identity(),
                   torch.__version__, str(Path(torch.__file__).parent)])
     name = f"painnfx_native_{key[:24]}.so"
     if use_cache:
@@ -68,7 +67,8 @@ def build(use_cache: bool = True) -> tuple[Path, dict]:
 
     def compile_to(out: Path) -> dict:
         start = time.perf_counter()
-        cmd = [cxx, *_flags(), f"-I{HERE}", str(SOURCE), "-o", str(out), *_torch_flags(), "-lc10", "-ltorch_cpu"]
+        cmd = [cxx, *_flags(), f"-I{HERE}", f"-I{INCLUDE}", *map(str, SOURCES), "-o", str(out), *_torch_flags(),
+               "-lc10", "-ltorch_cpu"]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if res.returncode:
             raise CpuBuildError(f"{cxx} failed to build the native ops:\n{res.stderr[-3000:]}")
@@ -138,3 +138,43 @@ def _register_python_parts() -> None:
         return ga, gb, gbias
 
     torch.library.register_autograd(name, backward, setup_context=setup_context)
+    _register_message_ops()
+
+
+def _register_message_ops() -> None:
+    ns = NAMESPACE
+
+    @torch.library.register_fake(f"{ns}::prepare_edges")
+    def _prepare_fake(r, idx_i, idx_j, n_atoms):
+        e = r.shape[0]
+        return idx_i.new_empty(n_atoms + 1), idx_i.new_empty(e), idx_i.new_empty(n_atoms + 1), idx_i.new_empty(e)
+
+    @torch.library.register_fake(f"{ns}::painn_message")
+    def _message_fake(r, idx_i, idx_j, dst_ptr, dst_perm, src_ptr, src_perm, x, mu, weight, bias, basis_params, basis,
+                      cutoff, c0, c1):
+        n, f = x.shape[0], x.shape[1] // 3
+        return x.new_empty(n, f), x.new_empty(n, 3, f)
+
+    @torch.library.register_fake(f"{ns}::painn_message_backward")
+    def _backward_fake(gq, gmu, r, idx_i, idx_j, dst_ptr, dst_perm, src_ptr, src_perm, x, mu, weight, bias,
+                       basis_params, basis, cutoff, c0, c1, weight_grad):
+        return (torch.empty_like(r), torch.empty_like(x), torch.empty_like(mu) if mu is not None else x.new_empty(0),
+                torch.empty_like(weight) if weight_grad else x.new_empty(0),
+                torch.empty_like(bias) if weight_grad else x.new_empty(0))
+
+    def setup_context(ctx, inputs, output):
+        *tensors, basis, cutoff, c0, c1 = inputs
+        ctx.save_for_backward(*tensors)
+        ctx.radial = (basis, cutoff, c0, c1)
+
+    def backward(ctx, gq, gmu):
+        r, idx_i, idx_j, dst_ptr, dst_perm, src_ptr, src_perm, x, mu, weight, bias, basis_params = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        weight_grad = needs[9] or needs[10]
+        gr, gx, gm, gw, gb = torch.ops.painnfx_native.painn_message_backward(
+            gq, gmu, r, idx_i, idx_j, dst_ptr, dst_perm, src_ptr, src_perm, x, mu, weight, bias, basis_params,
+            *ctx.radial, weight_grad)
+        return (gr, None, None, None, None, None, None, gx, gm if mu is not None else None,
+                gw if weight_grad else None, gb if weight_grad else None, None, None, None, None, None)
+
+    torch.library.register_autograd(f"{ns}::painn_message", backward, setup_context=setup_context)

@@ -1,7 +1,13 @@
 // Operators registered with torch's dispatcher in C++ (namespace painnfx_native), so that a
 // compiled graph calls them with no Python in between: Inductor's C++ wrapper calls them directly,
 // its Python wrapper through one OpOverload call. Built against the installed torch's headers
-// by native.py; fakes and autograd formulas are registered from Python there.
+// by native.py, with painn_message.cpp (whose kernels the message ops below call); fakes and
+// autograd formulas are registered from Python there.
+//
+// prepare_edges, painn_message, painn_message_backward: the fused ops of a joint graph
+// (rewriter/native.py swaps them in where the "cpp" backend would run): the same C++ kernels
+// as the ctypes backend (backend.py), with its argument handling written here instead of in
+// Python; the radial basis and cutoff come as the kernels' ids and constants (ops.radial).
 //
 // dense(a, b, bias?) = a @ b (+ bias), what aten::mm / aten::addmm compute. At most
 // DOT_MAX_ROWS / AXPY_MAX_ROWS rows (small_products.h: which form b's layout allows) it runs the
@@ -13,10 +19,15 @@
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
+#include <tuple>
+#include <vector>
 
 #include "small_products.h"
 
@@ -80,12 +91,182 @@ std::int64_t dense_form(const at::Tensor& a, const at::Tensor& b, const std::opt
 
 }  // namespace
 
+// ---- the fused message ops of the joint graphs: painn_message.cpp's kernels behind the dispatcher ----
+
+namespace {
+
+// painn_message.cpp's entry points (built into the same library)
+#define PAINNFX_DECLARE(T, S)                                                                                      \
+    extern "C" void painn_message_forward_##S(const T*, const std::int64_t*, const std::int64_t*,                  \
+                                              const std::int64_t*, const T*, const T*, const T*, const T*,         \
+                                              const T*, const T*, int, int, T, T, std::int64_t, int, int, T*, T*,  \
+                                              int);                                                                \
+    extern "C" void painn_message_backward_##S(const T*, const T*, const T*, const std::int64_t*,                 \
+                                               const std::int64_t*, const std::int64_t*, const T*, const T*,       \
+                                               const T*, const T*, const T*, const T*, int, int, T, T,             \
+                                               std::int64_t, int, int, T*, T*, T*, T*, int, int);
+PAINNFX_DECLARE(float, f32)
+PAINNFX_DECLARE(double, f64)
+#undef PAINNFX_DECLARE
+
+// fixed number of atom chunks whose weight-gradient partials are added in order (backend.py's PARTS)
+constexpr std::int64_t PARTS = 64;
+
+template <typename T>
+const T* ptr(const at::Tensor& t) {
+    return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+const T* ptr(const std::optional<at::Tensor>& t) {
+    return t ? t->const_data_ptr<T>() : nullptr;
+}
+
+void check_floats(const char* op, const at::Tensor& x, std::initializer_list<const at::Tensor*> others) {
+    TORCH_CHECK_VALUE(x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble), op,
+                      ": CPU float32 or float64 tensors expected, got ", x.scalar_type(), " on ", x.device());
+    for (const at::Tensor* t : others)
+        TORCH_CHECK_VALUE(t->scalar_type() == x.scalar_type() && t->device().is_cpu(), op, ": all tensors must be ",
+                          x.scalar_type(), " on the CPU, got ", t->scalar_type(), " on ", t->device());
+}
+
+// Stable counting sort of edges by atom: (row pointers (N+1), permutation (E)).
+std::tuple<at::Tensor, at::Tensor> order(const at::Tensor& idx, std::int64_t n) {
+    const std::int64_t e = idx.size(0);
+    at::Tensor ptr_t = at::zeros({n + 1}, idx.options()), perm = at::empty({e}, idx.options());
+    std::int64_t* p = ptr_t.mutable_data_ptr<std::int64_t>();
+    std::int64_t* q = perm.mutable_data_ptr<std::int64_t>();
+    const std::int64_t* a = idx.const_data_ptr<std::int64_t>();
+    for (std::int64_t k = 0; k < e; ++k) ++p[a[k] + 1];
+    for (std::int64_t i = 0; i < n; ++i) p[i + 1] += p[i];
+    std::vector<std::int64_t> next(p, p + n);
+    for (std::int64_t k = 0; k < e; ++k) q[next[a[k]]++] = k;
+    return {ptr_t, perm};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prepare_edges(const at::Tensor& r_in, const at::Tensor& idx_i_in,
+                                                                     const at::Tensor& idx_j_in, std::int64_t n_atoms) {
+    const char* op = "prepare_edges";
+    TORCH_CHECK_VALUE(r_in.dim() == 2 && r_in.size(1) == 3, op, ": r must have shape (E, 3), got ", r_in.sizes());
+    const std::int64_t e = r_in.size(0);
+    for (const at::Tensor* idx : {&idx_i_in, &idx_j_in})
+        TORCH_CHECK_VALUE(idx->scalar_type() == at::kLong && idx->dim() == 1 && idx->size(0) == e &&
+                              idx->device().is_cpu(),
+                          op, ": idx_i and idx_j must be int64 CPU tensors of shape (", e, ",)");
+    check_floats(op, r_in, {});
+    const at::Tensor r = r_in.contiguous(), idx_i = idx_i_in.contiguous(), idx_j = idx_j_in.contiguous();
+    // the values a message kernel cannot take (the reference op checks the same)
+    const std::int64_t* ii = idx_i.const_data_ptr<std::int64_t>();
+    const std::int64_t* jj = idx_j.const_data_ptr<std::int64_t>();
+    auto values = [&](auto zero) {
+        using T = decltype(zero);
+        const T* pr = r.const_data_ptr<T>();
+        for (std::int64_t k = 0; k < e; ++k) {
+            const T x = pr[3 * k], y = pr[3 * k + 1], z = pr[3 * k + 2];
+            TORCH_CHECK_VALUE(std::isfinite(x) && std::isfinite(y) && std::isfinite(z), op,
+                              ": edge vectors r contain NaN or inf");
+            TORCH_CHECK_VALUE(x != T(0) || y != T(0) || z != T(0), op,
+                              ": an edge has zero length (overlapping atoms); its direction is undefined");
+            TORCH_CHECK_VALUE(ii[k] >= 0 && ii[k] < n_atoms && jj[k] >= 0 && jj[k] < n_atoms, op,
+                              ": edge indices outside 0..", n_atoms - 1);
+        }
+    };
+    if (r.scalar_type() == at::kFloat)
+        values(0.0f);
+    else
+        values(0.0);
+    auto [dst_ptr, dst_perm] = order(idx_i, n_atoms);
+    auto [src_ptr, src_perm] = order(idx_j, n_atoms);
+    return {dst_ptr, dst_perm, src_ptr, src_perm};
+}
+
+std::tuple<at::Tensor, at::Tensor> painn_message(const at::Tensor& r_in, const at::Tensor& idx_i,
+                                                 const at::Tensor& idx_j_in, const at::Tensor& dst_ptr,
+                                                 const at::Tensor& dst_perm, const at::Tensor& src_ptr,
+                                                 const at::Tensor& src_perm, const at::Tensor& x_in, const std::optional<at::Tensor>& mu_in,
+                                                 const at::Tensor& weight, const at::Tensor& bias_in,
+                                                 const at::Tensor& basis_params, std::int64_t basis,
+                                                 std::int64_t cutoff, double c0, double c1) {
+    check_floats("painn_message", x_in, {&r_in, &weight, &bias_in, &basis_params});
+    const std::int64_t n = x_in.size(0), f = x_in.size(1) / 3, k = basis_params.size(1), e = r_in.size(0);
+    at::Tensor dq = at::zeros({n, f}, x_in.options()), dmu = at::zeros({n, 3, f}, x_in.options());
+    if (n == 0 || e == 0) return {dq, dmu};
+    const at::Tensor r = r_in.contiguous(), j = idx_j_in.contiguous(), x = x_in.contiguous();
+    const at::Tensor wt = weight.t().contiguous(), b = bias_in.contiguous(), p = basis_params.contiguous();
+    std::optional<at::Tensor> mu;
+    if (mu_in) mu = mu_in->contiguous();
+    auto run = [&](auto zero, auto kernel) {
+        using T = decltype(zero);
+        kernel(ptr<T>(r), dst_ptr.const_data_ptr<std::int64_t>(), dst_perm.const_data_ptr<std::int64_t>(),
+               j.const_data_ptr<std::int64_t>(), ptr<T>(x), ptr<T>(mu), ptr<T>(wt), ptr<T>(b), ptr<T>(p),
+               p.size(0) > 1 ? ptr<T>(p) + k : nullptr, int(basis), int(cutoff), T(c0), T(c1), n, int(f), int(k),
+               dq.mutable_data_ptr<T>(), dmu.mutable_data_ptr<T>(), at::get_num_threads());
+    };
+    if (x.scalar_type() == at::kFloat)
+        run(0.0f, painn_message_forward_f32);
+    else
+        run(0.0, painn_message_forward_f64);
+    return {dq, dmu};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> painn_message_backward(
+    const at::Tensor& gq_in, const at::Tensor& gmu_in, const at::Tensor& r_in, const at::Tensor& idx_i_in,
+    const at::Tensor& idx_j, const at::Tensor& dst_ptr, const at::Tensor& dst_perm, const at::Tensor& src_ptr,
+    const at::Tensor& src_perm, const at::Tensor& x_in,
+    const std::optional<at::Tensor>& mu_in, const at::Tensor& weight, const at::Tensor& bias_in,
+    const at::Tensor& basis_params, std::int64_t basis, std::int64_t cutoff, double c0, double c1, bool weight_grad) {
+    check_floats("painn_message_backward", x_in, {&gq_in, &gmu_in, &r_in, &weight, &bias_in, &basis_params});
+    const std::int64_t n = x_in.size(0), f = x_in.size(1) / 3, k = basis_params.size(1), e = r_in.size(0);
+    at::Tensor gr = at::zeros_like(r_in, at::MemoryFormat::Contiguous), gx = at::zeros_like(x_in, at::MemoryFormat::Contiguous);
+    at::Tensor gmu = mu_in ? at::zeros_like(*mu_in, at::MemoryFormat::Contiguous) : at::empty({0}, x_in.options());
+    // an empty tensor where a gradient is not computed (each its own: outputs must not alias)
+    auto none = [&] { return at::empty({0}, x_in.options()); };
+    if (n == 0 || e == 0) {
+        if (!weight_grad) return {gr, gx, gmu, none(), none()};
+        return {gr, gx, gmu, at::zeros_like(weight), at::zeros_like(bias_in)};
+    }
+    const std::int64_t parts = std::min(PARTS, n);
+    at::Tensor partial = weight_grad ? at::empty({parts, 3 * f, k + 1}, x_in.options()) : at::Tensor();
+    const at::Tensor gq = gq_in.contiguous(), gm = gmu_in.contiguous(), r = r_in.contiguous(), i = idx_i_in.contiguous();
+    const at::Tensor x = x_in.contiguous(), wt = weight.t().contiguous(), b = bias_in.contiguous();
+    const at::Tensor p = basis_params.contiguous();
+    std::optional<at::Tensor> mu;
+    if (mu_in) mu = mu_in->contiguous();
+    auto run = [&](auto zero, auto kernel) {
+        using T = decltype(zero);
+        kernel(ptr<T>(gq), ptr<T>(gm), ptr<T>(r), src_ptr.const_data_ptr<std::int64_t>(),
+               src_perm.const_data_ptr<std::int64_t>(), i.const_data_ptr<std::int64_t>(), ptr<T>(x), ptr<T>(mu),
+               ptr<T>(wt), ptr<T>(b), ptr<T>(p), p.size(0) > 1 ? ptr<T>(p) + k : nullptr, int(basis), int(cutoff),
+               T(c0), T(c1), n, int(f), int(k), gr.mutable_data_ptr<T>(), gx.mutable_data_ptr<T>(),
+               mu ? gmu.mutable_data_ptr<T>() : nullptr, weight_grad ? partial.mutable_data_ptr<T>() : nullptr,
+               int(parts), at::get_num_threads());
+    };
+    if (x.scalar_type() == at::kFloat)
+        run(0.0f, painn_message_backward_f32);
+    else
+        run(0.0, painn_message_backward_f64);
+    if (!weight_grad) return {gr, gx, gmu, none(), none()};
+    const at::Tensor total = partial.sum(0);  // the partials in chunk order: deterministic
+    return {gr, gx, gmu, total.narrow(1, 0, k).clone(), total.select(1, k).clone()};
+}
+
+}  // namespace
+
 TORCH_LIBRARY(painnfx_native, m) {
     m.def("dense(Tensor a, Tensor b, Tensor? bias=None) -> Tensor");
     m.def("dense_form(Tensor a, Tensor b, Tensor? bias=None) -> int");
+    m.def("prepare_edges(Tensor r, Tensor idx_i, Tensor idx_j, SymInt n_atoms) -> (Tensor, Tensor, Tensor, Tensor)");
+    m.def("painn_message(Tensor r, Tensor idx_i, Tensor idx_j, Tensor dst_ptr, Tensor dst_perm, Tensor src_ptr, "
+          "Tensor src_perm, Tensor x, Tensor? mu, Tensor weight, Tensor bias, Tensor basis_params, int basis, int cutoff, float c0, float c1) -> (Tensor, Tensor)");
+    m.def("painn_message_backward(Tensor gq, Tensor gmu, Tensor r, Tensor idx_i, Tensor idx_j, Tensor dst_ptr, "
+          "Tensor dst_perm, Tensor src_ptr, Tensor src_perm, Tensor x, Tensor? mu, Tensor weight, Tensor bias, Tensor basis_params, int basis, int cutoff, float c0, "
+          "float c1, bool weight_grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(painnfx_native, CPU, m) {
     m.impl("dense", &dense);
     m.impl("dense_form", &dense_form);
+    m.impl("prepare_edges", &prepare_edges);
+    m.impl("painn_message", &painn_message);
+    m.impl("painn_message_backward", &painn_message_backward);
 }
