@@ -195,12 +195,23 @@ def environment(device: str, threads: int, dtype: str) -> dict:
         "device": device,
         "flush_denormal": backend.flush_denormal_state(),  # the caller's: the C++ kernels flush on their own
         "cpu_kernels": backend.info().get("flags") or backend.info().get("error"),
+        "native_ops": _native_state(),
         "fma_peak_gflops": fma_peak_gflops(threads),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
+
+
+def _native_state() -> str:
+    """Whether the joint graphs run the native ops and Inductor's C++ wrapper (rewriter/native.py)."""
+    from painnfx.ops.cpu import native
+    from painnfx.rewriter.native import enabled
+
+    if enabled():
+        return "on"
+    return "off (PAINNFX_NATIVE=0)" if native.available() else f"unavailable: {native.info().get('error', '')[:200]}"
 
 
 def _run_case(args, system: str, variant: str, largest: bool = False, memory: bool = False) -> dict:
@@ -308,6 +319,7 @@ def machine_line(env: dict) -> str:
     peak = (env.get("fma_peak_gflops") or {}).get(env.get("dtype"))
     return (f"{where} ({isa or 'no AVX2'}), {env.get('threads')} threads, torch {env.get('torch')}, {env.get('dtype')}, "
             f"caller flush-denormal {env.get('flush_denormal')}"
+            + (f", native ops {env['native_ops']}" if env.get("native_ops") else "")
             + (f", FMA peak {peak:.0f} GFLOP/s (estimate, tools/flops.py)" if peak else ""))
 
 

@@ -4,11 +4,13 @@
 The fused ops' "cpp" backend (backend.py) is a ctypes library reached through Python: ~50-100 us
 of Python per call, more than a small molecule's arithmetic. The operators here are built against
 the installed torch's headers and registered for the CPU dispatch key, so Inductor's C++ wrapper
-calls them directly. ``dense`` (a @ b + bias with small-row kernels, ATen's mm/addmm beyond)
-replaces the matrix products of the joint graphs (rewriter/native_products.py).
+calls them directly. In the joint graphs (rewriter/native.py) ``dense`` (a @ b + bias with
+small-row kernels, ATen's mm/addmm beyond) replaces the matrix products, and ``prepare_edges``,
+``painn_message``, ``painn_message_backward`` (painn_message.cpp's kernels, compiled into this
+library too) replace the fused ops where the "cpp" backend would run them.
 
-Built on first use like the ctypes library (same compiler, ``-march`` and disk cache; the key
-adds the torch version, whose headers and ABI the library is tied to) and loaded with
+Built on first use like the ctypes library (same compiler, ``-march``, OpenMP and disk cache;
+the key adds the torch version, whose headers and ABI the library is tied to) and loaded with
 ``torch.ops.load_library``. Without a compiler, or if the build fails, ``library()`` is None
 after one warning and the graphs keep ATen's products. Fakes and autograd formulas are
 registered here, so the ops trace, compile, export and differentiate like any torch op
