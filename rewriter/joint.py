@@ -32,7 +32,7 @@ from painnfx.ops import InputError, dispatch
 from painnfx.ops.fused_op import inline_reference
 
 from .fusions import JOINT_INLINED
-from .native import NATIVE_FUSED, native_counts, use_native_ops, wrapper_options
+from .native import NATIVE_FUSED, native_counts, natively_run, use_native_ops, wrapper_options
 
 
 def fused_node_names() -> set:
@@ -48,7 +48,8 @@ def trace(fn: Callable, *tensors, backend: Optional[str] = None) -> fx.GraphModu
     ops, which autograd differentiates at trace time (saving, not recomputing, their activations).
     On the CPU the matrix products, and the fused ops where ``backend`` (the optimized model's)
     runs the C++ kernels, become native ops (native.py): no Python per call."""
-    with inline_reference(JOINT_INLINED):
+    inlined = set(JOINT_INLINED) - natively_run(backend)  # a native twin beats both (native.py)
+    with inline_reference(inlined):
         gm = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*tensors)
     use_native_ops(gm, backend)
     return gm

@@ -7,11 +7,12 @@
   readout, forward and backward), each a BLAS call of ~10-15 us at 3-12 rows, mostly packing
   the weight; ``dense`` runs small-row kernels with the weight as given up to 4 rows and ATen's
   product beyond (decided per call, so one graph serves every size);
-* the fused ops ``painnfx::prepare_edges``, ``painn_message`` and ``painn_message_backward``,
-  where the "cpp" backend would run them, into their ``painnfx_native`` twins: the same C++
-  kernels behind the dispatcher instead of ~50-100 us of Python each (torch.library's wrapper,
-  checks, ctypes). The radial basis and cutoff names become the kernels' ids and constants here,
-  once (``ops.radial.kernel_radial``).
+* the fused ops ``painnfx::prepare_edges``, ``painn_message`` and ``painn_message_backward``
+  (and ``painn_update``/``_backward`` where a graph has them), where the "cpp" backend would run
+  them, into their ``painnfx_native`` twins: the same C++ kernels behind the dispatcher instead
+  of ~50-100 us of Python each (torch.library's wrapper, checks, ctypes). The radial basis and
+  cutoff names become the kernels' ids and constants here, once (``ops.radial.kernel_radial``).
+  The update block is still traced as torch ops by default (``native_update``).
 
 ``wrapper_options`` then picks Inductor's C++ wrapper (the compiled graph calls its kernels and
 the native ops from C++, no Python between them) for a CPU graph left with no Python-implemented
@@ -35,7 +36,10 @@ from painnfx.ops.radial import kernel_radial
 _MM, _ADDMM = torch.ops.aten.mm.default, torch.ops.aten.addmm.default
 #: the fused ops with a native twin, by the twin's node target
 NATIVE_FUSED = {f"painnfx_native.{name}.default": name
-                for name in ("prepare_edges", "painn_message", "painn_message_backward")}
+                for name in ("prepare_edges", "painn_message", "painn_message_backward", "painn_update",
+                             "painn_update_backward")}
+#: the fused ops whose native twins take the same arguments (no radial spec to resolve)
+_SAME_ARGS = ("prepare_edges", "painn_update", "painn_update_backward")
 
 
 def enabled() -> bool:
@@ -90,12 +94,28 @@ def _radial_args(node: fx.Node, basis_params, basis, cutoff, cutoff_params, x) -
     return basis_id, cutoff_id, c0, c1
 
 
-def _message_ops_run_on_cpp(backend: Optional[str]) -> bool:
-    """Whether the fused message ops would run on the C++ kernels here (backend ``backend``)."""
+def _fused_ops_run_on_cpp(backend: Optional[str]) -> bool:
+    """Whether the fused ops would run on the C++ kernels here (backend ``backend``)."""
     from painnfx.ops.cpu import backend as cpp
 
     with dispatch.use_backend(backend):
-        return dispatch.chosen("painn_message", "cpu") == cpp.NAME and cpp.library() is not None
+        return (all(dispatch.chosen(op, "cpu") == cpp.NAME for op in ("painn_message", "painn_update"))
+                and cpp.library() is not None)
+
+
+def native_update() -> bool:
+    """Whether joint graphs trace the update block as the fused op, run natively
+    (``PAINNFX_NATIVE_UPDATE=1``), instead of as its reference torch ops (default): Inductor's
+    code for the block beat the native twin by 15-20% at 3-50 atoms (docs/rewriter.md)."""
+    return os.environ.get("PAINNFX_NATIVE_UPDATE", "0") == "1"
+
+
+def natively_run(backend: Optional[str]) -> set:
+    """The fused ops a CPU joint graph traced for ``backend`` runs as native twins: what it need not
+    trace as reference torch ops (joint.trace)."""
+    if not enabled() or not _fused_ops_run_on_cpp(backend):
+        return set()
+    return {"prepare_edges", "painn_message"} | ({"painn_update"} if native_update() else set())
 
 
 def _native_fused_ops(gm: fx.GraphModule) -> int:
@@ -104,8 +124,9 @@ def _native_fused_ops(gm: fx.GraphModule) -> int:
         if node.op != "call_function":
             continue
         target = str(node.target)
-        if target == "painnfx.prepare_edges.default":
-            _replace(gm, node, ns.prepare_edges.default, tuple(node.args))
+        name = target[len("painnfx."):-len(".default")] if target.startswith("painnfx.") else None
+        if name in _SAME_ARGS:
+            _replace(gm, node, getattr(ns, name).default, tuple(node.args))
         elif target == "painnfx.painn_message.default":
             r, idx_i, idx_j, edges, x, mu, weight, bias, params, basis, cutoff, cutoff_params = node.args[:12]
             radial = _radial_args(node, params, basis, cutoff, cutoff_params, x)
@@ -139,7 +160,7 @@ def use_native_ops(gm: fx.GraphModule, backend: Optional[str] = None) -> int:
         if operands is not None:
             _replace(gm, node, torch.ops.painnfx_native.dense.default, operands)
             count += 1
-    if _message_ops_run_on_cpp(backend):
+    if _fused_ops_run_on_cpp(backend):
         count += _native_fused_ops(gm)
     if count:
         gm.graph.lint()

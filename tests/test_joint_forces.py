@@ -315,3 +315,23 @@ def test_a_cpp_wrapper_that_fails_leaves_the_python_wrapper(monkeypatch):
     torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
     assert out.forces.is_inference() and "rejected" not in fast.report.joint
     assert fast.report.joint["graphs"]["energy+forces (plain-joint)"]["wrapper"] == "Python"
+
+
+def test_the_update_block_runs_natively_in_the_joint_graph_on_request(monkeypatch):
+    """``PAINNFX_NATIVE_UPDATE=1``: the joint graph traces the fused update op and runs its native
+    twin (measured slower than Inductor's code for the block, so not the default); the forces
+    still equal eager's."""
+    from helpers import native_ops_expected
+
+    if not native_ops_expected():
+        pytest.skip("the native ops are off here")
+    monkeypatch.setenv("PAINNFX_NATIVE_UPDATE", "1")
+    model, fast = _joint_model("joint")
+    atoms = molecule("CH4")
+    with JointKernels() as ran:
+        evaluate(fast, atoms)  # traces, checks against the fused path
+        out = evaluate(fast, atoms)
+    torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
+    graph = fast.report.joint["graphs"]["energy+forces (joint)"]
+    assert graph["fused"][fused_target("painn_update")] == 2 and graph["fused"][fused_target("painn_update_backward")] == 2
+    assert ran.native["painnfx_native::painn_update"] >= 2 and ran.native["painnfx_native::painn_update_backward"] >= 2

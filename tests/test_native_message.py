@@ -147,3 +147,47 @@ def test_native_message_differentiates_like_the_reference(inp):
 
     leaves = [inp[k].detach().clone().requires_grad_(True) for k in ("r", "x", "weight", "bias")]
     torch.autograd.gradcheck(f, leaves)
+
+
+@settings(max_examples=30)
+@given(n=st.integers(0, 30), f=st.integers(1, 24), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float64, torch.float32]), weight_grad=st.booleans(),
+       scale=st.sampled_from([1.0, 0.0, 1e-20]))
+def test_native_update_ops_equal_the_reference(n, f, seed, dtype, weight_grad, scale):
+    """``painnfx_native::painn_update`` and its backward against the reference in float64: atom
+    counts on both sides of the transposed-weight threshold (24), zero and tiny mu."""
+    from strategies import update_inputs
+
+    args = update_inputs(n, f, seed, scale=scale)
+    gen = torch.Generator().manual_seed(seed + 1)
+    gq, gmu = torch.randn(n, f, generator=gen, dtype=torch.float64), torch.randn(n, 3, f, generator=gen, dtype=torch.float64)
+    with dispatch.use_backend("reference"):
+        want = torch.ops.painnfx.painn_update(*args)
+        want_grads = torch.ops.painnfx.painn_update_backward(gq, gmu, *args, weight_grad)
+    cast = [a.to(dtype) if torch.is_tensor(a) else a for a in args]
+    got = NS.painn_update(*cast)
+    for name, g, w in zip(("q'", "mu'"), got, want):
+        _close(g, w, dtype, name)
+    grads = NS.painn_update_backward(gq.to(dtype), gmu.to(dtype), *cast, weight_grad)
+    names = ("dL/dq", "dL/dmu", "dL/dU", "dL/dW1", "dL/db1", "dL/dW2", "dL/db2")
+    for name, g, w in zip(names, grads, want_grads):
+        if w is None or w.numel() == 0:
+            assert g.numel() == 0, name
+        else:
+            _close(g, w, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_opcheck_and_gradcheck_of_the_native_update_ops(dtype):
+    from strategies import update_inputs
+
+    for n in (0, 3, 26):
+        args = [a.to(dtype).requires_grad_() if torch.is_tensor(a) else a for a in update_inputs(n, 5, n)]
+        _opcheck(NS.painn_update.default, tuple(args))
+        plain = [a.detach() if torch.is_tensor(a) else a for a in args]
+        g = (torch.ones(n, 5, dtype=dtype), torch.ones(n, 3, 5, dtype=dtype))
+        for weight_grad in (True, False):
+            _opcheck(NS.painn_update_backward.default, (*g, *plain, weight_grad))
+    if dtype == torch.float64:
+        args = [a.requires_grad_() if torch.is_tensor(a) else a for a in update_inputs(4, 3, 7)]
+        torch.autograd.gradcheck(lambda *t: NS.painn_update(*t, args[-1]), tuple(args[:-1]))

@@ -32,7 +32,7 @@ from ..build_cache import BuildCache, digest
 from .build import HERE, INCLUDE, CpuBuildError, _cpu_identity, compiler, flags
 
 #: the operators, and the message kernels they call (the ctypes library's source, built in here too)
-SOURCES = (HERE / "native_ops.cpp", HERE / "painn_message.cpp")
+SOURCES = (HERE / "native_ops.cpp", HERE / "painn_message.cpp", HERE / "painn_update.cpp")
 HEADERS = (HERE / "small_products.h", HERE / "cpu_common.h", INCLUDE / "radial.cuh")
 NAMESPACE = "painnfx_native"
 #: what ``dense_form`` returns: which path ``dense`` takes
@@ -180,3 +180,32 @@ def _register_message_ops() -> None:
                 gw if weight_grad else None, gb if weight_grad else None, None, None, None, None, None)
 
     torch.library.register_autograd(f"{ns}::painn_message", backward, setup_context=setup_context)
+    _register_update_ops()
+
+
+def _register_update_ops() -> None:
+    ns = NAMESPACE
+
+    @torch.library.register_fake(f"{ns}::painn_update")
+    def _update_fake(q, mu, mix_weight, w1, b1, w2, b2, epsilon):
+        return q.new_empty(q.shape), mu.new_empty(mu.shape)
+
+    @torch.library.register_fake(f"{ns}::painn_update_backward")
+    def _update_backward_fake(gq, gmu, q, mu, mix_weight, w1, b1, w2, b2, epsilon, weight_grad):
+        like = (mix_weight, w1, b1, w2, b2) if weight_grad else (q.new_empty(0),) * 5
+        return (q.new_empty(q.shape), mu.new_empty(mu.shape), *(t.new_empty(t.shape) for t in like))
+
+    def setup_context(ctx, inputs, output):
+        *tensors, epsilon = inputs
+        ctx.save_for_backward(*tensors)
+        ctx.epsilon = epsilon
+
+    def backward(ctx, gq, gmu):
+        q, mu, mix_weight, w1, b1, w2, b2 = ctx.saved_tensors
+        weight_grad = any(ctx.needs_input_grad[2:7])
+        grads = torch.ops.painnfx_native.painn_update_backward(gq, gmu, q, mu, mix_weight, w1, b1, w2, b2,
+                                                               ctx.epsilon, weight_grad)
+        weights = grads[2:] if weight_grad else (None,) * 5
+        return (grads[0], grads[1], *weights, None)
+
+    torch.library.register_autograd(f"{ns}::painn_update", backward, setup_context=setup_context)

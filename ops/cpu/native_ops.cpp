@@ -1,10 +1,11 @@
 // Operators registered with torch's dispatcher in C++ (namespace painnfx_native), so that a
 // compiled graph calls them with no Python in between: Inductor's C++ wrapper calls them directly,
 // its Python wrapper through one OpOverload call. Built against the installed torch's headers
-// by native.py, with painn_message.cpp (whose kernels the message ops below call); fakes and
+// by native.py, with painn_message.cpp and painn_update.cpp (whose kernels the fused ops below
+// call); fakes and
 // autograd formulas are registered from Python there.
 //
-// prepare_edges, painn_message, painn_message_backward: the fused ops of a joint graph
+// prepare_edges, painn_message(_backward), painn_update(_backward): the fused ops of a joint graph
 // (rewriter/native.py swaps them in where the "cpp" backend would run): the same C++ kernels
 // as the ctypes backend (backend.py), with its argument handling written here instead of in
 // Python; the radial basis and cutoff come as the kernels' ids and constants (ops.radial).
@@ -25,6 +26,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -108,6 +110,17 @@ namespace {
 PAINNFX_DECLARE(float, f32)
 PAINNFX_DECLARE(double, f64)
 #undef PAINNFX_DECLARE
+
+// painn_update.cpp's entry points
+#define PAINNFX_DECLARE_UPDATE(T, S)                                                                               \
+    extern "C" void painn_update_forward_##S(const T*, const T*, const T*, const T*, const T*, const T*, const T*,  \
+                                             const T*, const T*, const T*, T, std::int64_t, int, T*, T*, int);      \
+    extern "C" void painn_update_backward_##S(const T*, const T*, const T*, const T*, const T*, const T*, const T*, \
+                                              const T*, const T*, const T*, const T*, const T*, T, std::int64_t,   \
+                                              int, T*, T*, T*, T*, T*, T*, T*, int);
+PAINNFX_DECLARE_UPDATE(float, f32)
+PAINNFX_DECLARE_UPDATE(double, f64)
+#undef PAINNFX_DECLARE_UPDATE
 
 // fixed number of atom chunks whose weight-gradient partials are added in order (backend.py's PARTS)
 constexpr std::int64_t PARTS = 64;
@@ -250,6 +263,96 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> painn_mes
     return {gr, gx, gmu, total.narrow(1, 0, k).clone(), total.select(1, k).clone()};
 }
 
+// From this many atoms on the update kernels take their weights transposed (three copies per
+// call) for the register-blocked products; below, dot products with the weights as given
+// (backend.py's UPDATE_TRANSPOSE_ATOMS, the same variable).
+std::int64_t update_transpose_atoms() {
+    static const std::int64_t atoms = [] {
+        const char* v = std::getenv("PAINNFX_UPDATE_TRANSPOSE_ATOMS");
+        return v ? std::atoll(v) : std::int64_t(24);
+    }();
+    return atoms;
+}
+
+struct UpdateWeights {
+    at::Tensor u, w1, b1, w2, b2, ut, w1t, w2t;  // as given (contiguous), and transposed or undefined
+    UpdateWeights(std::int64_t n, const at::Tensor& mix, const at::Tensor& w1_, const at::Tensor& b1_,
+                  const at::Tensor& w2_, const at::Tensor& b2_)
+        : u(mix.contiguous()), w1(w1_.contiguous()), b1(b1_.contiguous()), w2(w2_.contiguous()), b2(b2_.contiguous()) {
+        if (n >= update_transpose_atoms()) {
+            ut = u.t().contiguous();
+            w1t = w1.t().contiguous();
+            w2t = w2.t().contiguous();
+        }
+    }
+};
+
+std::tuple<at::Tensor, at::Tensor> painn_update(const at::Tensor& q_in, const at::Tensor& mu_in,
+                                                const at::Tensor& mix_weight, const at::Tensor& w1,
+                                                const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
+                                                double epsilon) {
+    check_floats("painn_update", q_in, {&mu_in, &mix_weight, &w1, &b1, &w2, &b2});
+    const std::int64_t n = q_in.size(0), f = q_in.size(1);
+    at::Tensor q_out = at::empty({n, f}, q_in.options()), mu_out = at::empty({n, 3, f}, q_in.options());
+    if (n == 0) return {q_out, mu_out};
+    const at::Tensor q = q_in.contiguous(), mu = mu_in.contiguous();
+    const UpdateWeights w(n, mix_weight, w1, b1, w2, b2);
+    auto run = [&](auto zero, auto kernel) {
+        using T = decltype(zero);
+        kernel(ptr<T>(q), ptr<T>(mu), ptr<T>(w.u), ptr<T>(w.w1), ptr<T>(w.b1), ptr<T>(w.w2), ptr<T>(w.b2),
+               ptr<T>(w.ut), ptr<T>(w.w1t), ptr<T>(w.w2t), T(epsilon), n, int(f), q_out.mutable_data_ptr<T>(),
+               mu_out.mutable_data_ptr<T>(), at::get_num_threads());
+    };
+    if (q.scalar_type() == at::kFloat)
+        run(0.0f, painn_update_forward_f32);
+    else
+        run(0.0, painn_update_forward_f64);
+    return {q_out, mu_out};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> painn_update_backward(
+    const at::Tensor& gq_in, const at::Tensor& gmu_in, const at::Tensor& q_in, const at::Tensor& mu_in,
+    const at::Tensor& mix_weight, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+    const at::Tensor& b2, double epsilon, bool weight_grad) {
+    check_floats("painn_update_backward", q_in, {&gq_in, &gmu_in, &mu_in, &mix_weight, &w1, &b1, &w2, &b2});
+    const std::int64_t n = q_in.size(0), f = q_in.size(1);
+    const auto opt = q_in.options();
+    at::Tensor gq = at::empty({n, f}, opt), gmu = at::empty({n, 3, f}, opt);
+    // the per-atom factors of the weight gradients: dL/d[V, W], dL/dpre, dL/dx, [q, |V|], h
+    at::Tensor gvw, gpre, gx, ctx, h;
+    if (weight_grad) {
+        gvw = at::empty({n, 3, 2 * f}, opt);
+        gpre = at::empty({n, f}, opt);
+        gx = at::empty({n, 3 * f}, opt);
+        ctx = at::empty({n, 2 * f}, opt);
+        h = at::empty({n, f}, opt);
+    }
+    if (n) {
+        const at::Tensor g1 = gq_in.contiguous(), g2 = gmu_in.contiguous(), q = q_in.contiguous(), mu = mu_in.contiguous();
+        const UpdateWeights w(n, mix_weight, w1, b1, w2, b2);
+        auto out = [&](auto zero, const at::Tensor& t) {
+            using T = decltype(zero);
+            return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
+        };
+        auto run = [&](auto zero, auto kernel) {
+            using T = decltype(zero);
+            kernel(ptr<T>(g1), ptr<T>(g2), ptr<T>(q), ptr<T>(mu), ptr<T>(w.u), ptr<T>(w.w1), ptr<T>(w.b1),
+                   ptr<T>(w.w2), ptr<T>(w.b2), ptr<T>(w.ut), ptr<T>(w.w1t), ptr<T>(w.w2t), T(epsilon), n, int(f),
+                   gq.mutable_data_ptr<T>(), gmu.mutable_data_ptr<T>(), out(zero, gvw), out(zero, gpre),
+                   out(zero, gx), out(zero, ctx), out(zero, h), at::get_num_threads());
+        };
+        if (q.scalar_type() == at::kFloat)
+            run(0.0f, painn_update_backward_f32);
+        else
+            run(0.0, painn_update_backward_f64);
+    }
+    auto none = [&] { return at::empty({0}, opt); };
+    if (!weight_grad) return {gq, gmu, none(), none(), none(), none(), none()};
+    // sums over atoms as matrix products (reference.update_weight_gradients)
+    const at::Tensor g_mix = gvw.reshape({-1, 2 * f}).t().mm(mu_in.reshape({-1, f}));
+    return {gq, gmu, g_mix, gpre.t().mm(ctx), gpre.sum(0), gx.t().mm(h), gx.sum(0)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(painnfx_native, m) {
@@ -261,6 +364,11 @@ TORCH_LIBRARY(painnfx_native, m) {
     m.def("painn_message_backward(Tensor gq, Tensor gmu, Tensor r, Tensor idx_i, Tensor idx_j, Tensor dst_ptr, "
           "Tensor dst_perm, Tensor src_ptr, Tensor src_perm, Tensor x, Tensor? mu, Tensor weight, Tensor bias, Tensor basis_params, int basis, int cutoff, float c0, "
           "float c1, bool weight_grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+    m.def("painn_update(Tensor q, Tensor mu, Tensor mix_weight, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
+          "float epsilon) -> (Tensor, Tensor)");
+    m.def("painn_update_backward(Tensor grad_0, Tensor grad_1, Tensor q, Tensor mu, Tensor mix_weight, Tensor w1, "
+          "Tensor b1, Tensor w2, Tensor b2, float epsilon, bool weight_grad) "
+          "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(painnfx_native, CPU, m) {
@@ -269,4 +377,6 @@ TORCH_LIBRARY_IMPL(painnfx_native, CPU, m) {
     m.impl("prepare_edges", &prepare_edges);
     m.impl("painn_message", &painn_message);
     m.impl("painn_message_backward", &painn_message_backward);
+    m.impl("painn_update", &painn_update);
+    m.impl("painn_update_backward", &painn_update_backward);
 }
