@@ -29,6 +29,21 @@ def test_md_text_output(capsys):
     assert "path: " in out  # the auto policy's choice for this size, and why
 
 
+def test_md_reports_the_native_ops_of_its_joint_graph(capsys, monkeypatch):
+    """With the joint graphs on, `painnfx md` runs a compiled joint graph after the first step and
+    reports the native ops it ran (counted in C++), next to the fused ops' Python calls."""
+    from helpers import native_ops_expected
+
+    if not native_ops_expected():
+        pytest.skip("the native ops are off here")
+    monkeypatch.setenv("PAINNFX_JOINT", "1")
+    main(["md", "--steps", "3", "--compare-steps", "0", "--size", "1", "--json", "--quiet", "--dtype", "float64"])
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["path_choices"][0]["path"] in ("joint", "plain-joint")
+    assert summary["kernels"]["dense"]["native"] >= 3 * 10  # 4 calls after the policy's, ~30 products each
+
+
 def test_md_json_summary_fused_path(capsys):
     """`painnfx md --optimize on`: the fused graph ran every step on the C++ kernels, and the
     trajectory equals the unoptimized replay."""

@@ -137,3 +137,14 @@ def test_one_node_under_compile_and_export():
     ep = torch.export.export(M(), (a, b, bias))
     assert sum(n.target == torch.ops.painnfx_native.dense.default for n in ep.graph.nodes) == 1
     torch.testing.assert_close(torch.compile(M(), fullgraph=True)(a, b, bias), torch.addmm(bias, a, b).relu())
+
+
+def test_the_library_counts_each_call():
+    """``native.call_counts``: what ran natively, counted in C++ (what `painnfx md` reports)."""
+    a, b, bias = _operands(3, 5, 4, "dot", torch.float64, True, 11)
+    before = native.call_counts()
+    for _ in range(3):
+        dense(a, b, bias)
+    after = native.call_counts()
+    assert after["dense"] - before["dense"] == 3
+    assert all(after[op] == before[op] for op in native.COUNTED if op != "dense")

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from painnfx.ops.cpu import native
 from painnfx.ops.dispatch import backends_that_ran, record_calls
 
 from .dtypes import DTYPES
@@ -120,6 +121,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def _with_native(kernels: dict, native_ran: dict) -> dict:
+    """{op: {backend: calls}} with the native ops' calls added as backend "native"."""
+    out = {op: dict(v) for op, v in kernels.items()}
+    for op, k in native_ran.items():
+        if k:
+            out.setdefault(op, {})["native"] = k
+    return out
+
+
 def main_md(args) -> int:
     from painnfx.model.calculator import PaiNNCalculator
     from painnfx.model.default import is_trained_default
@@ -146,8 +156,10 @@ def main_md(args) -> int:
     calc = PaiNNCalculator(model, device=args.device, dtype=dtype, optimize=optimize, cuda_graphs=args.cuda_graphs)
     if not args.quiet and not args.checkpoint and not is_trained_default():
         print("note: no trained default checkpoint is installed; using the deterministic random model (seed 0)")
+    native_before = native.call_counts()
     with record_calls() as calls:
         energies, positions, seconds = run_md(atoms, calc, args, args.steps, not args.quiet, args.trajectory)
+    native_ran = {op: k - native_before.get(op, 0) for op, k in native.call_counts().items()}
     n = len(atoms)
     report = getattr(calc.evaluator, "report", None)
     drift = energies - energies[0]
@@ -163,7 +175,8 @@ def main_md(args) -> int:
         "fused_nodes": report.fused_nodes if calc.optimized else 0,
         "path_choices": [{k: c[k] for k in ("atoms", "edges", "path", "why")} for c in report.path_choices]
         if calc.optimized else [],
-        "kernels": backends_that_ran(calls),  # which implementation ran each fused op, and how often
+        # which implementation ran each fused op, and how often (the native ops counted in C++)
+        "kernels": _with_native(backends_that_ran(calls), native_ran),
         # the first step's one-off cost of the compiled joint graph (trace + Inductor), not in steps_per_s
         "joint_compile_s": {k: g["compile_seconds"] for k, g in report.joint.get("graphs", {}).items()}
         if calc.optimized else {},
@@ -187,7 +200,7 @@ def main_md(args) -> int:
         for key, sec in summary["joint_compile_s"].items():
             print(f"  joint graph ({key}) traced and compiled in {sec} s (first step, not in the step rate)")
         if summary["kernels"]:
-            print("  fused ops ran on: " + ", ".join(f"{op} {'/'.join(f'{b} x{k}' for b, k in v.items())}"
+            print("  ops ran on: " + ", ".join(f"{op} {'/'.join(f'{b} x{k}' for b, k in v.items())}"
                                                        for op, v in summary["kernels"].items()))
         print(f"  {summary['steps_per_s']:.2f} steps/s")
         print(f"  energy drift {summary['energy_drift_eV_per_atom']:.2e} eV/atom "

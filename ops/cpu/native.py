@@ -108,6 +108,19 @@ def info() -> dict:
     return dict(_state.get("info", {}))
 
 
+#: the order of ``call_counts``' entries (native_ops.cpp's enum Op)
+COUNTED = ("dense", "prepare_edges", "painn_message", "painn_message_backward", "painn_update",
+           "painn_update_backward")
+
+
+def call_counts() -> dict:
+    """{op: calls} of the native ops since the library was loaded ({} when it is not): what ran
+    natively, counted in C++ (also calls from Inductor's C++ wrapper, which no Python hook sees)."""
+    if library() is None:
+        return {}
+    return dict(zip(COUNTED, torch.ops.painnfx_native.call_counts()))
+
+
 def dense_form(a: torch.Tensor, b: torch.Tensor, bias: Optional[torch.Tensor] = None) -> str:
     """Which path ``dense(a, b, bias)`` takes here: "dot", "axpy" (the small-row kernels) or "blas"."""
     return FORMS[int(torch.ops.painnfx_native.dense_form(a, b, bias))]

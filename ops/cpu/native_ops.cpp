@@ -25,6 +25,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <optional>
@@ -34,6 +35,19 @@
 #include "small_products.h"
 
 namespace {
+
+// How often each op ran since the library was loaded (relaxed atomic increments: free next to a
+// call): the record of what ran natively, with no profiler (native.call_counts).
+enum Op { DENSE, PREPARE_EDGES, MESSAGE, MESSAGE_BACKWARD, UPDATE, UPDATE_BACKWARD, N_OPS };
+std::atomic<std::int64_t> calls[N_OPS];
+
+void count(Op op) { calls[op].fetch_add(1, std::memory_order_relaxed); }
+
+std::vector<std::int64_t> call_counts() {
+    std::vector<std::int64_t> out(N_OPS);
+    for (int k = 0; k < N_OPS; ++k) out[k] = calls[k].load(std::memory_order_relaxed);
+    return out;
+}
 
 constexpr std::int64_t DOT_MAX_ROWS = 4, AXPY_MAX_ROWS = 4;
 // columns per parallel chunk: at least this many multiply-adds each (a thread's wake-up costs more
@@ -76,6 +90,7 @@ void run(Form form, const at::Tensor& a, const at::Tensor& b, const std::optiona
 }
 
 at::Tensor dense(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias) {
+    count(DENSE);
     const Form form = form_of(a, b, bias);
     if (form == Form::blas) return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
     at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
@@ -159,6 +174,7 @@ std::tuple<at::Tensor, at::Tensor> order(const at::Tensor& idx, std::int64_t n) 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prepare_edges(const at::Tensor& r_in, const at::Tensor& idx_i_in,
                                                                      const at::Tensor& idx_j_in, std::int64_t n_atoms) {
+    count(PREPARE_EDGES);
     const char* op = "prepare_edges";
     TORCH_CHECK_VALUE(r_in.dim() == 2 && r_in.size(1) == 3, op, ": r must have shape (E, 3), got ", r_in.sizes());
     const std::int64_t e = r_in.size(0);
@@ -200,6 +216,7 @@ std::tuple<at::Tensor, at::Tensor> painn_message(const at::Tensor& r_in, const a
                                                  const at::Tensor& weight, const at::Tensor& bias_in,
                                                  const at::Tensor& basis_params, std::int64_t basis,
                                                  std::int64_t cutoff, double c0, double c1) {
+    count(MESSAGE);
     check_floats("painn_message", x_in, {&r_in, &weight, &bias_in, &basis_params});
     const std::int64_t n = x_in.size(0), f = x_in.size(1) / 3, k = basis_params.size(1), e = r_in.size(0);
     at::Tensor dq = at::zeros({n, f}, x_in.options()), dmu = at::zeros({n, 3, f}, x_in.options());
@@ -228,6 +245,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> painn_mes
     const at::Tensor& src_perm, const at::Tensor& x_in,
     const std::optional<at::Tensor>& mu_in, const at::Tensor& weight, const at::Tensor& bias_in,
     const at::Tensor& basis_params, std::int64_t basis, std::int64_t cutoff, double c0, double c1, bool weight_grad) {
+    count(MESSAGE_BACKWARD);
     check_floats("painn_message_backward", x_in, {&gq_in, &gmu_in, &r_in, &weight, &bias_in, &basis_params});
     const std::int64_t n = x_in.size(0), f = x_in.size(1) / 3, k = basis_params.size(1), e = r_in.size(0);
     at::Tensor gr = at::zeros_like(r_in, at::MemoryFormat::Contiguous), gx = at::zeros_like(x_in, at::MemoryFormat::Contiguous);
@@ -291,6 +309,7 @@ std::tuple<at::Tensor, at::Tensor> painn_update(const at::Tensor& q_in, const at
                                                 const at::Tensor& mix_weight, const at::Tensor& w1,
                                                 const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
                                                 double epsilon) {
+    count(UPDATE);
     check_floats("painn_update", q_in, {&mu_in, &mix_weight, &w1, &b1, &w2, &b2});
     const std::int64_t n = q_in.size(0), f = q_in.size(1);
     at::Tensor q_out = at::empty({n, f}, q_in.options()), mu_out = at::empty({n, 3, f}, q_in.options());
@@ -314,6 +333,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& gq_in, const at::Tensor& gmu_in, const at::Tensor& q_in, const at::Tensor& mu_in,
     const at::Tensor& mix_weight, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
     const at::Tensor& b2, double epsilon, bool weight_grad) {
+    count(UPDATE_BACKWARD);
     check_floats("painn_update_backward", q_in, {&gq_in, &gmu_in, &mu_in, &mix_weight, &w1, &b1, &w2, &b2});
     const std::int64_t n = q_in.size(0), f = q_in.size(1);
     const auto opt = q_in.options();
@@ -356,6 +376,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 }  // namespace
 
 TORCH_LIBRARY(painnfx_native, m) {
+    m.def("call_counts() -> int[]", &call_counts);
     m.def("dense(Tensor a, Tensor b, Tensor? bias=None) -> Tensor");
     m.def("dense_form(Tensor a, Tensor b, Tensor? bias=None) -> int");
     m.def("prepare_edges(Tensor r, Tensor idx_i, Tensor idx_j, SymInt n_atoms) -> (Tensor, Tensor, Tensor, Tensor)");
