@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Iterable, Optional
 
 import numpy as np
@@ -94,7 +96,11 @@ def check_system_tensors(model, positions, numbers, edge_index, shifts) -> None:
         raise InputError(f"shifts must have shape ({edge_index.shape[1]}, 3), got {tuple(shifts.shape)}")
     if positions.is_cuda and torch.cuda.is_current_stream_capturing():
         return  # values cannot be read inside a CUDA-graph capture (checked before each replay)
-    if not bool(torch.isfinite(positions).all()):
+    # the sum is finite exactly when every position is (a NaN or inf survives any sum; only a sum
+    # of huge finite values could overflow): one reduction, and the elementwise check only then
+    if not math.isfinite(float(positions.sum())) and not bool(torch.isfinite(positions).all()):
         raise InputError("positions contain NaN or inf")
-    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= positions.shape[0]):
-        raise InputError(f"edge_index refers to atoms outside 0..{positions.shape[0] - 1}")
+    if edge_index.numel():
+        lo, hi = (int(v) for v in torch.aminmax(edge_index))
+        if lo < 0 or hi >= positions.shape[0]:
+            raise InputError(f"edge_index refers to atoms outside 0..{positions.shape[0] - 1}")

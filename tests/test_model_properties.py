@@ -171,3 +171,39 @@ def test_bad_tensors_are_named(change, match):
     pos, z, nl, _ = system_tensors(atoms, model.cutoff)
     with pytest.raises(InputError, match=match):
         compute_properties(model, *change(pos, z, nl.edge_index, nl.shifts))
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_non_finite_positions_are_named(bad):
+    from painnfx.model.default import random_model
+    from painnfx.ops import InputError
+
+    model = random_model(0, n_atom_basis=8, n_interactions=1, n_rbf=4).double()
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.2, 0.0]], dtype=torch.float64)
+    pos[1, 2] = float(bad)
+    edge_index = torch.tensor([[0, 1, 0, 2], [1, 0, 2, 0]])
+    with pytest.raises(InputError, match="positions contain NaN or inf"):
+        compute_properties(model, pos, torch.tensor([1, 1, 8]), edge_index, torch.zeros(4, 3, dtype=torch.float64))
+
+
+def test_huge_finite_positions_are_not_mistaken_for_inf():
+    """The finiteness check sums the positions first: a sum that overflows from finite values
+    takes the elementwise check, which passes (an isolated far-away atom is valid input)."""
+    from painnfx.model.default import random_model
+
+    model = random_model(0, n_atom_basis=8, n_interactions=1, n_rbf=4).double()
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1e308, 1e308, 1e308]], dtype=torch.float64)
+    out = compute_properties(model, pos, torch.tensor([1, 1]), torch.zeros(2, 0, dtype=torch.long),
+                             torch.zeros(0, 3, dtype=torch.float64))
+    assert torch.isfinite(out.energy).all() and torch.equal(out.forces, torch.zeros_like(pos))
+
+
+def test_edge_indices_out_of_range_are_named():
+    from painnfx.model.default import random_model
+    from painnfx.ops import InputError
+
+    model = random_model(0, n_atom_basis=8, n_interactions=1, n_rbf=4).double()
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    for edge_index in (torch.tensor([[0, 2], [1, 0]]), torch.tensor([[0, -1], [1, 0]])):
+        with pytest.raises(InputError, match="edge_index refers to atoms outside 0..1"):
+            compute_properties(model, pos, torch.tensor([1, 1]), edge_index, torch.zeros(2, 3, dtype=torch.float64))
