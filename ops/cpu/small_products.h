@@ -47,12 +47,9 @@ struct Halves<T, 2 * sizeof(T)> {
     static inline T sum(whole v) { return v[0] + v[1]; }
 };
 
-// Rows at a time: AVX-512 has 32 vector registers (4 x 4 accumulators fit), AVX2 and SSE 16.
-#if defined(__AVX512F__)
-constexpr int BLOCK_ROWS = 4;
-#else
-constexpr int BLOCK_ROWS = 2;
-#endif
+// Rows at a time: AVX-512 (one-register blocks of 64 bytes) has 32 vector registers, so 4 x 4
+// accumulators fit; AVX2 and SSE have 16.
+constexpr int BLOCK_ROWS = VECTOR_BYTES == 64 ? 4 : 2;
 
 // R rows x nc (<= 4) columns of the dot form
 template <typename T, int R>
@@ -86,26 +83,36 @@ inline void dot_block(const T* __restrict a, std::int64_t lda, const T* __restri
         }
 }
 
+// R rows, columns [c0, c1) of the dot form: b = w^T, w (N, K) with row stride ldw
 template <typename T, int R>
-inline void dot_columns(const T* a, std::int64_t lda, const T* w, std::int64_t ldw, const T* bias, int K, T* out,
-                        std::int64_t ldo, std::int64_t c0, std::int64_t c1) {
-    for (std::int64_t c = c0; c < c1; c += 4)
-        dot_block<T, R>(a, lda, w + c * ldw, ldw, bias ? bias + c : nullptr, K, out + c, ldo,
-                        int(c1 - c < 4 ? c1 - c : 4));
+struct DotColumns {
+    static void run(const T* a, std::int64_t lda, const T* w, std::int64_t ldw, const T* bias, int K, T* out,
+                    std::int64_t ldo, std::int64_t c0, std::int64_t c1) {
+        for (std::int64_t c = c0; c < c1; c += 4)
+            dot_block<T, R>(a, lda, w + c * ldw, ldw, bias ? bias + c : nullptr, K, out + c, ldo,
+                            int(c1 - c < 4 ? c1 - c : 4));
+    }
+};
+
+// Rows [0, M) in blocks of BLOCK_ROWS, then 2, then 1 (Columns<T, R>::run on each block).
+template <template <typename, int> class Columns, typename T>
+inline void row_blocks(const T* a, std::int64_t lda, const T* b, std::int64_t ldb, const T* bias, int M, int K,
+                       T* out, std::int64_t ldo, std::int64_t c0, std::int64_t c1) {
+    int m = 0;
+    for (; m + BLOCK_ROWS <= M; m += BLOCK_ROWS)
+        Columns<T, BLOCK_ROWS>::run(a + m * lda, lda, b, ldb, bias, K, out + m * ldo, ldo, c0, c1);
+    if (BLOCK_ROWS > 2 && m + 2 <= M) {
+        Columns<T, 2>::run(a + m * lda, lda, b, ldb, bias, K, out + m * ldo, ldo, c0, c1);
+        m += 2;
+    }
+    for (; m < M; ++m) Columns<T, 1>::run(a + m * lda, lda, b, ldb, bias, K, out + m * ldo, ldo, c0, c1);
 }
 
 // The dot form for rows [0, M) and columns [c0, c1): w (N, K) with row stride ldw.
 template <typename T>
 inline void dot_product(const T* a, std::int64_t lda, const T* w, std::int64_t ldw, const T* bias, int M, int K,
                         T* out, std::int64_t ldo, std::int64_t c0, std::int64_t c1) {
-    int m = 0;
-    for (; m + BLOCK_ROWS <= M; m += BLOCK_ROWS)
-        dot_columns<T, BLOCK_ROWS>(a + m * lda, lda, w, ldw, bias, K, out + m * ldo, ldo, c0, c1);
-    if (BLOCK_ROWS > 2 && m + 2 <= M) {
-        dot_columns<T, 2>(a + m * lda, lda, w, ldw, bias, K, out + m * ldo, ldo, c0, c1);
-        m += 2;
-    }
-    for (; m < M; ++m) dot_columns<T, 1>(a + m * lda, lda, w, ldw, bias, K, out + m * ldo, ldo, c0, c1);
+    row_blocks<DotColumns, T>(a, lda, w, ldw, bias, M, K, out, ldo, c0, c1);
 }
 
 // R rows x C vectors of columns of the axpy form
@@ -131,34 +138,31 @@ inline void axpy_block(const T* __restrict a, std::int64_t lda, const T* __restr
         for (int c = 0; c < C; ++c) std::memcpy(out + r * ldo + c * L, &acc[r][c], sizeof(V));
 }
 
+// R rows, columns [c0, c1) of the axpy form: b (K, N) with row stride ldb
 template <typename T, int R>
-inline void axpy_columns(const T* a, std::int64_t lda, const T* b, std::int64_t ldb, const T* bias, int K, T* out,
-                         std::int64_t ldo, std::int64_t c0, std::int64_t c1) {
-    constexpr int L = Vec<T, VECTOR_BYTES>::L;
-    std::int64_t c = c0;
-    for (; c + 2 * L <= c1; c += 2 * L)
-        axpy_block<T, R, 2>(a, lda, b + c, ldb, bias ? bias + c : nullptr, K, out + c, ldo);
-    for (; c + L <= c1; c += L) axpy_block<T, R, 1>(a, lda, b + c, ldb, bias ? bias + c : nullptr, K, out + c, ldo);
-    for (; c < c1; ++c)  // the columns past the last whole vector
-        for (int r = 0; r < R; ++r) {
-            T s = bias ? bias[c] : T(0);
-            for (int k = 0; k < K; ++k) s += a[r * lda + k] * b[k * ldb + c];
-            out[r * ldo + c] = s;
-        }
-}
+struct AxpyColumns {
+    static void run(const T* a, std::int64_t lda, const T* b, std::int64_t ldb, const T* bias, int K, T* out,
+                    std::int64_t ldo, std::int64_t c0, std::int64_t c1) {
+        constexpr int L = Vec<T, VECTOR_BYTES>::L;
+        std::int64_t c = c0;
+        for (; c + 2 * L <= c1; c += 2 * L)
+            axpy_block<T, R, 2>(a, lda, b + c, ldb, bias ? bias + c : nullptr, K, out + c, ldo);
+        for (; c + L <= c1; c += L)
+            axpy_block<T, R, 1>(a, lda, b + c, ldb, bias ? bias + c : nullptr, K, out + c, ldo);
+        for (; c < c1; ++c)  // the columns past the last whole vector
+            for (int r = 0; r < R; ++r) {
+                T s = bias ? bias[c] : T(0);
+                for (int k = 0; k < K; ++k) s += a[r * lda + k] * b[k * ldb + c];
+                out[r * ldo + c] = s;
+            }
+    }
+};
 
 // The axpy form for rows [0, M) and columns [c0, c1): b (K, N) with row stride ldb.
 template <typename T>
 inline void axpy_product(const T* a, std::int64_t lda, const T* b, std::int64_t ldb, const T* bias, int M, int K,
                          T* out, std::int64_t ldo, std::int64_t c0, std::int64_t c1) {
-    int m = 0;
-    for (; m + BLOCK_ROWS <= M; m += BLOCK_ROWS)
-        axpy_columns<T, BLOCK_ROWS>(a + m * lda, lda, b, ldb, bias, K, out + m * ldo, ldo, c0, c1);
-    if (BLOCK_ROWS > 2 && m + 2 <= M) {
-        axpy_columns<T, 2>(a + m * lda, lda, b, ldb, bias, K, out + m * ldo, ldo, c0, c1);
-        m += 2;
-    }
-    for (; m < M; ++m) axpy_columns<T, 1>(a + m * lda, lda, b, ldb, bias, K, out + m * ldo, ldo, c0, c1);
+    row_blocks<AxpyColumns, T>(a, lda, b, ldb, bias, M, K, out, ldo, c0, c1);
 }
 
 }  // namespace
