@@ -48,7 +48,7 @@ def trace(fn: Callable, *tensors, backend: Optional[str] = None) -> fx.GraphModu
     ops, which autograd differentiates at trace time (saving, not recomputing, their activations).
     On the CPU the matrix products, and the fused ops where ``backend`` (the optimized model's)
     runs the C++ kernels, become native ops (native.py): no Python per call."""
-    inlined = set(JOINT_INLINED) - natively_run(backend)  # a native twin beats both (native.py)
+    inlined = set(JOINT_INLINED) - natively_run(backend)  # an op run natively is traced as the op
     with inline_reference(inlined):
         gm = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*tensors)
     use_native_ops(gm, backend)
@@ -124,7 +124,6 @@ class JointGraphs:
             return out
         with torch.inference_mode():
             return runner(*tensors)
-
 
     def _compiled(self, gm: fx.GraphModule, options: dict, example: tuple):
         """``gm`` compiled with ``options`` (or ``gm`` itself when not compiling), run once on

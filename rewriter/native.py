@@ -81,7 +81,7 @@ def _val(arg):
     return arg.meta.get("val") if isinstance(arg, fx.Node) else None
 
 
-def _radial_args(node: fx.Node, basis_params, basis, cutoff, cutoff_params, x) -> Optional[tuple]:
+def _radial_args(basis_params, basis, cutoff, cutoff_params, x) -> Optional[tuple]:
     """(basis id, cutoff id, c0, c1) for a native message op, or None when the kernels cannot take
     this spec or dtype (the Python op keeps the node, and says why when it runs)."""
     params, xv = _val(basis_params), _val(x)
@@ -129,14 +129,14 @@ def _native_fused_ops(gm: fx.GraphModule) -> int:
             _replace(gm, node, getattr(ns, name).default, tuple(node.args))
         elif target == "painnfx.painn_message.default":
             r, idx_i, idx_j, edges, x, mu, weight, bias, params, basis, cutoff, cutoff_params = node.args[:12]
-            radial = _radial_args(node, params, basis, cutoff, cutoff_params, x)
+            radial = _radial_args(params, basis, cutoff, cutoff_params, x)
             if radial is None:
                 continue
             _replace(gm, node, ns.painn_message.default,
                      (r, idx_i, idx_j, *edges, x, mu, weight, bias, params, *radial))
         elif target == "painnfx.painn_message_backward.default":
             gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, params, basis, cutoff, cutoff_params = node.args[:14]
-            radial = _radial_args(node, params, basis, cutoff, cutoff_params, x)
+            radial = _radial_args(params, basis, cutoff, cutoff_params, x)
             if radial is None:
                 continue
             _replace(gm, node, ns.painn_message_backward.default,

@@ -191,3 +191,33 @@ def test_opcheck_and_gradcheck_of_the_native_update_ops(dtype):
     if dtype == torch.float64:
         args = [a.requires_grad_() if torch.is_tensor(a) else a for a in update_inputs(4, 3, 7)]
         torch.autograd.gradcheck(lambda *t: NS.painn_update(*t, args[-1]), tuple(args[:-1]))
+
+
+@settings(max_examples=3)
+@given(inp=message_inputs(max_atoms=4, max_edges=6))
+def test_native_ops_refuse_wrong_shapes(inp):
+    """A wrong call fails with the argument named, never reads out of bounds."""
+    from strategies import update_inputs
+
+    n = inp["x"].shape[0]
+    edges = list(NS.prepare_edges(inp["r"], inp["idx_i"], inp["idx_j"], n))
+    radial = _radial(inp, torch.float64)
+
+    def message(**change):
+        args = dict(r=inp["r"], idx_i=inp["idx_i"], idx_j=inp["idx_j"], dst_ptr=edges[0], dst_perm=edges[1],
+                    src_ptr=edges[2], src_perm=edges[3], x=inp["x"], mu=inp["mu"], weight=inp["weight"],
+                    bias=inp["bias"], basis_params=inp["basis_params"])
+        args.update(change)
+        return NS.painn_message(*args.values(), *radial)
+
+    with pytest.raises(ValueError, match="painn_message: dst_ptr must be an int64 CPU tensor of shape"):
+        message(dst_ptr=edges[0][:-1])
+    with pytest.raises(ValueError, match="painn_message: weight must have shape"):
+        message(weight=inp["weight"][:, :-1])
+    with pytest.raises(ValueError, match="painn_message: idx_j must be an int64"):
+        message(idx_j=inp["idx_j"].int())
+    q, mu, *weights, eps = update_inputs(3, 4, 0)
+    with pytest.raises(ValueError, match="painn_update: w1 must have shape"):
+        NS.painn_update(q, mu, weights[0], weights[1][:, :-1], *weights[2:], eps)
+    with pytest.raises(ValueError, match="painn_update_backward: grad_1 must have shape"):
+        NS.painn_update_backward(q, mu[:2], q, mu, *weights, eps, False)

@@ -158,6 +158,51 @@ void check_floats(const char* op, const at::Tensor& x, std::initializer_list<con
                           x.scalar_type(), " on the CPU, got ", t->scalar_type(), " on ", t->device());
 }
 
+void check_shape(const char* op, const char* name, const at::Tensor& t, c10::IntArrayRef shape) {
+    TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+void check_index(const char* op, const char* name, const at::Tensor& t, std::int64_t size) {
+    TORCH_CHECK_VALUE(t.scalar_type() == at::kLong && t.dim() == 1 && t.size(0) == size && t.device().is_cpu(), op,
+                      ": ", name, " must be an int64 CPU tensor of shape (", size, ",), got ", t.scalar_type(), " ",
+                      t.sizes());
+}
+
+// The shapes of a message op's arguments (what ops/checks.py and edges.check_plan check for the
+// Python op): a graph calls these with tensors the Python op accepted, but a wrong call must fail
+// with a message, never read out of bounds.
+void check_message(const char* op, const at::Tensor& r, const at::Tensor& idx_i, const at::Tensor& idx_j,
+                   const at::Tensor& dst_ptr, const at::Tensor& dst_perm, const at::Tensor& src_ptr,
+                   const at::Tensor& src_perm, const at::Tensor& x, const std::optional<at::Tensor>& mu,
+                   const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& basis_params) {
+    TORCH_CHECK_VALUE(r.dim() == 2 && r.size(1) == 3, op, ": r must have shape (E, 3), got ", r.sizes());
+    TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) % 3 == 0, op, ": x must have shape (N, 3F), got ", x.sizes());
+    const std::int64_t e = r.size(0), n = x.size(0), f = x.size(1) / 3;
+    TORCH_CHECK_VALUE(basis_params.dim() == 2 && (basis_params.size(0) == 1 || basis_params.size(0) == 2), op,
+                      ": basis_params must have shape (1 or 2, K), got ", basis_params.sizes());
+    check_index(op, "idx_i", idx_i, e);
+    check_index(op, "idx_j", idx_j, e);
+    check_index(op, "dst_ptr", dst_ptr, n + 1);
+    check_index(op, "dst_perm", dst_perm, e);
+    check_index(op, "src_ptr", src_ptr, n + 1);
+    check_index(op, "src_perm", src_perm, e);
+    if (mu) check_shape(op, "mu", *mu, {n, 3, f});
+    check_shape(op, "weight", weight, {3 * f, basis_params.size(1)});
+    check_shape(op, "bias", bias, {3 * f});
+}
+
+void check_update(const char* op, const at::Tensor& q, const at::Tensor& mu, const at::Tensor& mix_weight,
+                  const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+    TORCH_CHECK_VALUE(q.dim() == 2, op, ": q must have shape (N, F), got ", q.sizes());
+    const std::int64_t n = q.size(0), f = q.size(1);
+    check_shape(op, "mu", mu, {n, 3, f});
+    check_shape(op, "mix_weight", mix_weight, {2 * f, f});
+    check_shape(op, "w1", w1, {f, 2 * f});
+    check_shape(op, "b1", b1, {f});
+    check_shape(op, "w2", w2, {3 * f, f});
+    check_shape(op, "b2", b2, {3 * f});
+}
+
 // Stable counting sort of edges by atom: (row pointers (N+1), permutation (E)).
 std::tuple<at::Tensor, at::Tensor> order(const at::Tensor& idx, std::int64_t n) {
     const std::int64_t e = idx.size(0);
@@ -218,16 +263,19 @@ std::tuple<at::Tensor, at::Tensor> painn_message(const at::Tensor& r_in, const a
                                                  std::int64_t cutoff, double c0, double c1) {
     count(MESSAGE);
     check_floats("painn_message", x_in, {&r_in, &weight, &bias_in, &basis_params});
+    check_message("painn_message", r_in, idx_i, idx_j_in, dst_ptr, dst_perm, src_ptr, src_perm, x_in, mu_in, weight,
+                  bias_in, basis_params);
     const std::int64_t n = x_in.size(0), f = x_in.size(1) / 3, k = basis_params.size(1), e = r_in.size(0);
     at::Tensor dq = at::zeros({n, f}, x_in.options()), dmu = at::zeros({n, 3, f}, x_in.options());
     if (n == 0 || e == 0) return {dq, dmu};
     const at::Tensor r = r_in.contiguous(), j = idx_j_in.contiguous(), x = x_in.contiguous();
+    const at::Tensor dp = dst_ptr.contiguous(), d_perm = dst_perm.contiguous();
     const at::Tensor wt = weight.t().contiguous(), b = bias_in.contiguous(), p = basis_params.contiguous();
     std::optional<at::Tensor> mu;
     if (mu_in) mu = mu_in->contiguous();
     auto run = [&](auto zero, auto kernel) {
         using T = decltype(zero);
-        kernel(ptr<T>(r), dst_ptr.const_data_ptr<std::int64_t>(), dst_perm.const_data_ptr<std::int64_t>(),
+        kernel(ptr<T>(r), dp.const_data_ptr<std::int64_t>(), d_perm.const_data_ptr<std::int64_t>(),
                j.const_data_ptr<std::int64_t>(), ptr<T>(x), ptr<T>(mu), ptr<T>(wt), ptr<T>(b), ptr<T>(p),
                p.size(0) > 1 ? ptr<T>(p) + k : nullptr, int(basis), int(cutoff), T(c0), T(c1), n, int(f), int(k),
                dq.mutable_data_ptr<T>(), dmu.mutable_data_ptr<T>(), at::get_num_threads());
@@ -247,6 +295,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> painn_mes
     const at::Tensor& basis_params, std::int64_t basis, std::int64_t cutoff, double c0, double c1, bool weight_grad) {
     count(MESSAGE_BACKWARD);
     check_floats("painn_message_backward", x_in, {&gq_in, &gmu_in, &r_in, &weight, &bias_in, &basis_params});
+    check_message("painn_message_backward", r_in, idx_i_in, idx_j, dst_ptr, dst_perm, src_ptr, src_perm, x_in, mu_in,
+                  weight, bias_in, basis_params);
+    check_shape("painn_message_backward", "grad_0", gq_in, {x_in.size(0), x_in.size(1) / 3});
+    check_shape("painn_message_backward", "grad_1", gmu_in, {x_in.size(0), 3, x_in.size(1) / 3});
     const std::int64_t n = x_in.size(0), f = x_in.size(1) / 3, k = basis_params.size(1), e = r_in.size(0);
     at::Tensor gr = at::zeros_like(r_in, at::MemoryFormat::Contiguous), gx = at::zeros_like(x_in, at::MemoryFormat::Contiguous);
     at::Tensor gmu = mu_in ? at::zeros_like(*mu_in, at::MemoryFormat::Contiguous) : at::empty({0}, x_in.options());
@@ -259,14 +311,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> painn_mes
     const std::int64_t parts = std::min(PARTS, n);
     at::Tensor partial = weight_grad ? at::empty({parts, 3 * f, k + 1}, x_in.options()) : at::Tensor();
     const at::Tensor gq = gq_in.contiguous(), gm = gmu_in.contiguous(), r = r_in.contiguous(), i = idx_i_in.contiguous();
+    const at::Tensor sp = src_ptr.contiguous(), s_perm = src_perm.contiguous();
     const at::Tensor x = x_in.contiguous(), wt = weight.t().contiguous(), b = bias_in.contiguous();
     const at::Tensor p = basis_params.contiguous();
     std::optional<at::Tensor> mu;
     if (mu_in) mu = mu_in->contiguous();
     auto run = [&](auto zero, auto kernel) {
         using T = decltype(zero);
-        kernel(ptr<T>(gq), ptr<T>(gm), ptr<T>(r), src_ptr.const_data_ptr<std::int64_t>(),
-               src_perm.const_data_ptr<std::int64_t>(), i.const_data_ptr<std::int64_t>(), ptr<T>(x), ptr<T>(mu),
+        kernel(ptr<T>(gq), ptr<T>(gm), ptr<T>(r), sp.const_data_ptr<std::int64_t>(),
+               s_perm.const_data_ptr<std::int64_t>(), i.const_data_ptr<std::int64_t>(), ptr<T>(x), ptr<T>(mu),
                ptr<T>(wt), ptr<T>(b), ptr<T>(p), p.size(0) > 1 ? ptr<T>(p) + k : nullptr, int(basis), int(cutoff),
                T(c0), T(c1), n, int(f), int(k), gr.mutable_data_ptr<T>(), gx.mutable_data_ptr<T>(),
                mu ? gmu.mutable_data_ptr<T>() : nullptr, weight_grad ? partial.mutable_data_ptr<T>() : nullptr,
@@ -311,6 +364,7 @@ std::tuple<at::Tensor, at::Tensor> painn_update(const at::Tensor& q_in, const at
                                                 double epsilon) {
     count(UPDATE);
     check_floats("painn_update", q_in, {&mu_in, &mix_weight, &w1, &b1, &w2, &b2});
+    check_update("painn_update", q_in, mu_in, mix_weight, w1, b1, w2, b2);
     const std::int64_t n = q_in.size(0), f = q_in.size(1);
     at::Tensor q_out = at::empty({n, f}, q_in.options()), mu_out = at::empty({n, 3, f}, q_in.options());
     if (n == 0) return {q_out, mu_out};
@@ -335,6 +389,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& b2, double epsilon, bool weight_grad) {
     count(UPDATE_BACKWARD);
     check_floats("painn_update_backward", q_in, {&gq_in, &gmu_in, &mu_in, &mix_weight, &w1, &b1, &w2, &b2});
+    check_update("painn_update_backward", q_in, mu_in, mix_weight, w1, b1, w2, b2);
+    check_shape("painn_update_backward", "grad_0", gq_in, q_in.sizes());
+    check_shape("painn_update_backward", "grad_1", gmu_in, mu_in.sizes());
     const std::int64_t n = q_in.size(0), f = q_in.size(1);
     const auto opt = q_in.options();
     at::Tensor gq = at::empty({n, f}, opt), gmu = at::empty({n, 3, f}, opt);
