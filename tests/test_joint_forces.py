@@ -335,3 +335,46 @@ def test_the_update_block_runs_natively_in_the_joint_graph_on_request(monkeypatc
     graph = fast.report.joint["graphs"]["energy+forces (joint)"]
     assert graph["fused"][fused_target("painn_update")] == 2 and graph["fused"][fused_target("painn_update_backward")] == 2
     assert ran.native["painnfx_native::painn_update"] >= 2 and ran.native["painnfx_native::painn_update_backward"] >= 2
+
+
+def test_without_the_native_ops_the_joint_graph_calls_the_fused_ops_through_python(monkeypatch):
+    """``PAINNFX_NATIVE=0`` (or no C++ compiler for the native library): the joint graph keeps the
+    ``painnfx::`` ops, run through Python on the C++ kernels, ATen's products and Inductor's Python
+    wrapper, and still equals eager."""
+    from helpers import CPU_KERNELS, assert_kernels
+    from painnfx.rewriter.native import wrapper_options
+
+    monkeypatch.setenv("PAINNFX_NATIVE", "0")
+    model, fast = _joint_model("joint")
+    atoms = molecule("CH4")
+    evaluate(fast, atoms)
+    with record_calls() as calls:
+        out = evaluate(fast, atoms)
+    assert_kernels(calls, CPU_KERNELS, 2, updates=0)
+    torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
+    gm = fast.joint_graphs.graphs["energy+forces (joint)"]
+    assert "painnfx.painn_message.default" in _targets(gm) and not fast.report.joint["graphs"][
+        "energy+forces (joint)"]["native"]
+    assert "aten.mm.default" in _targets(gm) and wrapper_options(gm) == {}
+
+
+def test_a_native_library_that_cannot_be_built_leaves_the_python_path(monkeypatch):
+    """A failed build of the native library: one warning saying why, ``enabled()`` false, and the
+    joint graphs are traced as before (the Python ops)."""
+    from painnfx.ops.cpu import native
+    from painnfx.ops.cpu.build import CpuBuildError
+    from painnfx.rewriter.native import enabled
+
+    def broken(use_cache=True):
+        raise CpuBuildError("g++ failed to build the native ops:\nsimulated")
+
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "build", broken)
+    with pytest.warns(UserWarning, match="the native CPU ops are unavailable .g\\+\\+ failed to build the native ops"):
+        assert native.library() is None
+    assert not enabled() and "simulated" in native.info()["error"] and native.call_counts() == {}
+    model, fast = _joint_model("joint")
+    atoms = molecule("H2O")
+    out = evaluate(fast, atoms)
+    assert "painnfx.painn_message.default" in _targets(fast.joint_graphs.graphs["energy+forces (joint)"])
+    torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)

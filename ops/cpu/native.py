@@ -91,10 +91,11 @@ def library() -> Optional[Path]:
                 torch.ops.load_library(str(path))
                 _register_python_parts()
                 _state.update(path=path, info=info)
-            except (CpuBuildError, OSError, RuntimeError) as exc:
+            except (CpuBuildError, OSError, RuntimeError, subprocess.SubprocessError) as exc:
                 _state.update(path=None, info={"error": str(exc)})
                 warnings.warn(f"painnfx: the native CPU ops are unavailable ({str(exc).splitlines()[0]}); compiled "
-                              "graphs keep ATen's matrix products", stacklevel=3)
+                              "graphs keep ATen's matrix products and call the fused ops through Python",
+                              stacklevel=3)
     return _state["path"]
 
 
