@@ -99,6 +99,12 @@ def test_native_prepare_edges_names_bad_values(bad, message):
         NS.prepare_edges(r, idx_i, idx_j, 3)
 
 
+def test_native_prepare_edges_refuses_a_negative_atom_count():
+    empty = torch.zeros(0, dtype=torch.long)
+    with pytest.raises(ValueError, match="prepare_edges: n_atoms must be >= 0, got -1"):
+        NS.prepare_edges(torch.zeros(0, 3), empty, empty, -1)
+
+
 @settings(max_examples=3)
 @given(inp=message_inputs(max_atoms=3, max_edges=4))
 def test_native_message_refuses_mixed_dtypes(inp):

@@ -222,6 +222,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prepare_edges(const a
     count(PREPARE_EDGES);
     const char* op = "prepare_edges";
     TORCH_CHECK_VALUE(r_in.dim() == 2 && r_in.size(1) == 3, op, ": r must have shape (E, 3), got ", r_in.sizes());
+    TORCH_CHECK_VALUE(n_atoms >= 0, op, ": n_atoms must be >= 0, got ", n_atoms);
     const std::int64_t e = r_in.size(0);
     for (const at::Tensor* idx : {&idx_i_in, &idx_j_in})
         TORCH_CHECK_VALUE(idx->scalar_type() == at::kLong && idx->dim() == 1 && idx->size(0) == e &&
