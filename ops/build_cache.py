@@ -9,6 +9,8 @@
   build: sources, flags, compiler version, ...) and a JSON sidecar holding the file's own
   SHA-256; both are written atomically (temporary file + rename), and an entry whose hash does
   not match (corrupt, half-written) is built again.
+* ``load_once``: a built product loaded on first use, once per process, or None with one
+  warning that says why (the ctypes kernels and the native ops).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -102,3 +106,22 @@ class BuildCache:
                 os.unlink(tmp)
         atomic_write(target.with_suffix(".json"), json.dumps(meta).encode())
         return meta
+
+
+def load_once(state: dict, lock: threading.Lock, make: Callable[[], tuple], errors: tuple, unavailable: str):
+    """``make()`` -> (product, info), run once per process under ``lock`` and kept in ``state``
+    (``state["product"]``, ``state["info"]``). If it raises one of ``errors``: the product is None,
+    ``info`` holds the error, and one warning says "painnfx: <unavailable with {reason} filled in>"
+    (the first line of the error); the caller's caller is named as where it happened."""
+    if "product" in state:
+        return state["product"]
+    with lock:
+        if "product" not in state:
+            try:
+                product, info = make()
+                state.update(product=product, info=info)
+            except errors as exc:
+                state.update(product=None, info={"error": str(exc)})
+                reason = (str(exc).splitlines() or [""])[0]
+                warnings.warn(f"painnfx: {unavailable.format(reason=reason)}", stacklevel=4)
+    return state["product"]

@@ -12,13 +12,13 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-import warnings
 from typing import Optional
 
 import torch
 
 from .. import dispatch, reference
 from ..radial import kernel_radial
+from ..build_cache import load_once
 from .build import CpuBuildError, build, load
 from .entry_points import Library
 
@@ -33,18 +33,12 @@ _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 def library() -> Optional[Library]:
     """The loaded kernels, or None (with one warning) when they cannot be built here."""
-    if "lib" in _state:
-        return _state["lib"]
-    with _lock:
-        if "lib" not in _state:
-            try:
-                path, info = build()
-                _state.update(lib=load(path, info), info=info)
-            except (CpuBuildError, OSError) as exc:
-                _state.update(lib=None, info={"error": str(exc)})
-                warnings.warn(f"painnfx: the CPU kernels are unavailable ({str(exc).splitlines()[0]}); the fused ops "
-                              "run their reference implementation", stacklevel=3)
-    return _state["lib"]
+    def make():
+        path, info = build()
+        return load(path, info), info
+
+    return load_once(_state, _lock, make, (CpuBuildError, OSError),
+                     "the CPU kernels are unavailable ({reason}); the fused ops run their reference implementation")
 
 
 #: MXCSR flush-to-zero (bit 15) and denormals-are-zero (bit 6): what torch.set_flush_denormal(True) sets

@@ -22,13 +22,12 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from ..build_cache import BuildCache, digest
+from ..build_cache import BuildCache, digest, load_once
 from .build import HERE, INCLUDE, CpuBuildError, _cpu_identity, compiler, flags
 
 #: the operators, and the message kernels they call (the ctypes library's source, built in here too)
@@ -82,21 +81,15 @@ def build(use_cache: bool = True) -> tuple[Path, dict]:
 
 def library() -> Optional[Path]:
     """The loaded library's path, or None (with one warning) when it cannot be built here."""
-    if "path" in _state:
-        return _state["path"]
-    with _lock:
-        if "path" not in _state:
-            try:
-                path, info = build()
-                torch.ops.load_library(str(path))
-                _register_python_parts()
-                _state.update(path=path, info=info)
-            except (CpuBuildError, OSError, RuntimeError, subprocess.SubprocessError) as exc:
-                _state.update(path=None, info={"error": str(exc)})
-                warnings.warn(f"painnfx: the native CPU ops are unavailable ({str(exc).splitlines()[0]}); compiled "
-                              "graphs keep ATen's matrix products and call the fused ops through Python",
-                              stacklevel=3)
-    return _state["path"]
+    def make():
+        path, info = build()
+        torch.ops.load_library(str(path))
+        _register_python_parts()
+        return path, info
+
+    return load_once(_state, _lock, make, (CpuBuildError, OSError, RuntimeError, subprocess.SubprocessError),
+                     "the native CPU ops are unavailable ({reason}); compiled graphs keep ATen's matrix products "
+                     "and call the fused ops through Python")
 
 
 def available() -> bool:
@@ -127,8 +120,7 @@ def dense_form(a: torch.Tensor, b: torch.Tensor, bias: Optional[torch.Tensor] = 
     return FORMS[int(torch.ops.painnfx_native.dense_form(a, b, bias))]
 
 
-def _register_python_parts() -> None:
-    """Fakes and autograd formulas of the C++-defined ops (once per process, after loading)."""
+def _register_dense() -> None:
     name = f"{NAMESPACE}::dense"
 
     @torch.library.register_fake(name)
@@ -154,7 +146,13 @@ def _register_python_parts() -> None:
         return ga, gb, gbias
 
     torch.library.register_autograd(name, backward, setup_context=setup_context)
+
+
+def _register_python_parts() -> None:
+    """Fakes and autograd formulas of the C++-defined ops (once per process, after loading)."""
+    _register_dense()
     _register_message_ops()
+    _register_update_ops()
 
 
 def _register_message_ops() -> None:
@@ -194,7 +192,6 @@ def _register_message_ops() -> None:
                 gw if weight_grad else None, gb if weight_grad else None, None, None, None, None, None)
 
     torch.library.register_autograd(f"{ns}::painn_message", backward, setup_context=setup_context)
-    _register_update_ops()
 
 
 def _register_update_ops() -> None:
