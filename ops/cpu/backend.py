@@ -31,13 +31,15 @@ _SCALAR = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
-def library() -> Optional[Library]:
-    """The loaded kernels, or None (with one warning) when they cannot be built here."""
-    def make():
-        path, info = build()
-        return load(path, info), info
+def _build_and_load() -> tuple:
+    path, info = build()
+    return load(path, info), info
 
-    return load_once(_state, _lock, make, (CpuBuildError, OSError),
+
+def library() -> Optional[Library]:
+    """The loaded kernels, or None (with one warning) when they cannot be built here (called per op
+    call: after the first, one dict lookup)."""
+    return load_once(_state, _lock, _build_and_load, (CpuBuildError, OSError),
                      "the CPU kernels are unavailable ({reason}); the fused ops run their reference implementation")
 
 

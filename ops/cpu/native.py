@@ -79,15 +79,16 @@ def build(use_cache: bool = True) -> tuple[Path, dict]:
     return CACHE.path(name), dict(info, cached=False)
 
 
+def _build_and_load() -> tuple:
+    path, info = build()
+    torch.ops.load_library(str(path))
+    _register_python_parts()
+    return path, info
+
+
 def library() -> Optional[Path]:
     """The loaded library's path, or None (with one warning) when it cannot be built here."""
-    def make():
-        path, info = build()
-        torch.ops.load_library(str(path))
-        _register_python_parts()
-        return path, info
-
-    return load_once(_state, _lock, make, (CpuBuildError, OSError, RuntimeError, subprocess.SubprocessError),
+    return load_once(_state, _lock, _build_and_load, (CpuBuildError, OSError, RuntimeError, subprocess.SubprocessError),
                      "the native CPU ops are unavailable ({reason}); compiled graphs keep ATen's matrix products "
                      "and call the fused ops through Python")
 
