@@ -29,6 +29,7 @@ a periodic image of an owned atom and folds onto it.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import sys
 from typing import Iterable, NamedTuple, Optional, Sequence
@@ -51,6 +52,26 @@ ELEMENT_TYPES = list(chemical_symbols[1:])
 DEFAULT_SKIN = 2.0
 
 _CHECKED: dict = {}  # what check_lammps found, per process (one LAMMPS instance per rank)
+
+
+def write_line_atomically(line: str) -> None:
+    """Write ``line`` to stderr (never inside LAMMPS's thermo rows on stdout) in ONE write call.
+
+    Every MPI rank shares the launcher's stderr, and LAMMPS's embedded Python leaves it
+    unbuffered, so ``print`` wrote the text and its newline as two writes and another rank's
+    line could land between them (seen on CI: two ranks' summaries on one line). One write of
+    fewer than PIPE_BUF bytes to a pipe is atomic.
+    """
+    data = (line + "\n").encode()
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stderr without a descriptor (captured)
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        return
+    sys.stderr.flush()
+    while data:
+        data = data[os.write(fd, data):]
 
 
 class PaiNNMLIAP(EngineModel):
@@ -152,7 +173,7 @@ class PaiNNMLIAP(EngineModel):
                                         np.asarray(data.pair_j)[:npairs], np.asarray(data.rij)[:npairs],
                                         int(data.nlocal), tags)
         if not self._summarised:
-            print(self.run_summary(calls), file=sys.stderr, flush=True)  # never inside LAMMPS's thermo rows
+            write_line_atomically(self.run_summary(calls))
             self._summarised = True
         data.update_pair_forces(fij)
         data.energy = float(eatoms.sum())

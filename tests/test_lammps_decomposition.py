@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from scipy.spatial import cKDTree
 
 from painnfx.model.calculator import PaiNNCalculator
-from painnfx.model.lammps_mliap import ELEMENT_TYPES, PaiNNMLIAP, needed_graph
+from painnfx.model.lammps_mliap import ELEMENT_TYPES, PaiNNMLIAP, needed_graph, write_line_atomically
 from painnfx.model.validation import InputError
 
 from helpers import perturbed_model
@@ -221,3 +221,26 @@ def test_joint_graph_ranks_add_up_to_ase(adapters, fold):
     assert abs(e - e_ref) <= 1e-10 * max(abs(e_ref), 1.0)
     assert np.abs(f - f_ref).max() <= 1e-10 * max(np.abs(f_ref).max(), 1.0)
     assert np.abs(w - w_ref).max() <= 1e-10 * max(np.abs(w_ref).max(), 1.0)
+
+
+def test_rank_summary_is_one_write(monkeypatch):
+    """The per-rank summary leaves in one write of line plus newline: the ranks share stderr, and
+    two writes (print's) let another rank's line land in between (two summaries on one line)."""
+    import io
+    import os
+    import sys
+
+    read_fd, write_fd = os.pipe()
+    stream = io.TextIOWrapper(io.FileIO(write_fd, "w"), write_through=True)  # unbuffered, as in LAMMPS
+    writes = []
+    real_write = os.write
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(os, "write", lambda fd, data: writes.append((fd, bytes(data))) or real_write(fd, data))
+    try:
+        write_line_atomically("painnfx: summary")
+    finally:
+        monkeypatch.undo()
+        stream.close()
+    assert writes == [(write_fd, b"painnfx: summary\n")]
+    assert os.read(read_fd, 100) == b"painnfx: summary\n"
+    os.close(read_fd)
