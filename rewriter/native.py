@@ -4,8 +4,8 @@
 
 * each CPU ``aten.mm``/``aten.addmm`` into ``painnfx_native::dense`` (ops/cpu/native_ops.cpp). A
   small molecule's energy and forces take ~34 matrix products (context networks, update blocks,
-  readout, forward and backward), each a BLAS call of ~10-15 us at 3-12 rows, mostly packing
-  the weight; ``dense`` runs small-row kernels with the weight as given up to 4 rows and ATen's
+  readout, forward and backward), each a BLAS call of ~10-15 us at 3-15 rows, mostly packing
+  the weight; ``dense`` runs small-row kernels with the weight as given up to 16 rows and ATen's
   product beyond (decided per call, so one graph serves every size);
 * the fused ops ``painnfx::prepare_edges``, ``painn_message`` and ``painn_message_backward``
   (and ``painn_update``/``_backward`` where a graph has them), where the "cpp" backend would run

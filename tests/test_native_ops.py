@@ -3,6 +3,10 @@ float64 ``torch.addmm``/``torch.mm``, on hypothesis-drawn shapes and layouts, wi
 that ran asserted (``dense_form``: "dot", "axpy" or "blas"), subnormal inputs, the caller's
 floating-point state untouched, and ``torch.library.opcheck``."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -17,8 +21,6 @@ def _library():
     if not native.available():
         env_skip(f"the native ops cannot be built here: {native.info().get('error')}")
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
-#: what native_ops.cpp takes on its small-row kernels (DOT_MAX_ROWS, AXPY_MAX_ROWS)
-MAX_ROWS = {"dot": 4, "axpy": 4}
 
 
 def dense(a, b, bias=None):
@@ -34,22 +36,25 @@ def _operands(m, k, n, layout, dtype, with_bias, seed):
         b = w.to(dtype).t()
     elif layout == "axpy":  # rows contiguous: the backward's products
         b = w.t().contiguous().to(dtype)
-    else:  # rows of a read with a stride: BLAS
-        a = torch.randn(m, 2 * k, generator=gen, dtype=torch.float64)[:, ::2]
+    else:  # rows of a read with a stride (after the dtype's copy, which would make them contiguous): BLAS
+        a = torch.randn(m, 2 * k, generator=gen, dtype=torch.float64).to(dtype)[:, ::2]
         b = w.t().contiguous().to(dtype)
     return a.to(dtype), b, None if bias is None else bias.to(dtype)
 
 
 def _expected_form(m, k, n, layout):
-    """Up to 4 rows the kernels: the dot form where b's columns are contiguous (a transposed weight;
+    """Up to dense_rows() rows (16) the kernels: the dot form where b's columns are contiguous (a transposed weight;
     also any b of one row or one column), the axpy form where its rows are; BLAS otherwise."""
-    if m > MAX_ROWS[layout if layout != "strided" else "axpy"] or (layout == "strided" and k > 1):
+    max_rows = native.dense_rows()
+    assert max_rows == {"dot": 16, "axpy": 16} or os.environ.get("PAINNFX_DENSE_DOT_ROWS") \
+        or os.environ.get("PAINNFX_DENSE_AXPY_ROWS")  # the defaults, unless the environment sets them
+    if m > max_rows[layout if layout != "strided" else "axpy"] or (layout == "strided" and k > 1):
         return "blas"
     return "dot" if layout == "dot" or k <= 1 or n == 1 else "axpy"
 
 
 @settings(max_examples=60)
-@given(m=st.integers(1, 12), k=st.one_of(st.integers(0, 40), st.just(128)), n=st.integers(1, 70),
+@given(m=st.integers(1, 24), k=st.one_of(st.integers(0, 40), st.just(128)), n=st.integers(1, 70),
        layout=st.sampled_from(["dot", "axpy", "strided"]), dtype=st.sampled_from([torch.float64, torch.float32]),
        with_bias=st.booleans(), seed=st.integers(0, 2**16))
 def test_dense_equals_addmm(m, k, n, layout, dtype, with_bias, seed):
@@ -66,9 +71,10 @@ def test_dense_equals_addmm(m, k, n, layout, dtype, with_bias, seed):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("layout", ["dot", "axpy"])
 def test_the_small_row_kernels_run_at_the_sizes_of_a_small_molecule(layout, dtype):
-    """3 atoms, F = 128: the products of the context network and the readout take the kernels."""
-    for n in (128, 384, 64, 1):
-        a, b, bias = _operands(3, 128, n, layout, dtype, True, n)
+    """3 and 5 atoms, F = 128: the products of the context network, the readout and the vector
+    channels (3 rows an atom: 15 at CH4) take the kernels."""
+    for m, n in ((3, 128), (3, 384), (15, 256), (5, 64), (3, 1)):
+        a, b, bias = _operands(m, 128, n, layout, dtype, True, n)
         assert native.dense_form(a, b, bias) == ("dot" if n == 1 else layout)
         torch.testing.assert_close(dense(a, b, bias), torch.addmm(bias, a, b), rtol=TOL[dtype], atol=TOL[dtype] * 30)
 
@@ -84,6 +90,26 @@ def test_many_rows_and_other_dtypes_take_atens_product():
     bias2d = torch.randn(3, 6, dtype=torch.float64)  # a 2-D bias is addmm's business
     assert native.dense_form(a, b, bias2d) == "blas"
     torch.testing.assert_close(dense(a, b, bias2d), torch.addmm(bias2d, a, b))
+
+
+def test_the_row_limits_come_from_the_environment():
+    """PAINNFX_DENSE_DOT_ROWS / _AXPY_ROWS move each form's crossover to ATen (read at load)."""
+    code = ("from painnfx.ops.cpu import native; import torch; print(native.dense_rows());"
+            "a = torch.randn(3, 8, dtype=torch.float64); w = torch.randn(5, 8, dtype=torch.float64);"
+            "print(native.dense_form(a, w.t()), native.dense_form(a, w.t().contiguous()))")
+    env = {**os.environ, "PAINNFX_DENSE_DOT_ROWS": "2", "PAINNFX_DENSE_AXPY_ROWS": "3"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["{'dot': 2, 'axpy': 3}", "blas axpy"]
+
+
+def test_the_row_limits_can_be_set_for_a_block():
+    a, b, bias = _operands(6, 8, 5, "dot", torch.float64, True, 0)
+    before = native.dense_rows()
+    with native.dense_rows_set(5, 5):
+        assert native.dense_form(a, b, bias) == "blas"
+        torch.testing.assert_close(dense(a, b, bias), torch.addmm(bias, a, b))
+    assert native.dense_rows() == before and native.dense_form(a, b, bias) == "dot"
 
 
 def test_empty_inner_dimension_gives_the_bias():

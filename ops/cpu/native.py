@@ -19,6 +19,8 @@ registered here, so the ops trace, compile, export and differentiate like any to
 
 from __future__ import annotations
 
+import contextlib
+
 import subprocess
 import threading
 import time
@@ -119,6 +121,27 @@ def call_counts() -> dict:
 def dense_form(a: torch.Tensor, b: torch.Tensor, bias: Optional[torch.Tensor] = None) -> str:
     """Which path ``dense(a, b, bias)`` takes here: "dot", "axpy" (the small-row kernels) or "blas"."""
     return FORMS[int(torch.ops.painnfx_native.dense_form(a, b, bias))]
+
+
+def dense_rows() -> dict:
+    """{"dot": rows, "axpy": rows}: the most rows ``dense`` runs on each small-row kernel before
+    ATen's product takes over (``PAINNFX_DENSE_DOT_ROWS`` / ``PAINNFX_DENSE_AXPY_ROWS``, read once
+    when the library loads); {} when the library is not available."""
+    if library() is None:
+        return {}
+    return dict(zip(("dot", "axpy"), torch.ops.painnfx_native.dense_rows()))
+
+
+@contextlib.contextmanager
+def dense_rows_set(dot: int, axpy: int):
+    """``dense_rows`` set to these within the block (for measuring the crossover in one process:
+    both paths compute the same product)."""
+    before = dense_rows()
+    torch.ops.painnfx_native.set_dense_rows(dot, axpy)
+    try:
+        yield
+    finally:
+        torch.ops.painnfx_native.set_dense_rows(before["dot"], before["axpy"])
 
 
 def _register_dense() -> None:

@@ -14,7 +14,9 @@
 // DOT_MAX_ROWS / AXPY_MAX_ROWS rows (small_products.h: which form b's layout allows) it runs the
 // small-row kernels; otherwise, or for any layout or dtype they do not take, ATen's own mm/addmm
 // (MKL). Measured per call on an AMD EPYC, 1 thread, from Python (docs/rewriter.md): 3 x 128 x
-// 384 fp32 dot 9 us / axpy 6 us against MKL 13 us; at 12 rows the dot form is slower than MKL.
+// 384 fp32 dot 9 us / axpy 6 us against MKL 13 us. From Python the dot form loses to MKL from
+// ~5 rows, but in a compiled joint graph (no Python per call) 16 rows beat 4 and 8 at CH4 and
+// benzene, fp32 and fp64; 40 and 64 were no better (docs/rewriter.md).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
@@ -49,7 +51,15 @@ std::vector<std::int64_t> call_counts() {
     return out;
 }
 
-constexpr std::int64_t DOT_MAX_ROWS = 4, AXPY_MAX_ROWS = 4;
+// The most rows each form takes before ATen's product (MKL) does, from PAINNFX_DENSE_DOT_ROWS /
+// PAINNFX_DENSE_AXPY_ROWS if set (read once): the crossover depends on the CPU and on MKL.
+std::int64_t rows_limit(const char* name, std::int64_t fallback) {
+    const char* v = std::getenv(name);
+    return v && *v ? std::atoll(v) : fallback;
+}
+// (set_dense_rows changes them at run time: for measuring the crossover in one process)
+std::atomic<std::int64_t> DOT_MAX_ROWS{rows_limit("PAINNFX_DENSE_DOT_ROWS", 16)};
+std::atomic<std::int64_t> AXPY_MAX_ROWS{rows_limit("PAINNFX_DENSE_AXPY_ROWS", 16)};
 // columns per parallel chunk: at least this many multiply-adds each (a thread's wake-up costs more
 // than a smaller share of the arithmetic)
 constexpr std::int64_t CHUNK_FMAS = 1 << 17;
@@ -66,8 +76,8 @@ Form form_of(const at::Tensor& a, const at::Tensor& b, const std::optional<at::T
                  (bias->size(0) > 1 && bias->stride(0) != 1) || !bias->device().is_cpu()))
         return Form::blas;
     const std::int64_t m = a.size(0), k = b.size(0), n = b.size(1);
-    if ((k <= 1 || b.stride(0) == 1) && m <= DOT_MAX_ROWS) return Form::dot;
-    if ((n <= 1 || b.stride(1) == 1) && m <= AXPY_MAX_ROWS) return Form::axpy;
+    if ((k <= 1 || b.stride(0) == 1) && m <= DOT_MAX_ROWS.load(std::memory_order_relaxed)) return Form::dot;
+    if ((n <= 1 || b.stride(1) == 1) && m <= AXPY_MAX_ROWS.load(std::memory_order_relaxed)) return Form::axpy;
     return Form::blas;
 }
 
@@ -99,6 +109,14 @@ at::Tensor dense(const at::Tensor& a, const at::Tensor& b, const std::optional<a
     else
         run<double>(form, a, b, bias, out);
     return out;
+}
+
+// the most rows of each form: {dot, axpy} (what the tests and reports read)
+std::vector<std::int64_t> dense_rows() { return {DOT_MAX_ROWS.load(), AXPY_MAX_ROWS.load()}; }
+
+void set_dense_rows(std::int64_t dot, std::int64_t axpy) {
+    DOT_MAX_ROWS.store(dot);
+    AXPY_MAX_ROWS.store(axpy);
 }
 
 // which path dense takes for these arguments: 0 BLAS, 1 dot, 2 axpy (what the tests read)
@@ -148,6 +166,31 @@ const T* ptr(const at::Tensor& t) {
 template <typename T>
 const T* ptr(const std::optional<at::Tensor>& t) {
     return t ? t->const_data_ptr<T>() : nullptr;
+}
+
+// A 2-D tensor's transpose as a new contiguous tensor: the layout the kernels read weights in.
+// ATen's t().contiguous() took ~18 us for a 384 x 20 filter weight (a strided copy through
+// TensorIterator), 6 of them per call at 5 atoms: this loop, in cache-sized tiles, is ~1-2 us.
+template <typename T>
+void transpose_tiles(const T* src, std::int64_t rows, std::int64_t cols, std::int64_t rs, std::int64_t cs, T* dst) {
+    constexpr std::int64_t TILE = 16;
+    for (std::int64_t r0 = 0; r0 < rows; r0 += TILE)
+        for (std::int64_t c0 = 0; c0 < cols; c0 += TILE) {
+            const std::int64_t r1 = std::min(rows, r0 + TILE), c1 = std::min(cols, c0 + TILE);
+            for (std::int64_t c = c0; c < c1; ++c)
+                for (std::int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * rs + c * cs];
+        }
+}
+
+at::Tensor transposed(const at::Tensor& t) {
+    at::Tensor out = at::empty({t.size(1), t.size(0)}, t.options());
+    if (t.scalar_type() == at::kFloat)
+        transpose_tiles(t.const_data_ptr<float>(), t.size(0), t.size(1), t.stride(0), t.stride(1),
+                        out.mutable_data_ptr<float>());
+    else
+        transpose_tiles(t.const_data_ptr<double>(), t.size(0), t.size(1), t.stride(0), t.stride(1),
+                        out.mutable_data_ptr<double>());
+    return out;
 }
 
 void check_floats(const char* op, const at::Tensor& x, std::initializer_list<const at::Tensor*> others) {
@@ -271,7 +314,7 @@ std::tuple<at::Tensor, at::Tensor> painn_message(const at::Tensor& r_in, const a
     if (n == 0 || e == 0) return {dq, dmu};
     const at::Tensor r = r_in.contiguous(), j = idx_j_in.contiguous(), x = x_in.contiguous();
     const at::Tensor dp = dst_ptr.contiguous(), d_perm = dst_perm.contiguous();
-    const at::Tensor wt = weight.t().contiguous(), b = bias_in.contiguous(), p = basis_params.contiguous();
+    const at::Tensor wt = transposed(weight), b = bias_in.contiguous(), p = basis_params.contiguous();
     std::optional<at::Tensor> mu;
     if (mu_in) mu = mu_in->contiguous();
     auto run = [&](auto zero, auto kernel) {
@@ -313,7 +356,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> painn_mes
     at::Tensor partial = weight_grad ? at::empty({parts, 3 * f, k + 1}, x_in.options()) : at::Tensor();
     const at::Tensor gq = gq_in.contiguous(), gm = gmu_in.contiguous(), r = r_in.contiguous(), i = idx_i_in.contiguous();
     const at::Tensor sp = src_ptr.contiguous(), s_perm = src_perm.contiguous();
-    const at::Tensor x = x_in.contiguous(), wt = weight.t().contiguous(), b = bias_in.contiguous();
+    const at::Tensor x = x_in.contiguous(), wt = transposed(weight), b = bias_in.contiguous();
     const at::Tensor p = basis_params.contiguous();
     std::optional<at::Tensor> mu;
     if (mu_in) mu = mu_in->contiguous();
@@ -352,9 +395,9 @@ struct UpdateWeights {
                   const at::Tensor& w2_, const at::Tensor& b2_)
         : u(mix.contiguous()), w1(w1_.contiguous()), b1(b1_.contiguous()), w2(w2_.contiguous()), b2(b2_.contiguous()) {
         if (n >= update_transpose_atoms()) {
-            ut = u.t().contiguous();
-            w1t = w1.t().contiguous();
-            w2t = w2.t().contiguous();
+            ut = transposed(u);
+            w1t = transposed(w1);
+            w2t = transposed(w2);
         }
     }
 };
@@ -437,6 +480,8 @@ TORCH_LIBRARY(painnfx_native, m) {
     m.def("call_counts() -> int[]", &call_counts);
     m.def("dense(Tensor a, Tensor b, Tensor? bias=None) -> Tensor");
     m.def("dense_form(Tensor a, Tensor b, Tensor? bias=None) -> int");
+    m.def("dense_rows() -> int[]", &dense_rows);
+    m.def("set_dense_rows(int dot, int axpy) -> ()", &set_dense_rows);
     m.def("prepare_edges(Tensor r, Tensor idx_i, Tensor idx_j, SymInt n_atoms) -> (Tensor, Tensor, Tensor, Tensor)");
     m.def("painn_message(Tensor r, Tensor idx_i, Tensor idx_j, Tensor dst_ptr, Tensor dst_perm, Tensor src_ptr, "
           "Tensor src_perm, Tensor x, Tensor? mu, Tensor weight, Tensor bias, Tensor basis_params, int basis, int cutoff, float c0, float c1) -> (Tensor, Tensor)");
