@@ -71,6 +71,9 @@ class GraphRunner(nn.Module):
 #: path at that size would cost seconds
 MEASURE_MAX_EDGES = 10_000
 
+#: rounds in which the joint graphs take turns being timed (``_race``): 3 x best-of-3 calls each
+RACE_ROUNDS = 3
+
 
 def joint_default() -> bool:
     """Whether the auto policy considers the compiled joint graph (``PAINNFX_JOINT``, default 1).
@@ -187,6 +190,18 @@ class OptimizedModel(nn.Module):
                 best = min(best, self.timer() - start)
         return best
 
+    def _race(self, calls: dict, like) -> dict:
+        """{name: best time} of the joint graphs over ``RACE_ROUNDS`` rounds in which they take
+        turns (one ``_best`` each per round), so that a slow spell of a shared machine hits each
+        alike. At 3-5 atoms the two joint graphs are within ~10% of each other, and one best-of-3
+        each, one after the other, picked by noise (CH4 fp64: plain-joint at 1.58 against 1.65 ms,
+        where the fused graph's then ran 1.40 ms)."""
+        best = {name: math.inf for name in calls}
+        for _ in range(RACE_ROUNDS if len(calls) > 1 else 1):
+            for name, call in calls.items():
+                best[name] = min(best[name], self._best(call, like))
+        return best
+
     @staticmethod
     def _joint_agrees(name: str, joint_call, reference_call) -> Optional[str]:
         """None when joint graph ``name`` gives what ``reference_call`` (the same function run
@@ -218,8 +233,7 @@ class OptimizedModel(nn.Module):
                 choice, why = "fused", f"more than {MEASURE_MAX_EDGES} edges"
             else:
                 times = {"fused": self._time(self._fused, args), "plain": self._time(self._plain, args)}
-                for name, call in (joint_calls or {}).items():
-                    t = self._best(call, args[0])
+                for name, t in self._race(joint_calls or {}, args[0]).items():
                     if name not in self._joint_rejected:  # one that failed while timed does not compete
                         times[name] = t
                 choice = min(times, key=times.get)

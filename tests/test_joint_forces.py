@@ -127,6 +127,29 @@ def test_auto_takes_the_plain_models_compiled_graph_where_that_is_fastest(monkey
     assert fast._choose((pos, numbers, nl.edge_index, nl.shifts, None, 1)) == "plain"  # for energy alone
 
 
+def test_the_joint_graphs_take_turns_and_the_best_round_counts(monkeypatch):
+    """The two joint graphs are timed in RACE_ROUNDS alternating rounds, and each keeps its best:
+    a graph that was slow in the first round (a slow spell of the machine) still wins."""
+    from painnfx.rewriter.runner import RACE_ROUNDS
+
+    model, fast = _joint_model("auto")
+    monkeypatch.setattr(fast, "_time", lambda fn, args: 9.0)
+    rounds = {"joint": [2.0, 0.9, 1.2], "plain-joint": [1.0, 1.1, 1.0]}
+    order = []
+
+    def best(call, like):
+        call()
+        name = ("joint", "plain-joint")[len(order) % 2]
+        order.append(name)
+        return rounds[name][order.count(name) - 1]
+
+    monkeypatch.setattr(fast, "_best", best)
+    evaluate(fast, molecule("H2O"))
+    assert RACE_ROUNDS == 3 and order == ["joint", "plain-joint"] * RACE_ROUNDS
+    (choice,) = fast.report.path_choices
+    assert choice["path"] == "joint" and "joint 900 ms vs plain-joint 1e+03 ms" in choice["why"]
+
+
 def test_auto_keeps_autograd_where_the_joint_graph_is_slower(monkeypatch):
     model, fast = _joint_model("auto")
     _fixed_timer(fast, monkeypatch, joint=5.0)
