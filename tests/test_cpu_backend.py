@@ -76,6 +76,30 @@ def test_a_baseline_isa_build_runs_correct_kernels(tmp_path):
     assert "xmm" in text and "ymm" not in text and "zmm" not in text  # SSE only: no AVX, AVX2 or AVX-512
 
 
+def test_the_basis_loops_call_glibc_vector_exponentials(monkeypatch):
+    """Where glibc's libmvec is installed (x86-64 glibc), both C++ libraries are linked to it and
+    their radial-basis loops call its vector exp (a _ZGV... symbol), not only the scalar one;
+    PAINNFX_LIBMVEC=0 builds without it."""
+    import shutil
+    import subprocess
+
+    from painnfx.ops.cpu import native
+
+    if not build.vector_maths():
+        env_skip("no libmvec here (not x86-64 glibc)")
+    nm = shutil.which("nm")
+    if nm is None:  # binutils comes with g++
+        env_skip("no nm to read the libraries' symbols")
+    libraries = [build.build()[0]] + ([native.library()] if native.available() else [])
+    for path in libraries:
+        undefined = subprocess.run([nm, "-D", "--undefined-only", str(path)], capture_output=True, text=True,
+                                   timeout=60).stdout
+        vector_exp = [ln.split()[-1] for ln in undefined.splitlines() if "_ZGV" in ln and "exp" in ln]
+        assert vector_exp, f"{path.name} calls no vector exp"
+    monkeypatch.setenv("PAINNFX_LIBMVEC", "0")
+    assert build.vector_maths() == () and "-DPAINNFX_LIBMVEC" not in build.flags()
+
+
 def test_an_invalid_arch_setting_is_refused(monkeypatch):
     monkeypatch.setenv("PAINNFX_CPU_ARCH", "native; rm -rf /")
     with pytest.raises(build.CpuBuildError, match="is not a -march value"):

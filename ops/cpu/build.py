@@ -13,6 +13,7 @@ host-side copies (the kernels get the tensors' data pointers).
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import os
 import platform
 import re
@@ -40,7 +41,19 @@ def flags() -> tuple:
     arch = os.environ.get(ARCH_VARIABLE, "").strip() or "native"
     if not _ARCH.match(arch):
         raise CpuBuildError(f"{ARCH_VARIABLE}={arch!r} is not a -march value (e.g. native, x86-64-v2, x86-64-v3)")
-    return FLAGS[:1] + (f"-march={arch}",) + FLAGS[1:]
+    return FLAGS[:1] + (f"-march={arch}",) + FLAGS[1:] + ("-DPAINNFX_LIBMVEC",) * bool(vector_maths())
+
+
+def vector_maths() -> tuple:
+    """The linker flags of glibc's vector maths library (libmvec: exp, sin, ... on SSE to AVX-512
+    vectors, within 4 ulp) where this is x86-64 glibc and it is installed, else (). With it the
+    kernels' radial-basis loops call vector exponentials instead of one scalar call per basis
+    function (painn_message.cpp). Linked by its runtime name, so no development symlink is needed.
+    ``PAINNFX_LIBMVEC=0`` builds without it."""
+    if os.environ.get("PAINNFX_LIBMVEC", "1") == "0" or platform.machine() not in ("x86_64", "AMD64"):
+        return ()
+    name = ctypes.util.find_library("mvec")
+    return (f"-l:{name}",) if name else ()
 
 
 class CpuBuildError(RuntimeError):
@@ -86,7 +99,8 @@ def build(use_cache: bool = True) -> tuple[Path, dict]:
 
     def compile_to(out: Path) -> dict:
         start = time.perf_counter()
-        res = subprocess.run([cxx, *flags(), f"-I{HERE}", f"-I{INCLUDE}", *map(str, SOURCES), "-o", str(out)],
+        res = subprocess.run([cxx, *flags(), f"-I{HERE}", f"-I{INCLUDE}", *map(str, SOURCES), "-o", str(out),
+                              *vector_maths()],
                              capture_output=True, text=True, timeout=600)
         if res.returncode:
             raise CpuBuildError(f"{cxx} failed to build the CPU kernels:\n{res.stderr[-3000:]}")

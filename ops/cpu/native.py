@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 
 from ..build_cache import BuildCache, digest, load_once
-from .build import HERE, INCLUDE, CpuBuildError, _cpu_identity, compiler, flags
+from .build import HERE, INCLUDE, CpuBuildError, _cpu_identity, compiler, flags, vector_maths
 
 #: the operators, and the message kernels they call (the ctypes library's source, built in here too)
 SOURCES = (HERE / "native_ops.cpp", HERE / "painn_message.cpp", HERE / "painn_update.cpp")
@@ -71,7 +71,7 @@ def build(use_cache: bool = True) -> tuple[Path, dict]:
     def compile_to(out: Path) -> dict:
         start = time.perf_counter()
         cmd = [cxx, *_flags(), f"-I{HERE}", f"-I{INCLUDE}", *map(str, SOURCES), "-o", str(out), *_torch_flags(),
-               "-lc10", "-ltorch_cpu"]
+               "-lc10", "-ltorch_cpu", *vector_maths()]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if res.returncode:
             raise CpuBuildError(f"{cxx} failed to build the native ops:\n{res.stderr[-3000:]}")

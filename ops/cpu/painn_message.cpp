@@ -22,7 +22,39 @@
 #include "cpu_common.h"
 #include "radial.cuh"
 
+#if defined(PAINNFX_LIBMVEC)
+// glibc's vector maths (libmvec: exp, sin, cos on 2-16 lanes, SSE to AVX-512, within 4 ulp),
+// declared the way glibc's own <math.h> does under -ffast-math, which we do not use: a loop under
+// `omp simd` that calls them becomes calls of their vector variants (build.py links -lmvec where
+// the build finds it; elsewhere the loops below call the scalar functions).
+extern "C" {
+__attribute__((simd("notinbranch"))) double exp(double) noexcept;
+__attribute__((simd("notinbranch"))) float expf(float) noexcept;
+}
+#endif
+
 namespace {
+
+// phi_k(d) for k < K (and dphi_k/dd where dphi is not null): radial_basis over one edge's row.
+// The Gaussian basis (the default) in one loop the compiler vectorises: its K exponentials and
+// divisions were a scalar call each, about as much time per edge as the (K, 3F) filter product
+// in the forward kernel.
+template <typename T>
+inline void basis_row(int basis, T d, const T* __restrict p0, const T* __restrict p1, int K, T* __restrict phi,
+                      T* __restrict dphi) {
+    if (basis == PAINNFX_BASIS_GAUSSIAN && p1) {
+        if (dphi) {
+#pragma omp simd
+            for (int k = 0; k < K; ++k) phi[k] = radial_basis<T>(PAINNFX_BASIS_GAUSSIAN, d, p0[k], p1[k], dphi + k);
+        } else {
+#pragma omp simd
+            for (int k = 0; k < K; ++k)
+                phi[k] = radial_basis<T>(PAINNFX_BASIS_GAUSSIAN, d, p0[k], p1[k], (T*)nullptr);
+        }
+        return;
+    }
+    for (int k = 0; k < K; ++k) phi[k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), dphi ? dphi + k : nullptr);
+}
 
 // The edges of one tile and what their rows need: edge index, distance, cutoff, its slope, direction.
 template <typename T>
@@ -78,8 +110,7 @@ void message_forward(const T* r, const std::int64_t* dst_ptr, const std::int64_t
                     const T d = geometry(r, e, u);
                     const T fc = cutoff_fn<T>(cutoff, d, c0, c1, (T*)nullptr);
                     if (fc == T(0)) continue;
-                    for (int k = 0; k < K; ++k)
-                        phi[tile.n * K + k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), (T*)nullptr);
+                    basis_row(basis, d, p0, p1, K, phi.data() + tile.n * K, (T*)nullptr);
                     tile.add(e, d, fc, T(0), u);
                 }
                 if (tile.n == 0) break;
@@ -151,8 +182,7 @@ void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t*
                             continue;
                         }
                         const int row = tile.n * K;
-                        for (int k = 0; k < K; ++k)
-                            phi[row + k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), &dphi[row + k]);
+                        basis_row(basis, d, p0, p1, K, phi.data() + row, dphi.data() + row);
                         tile.add(e, d, fc, dfc, u);
                     }
                     if (tile.n == 0) break;
@@ -248,8 +278,7 @@ void filter_forward(const T* d, const T* wt, const T* bias, const T* p0, const T
                     std::fill(out + e * C, out + (e + 1) * C, T(0));
                     continue;
                 }
-                for (int k = 0; k < K; ++k)
-                    phi[n * K + k] = radial_basis<T>(basis, d[e], p0[k], p1 ? p1[k] : T(0), (T*)nullptr);
+                basis_row(basis, d[e], p0, p1, K, phi + n * K, (T*)nullptr);
                 fc[n] = f;
                 edge[n++] = e;
             }
@@ -293,8 +322,7 @@ void filter_backward(const T* grad, const T* d, const T* wt, const T* bias, cons
                         gd[e] = T(0);
                         continue;
                     }
-                    for (int k = 0; k < K; ++k)
-                        phi[n * K + k] = radial_basis<T>(basis, d[e], p0[k], p1 ? p1[k] : T(0), dphi + n * K + k);
+                    basis_row(basis, d[e], p0, p1, K, phi + n * K, dphi + n * K);
                     fc[n] = f;
                     dfc[n] = slope;
                     edge[n++] = e;
