@@ -33,6 +33,8 @@ from painnfx.ops.fused_op import inline_reference
 
 from .fusions import JOINT_INLINED
 from .native import NATIVE_FUSED, native_counts, natively_run, use_native_ops, wrapper_options
+from .standalone import GuardedGraph
+from .standalone import enabled as standalone_enabled
 
 
 def fused_node_names() -> set:
@@ -127,11 +129,25 @@ class JointGraphs:
 
     def _compiled(self, gm: fx.GraphModule, options: dict, example: tuple):
         """``gm`` compiled with ``options`` (or ``gm`` itself when not compiling), run once on
-        ``example``: Inductor compiles there, for sizes that coincide with nothing."""
-        runner = torch.compile(gm, dynamic=True, fullgraph=True, options=options) if self.compile else gm
+        ``example`` (sizes that coincide with nothing): by default Inductor alone, called
+        without Dynamo where the graph's shape assumptions hold (standalone.py), else
+        ``torch.compile`` (compiled there)."""
+        if not self.compile:
+            return gm
+
+        def dynamo():
+            return torch.compile(gm, dynamic=True, fullgraph=True, options=options)
+
+        runner = GuardedGraph(gm, options, dynamo) if standalone_enabled() else dynamo()
         with torch.inference_mode():
             runner(*example)
         return runner
+
+    def calls(self, key) -> dict:
+        """{"standalone": n, "dynamo": n}: how the calls of graph ``key`` ran since it was compiled
+        ({} for a graph run through ``torch.compile`` alone or not compiled)."""
+        runner = self._runners.get(key)
+        return dict(runner.calls) if isinstance(runner, GuardedGraph) else {}
 
 
 def joint_forces(fast, positions, numbers, edge_index, shifts) -> fx.GraphModule:

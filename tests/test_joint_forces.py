@@ -205,7 +205,10 @@ def test_the_compiled_joint_graph_equals_eager_on_every_size_without_recompiling
         ref = evaluate(model, atoms, dtype=dtype)
         torch.testing.assert_close(out.forces, ref.forces, rtol=tol, atol=tol)
         torch.testing.assert_close(out.energy, ref.energy, rtol=tol, atol=tol)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    # compiled once by Inductor alone, and every call met its shape assumptions: Dynamo never ran
+    calls = fast.joint_graphs.calls("energy+forces (joint)")
+    assert calls["dynamo"] == 0 and calls["standalone"] >= 6
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
     assert fast.report.joint["graphs"]["energy+forces (joint)"]["compile_seconds"] < 60
     with torch.no_grad():  # in-place weight updates (load_state_dict, an optimizer step) are seen
         for p in model.parameters():
@@ -243,16 +246,35 @@ def test_a_joint_graph_refuses_a_model_converted_after_optimize():
 
 def test_the_compiled_joint_graph_on_edge_cases():
     """No edges (isolated atoms), one atom, a pair at exactly the cutoff, an atom with only its own
-    periodic images (with stress): the Inductor-compiled joint graph equals eager (fp64)."""
+    periodic images (with stress), a pair: the Inductor-compiled joint graph equals eager (fp64), called
+    directly where its shape assumptions hold and through torch.compile where they do not."""
     from ase import Atoms
 
     model, fast = _joint_model("joint", compiled=True)
     cases = [Atoms("HH", positions=[[0, 0, 0], [10, 0, 0]]), Atoms("H", positions=[[0, 0, 0]]),
              Atoms("HH", positions=[[0, 0, 0], [3.0, 0, 0]]),
-             Atoms("H", positions=[[0, 0, 0]], cell=[2.5, 2.5, 2.5], pbc=True)]
-    for atoms in cases:
+             Atoms("H", positions=[[0, 0, 0]], cell=[2.5, 2.5, 2.5], pbc=True),
+             Atoms("HH", positions=[[0, 0, 0], [2.0, 0, 0]])]
+    def ways():
+        total = {"standalone": 0, "dynamo": 0}
+        for key in fast.joint_graphs.graphs:
+            for way, n in fast.joint_graphs.calls(key).items():
+                total[way] += n
+        return total
+
+    # no edges (the pair at exactly the cutoff has none) and one atom break the compiled graph's
+    # assumptions (at least 2 atoms and 2 edges): torch.compile runs them; a pair inside the cutoff
+    # (2 atoms, 2 edges, the least it takes) runs the compiled graph directly (the first compile's
+    # example run counts as a direct call too)
+    expected_way = ["dynamo", "dynamo", "dynamo", "dynamo", "standalone"]
+    for atoms, way in zip(cases, expected_way):
         stress = bool(atoms.pbc.any())
+        before = ways()
         out, ref = evaluate(fast, atoms, stress=stress), evaluate(model, atoms, stress=stress)
+        after = ways()
+        assert after[way] > before[way], (atoms, way)
+        if way == "standalone":
+            assert after["dynamo"] == before["dynamo"], atoms
         assert out.forces.is_inference()
         torch.testing.assert_close(out.energy, ref.energy, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(out.forces, ref.forces, rtol=1e-10, atol=1e-10)
@@ -320,7 +342,9 @@ def test_the_plain_models_joint_graph_runs_native_products_under_the_cpp_wrapper
     fused = fast.report.joint["graphs"]["energy+forces (joint)"]
     assert fused["wrapper"] == "C++" and set(fused["fused"]) <= set(fused["native"])  # its fused ops are native too
     assert [c["path"] for c in fast.report.path_choices] == ["plain-joint"] * 3
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # the two joint graphs, once each
+    for key in ("energy+forces (joint)", "energy+forces (plain-joint)"):  # each compiled once, no Dynamo
+        assert fast.joint_graphs.calls(key)["dynamo"] == 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
 
 
 def test_a_cpp_wrapper_that_fails_leaves_the_python_wrapper(monkeypatch):
