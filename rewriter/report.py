@@ -155,6 +155,8 @@ class OptimizeReport:
         for key, g in self.joint.get("graphs", {}).items():
             native = f"; native ops: {_ops(g['native'])}" if g.get("native") else ""
             wrapper = f"; Inductor's {g['wrapper']} wrapper" if g.get("wrapper") else ""
+            if "dynamo" in g:
+                wrapper += ", through torch.compile" if g["dynamo"] else ", called without Dynamo where its shapes allow"
             out.append(f"joint graph ({key}): {g['nodes']} nodes, fused nodes: {_ops(g['fused'])}{native}{wrapper}; "
                        f"traced and compiled in {g['compile_seconds']} s")
         if self.joint.get("rejected"):

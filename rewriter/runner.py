@@ -299,6 +299,7 @@ class OptimizedModel(nn.Module):
             if graph_key not in graphs:
                 graphs[graph_key] = {**node_counts(self.joint_graphs.graphs[graph_key]),
                                      "wrapper": "C++" if self.joint_graphs.options[graph_key].get("cpp_wrapper") else "Python",
+                                     "dynamo": not self.joint_graphs.calls(graph_key),  # standalone.py
                                      "compile_seconds": round(self.joint_graphs.compile_seconds[graph_key], 2)}
         if not calls:
             return None

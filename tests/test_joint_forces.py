@@ -209,6 +209,8 @@ def test_the_compiled_joint_graph_equals_eager_on_every_size_without_recompiling
     calls = fast.joint_graphs.calls("energy+forces (joint)")
     assert calls["dynamo"] == 0 and calls["standalone"] >= 6
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
+    assert fast.report.joint["graphs"]["energy+forces (joint)"]["dynamo"] is False
+    assert "called without Dynamo where its shapes allow" in fast.report.to_text()
     assert fast.report.joint["graphs"]["energy+forces (joint)"]["compile_seconds"] < 60
     with torch.no_grad():  # in-place weight updates (load_state_dict, an optimizer step) are seen
         for p in model.parameters():
@@ -242,6 +244,23 @@ def test_a_joint_graph_refuses_a_model_converted_after_optimize():
     model.float()
     with pytest.raises(InputError, match="built for torch.float64"):
         evaluate(fast, atoms, dtype=torch.float32)
+
+
+def test_standalone_off_compiles_the_joint_graph_with_torch_compile(monkeypatch):
+    """PAINNFX_JOINT_STANDALONE=0: the joint graph runs through torch.compile only (one Dynamo
+    graph), with the same results."""
+    monkeypatch.setenv("PAINNFX_JOINT_STANDALONE", "0")
+    model, fast = _joint_model("joint", compiled=True)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    atoms = molecule("C6H6")
+    evaluate(fast, atoms)
+    out = evaluate(fast, atoms)
+    assert out.forces.is_inference()
+    torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
+    assert fast.joint_graphs.calls("energy+forces (joint)") == {}
+    assert fast.report.joint["graphs"]["energy+forces (joint)"]["dynamo"] is True
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
 def test_the_compiled_joint_graph_on_edge_cases():
