@@ -83,6 +83,12 @@ def node_counts(gm: fx.GraphModule) -> dict:
     return {"nodes": len(gm.graph.nodes), "fused": fused, "native": native_counts(gm)}
 
 
+def _on_cpu(tensors) -> bool:
+    """Whether a graph's inputs are all on the CPU: only there is a joint graph compiled without
+    Dynamo (standalone.py); on a GPU that way has not been run yet, so it keeps torch.compile."""
+    return all(t.device.type == "cpu" for t in tensors if isinstance(t, torch.Tensor))
+
+
 class JointGraphs:
     """The traced (and, with ``compile``, Inductor-compiled) joint graphs of one optimized model,
     one per kind of call (``key``, e.g. with or without stress). ``compile_seconds[key]``: the
@@ -138,7 +144,7 @@ class JointGraphs:
         def dynamo():
             return torch.compile(gm, dynamic=True, fullgraph=True, options=options)
 
-        runner = GuardedGraph(gm, options, dynamo) if standalone_enabled() else dynamo()
+        runner = GuardedGraph(gm, options, dynamo) if standalone_enabled() and _on_cpu(example) else dynamo()
         with torch.inference_mode():
             runner(*example)
         return runner
