@@ -269,7 +269,10 @@ def test_lammps_run_command_default_model_float32(tmp_path, lmp):
     assert "2 procs for 10 steps with 108 atoms" in log
     pe0 = thermo_rows(log)[0][3]  # Step Time Temp PotEng ...
     e_ref, _, _ = ase_reference(bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3))
-    assert abs(pe0 - e_ref) <= 1e-5 * max(abs(e_ref), 1.0)
+    # float32 precision of a 108-atom sum: the per-atom energies are read out of O(1) features in
+    # float32 (~1e-7 relative each); seen 0.4e-6 (ASE, fused) to 1.5e-5 eV (LAMMPS, 2 ranks, with
+    # libmvec's vector expf; 9.6e-6 with the scalar one) against float64: 5e-7 eV per atom allowed
+    assert abs(pe0 - e_ref) <= 5e-7 * len(bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3))
 
 
 def test_attach_in_a_python_driver(tmp_path, lmp):
