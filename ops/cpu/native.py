@@ -20,7 +20,6 @@ registered here, so the ops trace, compile, export and differentiate like any to
 from __future__ import annotations
 
 import contextlib
-
 import subprocess
 import threading
 import time

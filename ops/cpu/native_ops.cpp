@@ -15,8 +15,8 @@
 // small-row kernels; otherwise, or for any layout or dtype they do not take, ATen's own mm/addmm
 // (MKL). Measured per call on an AMD EPYC, 1 thread, from Python (docs/rewriter.md): 3 x 128 x
 // 384 fp32 dot 9 us / axpy 6 us against MKL 13 us. From Python the dot form loses to MKL from
-// ~5 rows, but in a compiled joint graph (no Python per call) 16 rows beat 4 and 8 at CH4 and
-// benzene, fp32 and fp64; 40 and 64 were no better (docs/rewriter.md).
+// ~5 rows, but in a compiled joint graph (no Python per call) 16 rows beat 4 and 8 at H2O, CH4 and
+// benzene, fp32 and fp64, and 32 was no better (docs/ops.md, "Native ops").
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
