@@ -76,6 +76,19 @@ def test_a_baseline_isa_build_runs_correct_kernels(tmp_path):
     assert "xmm" in text and "ymm" not in text and "zmm" not in text  # SSE only: no AVX, AVX2 or AVX-512
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_kernels_transpose_weights_as_aten_does(dtype):
+    """The C++ library's tiled transpose (the kernels' weight layout) equals ``w.t().contiguous()``
+    bitwise, for contiguous, transposed and strided inputs of sizes that are and are not
+    multiples of its 16 x 16 tile."""
+    gen = torch.Generator().manual_seed(0)
+    for rows, cols in ((384, 20), (128, 384), (17, 33), (1, 5), (16, 16)):
+        w = torch.randn(rows, cols, generator=gen, dtype=dtype)
+        for view in (w, w.t(), torch.randn(rows, 2 * cols, generator=gen, dtype=dtype)[:, ::2]):
+            out = backend._transpose(view)
+            assert out.is_contiguous() and torch.equal(out, view.t().contiguous())
+
+
 def test_the_basis_loops_call_glibc_vector_exponentials(monkeypatch):
     """Where glibc's libmvec is installed (x86-64 glibc), both C++ libraries are linked to it and
     their radial-basis loops call its vector exp (a _ZGV... symbol), not only the scalar one;

@@ -21,6 +21,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
@@ -170,18 +171,7 @@ const T* ptr(const std::optional<at::Tensor>& t) {
 
 // A 2-D tensor's transpose as a new contiguous tensor: the layout the kernels read weights in.
 // ATen's t().contiguous() took ~18 us for a 384 x 20 filter weight (a strided copy through
-// TensorIterator), 6 of them per call at 5 atoms: this loop, in cache-sized tiles, is ~1-2 us.
-template <typename T>
-void transpose_tiles(const T* src, std::int64_t rows, std::int64_t cols, std::int64_t rs, std::int64_t cs, T* dst) {
-    constexpr std::int64_t TILE = 16;
-    for (std::int64_t r0 = 0; r0 < rows; r0 += TILE)
-        for (std::int64_t c0 = 0; c0 < cols; c0 += TILE) {
-            const std::int64_t r1 = std::min(rows, r0 + TILE), c1 = std::min(cols, c0 + TILE);
-            for (std::int64_t c = c0; c < c1; ++c)
-                for (std::int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * rs + c * cs];
-        }
-}
-
+// TensorIterator), 6 of them per call at 5 atoms; cpu_common.h's tiled loop ~1-2 us.
 at::Tensor transposed(const at::Tensor& t) {
     at::Tensor out = at::empty({t.size(1), t.size(0)}, t.options());
     if (t.scalar_type() == at::kFloat)
@@ -310,8 +300,9 @@ std::tuple<at::Tensor, at::Tensor> painn_message(const at::Tensor& r_in, const a
     check_message("painn_message", r_in, idx_i, idx_j_in, dst_ptr, dst_perm, src_ptr, src_perm, x_in, mu_in, weight,
                   bias_in, basis_params);
     const std::int64_t n = x_in.size(0), f = x_in.size(1) / 3, k = basis_params.size(1), e = r_in.size(0);
-    at::Tensor dq = at::zeros({n, f}, x_in.options()), dmu = at::zeros({n, 3, f}, x_in.options());
-    if (n == 0 || e == 0) return {dq, dmu};
+    if (n == 0 || e == 0) return {at::zeros({n, f}, x_in.options()), at::zeros({n, 3, f}, x_in.options())};
+    // the kernel writes every atom's row: no zero fill
+    at::Tensor dq = at::empty({n, f}, x_in.options()), dmu = at::empty({n, 3, f}, x_in.options());
     const at::Tensor r = r_in.contiguous(), j = idx_j_in.contiguous(), x = x_in.contiguous();
     const at::Tensor dp = dst_ptr.contiguous(), d_perm = dst_perm.contiguous();
     const at::Tensor wt = transposed(weight), b = bias_in.contiguous(), p = basis_params.contiguous();
@@ -344,14 +335,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> painn_mes
     check_shape("painn_message_backward", "grad_0", gq_in, {x_in.size(0), x_in.size(1) / 3});
     check_shape("painn_message_backward", "grad_1", gmu_in, {x_in.size(0), 3, x_in.size(1) / 3});
     const std::int64_t n = x_in.size(0), f = x_in.size(1) / 3, k = basis_params.size(1), e = r_in.size(0);
-    at::Tensor gr = at::zeros_like(r_in, at::MemoryFormat::Contiguous), gx = at::zeros_like(x_in, at::MemoryFormat::Contiguous);
-    at::Tensor gmu = mu_in ? at::zeros_like(*mu_in, at::MemoryFormat::Contiguous) : at::empty({0}, x_in.options());
     // an empty tensor where a gradient is not computed (each its own: outputs must not alias)
     auto none = [&] { return at::empty({0}, x_in.options()); };
     if (n == 0 || e == 0) {
+        at::Tensor gr = at::zeros_like(r_in, at::MemoryFormat::Contiguous);
+        at::Tensor gx = at::zeros_like(x_in, at::MemoryFormat::Contiguous);
+        at::Tensor gmu = mu_in ? at::zeros_like(*mu_in, at::MemoryFormat::Contiguous) : none();
         if (!weight_grad) return {gr, gx, gmu, none(), none()};
         return {gr, gx, gmu, at::zeros_like(weight), at::zeros_like(bias_in)};
     }
+    // the kernel writes every edge's and every atom's row: no zero fill
+    at::Tensor gr = at::empty_like(r_in, at::MemoryFormat::Contiguous), gx = at::empty_like(x_in, at::MemoryFormat::Contiguous);
+    at::Tensor gmu = mu_in ? at::empty_like(*mu_in, at::MemoryFormat::Contiguous) : none();
     const std::int64_t parts = std::min(PARTS, n);
     at::Tensor partial = weight_grad ? at::empty({parts, 3 * f, k + 1}, x_in.options()) : at::Tensor();
     const at::Tensor gq = gq_in.contiguous(), gm = gmu_in.contiguous(), r = r_in.contiguous(), i = idx_i_in.contiguous();

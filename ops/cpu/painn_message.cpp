@@ -379,6 +379,10 @@ void filter_backward(const T* grad, const T* d, const T* wt, const T* bias, cons
                                                                       wt, bias, p0, p1, basis, cutoff, c0, c1, N, F, \
                                                                       K, gr, gx, gmu_in, partial, P, threads);       \
     }                                                                                                              \
+    extern "C" void transpose_##S(const T* src, std::int64_t rows, std::int64_t cols, std::int64_t rs,           \
+                                  std::int64_t cs, T* dst) {                                                       \
+        transpose_tiles<T>(src, rows, cols, rs, cs, dst);                                                          \
+    }                                                                                                              \
     extern "C" void radial_filter_forward_##S(const T* d, const T* wt, const T* bias, const T* p0, const T* p1,     \
                                               int basis, int cutoff, T c0, T c1, std::int64_t E, int C, int K,     \
                                               T* out, int threads) {                                               \
