@@ -1,6 +1,7 @@
 """The C++ CPU kernels: build cache (hit, corruption, no compiler), determinism, registration,
 and the auto path policy that never makes a calculation slower than the plain model."""
 
+import os
 import warnings
 
 import pytest
@@ -87,6 +88,24 @@ def test_the_kernels_transpose_weights_as_aten_does(dtype):
         for view in (w, w.t(), torch.randn(rows, 2 * cols, generator=gen, dtype=dtype)[:, ::2]):
             out = backend._transpose(view)
             assert out.is_contiguous() and torch.equal(out, view.t().contiguous())
+
+
+def test_both_libraries_read_one_update_transpose_setting():
+    """PAINNFX_UPDATE_TRANSPOSE_ATOMS is read in cpu_common.h, and the ctypes backend asks the
+    library for it: 24 by default; set to 1000, 50 atoms take the weights as given."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from painnfx.ops.cpu import backend; w = [torch.randn(4, 3) for _ in range(3)];"
+            "print(backend._state.get('transpose_atoms'), [t is None for t in backend._transposed(50, w)],"
+            " backend._state['transpose_atoms'])")
+    for value, expected in ((None, "None [False, False, False] 24"), ("1000", "None [True, True, True] 1000")):
+        env = {k: v for k, v in os.environ.items() if k != "PAINNFX_UPDATE_TRANSPOSE_ATOMS"}
+        if value is not None:
+            env["PAINNFX_UPDATE_TRANSPOSE_ATOMS"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().splitlines()[-1] == expected
 
 
 def test_the_basis_loops_call_glibc_vector_exponentials(monkeypatch):

@@ -10,7 +10,6 @@ reference implementation runs, after one warning that says why. Double backward
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 from typing import Optional
 
@@ -159,13 +158,13 @@ def filter_backward(grad, d, weight, bias, basis_params, basis, cutoff, cutoff_p
     return gd, total[:, :k].clone(), total[:, k].clone()
 
 
-#: from this many atoms on the update kernels take their weights transposed (three copies per
-#: call) for the register-blocked products; below, dot products with the weights as given
-UPDATE_TRANSPOSE_ATOMS = int(os.environ.get("PAINNFX_UPDATE_TRANSPOSE_ATOMS", "24"))
-
-
 def _transposed(n: int, weights) -> list:
-    if n < UPDATE_TRANSPOSE_ATOMS:
+    """The update weights transposed from as many atoms on as the library says
+    (``PAINNFX_UPDATE_TRANSPOSE_ATOMS``, cpu_common.h: the one setting both libraries read), else
+    None each (the kernels then take them as given)."""
+    if "transpose_atoms" not in _state:
+        _state["transpose_atoms"] = library().painnfx_update_transpose_atoms()
+    if n < _state["transpose_atoms"]:
         return [None, None, None]
     return [_transpose(w) for w in weights]
 

@@ -30,7 +30,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -54,13 +53,9 @@ std::vector<std::int64_t> call_counts() {
 
 // The most rows each form takes before ATen's product (MKL) does, from PAINNFX_DENSE_DOT_ROWS /
 // PAINNFX_DENSE_AXPY_ROWS if set (read once): the crossover depends on the CPU and on MKL.
-std::int64_t rows_limit(const char* name, std::int64_t fallback) {
-    const char* v = std::getenv(name);
-    return v && *v ? std::atoll(v) : fallback;
-}
 // (set_dense_rows changes them at run time: for measuring the crossover in one process)
-std::atomic<std::int64_t> DOT_MAX_ROWS{rows_limit("PAINNFX_DENSE_DOT_ROWS", 16)};
-std::atomic<std::int64_t> AXPY_MAX_ROWS{rows_limit("PAINNFX_DENSE_AXPY_ROWS", 16)};
+std::atomic<std::int64_t> DOT_MAX_ROWS{env_int("PAINNFX_DENSE_DOT_ROWS", 16)};
+std::atomic<std::int64_t> AXPY_MAX_ROWS{env_int("PAINNFX_DENSE_AXPY_ROWS", 16)};
 // columns per parallel chunk: at least this many multiply-adds each (a thread's wake-up costs more
 // than a smaller share of the arithmetic)
 constexpr std::int64_t CHUNK_FMAS = 1 << 17;
@@ -371,17 +366,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> painn_mes
     if (!weight_grad) return {gr, gx, gmu, none(), none()};
     const at::Tensor total = partial.sum(0);  // the partials in chunk order: deterministic
     return {gr, gx, gmu, total.narrow(1, 0, k).clone(), total.select(1, k).clone()};
-}
-
-// From this many atoms on the update kernels take their weights transposed (three copies per
-// call) for the register-blocked products; below, dot products with the weights as given
-// (backend.py's UPDATE_TRANSPOSE_ATOMS, the same variable).
-std::int64_t update_transpose_atoms() {
-    static const std::int64_t atoms = [] {
-        const char* v = std::getenv("PAINNFX_UPDATE_TRANSPOSE_ATOMS");
-        return v ? std::atoll(v) : std::int64_t(24);
-    }();
-    return atoms;
 }
 
 struct UpdateWeights {
