@@ -59,8 +59,38 @@ def test_md_json_summary_fused_path(capsys):
     assert summary["kernels"]["painn_message"] == {"cpp": 15}
     assert summary["kernels"]["painn_message_backward"] == {"cpp": 15}
     assert summary["max_position_difference_A"] < 1e-12  # fp64: the same trajectory to rounding
+    # the speedup comes from the side-by-side replay of both calculators, not from the main run
+    assert summary["compare_steps"] == 3
+    assert summary["speedup_over_unoptimized"] == pytest.approx(
+        summary["side_by_side_steps_per_s"] / summary["unoptimized_steps_per_s"])
     # NVE, 1 fs, fp64: velocity Verlet's energy error over 4 steps of a 4-atom cell (measured 5e-7)
     assert abs(summary["energy_drift_eV_per_atom"]) < 5e-6
+
+
+def test_md_replays_the_calculators_in_turn():
+    """`painnfx md`'s comparison steps the calculators alternately, from one initial state, so
+    their speeds are measured in the same stretch of time; equal calculators, equal paths."""
+    from types import SimpleNamespace
+
+    from ase.calculators.emt import EMT
+
+    from painnfx.tools.md import default_structure, replay_side_by_side
+
+    order = []
+
+    class Logged(EMT):
+        def __init__(self, name):
+            super().__init__()
+            self.tag = name
+
+        def calculate(self, *a, **k):
+            order.append(self.tag)
+            super().calculate(*a, **k)
+
+    args = SimpleNamespace(timestep=1.0, thermostat="nve")
+    (pos_a, sec_a), (pos_b, sec_b) = replay_side_by_side(default_structure(1), [Logged("a"), Logged("b")], args, 3)
+    assert "".join(order) == "aabbabab"  # each: the initial forces and the first step, then a step each in turn
+    assert pos_a.shape == (4, 4, 3) and (pos_a == pos_b).all() and sec_a > 0 and sec_b > 0
 
 
 @pytest.mark.parametrize("variant", ["eager", "fused"])
@@ -70,6 +100,61 @@ def test_bench_measure_one_case(variant):
     assert rec["repeats"] == 2 and rec["median_s"] > 0 and rec["n_atoms"] == 3
     assert rec["gflop"] == pytest.approx(0.00994, rel=0.01)  # the FLOP model (tools/flops.py): ~10 MFLOP
     assert rec["gflops_per_s"] == pytest.approx(rec["gflop"] / rec["median_s"])
+
+
+def test_bench_times_variants_interleaved_in_rounds(monkeypatch):
+    """The default protocol: every variant of a system in one process, warmed up, then rounds
+    that call each variant for a burst in turn, each round starting one variant later; a
+    variant that cannot run is recorded with its reason and the others are still timed."""
+    from painnfx.tools import bench, variants
+
+    log = []
+
+    def fake(name):
+        def make(model, prepared):
+            def step():
+                log.append(name)
+                return variants.eager(model, prepared)()
+
+            return step
+
+        return make
+
+    def unavailable(model, prepared):
+        raise variants.Unavailable("not here")
+
+    monkeypatch.setitem(variants.VARIANTS, "a", fake("a"))
+    monkeypatch.setitem(variants.VARIANTS, "b", fake("b"))
+    monkeypatch.setitem(variants.VARIANTS, "c", unavailable)
+    monkeypatch.setattr(bench, "BURST_S", 1e9)  # bursts bounded by max_repeats // MIN_ROUNDS
+    monkeypatch.setattr(bench, "MIN_ROUNDS", 4)
+    recs = bench.measure_interleaved("H2O", ["a", "b", "c"], dtype="float64", device="cpu", threads=1, warmup=1,
+                                     min_repeats=8, max_repeats=8, max_time=0.0)
+    a, b, c = recs
+    assert c == {**c, "variant": "c", "error": "not here"} and "median_s" not in c
+    assert a["repeats"] == b["repeats"] == 8 and "interleaved, 4 rounds" in a["protocol"]
+    assert a["max_force_error_vs_eager"] < 1e-12  # checked after timing, against eager
+    # first call + warm-up of each, then 4 rounds of 2 calls, alternating, each round rotated,
+    # then one call each for the force check
+    assert "".join(log) == "aa" + "bb" + "aabb" + "bbaa" + "aabb" + "bbaa" + "a" + "b"
+
+
+def test_bench_runs_variants_alone_when_the_interleaved_process_fails(monkeypatch):
+    """A crash of the shared process costs no results: each variant is then run in its own,
+    and its record says why."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from painnfx.tools import bench
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: SimpleNamespace(returncode=-11, stdout="",
+                                                                          stderr="Segmentation fault"))
+    monkeypatch.setattr(bench, "_run_case", lambda args, s, v: {"system": s, "variant": v, "median_s": 1.0})
+    args = SimpleNamespace(warmup=0, min_repeats=1, max_repeats=1, max_time=0.0, dtype="float32", device="cpu",
+                           threads=1, case_timeout=10.0)
+    recs = bench._run_system(args, "H2O", ["eager", "auto"])
+    assert [r["variant"] for r in recs] == ["eager", "auto"]
+    assert all(r["protocol"].startswith("isolated (the interleaved run failed: Segmentation fault") for r in recs)
 
 
 def test_bench_records_the_path_the_auto_policy_chose(monkeypatch):

@@ -1,15 +1,20 @@
 """``painnfx bench``: energy+forces timings of several variants on the standard set.
 
-Every (system, variant) pair runs in a fresh Python process so that torch.compile's caches
-and the memory high-water mark belong to that pair alone. Peak memory (CPU) comes from a
-second process per pair run with ``MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0``,
-so that every tensor of 64 KiB or more is mmapped and returned on free and the resident set
-tracks live tensor memory: after warm-up the kernel's high-water mark (VmHWM) is reset and
-the rise over the resident set during one call is reported. On GPU it is
-``torch.cuda.max_memory_allocated`` over the timed calls. Within a process: one untimed call (compilation happens here and is
-reported as ``first_call_s``), ``warmup`` more untimed calls, then repeated timed calls
-until ``min_repeats`` are done and ``max_time`` seconds have passed (or ``max_repeats``).
-The median is reported; ratios are taken within one run only.
+By default each system's variants run together in one fresh Python process, timed in
+alternating rounds (``measure_interleaved``): on a shared machine the CPU's speed drifts by
+tens of percent over seconds, and only variants timed in the same stretch of time can be
+compared. ``--isolated`` runs every (system, variant) pair in a process of its own instead,
+one after another (the protocol of the bench files before 2026-12-01); the throughput and
+``--largest`` modes always do. Peak memory (CPU) comes from a further process per pair run with
+``MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0``, so that every tensor of 64 KiB or
+more is mmapped and returned on free and the resident set tracks live tensor memory: after
+warm-up the kernel's high-water mark (VmHWM) is reset and the rise over the resident set
+during one call is reported; that process's first call is also the cold first call
+(``first_call_cold_s``). On GPU it is ``torch.cuda.max_memory_allocated`` over the timed calls.
+Within a process: one untimed call per variant (compilation happens here and is reported as
+``first_call_s``), ``warmup`` more untimed calls, then timed calls until ``min_repeats`` are
+done and ``max_time`` seconds (per variant) have passed, or ``max_repeats``. The median is
+reported; ratios are taken within one run only.
 """
 
 from __future__ import annotations
@@ -62,27 +67,70 @@ def _sync(device: torch.device) -> None:
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
+def _model(dtype: str, device: str, threads: int, seed: int):
+    from painnfx.model.default import random_model
+
+    torch.set_num_threads(threads)
+    model = random_model(seed).to(device=torch.device(device), dtype=DTYPES[dtype])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _prepare(system: str, model):
+    """The system's atoms, neighbor list and tensors, and the record fields every variant shares."""
+    from painnfx.model.neighbors import neighbor_list
+
+    from .flops import energy_forces_flops
+    from .systems import system as lookup
+    from .variants import Prepared
+
+    p = next(model.parameters())
+    dt, dev, cfg = p.dtype, p.device, model.config
+    atoms = lookup(system)
+    nl = neighbor_list(atoms.positions, model.cutoff, atoms.cell.array, atoms.pbc, dtype=dt, device=dev)
+    prepared = Prepared(
+        torch.as_tensor(atoms.positions, dtype=dt, device=dev),
+        torch.as_tensor(atoms.numbers, device=dev),
+        nl.edge_index, nl.shifts, nl.cell_shifts,
+        torch.as_tensor(atoms.cell.array, dtype=dt, device=dev), atoms.pbc,
+    )
+    record = {"system": system, "n_atoms": len(atoms), "n_edges": nl.n_edges,
+              "gflop": energy_forces_flops(len(atoms), nl.n_edges, cfg.n_atom_basis, cfg.n_rbf,
+                                           cfg.n_interactions)["total"] / 1e9}
+    return prepared, record
+
+
+def _finish(record: dict, step, model, prepared) -> dict:
+    """What a timed case adds after timing: the auto policy's choices, GFLOP/s, and (up to
+    ``CHECK_MAX_ATOMS``) the forces of one more call against eager autograd's."""
+    choices = getattr(getattr(getattr(step, "evaluator", None), "report", None), "path_choices", None)
+    if choices:  # what the auto path policy chose, and the first-call timings it chose from
+        record["path_choices"] = [{k: c[k] for k in ("path", "why")} for c in choices]
+    if "median_s" in record:
+        record["gflops_per_s"] = record["gflop"] / record["median_s"]
+        if record["n_atoms"] <= CHECK_MAX_ATOMS:  # a fast variant must also be right: its forces against eager's
+            from painnfx.model.properties import compute_properties
+
+            p = prepared
+            ref = compute_properties(model, p.positions, p.numbers, p.edge_index, p.shifts)
+            out = step()
+            forces = out.forces if hasattr(out, "forces") else out[1]
+            record["max_force_error_vs_eager"] = float((forces.detach() - ref.forces).abs().max())
+    return record
+
+
 def measure(system: str, variant: str, *, dtype: str, device: str, threads: int, warmup: int,
             min_repeats: int, max_repeats: int, max_time: float, seed: int = 0,
             max_atoms: int = None, max_edges: int = None) -> dict:
     """Run one (system, variant) pair in this process and return its record. A structure set of
     the throughput benchmark (``tools/systems.structure_sets``) is timed as a whole, with
     ``max_atoms``/``max_edges`` bounding its batches."""
-    from painnfx.model.default import random_model
-    from painnfx.model.neighbors import neighbor_list
-
-    from .flops import energy_forces_flops
     from .systems import structure_sets
-    from .systems import system as lookup
-    from .variants import THROUGHPUT_VARIANTS, VARIANTS, Prepared, Unavailable
+    from .variants import THROUGHPUT_VARIANTS, VARIANTS, Unavailable
 
-    torch.set_num_threads(threads)
+    model = _model(dtype, device, threads, seed)
     dev = torch.device(device)
-    dt = DTYPES[dtype]
-    model = random_model(seed).to(device=dev, dtype=dt)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    cfg = model.config
     if system in structure_sets():
         from painnfx.model.batch import DEFAULT_MAX_ATOMS
 
@@ -96,35 +144,100 @@ def measure(system: str, variant: str, *, dtype: str, device: str, threads: int,
         if "median_s" in record:
             record["structures_per_s"] = len(structures) / record["median_s"]
         return record
-    atoms = lookup(system)
-    nl = neighbor_list(atoms.positions, model.cutoff, atoms.cell.array, atoms.pbc, dtype=dt, device=dev)
-    prepared = Prepared(
-        torch.as_tensor(atoms.positions, dtype=dt, device=dev),
-        torch.as_tensor(atoms.numbers, device=dev),
-        nl.edge_index, nl.shifts, nl.cell_shifts,
-        torch.as_tensor(atoms.cell.array, dtype=dt, device=dev), atoms.pbc,
-    )
-    record = {"system": system, "variant": variant, "n_atoms": len(atoms), "n_edges": nl.n_edges,
-              "gflop": energy_forces_flops(len(atoms), nl.n_edges, cfg.n_atom_basis, cfg.n_rbf,
-                                           cfg.n_interactions)["total"] / 1e9}
+    prepared, shared = _prepare(system, model)
+    record = {**shared, "variant": variant}
     try:
         step = VARIANTS[variant](model, prepared)
     except Unavailable as exc:
         return {**record, "error": str(exc)}
     record = _time(step, dev, record, warmup, min_repeats, max_repeats, max_time)
-    choices = getattr(getattr(getattr(step, "evaluator", None), "report", None), "path_choices", None)
-    if choices:  # what the auto path policy chose, and the first-call timings it chose from
-        record["path_choices"] = [{k: c[k] for k in ("path", "why")} for c in choices]
-    if "median_s" in record:
-        record["gflops_per_s"] = record["gflop"] / record["median_s"]
-        if len(atoms) <= CHECK_MAX_ATOMS:  # a fast variant must also be right: its forces against eager's
-            from painnfx.model.properties import compute_properties
+    return _finish(record, step, model, prepared)
 
-            ref = compute_properties(model, prepared.positions, prepared.numbers, nl.edge_index, nl.shifts)
-            out = step()
-            forces = out.forces if hasattr(out, "forces") else out[1]
-            record["max_force_error_vs_eager"] = float((forces.detach() - ref.forces).abs().max())
-    return record
+
+#: rounds of the interleaved protocol at least, when ``max_repeats`` bounds the calls
+MIN_ROUNDS = 20
+#: seconds of calls of one variant in one round at most (so that rounds alternate quickly)
+BURST_S = 0.05
+
+
+def measure_interleaved(system: str, variants: list[str], *, dtype: str, device: str, threads: int,
+                        warmup: int, min_repeats: int, max_repeats: int, max_time: float, seed: int = 0,
+                        clock=time.perf_counter) -> list[dict]:
+    """Every variant of one system in this process, timed in alternating rounds.
+
+    On a shared machine the speed of the CPU drifts by tens of percent over seconds, so
+    variants timed one after another (or in separate processes) are compared at different
+    speeds. Here each variant is built, called once (``first_call_s``) and warmed up, then
+    rounds call each variant in turn for a short burst (at most ``BURST_S`` seconds and
+    ``max_repeats // MIN_ROUNDS`` calls; each round starts one variant later), until every
+    variant has ``min_repeats`` calls and ``max_time`` seconds per variant have passed, or
+    ``max_repeats`` calls. The median of each variant's calls is reported: every variant saw
+    the same stretch of machine time. ``first_call_s`` here shares the process's imports and
+    caches with the variants built before it (the memory pass times a cold first call).
+    """
+    from .variants import VARIANTS, Unavailable
+
+    model = _model(dtype, device, threads, seed)
+    dev = torch.device(device)
+    prepared, shared = _prepare(system, model)
+    records, steps, bursts = {}, {}, {}
+    for variant in variants:
+        record = records[variant] = {**shared, "variant": variant}
+        try:
+            step = VARIANTS[variant](model, prepared)
+            t0 = clock()
+            step()
+            _sync(dev)
+            record["first_call_s"] = clock() - t0
+            t0 = clock()
+            for _ in range(warmup):
+                step()
+            _sync(dev)
+        except Unavailable as exc:
+            record["error"] = str(exc)
+            continue
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            record["error"] = f"out of memory: {str(exc).splitlines()[0]}"
+            continue
+        per_call = (clock() - t0) / warmup if warmup else record["first_call_s"]
+        steps[variant] = step
+        bursts[variant] = max(1, min(int(BURST_S / max(per_call, 1e-9)), max_repeats // MIN_ROUNDS))
+    times = {v: [] for v in steps}
+    order, start, rounds = list(steps), clock(), 0
+    budget = max_time * len(order)
+
+    def more(v):
+        return len(times[v]) < max_repeats and (len(times[v]) < min_repeats or clock() - start < budget)
+
+    while order and any(more(v) for v in order):
+        for v in order[rounds % len(order):] + order[: rounds % len(order)]:
+            for _ in range(bursts[v] if more(v) else 0):
+                times[v].append(_timed_call(steps[v], dev, clock))
+        rounds += 1
+    out = []
+    for variant, record in records.items():
+        if variant in steps:
+            ts = times[variant]
+            record.update(timer="cuda events" if dev.type == "cuda" else "perf_counter",
+                          median_s=statistics.median(ts), min_s=min(ts), repeats=len(ts),
+                          protocol=f"interleaved, {rounds} rounds of up to {bursts[variant]} calls")
+            record = _finish(record, steps[variant], model, prepared)
+        out.append(record)
+    return out
+
+
+def _timed_call(step, dev: torch.device, clock) -> float:
+    """Seconds of one call: device time between two events on CUDA, the clock on CPU."""
+    if dev.type == "cuda":
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        step()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / 1e3
+    t = clock()
+    step()
+    return clock() - t
 
 
 #: systems up to this size get the force check against eager (eager's cost grows fast beyond it)
@@ -152,17 +265,7 @@ def _time(step, dev: torch.device, record: dict, warmup: int, min_repeats: int, 
         times = []
         start = time.perf_counter()
         while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < max_time):
-            if dev.type == "cuda":  # device time between two events on the current stream
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
-                step()
-                end.record()
-                end.synchronize()
-                times.append(begin.elapsed_time(end) / 1e3)
-            else:
-                t = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - t)
+            times.append(_timed_call(step, dev, time.perf_counter))
     except (torch.OutOfMemoryError, MemoryError) as exc:
         return {**record, "error": f"out of memory: {str(exc).splitlines()[0]}"}
     record.update(
@@ -238,6 +341,27 @@ def _run_case(args, system: str, variant: str, largest: bool = False, memory: bo
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _run_system(args, system: str, variants: list[str]) -> list[dict]:
+    """All variants of one system in one fresh process, timed interleaved (``measure_interleaved``).
+    If that process fails (a crash, over ``--case-timeout`` per variant), each variant is run on
+    its own instead, and its record says so."""
+    reps = ["--warmup", str(args.warmup), "--min-repeats", str(args.min_repeats),
+            "--max-repeats", str(args.max_repeats), "--max-time", str(args.max_time)]
+    cmd = [sys.executable, "-m", "painnfx.tools.bench", "--worker-system", system, "--variants", *variants,
+           "--dtype", args.dtype, "--device", args.device, "--threads", str(args.threads), *reps]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout * len(variants))
+        failure = None if proc.returncode == 0 else " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+    except subprocess.TimeoutExpired:
+        failure = f"over --case-timeout {args.case_timeout} s per variant"
+    if failure is None:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    records = [_run_case(args, system, v) for v in variants]
+    for r in records:
+        r["protocol"] = f"isolated (the interleaved run failed: {failure[:200]})"
+    return records
+
+
 def run(args) -> dict:
     from tqdm import tqdm
 
@@ -257,23 +381,30 @@ def run(args) -> dict:
         raise UsageError(f"unknown system/variant: {unknown}; systems: {list(known_systems)}, "
                          f"variants: {list(known_variants)}")
     results = []
-    pairs = [(s, v) for s in systems for v in variants]
-    for system, variant in tqdm(pairs, desc="bench", unit="case", disable=args.quiet):
-        results.append(_run_case(args, system, variant))
-        if args.device == "cpu" and not args.no_memory and "median_s" in results[-1]:
-            rec = _run_case(args, system, variant, memory=True)
-            if "rss_rise_mb" in rec:
-                results[-1]["peak_mb"] = rec["rss_rise_mb"]
-                results[-1]["peak_method"] = "RSS rise over one warm call, mmap threshold 64 KiB, VmHWM reset"
-        if not args.quiet:
-            r = results[-1]
-            msg = f"{r['median_s'] * 1e3:9.2f} ms" if "median_s" in r else f"error: {r['error'][:80]}"
-            if "structures_per_s" in r:
-                msg += f"  {r['structures_per_s']:8.1f} structures/s"
-            tqdm.write(f"{system:>9} {variant:>17} {msg}")
+    interleaved = not (args.isolated or args.throughput)
+    groups = [(s, variants) for s in systems] if interleaved else [(s, [v]) for s in systems for v in variants]
+    for system, group in tqdm(groups, desc="bench", unit="system" if interleaved else "case", disable=args.quiet):
+        records = _run_system(args, system, group) if interleaved else [_run_case(args, system, group[0])]
+        for record in records:
+            results.append(record)
+            variant = record["variant"]
+            if args.device == "cpu" and not args.no_memory and "median_s" in record:
+                rec = _run_case(args, system, variant, memory=True)
+                if "rss_rise_mb" in rec:
+                    record["peak_mb"] = rec["rss_rise_mb"]
+                    record["peak_method"] = "RSS rise over one warm call, mmap threshold 64 KiB, VmHWM reset"
+                if interleaved and "first_call_s" in rec:
+                    record["first_call_cold_s"] = rec["first_call_s"]
+            if not args.quiet:
+                msg = f"{record['median_s'] * 1e3:9.2f} ms" if "median_s" in record else f"error: {record['error'][:80]}"
+                if "structures_per_s" in record:
+                    msg += f"  {record['structures_per_s']:8.1f} structures/s"
+                tqdm.write(f"{system:>9} {variant:>17} {msg}")
     base = "eager-1by1" if args.throughput else "eager"
-    return {"environment": environment(args.device, args.threads, args.dtype), "results": results,
-            "speedups_vs_eager": speedups(results, base)}
+    env = {**environment(args.device, args.threads, args.dtype),
+           "protocol": "interleaved: each system's variants in one process, timed in alternating rounds"
+           if interleaved else "isolated: each (system, variant) in its own process"}
+    return {"environment": env, "results": results, "speedups_vs_eager": speedups(results, base)}
 
 
 def speedups(results: list[dict], base: str = "eager") -> dict:
@@ -408,7 +539,8 @@ def markdown_table(report: dict) -> str:
         lines += ["", "| system | variant | max abs force error vs eager (eV/A) |", "|---|---|---|"]
         lines += [f"| {r['system']} | {r['variant']} | {r['max_force_error_vs_eager']:.1e} |" for r in checked]
     if env:
-        lines = [f"Machine: {machine_line(env)}.", ""] + lines
+        timing = [f"Timing: {env['protocol']}; medians.", ""] if env.get("protocol") else []
+        lines = [f"Machine: {machine_line(env)}.", "", *timing] + lines
     return "\n".join(lines)
 
 
@@ -420,11 +552,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--min-repeats", type=int, default=5)
-    p.add_argument("--max-repeats", type=int, default=200)
+    p.add_argument("--max-repeats", type=int, default=1000)
     p.add_argument("--max-time", type=float, default=3.0, help="seconds of timed calls per case (after min-repeats)")
     p.add_argument("--case-timeout", type=float, default=1800.0)
     p.add_argument("--out", default="docs/perf/cpu_bench", help="output stem: writes STEM.json, STEM.png, STEM.md")
     p.add_argument("--no-memory", action="store_true", help="skip the separate peak-memory pass")
+    p.add_argument("--isolated", action="store_true",
+                   help="time each (system, variant) in its own process, one after another, instead of each "
+                        "system's variants interleaved in one process (the default)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--largest", action="store_true",
                    help="instead of timing the set: find the largest Cu cell each variant evaluates (writes STEM.json)")
@@ -483,11 +618,15 @@ def _worker_main(argv: list[str]) -> None:
     tune_malloc()  # every timed variant gets the same allocator settings (not the memory pass)
     p = argparse.ArgumentParser()
     p.add_argument("--worker", nargs=2)
+    p.add_argument("--worker-system")
     add_arguments(p)
     a = p.parse_args(argv)
-    rec = measure(a.worker[0], a.worker[1], dtype=a.dtype, device=a.device, threads=a.threads,
-                  warmup=a.warmup, min_repeats=a.min_repeats, max_repeats=a.max_repeats, max_time=a.max_time,
-                  max_atoms=a.max_atoms, max_edges=a.max_edges)
+    timing = dict(dtype=a.dtype, device=a.device, threads=a.threads, warmup=a.warmup, min_repeats=a.min_repeats,
+                  max_repeats=a.max_repeats, max_time=a.max_time)
+    if a.worker_system:
+        print(json.dumps(measure_interleaved(a.worker_system, a.variants, **timing)))
+        return
+    rec = measure(a.worker[0], a.worker[1], **timing, max_atoms=a.max_atoms, max_edges=a.max_edges)
     print(json.dumps(rec))
 
 
