@@ -66,10 +66,16 @@ class GraphRunner(nn.Module):
             )
 
 
-#: above this many edges the fused path is taken without measuring: it is faster there on every
-#: CPU and GPU measured (docs/perf) and its memory is a fraction of eager's; measuring the plain
-#: path at that size would cost seconds
+#: above this many edges the plain model (autograd or its joint graph) is neither measured nor
+#: compiled: the fused path is faster there on every CPU and GPU measured (docs/perf) and its
+#: memory is a fraction of eager's; measuring the plain model at that size would cost seconds
 MEASURE_MAX_EDGES = 10_000
+
+#: above this many edges nothing is measured or compiled: the fused autograd path runs. Up to
+#: it the fused graph's joint graph races the fused autograd path (one round): 4-14% faster at
+#: Cu500 and Cu2048 (21 000 and 86 000 edges), equal at Cu8000 with 1.7x the memory (AMD EPYC,
+#: docs/perf), where the race would cost ~10 calls of ~1 s on the first call
+JOINT_MEASURE_MAX_EDGES = 100_000
 
 #: rounds in which the joint graphs take turns being timed (``_race``): 3 x best-of-3 calls each
 RACE_ROUNDS = 3
@@ -92,10 +98,17 @@ ENERGY_PATH = {"joint": "fused", "plain-joint": "plain"}
 PATHS = {
     "fused": "fused graph on every call, forces by autograd",
     "auto": "auto: the fastest of fused, plain and (for energy with forces, unless PAINNFX_JOINT=0) the compiled "
-            f"joint graphs of both, measured on the first call of each size class (fused without measuring above "
-            f"{MEASURE_MAX_EDGES} edges)",
+            f"joint graphs of both, measured on the first call of each size class (above {MEASURE_MAX_EDGES} edges "
+            f"the fused graph and its joint graph only, above {JOINT_MEASURE_MAX_EDGES} fused without measuring)",
     "joint": "the compiled joint graph for energy with forces (and stress), the fused graph for energy alone",
 }
+
+
+def joint_candidates(n_edges: int) -> tuple:
+    """The joint graphs the auto policy considers for a system of ``n_edges`` edges."""
+    if n_edges > JOINT_MEASURE_MAX_EDGES:
+        return ()
+    return ("joint",) if n_edges > MEASURE_MAX_EDGES else ("joint", "plain-joint")
 
 
 def size_class(n_atoms: int, n_edges: int) -> tuple:
@@ -190,14 +203,14 @@ class OptimizedModel(nn.Module):
                 best = min(best, self.timer() - start)
         return best
 
-    def _race(self, calls: dict, like) -> dict:
+    def _race(self, calls: dict, like, rounds: int = RACE_ROUNDS) -> dict:
         """{name: best time} of the joint graphs over ``RACE_ROUNDS`` rounds in which they take
         turns (one ``_best`` each per round), so that a slow spell of a shared machine hits each
         alike. At 3-5 atoms the two joint graphs are within ~10% of each other, and one best-of-3
         each, one after the other, picked by noise (CH4 fp64: plain-joint at 1.58 against 1.65 ms,
         where the fused graph's then ran 1.40 ms)."""
         best = {name: math.inf for name in calls}
-        for _ in range(RACE_ROUNDS if len(calls) > 1 else 1):
+        for _ in range(rounds if len(calls) > 1 else 1):
             for name, call in calls.items():
                 best[name] = min(best[name], self._best(call, like))
         return best
@@ -229,11 +242,16 @@ class OptimizedModel(nn.Module):
         cls = size_class(n_atoms, n_edges)
         known = self._choice.get(cls)
         if known is None or (joint_calls and not known[1]):
-            if n_edges > MEASURE_MAX_EDGES:
-                choice, why = "fused", f"more than {MEASURE_MAX_EDGES} edges"
+            large = n_edges > MEASURE_MAX_EDGES
+            joint_calls = {k: c for k, c in (joint_calls or {}).items() if k in joint_candidates(n_edges)}
+            if large and not joint_calls:
+                limit = JOINT_MEASURE_MAX_EDGES if n_edges > JOINT_MEASURE_MAX_EDGES else MEASURE_MAX_EDGES
+                choice, why = "fused", f"more than {limit} edges"
             else:
-                times = {"fused": self._time(self._fused, args), "plain": self._time(self._plain, args)}
-                for name, t in self._race(joint_calls or {}, args[0]).items():
+                times = {"fused": self._time(self._fused, args)}
+                if not large:
+                    times["plain"] = self._time(self._plain, args)
+                for name, t in self._race(joint_calls, args[0], rounds=1 if large else RACE_ROUNDS).items():
                     if name not in self._joint_rejected:  # one that failed while timed does not compete
                         times[name] = t
                 choice = min(times, key=times.get)
@@ -278,6 +296,8 @@ class OptimizedModel(nn.Module):
         energies = {"joint": fused}
         if self._path == "auto":
             energies["plain-joint"] = plain
+            # only what the policy may choose at this size is compiled and checked
+            energies = {k: v for k, v in energies.items() if k in joint_candidates(tensors[2].shape[1])}
         calls = {name: functools.partial(self._guarded, name, functools.partial(
                      self.joint_graphs.run, f"{key} ({name})", make(energy), *tensors, example=example))
                  for name, energy in energies.items() if name not in self._joint_rejected}

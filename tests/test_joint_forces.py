@@ -161,6 +161,44 @@ def test_auto_keeps_autograd_where_the_joint_graph_is_slower(monkeypatch):
     assert "fused 2e+03 ms vs plain 3e+03 ms vs joint 5e+03 ms vs plain-joint 9e+03 ms" in choice["why"]
 
 
+def test_large_systems_race_the_fused_graphs_joint_graph_alone_or_nothing(monkeypatch):
+    """Between MEASURE_MAX_EDGES and JOINT_MEASURE_MAX_EDGES edges the plain model is neither
+    timed nor compiled: the fused graph's joint graph races the fused autograd path, one round.
+    Above JOINT_MEASURE_MAX_EDGES no joint graph is traced at all (it was compiled and checked
+    there before, then never used: 15 s of a Cu8000 first call)."""
+    from painnfx.rewriter import runner
+
+    monkeypatch.setattr(runner, "MEASURE_MAX_EDGES", 10)
+    monkeypatch.setattr(runner, "JOINT_MEASURE_MAX_EDGES", 40)
+    model, fast = _joint_model("auto")
+    monkeypatch.setattr(fast, "_time", lambda fn, args: 2.0 if fn == fast._fused else pytest.fail("plain timed"))
+    raced = []
+
+    def best(call, like):
+        call()
+        raced.append(call.args[0])  # the policy's call for a joint graph: partial(_guarded, name, run)
+        return 1.0
+
+    monkeypatch.setattr(fast, "_best", best)
+    ch4, benzene = molecule("CH4"), molecule("C6H6")
+    assert 10 < system_tensors(ch4, model.cutoff)[2].n_edges <= 40
+    out = evaluate(fast, ch4)
+    assert raced == ["joint"] and set(fast.report.joint["graphs"]) == {"energy+forces (joint)"}
+    (choice,) = fast.report.path_choices
+    assert choice["path"] == "joint" and choice["why"] == "fused 2e+03 ms vs joint 1e+03 ms per energy+forces"
+    torch.testing.assert_close(out.forces, evaluate(model, ch4).forces, rtol=1e-10, atol=1e-10)
+
+    model, fast = _joint_model("auto")
+    monkeypatch.setattr(fast, "_time", lambda fn, args: pytest.fail("measured above the joint limit"))
+    assert system_tensors(benzene, model.cutoff)[2].n_edges > 40
+    with record_calls() as calls:
+        out = evaluate(fast, benzene)
+    assert not fast.joint_graphs.graphs and "graphs" not in fast.report.joint  # nothing traced
+    (choice,) = fast.report.path_choices
+    assert choice["path"] == "fused" and choice["why"] == "more than 40 edges"
+    assert calls and not out.forces.is_inference()  # the fused ops, through autograd
+
+
 @pytest.mark.parametrize("wrong", [1, 2], ids=["forces", "stress"])
 def test_a_joint_graph_that_disagrees_is_never_used(monkeypatch, wrong):
     """A joint graph one of whose outputs differs from the fused path's (here: forces or stress
