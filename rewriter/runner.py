@@ -125,8 +125,9 @@ class OptimizedModel(nn.Module):
     ``path``: "fused" always runs the rewritten graph; "auto" (what ``PaiNNCalculator`` uses
     by default) never makes a call slower than the plain model: on the first call of each size
     class (``size_class``) it times energy+forces of both paths (``repeats`` calls each after a
-    warm-up, the fastest counts) and keeps the faster; above ``MEASURE_MAX_EDGES`` edges it takes
-    the fused path unmeasured. ``report.path_choices`` records each choice and why.
+    warm-up, the fastest counts) and keeps the faster; above ``MEASURE_MAX_EDGES`` edges it does
+    not measure the plain model, and above ``JOINT_MEASURE_MAX_EDGES`` it takes the fused path
+    unmeasured. ``report.path_choices`` records each choice and why.
 
     ``joint`` (default ``PAINNFX_JOINT``, on): where a caller asks for energy and forces together
     (``joint_properties``, what ``compute_properties`` does without ``create_graph``), the auto

@@ -256,7 +256,9 @@ def test_calculator_auto_runs_what_it_measured_faster(monkeypatch, faster):
 
 
 def test_calculator_auto_fuses_above_the_edge_limit_without_measuring(monkeypatch):
-    """Above MEASURE_MAX_EDGES edges the auto policy takes the fused path unmeasured."""
+    """Above MEASURE_MAX_EDGES edges, with the joint graphs off (the suite's setting), the auto
+    policy takes the fused path unmeasured (with them on, the fused graph's joint graph races it:
+    test_joint_forces.py)."""
     from ase.build import bulk
 
     from painnfx.rewriter.runner import MEASURE_MAX_EDGES

@@ -429,8 +429,9 @@ def plot(report: dict, path: Path) -> None:
     for v in variants:
         rs = sorted((r for r in results if r["variant"] == v), key=lambda r: r["n_atoms"])
         ax.loglog([r["n_atoms"] for r in rs], [r["median_s"] * 1e3 for r in rs], "o-", label=v)
-        sp = report["speedups_vs_eager"]
-        ax2.semilogx([r["n_atoms"] for r in rs], [sp[r["system"]][v] for r in rs], "o-", label=v)
+        rs = [r for r in rs if v in report["speedups_vs_eager"].get(r["system"], {})]  # no eager: no ratio
+        ax2.semilogx([r["n_atoms"] for r in rs], [report["speedups_vs_eager"][r["system"]][v] for r in rs], "o-",
+                     label=v)
     env = report["environment"]
     where = env.get("gpu") or f"{env['processor']}, {env['threads']} threads"
     ax.set(xlabel="atoms", ylabel="energy+forces, median ms", title=f"{where} ({env['dtype']})")
