@@ -72,9 +72,9 @@ class GraphRunner(nn.Module):
 MEASURE_MAX_EDGES = 10_000
 
 #: above this many edges nothing is measured or compiled: the fused autograd path runs. Up to
-#: it the fused graph's joint graph races the fused autograd path (one round): 4-14% faster at
+#: it the fused graph's joint graph races the fused autograd path (one round): 0-14% faster at
 #: Cu500 and Cu2048 (21 000 and 86 000 edges), equal at Cu8000 with 1.7x the memory (AMD EPYC,
-#: docs/perf), where the race would cost ~10 calls of ~1 s on the first call
+#: docs/perf), where the check and the race would cost ~10 calls of 1-2 s on the first call
 JOINT_MEASURE_MAX_EDGES = 100_000
 
 #: rounds in which the joint graphs take turns being timed (``_race``): 3 x best-of-3 calls each
@@ -205,7 +205,7 @@ class OptimizedModel(nn.Module):
         return best
 
     def _race(self, calls: dict, like, rounds: int = RACE_ROUNDS) -> dict:
-        """{name: best time} of the joint graphs over ``RACE_ROUNDS`` rounds in which they take
+        """{name: best time} of the joint graphs over ``rounds`` rounds in which they take
         turns (one ``_best`` each per round), so that a slow spell of a shared machine hits each
         alike. At 3-5 atoms the two joint graphs are within ~10% of each other, and one best-of-3
         each, one after the other, picked by noise (CH4 fp64: plain-joint at 1.58 against 1.65 ms,

@@ -214,6 +214,14 @@ def measure_interleaved(system: str, variants: list[str], *, dtype: str, device:
             for _ in range(bursts[v] if more(v) else 0):
                 times[v].append(_timed_call(steps[v], dev, clock))
         rounds += 1
+    if dev.type == "cuda":  # the peak memory of one more call of each (on CPU: the memory pass)
+        for variant, step in steps.items():
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            base = torch.cuda.memory_allocated(dev)
+            step()
+            torch.cuda.synchronize(dev)
+            records[variant]["peak_cuda_mb"] = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
     out = []
     for variant, record in records.items():
         if variant in steps:
