@@ -10,7 +10,8 @@ one after another (the protocol of the bench files before 2026-12-01); the throu
 more is mmapped and returned on free and the resident set tracks live tensor memory: after
 warm-up the kernel's high-water mark (VmHWM) is reset and the rise over the resident set
 during one call is reported; that process's first call is also the cold first call
-(``first_call_cold_s``). On GPU it is ``torch.cuda.max_memory_allocated`` over the timed calls.
+(``first_call_cold_s``). On GPU it is ``torch.cuda.max_memory_allocated`` over the timed calls
+(isolated) or over one more call of each variant after the rounds (interleaved).
 Within a process: one untimed call per variant (compilation happens here and is reported as
 ``first_call_s``), ``warmup`` more untimed calls, then timed calls until ``min_repeats`` are
 done and ``max_time`` seconds (per variant) have passed, or ``max_repeats``. The median is
