@@ -244,7 +244,7 @@ class OptimizedModel(nn.Module):
         known = self._choice.get(cls)
         if known is None or (joint_calls and not known[1]):
             large = n_edges > MEASURE_MAX_EDGES
-            joint_calls = {k: c for k, c in (joint_calls or {}).items() if k in joint_candidates(n_edges)}
+            joint_calls = joint_calls or {}  # joint_properties offers only joint_candidates(n_edges)
             if large and not joint_calls:
                 limit = JOINT_MEASURE_MAX_EDGES if n_edges > JOINT_MEASURE_MAX_EDGES else MEASURE_MAX_EDGES
                 choice, why = "fused", f"more than {limit} edges"

@@ -186,21 +186,13 @@ def measure_interleaved(system: str, variants: list[str], *, dtype: str, device:
         record = records[variant] = {**shared, "variant": variant}
         try:
             step = VARIANTS[variant](model, prepared)
-            t0 = clock()
-            step()
-            _sync(dev)
-            record["first_call_s"] = clock() - t0
-            t0 = clock()
-            for _ in range(warmup):
-                step()
-            _sync(dev)
+            record["first_call_s"], per_call = _warm_up(step, dev, warmup, clock)
         except Unavailable as exc:
             record["error"] = str(exc)
             continue
         except (torch.OutOfMemoryError, MemoryError) as exc:
             record["error"] = f"out of memory: {str(exc).splitlines()[0]}"
             continue
-        per_call = (clock() - t0) / warmup if warmup else record["first_call_s"]
         steps[variant] = step
         bursts[variant] = max(1, min(int(BURST_S / max(per_call, 1e-9)), max_repeats // MIN_ROUNDS))
     times = {v: [] for v in steps}
@@ -235,6 +227,20 @@ def measure_interleaved(system: str, variants: list[str], *, dtype: str, device:
     return out
 
 
+def _warm_up(step, dev: torch.device, warmup: int, clock) -> tuple:
+    """The first call (where compilation happens) and ``warmup`` more, untimed as calls: (seconds
+    of the first call, seconds per warm-up call, or the first call's without warm-up calls)."""
+    t0 = clock()
+    step()
+    _sync(dev)
+    first = clock() - t0
+    t0 = clock()
+    for _ in range(warmup):
+        step()
+    _sync(dev)
+    return first, (clock() - t0) / warmup if warmup else first
+
+
 def _timed_call(step, dev: torch.device, clock) -> float:
     """Seconds of one call: device time between two events on CUDA, the clock on CPU."""
     if dev.type == "cuda":
@@ -258,13 +264,7 @@ def _time(step, dev: torch.device, record: dict, warmup: int, min_repeats: int, 
     """The timing protocol of every case: one untimed first call (``first_call_s``), ``warmup``
     more, then timed calls (median, min, repeats) and the peak memory of those calls."""
     try:
-        t0 = time.perf_counter()
-        step()
-        _sync(dev)
-        record["first_call_s"] = time.perf_counter() - t0
-        for _ in range(warmup):
-            step()
-        _sync(dev)
+        record["first_call_s"], _ = _warm_up(step, dev, warmup, time.perf_counter)
         # peak memory of the steady-state calls only: reset the high-water marks after warm-up
         base_rss = _rss_bytes()
         hwm_reset = _reset_peak_rss()
@@ -333,38 +333,42 @@ def _run_case(args, system: str, variant: str, largest: bool = False, memory: bo
     if largest or memory:
         reps = ["--warmup", "1" if memory else "0", "--min-repeats", "1", "--max-repeats", "1", "--max-time", "0"]
     else:
-        reps = ["--warmup", str(args.warmup), "--min-repeats", str(args.min_repeats),
-                "--max-repeats", str(args.max_repeats), "--max-time", str(args.max_time)]
+        reps = _timing_args(args)
     bounds = [f"--{k}={getattr(args, k.replace('-', '_'))}" for k in ("max-atoms", "max-edges")
               if getattr(args, k.replace("-", "_"), None)]
-    cmd = [sys.executable, "-m", "painnfx.tools.bench", "--worker", system, variant, "--dtype", args.dtype,
-           "--device", args.device, "--threads", str(args.threads), *reps, *bounds]
     env = {**os.environ, **MEMORY_ENV} if memory else None
+    out, failure = _worker(args, ["--worker", system, variant, *reps, *bounds], args.case_timeout,
+                           f"over --case-timeout {args.case_timeout} s", env)
+    return out if failure is None else {"system": system, "variant": variant, "error": failure}
+
+
+def _timing_args(args) -> list:
+    return ["--warmup", str(args.warmup), "--min-repeats", str(args.min_repeats),
+            "--max-repeats", str(args.max_repeats), "--max-time", str(args.max_time)]
+
+
+def _worker(args, worker_args: list, timeout: float, timeout_error: str, env: dict = None):
+    """Run this module as a worker process with ``worker_args`` and the run's dtype, device and
+    threads: (what it printed last, as JSON; None), or (None; why it failed)."""
+    cmd = [sys.executable, "-m", "painnfx.tools.bench", *worker_args, "--dtype", args.dtype, "--device", args.device,
+           "--threads", str(args.threads)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return {"system": system, "variant": variant, "error": f"over --case-timeout {args.case_timeout} s"}
+        return None, timeout_error
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"system": system, "variant": variant, "error": " | ".join(tail)}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        return None, " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+    return json.loads(proc.stdout.strip().splitlines()[-1]), None
 
 
 def _run_system(args, system: str, variants: list[str]) -> list[dict]:
     """All variants of one system in one fresh process, timed interleaved (``measure_interleaved``).
     If that process fails (a crash, over ``--case-timeout`` per variant), each variant is run on
     its own instead, and its record says so."""
-    reps = ["--warmup", str(args.warmup), "--min-repeats", str(args.min_repeats),
-            "--max-repeats", str(args.max_repeats), "--max-time", str(args.max_time)]
-    cmd = [sys.executable, "-m", "painnfx.tools.bench", "--worker-system", system, "--variants", *variants,
-           "--dtype", args.dtype, "--device", args.device, "--threads", str(args.threads), *reps]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout * len(variants))
-        failure = None if proc.returncode == 0 else " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-    except subprocess.TimeoutExpired:
-        failure = f"over --case-timeout {args.case_timeout} s per variant"
+    out, failure = _worker(args, ["--worker-system", system, "--variants", *variants, *_timing_args(args)],
+                           args.case_timeout * len(variants), f"over --case-timeout {args.case_timeout} s per variant")
     if failure is None:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return out
     records = [_run_case(args, system, v) for v in variants]
     for r in records:
         r["protocol"] = f"isolated (the interleaved run failed: {failure[:200]})"

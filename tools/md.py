@@ -47,8 +47,7 @@ def _integrator(atoms, args):
 def run_md(atoms, calc, args, steps: int, progress: bool, trajectory=None):
     """Run ``steps`` steps; returns (total energies, positions, seconds of steps 2..n).
 
-    The first step is excluded from the time: it carries one-off costs (first neighbor
-    list, lazy initialisation) that would distort steps/s of short comparison runs.
+    The first step is excluded from the time (``_steady_seconds``).
     """
     from tqdm import tqdm
 
@@ -72,9 +71,14 @@ def run_md(atoms, calc, args, steps: int, progress: bool, trajectory=None):
             step_times.append(time.perf_counter() - t0)
             positions.append(atoms.positions.copy())
             bar.update(1)
-    seconds = sum(step_times[1:]) if steps > 1 else sum(step_times)
     run_md.last_potential = np.array(potential)
-    return np.array(energies), np.array(positions), seconds
+    return np.array(energies), np.array(positions), _steady_seconds(step_times)
+
+
+def _steady_seconds(step_times: list) -> float:
+    """Seconds of steps 2..n (of the only step when there is one): the first carries one-off
+    costs (first neighbor list, lazy initialisation) that would distort short runs' steps/s."""
+    return sum(step_times[1:]) if len(step_times) > 1 else sum(step_times)
 
 
 def replay_side_by_side(atoms, calcs: list, args, steps: int):
@@ -93,7 +97,7 @@ def replay_side_by_side(atoms, calcs: list, args, steps: int):
             dyn.run(1)
             times.append(time.perf_counter() - t0)
             positions.append(copy.positions.copy())
-    return [(np.array(positions), sum(times[1:]) if steps > 1 else sum(times)) for _, _, positions, times in runs]
+    return [(np.array(positions), _steady_seconds(times)) for _, _, positions, times in runs]
 
 
 def plot_energy(total, potential, n_atoms, args, summary, path) -> None:
