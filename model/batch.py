@@ -14,10 +14,13 @@ results in a ``SinglePointCalculator``, in input order.
 * **Stable shapes.** Within a window, structures are sorted by size before packing, so batches
   hold structures of similar size and the auto path policy's size classes (and compiled paths)
   see few distinct shapes.
-* **Every structure checked.** Unknown elements, NaN positions, degenerate cells and overlapping
-  atoms raise :class:`~painnfx.model.validation.InputError` naming the structure
-  (:func:`evaluate`), or are yielded as :class:`Failed` records while every good structure is
-  still evaluated (:func:`iter_evaluate`).
+* **Every structure checked.** Items that are not ``ase.Atoms``, unknown elements, NaN positions,
+  degenerate cells, atoms closer than ``min_distance`` and more than ``max_neighbors`` neighbors
+  per atom are caught before the model runs: :func:`evaluate` raises one
+  :class:`~painnfx.model.validation.InputError` naming every bad structure, :func:`iter_evaluate`
+  yields a :class:`Failed` record for each while every good structure is still evaluated. A
+  structure whose results come out non-finite is a ``NonFiniteError`` (:func:`evaluate`) or a
+  :class:`Failed` record (:func:`iter_evaluate`).
 * **The calculator's results.** The model is prepared exactly as ``PaiNNCalculator`` prepares it
   (``optimize="auto"``: the fused graph where it is faster), and each structure's energy, forces
   and stress equal the calculator's one-by-one results to rounding.
@@ -34,7 +37,8 @@ import torch
 
 from .neighbors import neighbor_list
 from .properties import compute_properties, voigt
-from .validation import InputError, check_numbers, check_overlaps
+from .validation import (MAX_NEIGHBORS, MIN_DISTANCE, NON_FINITE, InputError, NonFiniteError, check_numbers,
+                         check_overlaps)
 
 #: default bounds of one batch. The edge bound depends on the path: the fused graph keeps no
 #: per-edge feature tensors (51 MB peak for 37,000 edges at F=128, L=3, float32) and gains from
@@ -86,13 +90,16 @@ class _System:
 class BatchEvaluator:
     """A model prepared for batched evaluation (as ``PaiNNCalculator`` prepares it) and the
     packing and evaluation of batches. ``model``: a painnfx PaiNN, ``optimize()`` of one, a
-    checkpoint path, or None for the default model."""
+    checkpoint path, or None for the default model. ``min_distance`` and ``max_neighbors`` as for
+    ``PaiNNCalculator``."""
 
     def __init__(self, model=None, *, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float64,
-                 optimize: Union[bool, str] = "auto", stress: bool = True):
+                 optimize: Union[bool, str] = "auto", stress: bool = True, min_distance: float = MIN_DISTANCE,
+                 max_neighbors: int = MAX_NEIGHBORS):
         from .calculator import PaiNNCalculator
 
-        self.calc = PaiNNCalculator(model, device=device, dtype=dtype, optimize=optimize)
+        self.calc = PaiNNCalculator(model, device=device, dtype=dtype, optimize=optimize, min_distance=min_distance,
+                                    max_neighbors=max_neighbors)
         self.device, self.dtype = self.calc.device, dtype
         self.stress = stress
 
@@ -107,6 +114,11 @@ class BatchEvaluator:
 
     def prepare(self, index: int, atoms) -> _System:
         """Check one ``ase.Atoms`` and compute its neighbor list; raises InputError naming the problem."""
+        from ase import Atoms
+
+        if not isinstance(atoms, Atoms):
+            raise InputError(f"expected an ase.Atoms, got {type(atoms).__name__}"
+                             + (f" {atoms!r}" if atoms is None or isinstance(atoms, (str, int, float)) else ""))
         return self.prepare_arrays(index, atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc, atoms)
 
     def prepare_arrays(self, index: int, positions, numbers, cell, pbc, atoms=None) -> _System:
@@ -117,10 +129,10 @@ class BatchEvaluator:
         pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
         cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
         pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-        nl = neighbor_list(pos, calc.cutoff, cell, pbc, dtype=torch.float64)
+        nl = neighbor_list(pos, calc.cutoff, cell, pbc, dtype=torch.float64, max_neighbors=calc.max_neighbors)
         ei = nl.edge_index
         r = torch.from_numpy(pos)
-        check_overlaps(ei, r[ei[1]] - r[ei[0]] + nl.shifts)
+        check_overlaps(ei, r[ei[1]] - r[ei[0]] + nl.shifts, calc.min_distance)
         return _System(index, pos, numbers, cell, ei, nl.shifts.numpy(), bool(self.stress and pbc.all()), atoms)
 
     def run_packed(self, systems: Sequence[_System]):
@@ -139,8 +151,32 @@ class BatchEvaluator:
         return compute_properties(self.evaluator, positions, numbers, edge_index, shifts, cells,
                                   stress=any(s.stress for s in systems), batch=batch, n_systems=len(systems))
 
+    def run_checked(self, systems: Sequence[_System]):
+        """``run_packed``, raising ``NonFiniteError`` that names every system (its ``index``) whose
+        energy, forces or stress came out NaN or inf."""
+        out = self.run_packed(systems)
+        bad = self._non_finite(systems, out)
+        if bad:
+            raise NonFiniteError(f"non-finite results for structure(s) {', '.join(str(i) for i in bad[:20])}"
+                                 + (" ..." if len(bad) > 20 else "") + f": {NON_FINITE}")
+        return out
+
+    @staticmethod
+    def _non_finite(systems: Sequence[_System], out) -> list:
+        """The indices of ``systems`` whose results in ``out`` (``run_packed``'s) hold NaN or inf."""
+        energy = torch.isfinite(out.energy.detach()).cpu().numpy()
+        rows = torch.isfinite(out.forces.detach()).all(dim=1).cpu().numpy()
+        stress = (np.ones(len(systems), dtype=bool) if out.stress is None
+                  else torch.isfinite(out.stress.detach()).flatten(1).all(dim=1).cpu().numpy())
+        if energy.all() and rows.all() and stress.all():
+            return []
+        offsets = atom_offsets([s.n_atoms for s in systems])
+        return [s.index for k, (s, o) in enumerate(zip(systems, offsets))
+                if not (energy[k] and rows[o:o + s.n_atoms].all() and (stress[k] or not s.stress))]
+
     def run(self, systems: Sequence[_System]) -> list:
-        """Evaluate ``systems`` as one batch; returns a copy of each one's atoms with its results."""
+        """Evaluate ``systems`` as one batch; returns a copy of each one's atoms with its results, or
+        a :class:`Failed` record for a structure whose results came out non-finite."""
         empty = [s for s in systems if s.n_atoms == 0]  # nothing to evaluate: energy 0, no forces
         if empty:
             results = {s.index: self._result(s, 0.0, np.zeros((0, 3)), np.zeros((3, 3)) if s.stress else None)
@@ -150,11 +186,13 @@ class BatchEvaluator:
         if not systems:
             return []
         out = self.run_packed(systems)
+        bad = set(self._non_finite(systems, out))
         energies = out.energy.double().cpu().numpy()
         forces = out.forces.double().cpu().numpy()
         stresses = None if out.stress is None else out.stress.double().cpu().numpy()
         offsets = atom_offsets([s.n_atoms for s in systems])
-        return [self._result(s, energies[k], forces[o:o + s.n_atoms], stresses[k] if s.stress else None)
+        return [Failed(s.index, NON_FINITE) if s.index in bad
+                else self._result(s, energies[k], forces[o:o + s.n_atoms], stresses[k] if s.stress else None)
                 for k, (s, o) in enumerate(zip(systems, offsets))]
 
     @staticmethod
@@ -191,25 +229,51 @@ def pack(systems: Sequence[_System], max_atoms: int, max_edges: int) -> List[Lis
     return batches
 
 
+def _prepare(evaluator: BatchEvaluator, chunk) -> tuple:
+    """(checked systems, {index: Failed}) of ``chunk``'s (index, item) pairs: every check runs before
+    the model does."""
+    ready, failed = [], {}
+    for index, atoms in chunk:
+        try:
+            ready.append(evaluator.prepare(index, atoms))
+        except InputError as exc:
+            failed[index] = Failed(index, str(exc))
+    return ready, failed
+
+
+def _run(evaluator: BatchEvaluator, ready: list, max_atoms: int, max_edges: int, bar) -> dict:
+    """{index: result or Failed} of the checked systems ``ready``, in batches."""
+    results = {}
+    for group in pack(ready, max_atoms, max_edges):
+        for system, result in zip(group, evaluator.run(group)):
+            results[system.index] = result
+        bar.update(len(group))
+    return results
+
+
 def iter_evaluate(frames: Iterable, model=None, *, device: Union[str, torch.device] = "cpu",
                   dtype: torch.dtype = torch.float64, optimize: Union[bool, str] = "auto",
                   max_atoms: int = DEFAULT_MAX_ATOMS, max_edges: Optional[int] = None, window: int = DEFAULT_WINDOW,
                   stress: bool = True, progress: Optional[bool] = None, total: Optional[int] = None,
-                  evaluator: Optional[BatchEvaluator] = None) -> Iterator[Union[object, Failed]]:
+                  evaluator: Optional[BatchEvaluator] = None, min_distance: float = MIN_DISTANCE,
+                  max_neighbors: int = MAX_NEIGHBORS) -> Iterator[Union[object, Failed]]:
     """Yield, for each structure of ``frames`` in input order, a copy of its ``ase.Atoms`` with
     energy, forces and (fully periodic structures, ``stress=True``) stress in a
     ``SinglePointCalculator``, or a :class:`Failed` record for a structure that cannot be
-    evaluated. ``frames`` may be any iterable (a generator reading a file): ``window`` structures
-    are held at a time; ``max_edges`` None: 65536 for the fused graph, 8192 for the plain model.
-    ``progress``: a progress bar on stderr (None: only when stderr is a terminal); ``total``, the
-    number of structures if known, for the bar. ``evaluator``: a prepared :class:`BatchEvaluator`
-    to reuse (then ``model``, ``device``, ``dtype``, ``optimize`` and ``stress`` are its own)."""
+    evaluated (an item that is not ``ase.Atoms``, a structure that fails a check, results that
+    came out non-finite). ``frames`` may be any iterable (a generator reading a file): ``window``
+    structures are held at a time; ``max_edges`` None: 65536 for the fused graph, 8192 for the
+    plain model. ``progress``: a progress bar on stderr (None: only when stderr is a terminal);
+    ``total``, the number of structures if known, for the bar. ``evaluator``: a prepared
+    :class:`BatchEvaluator` to reuse (then ``model``, ``device``, ``dtype``, ``optimize``,
+    ``stress``, ``min_distance`` and ``max_neighbors`` are its own)."""
     if window < 1:
         raise ValueError(f"window must be positive, got {window}")
     from tqdm.auto import tqdm
 
     if evaluator is None:
-        evaluator = BatchEvaluator(model, device=device, dtype=dtype, optimize=optimize, stress=stress)
+        evaluator = BatchEvaluator(model, device=device, dtype=dtype, optimize=optimize, stress=stress,
+                                   min_distance=min_distance, max_neighbors=max_neighbors)
     max_edges = max_edges or evaluator.default_max_edges
     if total is None and hasattr(frames, "__len__"):
         total = len(frames)
@@ -220,18 +284,9 @@ def iter_evaluate(frames: Iterable, model=None, *, device: Union[str, torch.devi
             chunk = list(islice(stream, window))
             if not chunk:
                 return
-            results: dict = {}
-            ready = []
-            for index, atoms in chunk:
-                try:
-                    ready.append(evaluator.prepare(index, atoms))
-                except InputError as exc:
-                    results[index] = Failed(index, str(exc))
-            for group in pack(ready, max_atoms, max_edges):
-                for system, result in zip(group, evaluator.run(group)):
-                    results[system.index] = result
-                bar.update(len(group))
-            bar.update(len(chunk) - len(ready))
+            ready, results = _prepare(evaluator, chunk)
+            bar.update(len(results))
+            results.update(_run(evaluator, ready, max_atoms, max_edges, bar))
             for index, _ in chunk:
                 yield results.pop(index)
 
@@ -239,18 +294,33 @@ def iter_evaluate(frames: Iterable, model=None, *, device: Union[str, torch.devi
 def evaluate(frames: Iterable, model=None, *, device: Union[str, torch.device] = "cpu",
              dtype: torch.dtype = torch.float64, optimize: Union[bool, str] = "auto",
              max_atoms: int = DEFAULT_MAX_ATOMS, max_edges: Optional[int] = None, stress: bool = True,
-             progress: Optional[bool] = None) -> list:
+             progress: Optional[bool] = None, min_distance: float = MIN_DISTANCE,
+             max_neighbors: int = MAX_NEIGHBORS) -> list:
     """Energy, forces and stress of many structures, batched: a list of ``ase.Atoms`` copies in
     input order, each with its results in a ``SinglePointCalculator`` (``atoms.get_forces()``
     etc.). ``frames``: ``ase.Atoms`` of any sizes and elements, periodic or not. Stress (eV/A^3,
-    ASE's Voigt order and sign) is given for structures periodic in all three directions. A bad
-    structure raises :class:`~painnfx.model.validation.InputError` naming its index (use
-    :func:`iter_evaluate` to keep going past bad structures). ``model``, ``device``, ``dtype``
-    and ``optimize`` mean what they mean for ``PaiNNCalculator``."""
-    out = []
-    for result in iter_evaluate(frames, model, device=device, dtype=dtype, optimize=optimize, max_atoms=max_atoms,
-                                max_edges=max_edges, stress=stress, progress=progress):
-        if isinstance(result, Failed):
-            raise InputError(f"structure {result.index}: {result.reason}")
-        out.append(result)
-    return out
+    ASE's Voigt order and sign) is given for structures periodic in all three directions. Every
+    structure is checked before the model runs: bad ones raise one
+    :class:`~painnfx.model.validation.InputError` naming each of them by index (use
+    :func:`iter_evaluate` to keep going past bad structures); non-finite results raise
+    ``NonFiniteError`` naming the structures. ``model``, ``device``, ``dtype``, ``optimize``,
+    ``min_distance`` and ``max_neighbors`` mean what they mean for ``PaiNNCalculator``."""
+    from tqdm.auto import tqdm
+
+    evaluator = BatchEvaluator(model, device=device, dtype=dtype, optimize=optimize, stress=stress,
+                               min_distance=min_distance, max_neighbors=max_neighbors)
+    frames = list(frames)
+    ready, failed = _prepare(evaluator, enumerate(frames))
+    if failed:
+        listed = [f"structure {f.index}: {f.reason}" for f in failed.values()]
+        raise InputError(f"{len(failed)} of {len(frames)} structures cannot be evaluated (structures "
+                         f"{', '.join(str(i) for i in list(failed)[:50])}{' ...' if len(failed) > 50 else ''}); "
+                         + "; ".join(listed[:10]) + (f"; ... {len(listed) - 10} more" if len(listed) > 10 else ""))
+    with tqdm(total=len(frames), unit="structure", disable=(None if progress is None else not progress),
+              leave=False) as bar:
+        results = _run(evaluator, ready, max_atoms, max_edges or evaluator.default_max_edges, bar)
+    bad = [index for index, r in results.items() if isinstance(r, Failed)]
+    if bad:
+        raise NonFiniteError(f"non-finite results for structure(s) {', '.join(str(i) for i in sorted(bad)[:20])}"
+                             + (" ..." if len(bad) > 20 else "") + f": {NON_FINITE}")
+    return [results[index] for index in range(len(frames))]

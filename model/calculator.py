@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -12,7 +13,7 @@ from .default import resolve_model
 from .neighbors import neighbor_list
 from .painn import PaiNN
 from .properties import compute_properties, voigt
-from .validation import check_numbers, check_overlaps
+from .validation import MAX_NEIGHBORS, MIN_DISTANCE, check_dtype, check_finite_results, check_numbers, check_overlaps
 
 
 class PaiNNCalculator(Calculator):
@@ -27,6 +28,12 @@ class PaiNNCalculator(Calculator):
     False never rewrites. ``dtype`` defaults to float64 for clean energy
     conservation in MD; float32 is faster. ``cuda_graphs=True`` (CUDA only) captures a whole
     step (energy, forces, stress) once and replays it on new positions (model/cuda_graphs.py).
+
+    Input checks (``InputError`` naming the problem): unknown elements, NaN positions, degenerate
+    cells, two atoms (or an atom and a periodic image) closer than ``min_distance`` (default
+    ``validation.MIN_DISTANCE``, 0.5 A), an atom with more than ``max_neighbors`` neighbors (default
+    ``validation.MAX_NEIGHBORS``, 1000). A non-finite energy, force or stress raises
+    ``NonFiniteError``. One calculator may be shared by threads: calls run one at a time.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
@@ -39,9 +46,16 @@ class PaiNNCalculator(Calculator):
         dtype: torch.dtype = torch.float64,
         optimize: bool | str = "auto",
         cuda_graphs: bool = False,
+        min_distance: float = MIN_DISTANCE,
+        max_neighbors: int = MAX_NEIGHBORS,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        check_dtype(dtype)
+        if optimize not in (True, False, "auto"):
+            raise ValueError(f"optimize must be True, False or 'auto', got {optimize!r}")
+        self.min_distance, self.max_neighbors = float(min_distance), int(max_neighbors)
+        self._lock = threading.RLock()  # ASE keeps one call's results on the calculator: one call at a time
         model = resolve_model(model)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a PaiNN, a checkpoint path or None, got {type(model)}")
@@ -103,7 +117,15 @@ class PaiNNCalculator(Calculator):
     def optimized(self) -> bool:
         return self.evaluator is not self.model
 
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        with self._lock:  # results and the atoms they belong to are one state, shared by all callers
+            return super().get_property(name, atoms, allow_calculation)
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        with self._lock:
+            self._calculate(atoms, properties, system_changes)
+
+    def _calculate(self, atoms, properties, system_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         want_stress = "stress" in properties
@@ -112,21 +134,23 @@ class PaiNNCalculator(Calculator):
                 "stress needs a cell that is periodic in all three directions"
             )
         check_numbers(atoms.numbers, self.elements, self.max_z)
-        nl = neighbor_list(
-            atoms.positions, self.cutoff, atoms.cell.array, atoms.pbc, dtype=self.dtype, device=self.device
-        )
+        nl = neighbor_list(atoms.positions, self.cutoff, atoms.cell.array, atoms.pbc, dtype=self.dtype,
+                           device=self.device, max_neighbors=self.max_neighbors)
         pos = torch.as_tensor(atoms.positions, dtype=self.dtype, device=self.device)
         numbers = torch.as_tensor(atoms.numbers, dtype=torch.long, device=self.device)
         ei = nl.edge_index
-        check_overlaps(ei, pos[ei[1]] - pos[ei[0]] + nl.shifts)
+        check_overlaps(ei, pos[ei[1]] - pos[ei[0]] + nl.shifts, self.min_distance)
         cell = torch.as_tensor(atoms.cell.array, dtype=self.dtype, device=self.device)
         if self.cuda_graphs:
             out = self._graphed_step(numbers, want_stress)(pos, ei, nl.shifts, cell)
         else:
             out = compute_properties(self.evaluator, pos, numbers, ei, nl.shifts, cell, stress=want_stress)
         energy = float(out.energy.sum())
+        forces = out.forces.cpu().numpy().astype(np.float64)
+        stress = voigt(out.stress) if want_stress else None
+        check_finite_results(energy, forces, stress)
         self.results["energy"] = energy
         self.results["free_energy"] = energy
-        self.results["forces"] = out.forces.cpu().numpy().astype(np.float64)
+        self.results["forces"] = forces
         if want_stress:
-            self.results["stress"] = voigt(out.stress)
+            self.results["stress"] = stress

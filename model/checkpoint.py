@@ -13,13 +13,15 @@ from typing import Optional, Union
 
 import torch
 
+from painnfx.ops.errors import PainnfxError
+
 from .painn import PaiNN, PaiNNConfig
 
 FORMAT = "painnfx-painn"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(PainnfxError, RuntimeError):
     """A checkpoint that cannot be loaded: missing, corrupt, foreign or of a newer version."""
 
 
@@ -53,6 +55,8 @@ def read_checkpoint(path: Source) -> dict:
     """The checked payload of a checkpoint file (or of its bytes)."""
     if isinstance(path, (bytes, bytearray)):
         source, path = io.BytesIO(path), "<embedded checkpoint>"
+    elif os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
     elif not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     else:
@@ -62,8 +66,8 @@ def read_checkpoint(path: Source) -> dict:
     except Exception as exc:  # torch raises several types for corrupt/foreign files
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a weights-only torch file: {exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from exc
+            f"{_reason(exc)}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a painnfx PaiNN checkpoint (no format={FORMAT!r} field)")
     version = payload.get("version")
@@ -78,18 +82,51 @@ def read_checkpoint(path: Source) -> dict:
     return payload
 
 
+def _reason(exc: Exception) -> str:
+    """What torch's load error says is wrong with the file, without its advice to load with
+    ``weights_only=False``: that would run whatever code an untrusted file holds."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not any(word in line for word in (
+        "weights_only", "Weights only load failed", "Check the documentation", "arbitrary code"))]
+    return (useful or [type(exc).__name__])[0]
+
+
+def _check_finite(path, state_dict: dict) -> None:
+    bad = [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path} has NaN or inf weights in {', '.join(bad[:5])}"
+                              + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                              + ": a model with them returns NaN for every structure")
+
+
 def load_checkpoint(path: Source, map_location: str | torch.device = "cpu") -> PaiNN:
+    """The PaiNN a checkpoint file (or its bytes) holds, in the dtype it was saved in. Raises
+    ``CheckpointError`` naming what is wrong: a missing file or a folder, a corrupt or foreign file,
+    pickled code, a newer version, an invalid config, weights that do not fit it or are not finite."""
     payload = read_checkpoint(path)
+    state = payload["state_dict"]
     try:
-        model = PaiNN(PaiNNConfig(**payload["config"]))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path} has an invalid config: {exc}") from exc
-    floats = [v.dtype for v in payload["state_dict"].values() if torch.is_tensor(v) and v.is_floating_point()]
+        config = PaiNNConfig(**payload["config"])
+        with torch.device("meta"):  # shapes only: a config of absurd sizes allocates nothing
+            shapes = {k: tuple(v.shape) for k, v in PaiNN(config).state_dict().items()}
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} has an invalid config: {exc}") from None
+    wrong = [k for k, shape in shapes.items() if not torch.is_tensor(state.get(k)) or tuple(state[k].shape) != shape]
+    if wrong or set(state) - set(shapes):
+        extra = sorted(set(state) - set(shapes))
+        raise CheckpointError(f"{path}: weights do not fit its config: " + "; ".join(
+            [f"{k} should have shape {shapes[k]}, found "
+             + (str(tuple(state[k].shape)) if torch.is_tensor(state.get(k)) else "none") for k in wrong[:3]]
+            + ([f"unexpected entries {extra[:3]}"] if extra else [])))
+    _check_finite(path, state)
+    model = PaiNN(config)
+    floats = [v.dtype for v in state.values() if torch.is_tensor(v) and v.is_floating_point()]
     if floats:
         model = model.to(floats[0])  # a float64 model comes back in float64, not rounded to float32
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit its config: {exc}") from exc
+        raise CheckpointError(f"{path}: weights do not fit its config: {exc}") from None
     model.metadata = payload.get("metadata", {})
     return model.to(map_location)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import vesin
 
-from .validation import check_cell, check_positions
+from .validation import MAX_NEIGHBORS, InputError, check_cell, check_positions, estimated_neighbors
 
 
 @dataclass
@@ -38,12 +38,16 @@ def neighbor_list(
     *,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
+    max_neighbors: int = MAX_NEIGHBORS,
 ) -> NeighborList:
     """Neighbor list of one system.
 
     ``positions`` (N, 3) in Angstrom; ``cell`` (3, 3) rows are lattice vectors (or None);
     ``pbc`` a bool or three bools. Non-periodic directions need no cell: a cell that is
     zero along them is allowed. An empty system or isolated atoms give E = 0.
+    ``max_neighbors``: an atom with more neighbors than this is an ``InputError`` (estimated
+    from the density before the search, so that a tiny cell fails before allocating gigabytes,
+    and counted exactly after it; ``validation.MAX_NEIGHBORS``).
     """
     pos = np.ascontiguousarray(
         positions.detach().cpu().numpy() if torch.is_tensor(positions) else positions,
@@ -57,6 +61,9 @@ def neighbor_list(
     check_cell(cell, pbc)
     if not cutoff > 0:
         raise ValueError(f"cutoff must be positive, got {cutoff}")
+    estimate = estimated_neighbors(pos, cutoff, cell, pbc)
+    if estimate > max_neighbors:
+        raise InputError(_too_many(f"about {estimate:.3g}", len(pos), cutoff, max_neighbors))
 
     if len(pos) == 0:
         i = j = np.zeros(0, dtype=np.int64)
@@ -69,6 +76,8 @@ def neighbor_list(
         r = pos[j] - pos[i] + s @ cell
         keep = np.einsum("ij,ij->i", r, r) < cutoff * cutoff
         i, j, s = i[keep], j[keep], s[keep]
+        if len(i) and int(np.bincount(i).max()) > max_neighbors:
+            raise InputError(_too_many(str(int(np.bincount(i).max())), len(pos), cutoff, max_neighbors))
         order = np.lexsort((j, i))
         i, j, s = i[order], j[order], s[order]
 
@@ -77,3 +86,9 @@ def neighbor_list(
     shifts = cell_shifts.to(dtype) @ torch.as_tensor(cell, dtype=dtype, device=device)
     return NeighborList(edge_index, cell_shifts, shifts)
 
+
+
+def _too_many(count: str, n_atoms: int, cutoff: float, limit: int) -> str:
+    return (f"{count} neighbors within the {cutoff:g} A cutoff for one atom ({n_atoms} atoms), more than "
+            f"max_neighbors = {limit}: the cell is far smaller than the cutoff, or the structure has collapsed. "
+            "Check the cell; pass a larger max_neighbors (e.g. PaiNNCalculator(max_neighbors=5000)) if it is meant")

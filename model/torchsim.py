@@ -24,6 +24,7 @@ except ImportError as exc:  # the optional extra is not installed
     raise ImportError('painnfx.model.torchsim needs torch-sim: pip install "painnfx[torchsim]"') from exc
 
 from .batch import BatchEvaluator, atom_offsets
+from .validation import MAX_NEIGHBORS, MIN_DISTANCE, InputError
 
 
 def _get(state, *names):
@@ -37,11 +38,13 @@ def _get(state, *names):
 
 class PaiNNModel(ModelInterface):
     """A painnfx PaiNN as a torch-sim model. ``model``: a PaiNN, ``optimize()`` of one, a checkpoint
-    path, or None for the default model; ``optimize`` as for ``PaiNNCalculator`` ("auto": the
-    fused graph where it is measured faster)."""
+    path, or None for the default model; ``optimize``, ``min_distance`` and ``max_neighbors`` as for
+    ``PaiNNCalculator`` ("auto": the fused graph where it is measured faster). Bad systems raise
+    ``InputError`` naming the system, non-finite results ``NonFiniteError``."""
 
     def __init__(self, model=None, *, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float64,
-                 optimize: Union[bool, str] = "auto", compute_forces: bool = True, compute_stress: bool = True):
+                 optimize: Union[bool, str] = "auto", compute_forces: bool = True, compute_stress: bool = True,
+                 min_distance: float = MIN_DISTANCE, max_neighbors: int = MAX_NEIGHBORS):
         super().__init__()
         self._device = torch.device(device)
         self._dtype = dtype
@@ -49,7 +52,8 @@ class PaiNNModel(ModelInterface):
         self._compute_stress = bool(compute_stress)
         self._memory_scales_with = "n_atoms_x_density"
         self.batched = BatchEvaluator(model, device=self._device, dtype=dtype, optimize=optimize,
-                                      stress=self._compute_stress)
+                                      stress=self._compute_stress, min_distance=min_distance,
+                                      max_neighbors=max_neighbors)
         self.model = self.batched.evaluator
 
     @property
@@ -77,19 +81,26 @@ class PaiNNModel(ModelInterface):
             cell = cell[None]
         pbc = np.broadcast_to(np.asarray(torch.as_tensor(_get(state, "pbc")).cpu(), dtype=bool), (3,))
         if self._compute_stress and not pbc.all():
-            raise ValueError("stress needs systems periodic in all three directions; "
+            raise InputError("stress needs systems periodic in all three directions; "
                              "build the model with compute_stress=False")
         if system_idx.numel() and bool((system_idx[1:] < system_idx[:-1]).any()):
-            raise ValueError("the atoms of each system must be contiguous, systems in order "
+            raise InputError("the atoms of each system must be contiguous, systems in order "
                              "(system_idx non-decreasing), as in a SimState")
         pos = positions.detach().double().cpu().numpy()
         z = numbers.cpu().numpy()
         rows = cell.detach().transpose(-1, -2).double().cpu().numpy()
         counts = torch.bincount(system_idx.cpu(), minlength=rows.shape[0]).tolist()
+        if len(counts) != rows.shape[0] or len(pos) != len(z) or len(pos) != len(system_idx):
+            raise InputError(f"the state's sizes disagree: {len(pos)} positions, {len(z)} atomic numbers, "
+                             f"{len(system_idx)} system indices (up to {len(counts) - 1}), {rows.shape[0]} cells")
         starts = atom_offsets(counts)
-        systems = [self.batched.prepare_arrays(k, pos[s:s + n], z[s:s + n], rows[k], pbc)
-                   for k, (s, n) in enumerate(zip(starts, counts))]
-        out = self.batched.run_packed(systems)
+        systems = []
+        for k, (s, n) in enumerate(zip(starts, counts)):
+            try:
+                systems.append(self.batched.prepare_arrays(k, pos[s:s + n], z[s:s + n], rows[k], pbc))
+            except InputError as exc:
+                raise InputError(f"system {k} of the state: {exc}") from None
+        out = self.batched.run_checked(systems)
         results = {"energy": out.energy.to(dtype=positions.dtype, device=positions.device)}
         if self._compute_forces:
             results["forces"] = out.forces.to(dtype=positions.dtype, device=positions.device)

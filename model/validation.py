@@ -8,11 +8,24 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
-#: Distinct atoms (or an atom and another's periodic image) closer than this are "overlapping".
+from painnfx.ops.checks import SUPPORTED_DTYPES, check_dtype  # noqa: F401  (re-exported for the model layer)
+from painnfx.ops.errors import InputError, NonFiniteError  # one error type each, in every layer
+
+#: Distinct atoms (or an atom and another's periodic image) closer than this are "overlapping":
+#: refused always (the model divides by the distance).
 OVERLAP_DISTANCE = 1e-6
 
+#: The closest two atoms (or an atom and a periodic image) may be by default, in Angstrom: shorter
+#: than any chemical bond (H-H is 0.74 A), so a structure with a closer pair is outside what any
+#: trained potential describes, and is refused unless the caller passes a smaller ``min_distance``.
+MIN_DISTANCE = 0.5
 
-from painnfx.ops.errors import InputError  # one error type for bad input, in every layer
+#: The most neighbors (within the cutoff) one atom may have by default. Dense solids have ~45-160
+#: within 5-6 A; more than this means a cell far smaller than the cutoff (one atom in a 0.2 A cube
+#: has 65 000 images within 5 A) or a collapsed structure. Estimated from the density before the
+#: neighbor search (no large allocation), counted exactly after it; ``max_neighbors`` raises it.
+MAX_NEIGHBORS = 1000
+
 
 
 def check_positions(pos: np.ndarray) -> None:
@@ -54,19 +67,50 @@ def check_numbers(numbers, elements: Optional[Iterable[int]], max_z: int) -> Non
             )
 
 
-def check_overlaps(edge_index: torch.Tensor, r_ij: torch.Tensor) -> None:
-    """Raise if two distinct atoms, or an atom and any periodic image, sit on top of each other."""
+def check_overlaps(edge_index: torch.Tensor, r_ij: torch.Tensor, min_distance: float = MIN_DISTANCE) -> None:
+    """Raise if two distinct atoms, or an atom and any periodic image, are closer than
+    ``min_distance`` (never less than ``OVERLAP_DISTANCE``)."""
     if r_ij.numel() == 0:
         return
+    limit = max(float(min_distance), OVERLAP_DISTANCE)
     d = torch.linalg.vector_norm(r_ij.detach(), dim=1)
-    close = d < OVERLAP_DISTANCE
+    close = d < limit
     if bool(close.any()):
-        e = int(torch.nonzero(close)[0])
+        e = int(torch.argmin(d))
         i, j = int(edge_index[0, e]), int(edge_index[1, e])
         what = "its own periodic image" if i == j else f"atom {j}"
+        if float(d[e]) < OVERLAP_DISTANCE:
+            raise InputError(f"atom {i} overlaps {what} (distance {float(d[e]):.2e} A < {OVERLAP_DISTANCE:g} A)")
         raise InputError(
-            f"atom {i} overlaps {what} (distance {float(d[e]):.2e} A < {OVERLAP_DISTANCE:g} A)"
+            f"atom {i} is {float(d[e]):.3g} A from {what}, closer than min_distance = {limit:g} A "
+            f"({int(close.sum()) // 2 or 1} such pair(s)): no chemical bond is that short, so the model's answer "
+            "would mean nothing. Pass a smaller min_distance (e.g. PaiNNCalculator(min_distance=0.1)) to evaluate "
+            "it anyway"
         )
+
+
+def estimated_neighbors(positions: np.ndarray, cutoff: float, cell: np.ndarray, pbc: np.ndarray) -> float:
+    """About how many neighbors an atom has within ``cutoff``, from the density, without a search:
+    the atoms per volume of the periodic cell (a non-periodic direction by the atoms' extent, at
+    least the cutoff sphere's diameter, so that a flat or small cluster is not taken as infinitely
+    dense) times the cutoff sphere, and never more than every atom's images within reach of the
+    cell's planes."""
+    n = len(positions)
+    if n == 0:
+        return 0.0
+    volume, images = 1.0, 1.0
+    if pbc.any():
+        normals = np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]])  # normal k: plane of the other two vectors
+        full = abs(float(np.linalg.det(cell))) if pbc.all() else None
+    for k in range(3):
+        if pbc[k]:
+            spacing = (full / np.linalg.norm(normals[k])) if full else np.linalg.norm(cell[k])
+            images *= 2 * np.ceil(cutoff / max(spacing, 1e-300)) + 1
+            volume *= spacing
+        else:
+            volume *= max(float(np.ptp(positions[:, k])), 2.0 * cutoff)
+    sphere = 4.0 / 3.0 * np.pi * cutoff**3
+    return float(min(n * sphere / volume if volume > 0 else np.inf, n * images))
 
 
 def check_system_tensors(model, positions, numbers, edge_index, shifts) -> None:
@@ -103,3 +147,22 @@ def check_system_tensors(model, positions, numbers, edge_index, shifts) -> None:
         lo, hi = (int(v) for v in torch.aminmax(edge_index))
         if lo < 0 or hi >= positions.shape[0]:
             raise InputError(f"edge_index refers to atoms outside 0..{positions.shape[0] - 1}")
+
+
+#: why results come out NaN or inf, and what to check
+NON_FINITE = ("NaN or inf in the energy, forces or stress: the model's weights may hold NaN or inf (load_checkpoint "
+              "refuses such files; check weights set in code), or the structure lies far outside anything the "
+              "model can describe")
+
+
+def non_finite(energy, forces=None, stress=None) -> list:
+    """Which of the results (numpy arrays or numbers; None: not computed) hold NaN or inf."""
+    return [name for name, value in (("energy", energy), ("forces", forces), ("stress", stress))
+            if value is not None and not np.isfinite(np.asarray(value)).all()]
+
+
+def check_finite_results(energy, forces=None, stress=None, where: str = "") -> None:
+    """Raise ``NonFiniteError`` when any result is NaN or inf: never hand one on silently."""
+    bad = non_finite(energy, forces, stress)
+    if bad:
+        raise NonFiniteError(f"{where}the model returned a non-finite {' and '.join(bad)} ({NON_FINITE})")

@@ -9,7 +9,7 @@ for the device type "cpu" and the CUDA kernels (``ops.cuda``) for "cuda", throug
 
 from .dispatch import available_backends, register_backend, use_backend
 from .edges import prepare_edges
-from .errors import InputError
+from .errors import InputError, ModelChangedError, NonFiniteError, PainnfxError
 from .message import painn_message
 from .radial_filter import radial_filter
 from .update import painn_update
@@ -20,4 +20,4 @@ _cpu_backend.register()  # torch's dispatcher runs the C++ kernels for CPU tenso
 _cuda_backend.register()  # and the CUDA kernels for CUDA tensors
 
 __all__ = ["prepare_edges", "painn_message", "radial_filter", "painn_update", "available_backends", "register_backend",
-           "use_backend", "InputError"]
+           "use_backend", "InputError", "ModelChangedError", "NonFiniteError", "PainnfxError"]

@@ -15,6 +15,18 @@ from .errors import InputError
 from .radial import check_basis, check_cutoff
 
 
+#: the floating-point dtypes painnfx models and the fused ops run in
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def check_dtype(dtype, what: str = "dtype") -> torch.dtype:
+    """``dtype`` if painnfx runs in it (float32, float64), else ``InputError`` naming those."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise InputError(f"{what} {dtype} is not supported: painnfx models run in torch.float32 or torch.float64 "
+                         "(in half precision the forces come out NaN)")
+    return dtype
+
+
 def capturing(t: torch.Tensor) -> bool:
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
 

@@ -35,6 +35,9 @@ class Captured:
     inputs: list[GraphInput]
     constants: dict = field(default_factory=dict)  # placeholder name -> tensor (buffers, lifted constants)
     target: "Target" = None
+    #: placeholders whose values a pass read as constants (folded, or compiled into a fused op): the
+    #: optimized graph no longer follows a change of those buffers (runner.GraphRunner refuses one)
+    read: set = field(default_factory=set)
 
     def static_arguments(self, detach: bool = False) -> tuple[list, list]:
         """(arguments, user slots): the graph's flat arguments with parameters, buffers and

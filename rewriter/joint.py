@@ -20,6 +20,7 @@ and the LAMMPS adapter hand it the function to trace.
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from typing import Callable, Optional
@@ -102,6 +103,7 @@ class JointGraphs:
         self._runners: dict = {}  # key -> what runs it (compiled or the GraphModule)
         self.compile_seconds: dict = {}
         self.options: dict = {}  # key -> the Inductor options it was compiled with
+        self._lock = threading.RLock()  # one trace and compile at a time (make_fx and Dynamo are not thread-safe)
 
     def run(self, key, fn: Callable, *tensors, example: Optional[tuple] = None):
         """``fn(*tensors)`` through the graph of kind ``key`` (traced and compiled on first use,
@@ -109,29 +111,36 @@ class JointGraphs:
         (positions, numbers, edge_index, shifts) and the rest do not change size with the system)."""
         runner = self._runners.get(key)
         if runner is None:
-            start = time.perf_counter()
-            example = trace_example(*tensors) if example is None else example
-            gm = trace(fn, *example, backend=self.backend)
-            options = wrapper_options(gm) if self.compile else {}
-            try:
-                runner = self._compiled(gm, options, example)
-            except InputError:
-                raise
-            except Exception as exc:  # noqa: BLE001  the C++ wrapper failed here: the Python one remains
-                if not options:
-                    raise
-                first = (str(exc).strip().splitlines() or [""])[0]
-                warnings.warn(f"painnfx: Inductor's C++ wrapper failed for the {key} graph ({type(exc).__name__}: "
-                              f"{first}); it is compiled with the Python wrapper", RuntimeWarning, stacklevel=3)
-                options = {}
-                runner = self._compiled(gm, options, example)
-            with torch.inference_mode():
-                out = runner(*tensors)
-            self.compile_seconds[key] = time.perf_counter() - start
-            self.graphs[key], self._runners[key], self.options[key] = gm, runner, options
-            return out
+            with self._lock:
+                if key not in self._runners:
+                    return self._first_run(key, fn, tensors, example)
+            runner = self._runners[key]
         with torch.inference_mode():
             return runner(*tensors)
+
+    def _first_run(self, key, fn: Callable, tensors: tuple, example: Optional[tuple]):
+        """Trace and compile the graph of kind ``key``, then run it on ``tensors``."""
+        start = time.perf_counter()
+        example = trace_example(*tensors) if example is None else example
+        gm = trace(fn, *example, backend=self.backend)
+        options = wrapper_options(gm) if self.compile else {}
+        try:
+            runner = self._compiled(gm, options, example)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001  the C++ wrapper failed here: the Python one remains
+            if not options:
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            warnings.warn(f"painnfx: Inductor's C++ wrapper failed for the {key} graph ({type(exc).__name__}: "
+                          f"{first}); it is compiled with the Python wrapper", RuntimeWarning, stacklevel=3)
+            options = {}
+            runner = self._compiled(gm, options, example)
+        with torch.inference_mode():
+            out = runner(*tensors)
+        self.compile_seconds[key] = time.perf_counter() - start
+        self.graphs[key], self._runners[key], self.options[key] = gm, runner, options
+        return out
 
     def _compiled(self, gm: fx.GraphModule, options: dict, example: tuple):
         """``gm`` compiled with ``options`` (or ``gm`` itself when not compiling), run once on

@@ -164,7 +164,31 @@ def eliminate_common_subexpressions(cap: Captured) -> list[str]:
     return [f"merged {n} duplicate nodes"] if n else []
 
 
-def constant_nodes(cap: Captured) -> dict:
+class ConstantValues(dict):
+    """fx.Node -> value of the graph's constants. Reading a value (``[]``, ``get``) records the
+    placeholders it derives from in ``read`` (``Captured.read``): those buffers are now part of the
+    rewritten graph, whose results no longer follow a change of them. Asking whether a node is
+    a constant (``in``) records nothing."""
+
+    def __init__(self, values: dict, read: set):
+        super().__init__(values)
+        self.read = read
+
+    def sources(self, node: fx.Node) -> set:
+        if node.op == "placeholder":
+            return {node.name}
+        return set(node.meta.get("painnfx_sources", ()))
+
+    def __getitem__(self, node):
+        value = super().__getitem__(node)
+        self.read.update(self.sources(node))
+        return value
+
+    def get(self, node, default=None):
+        return self[node] if node in self else default
+
+
+def constant_nodes(cap: Captured) -> ConstantValues:
     """fx.Node -> value for buffer/constant placeholders and folded get_attr constants."""
     out = {}
     for node in cap.gm.graph.nodes:
@@ -172,7 +196,7 @@ def constant_nodes(cap: Captured) -> dict:
             out[node] = cap.constants[node.name]
         elif node.op == "get_attr" and node.meta.get("painnfx_constant"):
             out[node] = getattr(cap.gm, node.target)
-    return out
+    return ConstantValues(out, cap.read)
 
 
 def fold_constants(cap: Captured) -> list[str]:
@@ -190,6 +214,7 @@ def fold_constants(cap: Captured) -> list[str]:
             continue
         attr = add_constant(cap.gm, node, f"const_{node.name}", value)
         attr.meta["val"] = node.meta.get("val")
+        attr.meta["painnfx_sources"] = set().union(*(consts.sources(a) for a in node.all_input_nodes))
         node.replace_all_uses_with(attr)
         g.erase_node(node)
         consts[attr] = value

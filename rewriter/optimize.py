@@ -29,6 +29,8 @@ import torch.fx as fx
 from torch import nn
 
 from painnfx.ops import available_backends, use_backend
+from painnfx.ops.checks import check_dtype
+from painnfx.ops.errors import InputError, PainnfxError
 
 from . import normalize
 from .adapters import is_schnetpack_potential
@@ -58,7 +60,7 @@ CAPTURE_ERRORS = (torch._dynamo.exc.UserError, torch._dynamo.exc.Unsupported, Ru
 ENERGY_SIGNATURE = ("positions", "numbers", "edge_index", "shifts")
 
 
-class NotAnEnergyModel(TypeError):
+class NotAnEnergyModel(PainnfxError, TypeError):
     """``optimize`` was given a module that is not a PaiNN-style energy model."""
 
 
@@ -94,6 +96,23 @@ def check_energy_model(model) -> None:
             f"optimize() expects a PaiNN-style energy model (painnfx PaiNN, a module with its signature "
             f"energy = model(positions, numbers, edge_index, shifts) and a `cutoff`, or a schnetpack "
             f"NeuralNetworkPotential); {name} does not qualify: " + "; ".join(problems))
+
+
+def check_weights(model: nn.Module) -> None:
+    """The model's floating-point parameters share one dtype that painnfx runs in and one device, and
+    are finite."""
+    kinds = {(p.dtype, p.device) for p in model.parameters() if p.is_floating_point()}
+    if len(kinds) > 1:
+        raise InputError("the model's parameters have mixed dtypes or devices "
+                         f"({', '.join(sorted(f'{d} on {v}' for d, v in kinds))}): convert the whole model with "
+                         ".to(dtype, device) before optimize()")
+    for dtype, _ in kinds:
+        check_dtype(dtype, "the model's parameter dtype")
+    bad = [name for name, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise InputError(f"the model's parameters hold NaN or inf in {', '.join(bad[:3])}"
+                         + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                         + ": it would return NaN for every structure")
 
 
 def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
@@ -183,6 +202,7 @@ def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, st
     if backend != "auto" and backend not in available_backends():
         raise ValueError(f"unknown backend {backend!r}; available: {available_backends()}")
     check_energy_model(model)
+    check_weights(model)
     forced = None if backend == "auto" else backend
     name = type(model).__name__
     if is_schnetpack_potential(model):

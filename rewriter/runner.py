@@ -1,17 +1,26 @@
 """Calling a rewritten graph: the modules ``optimize`` returns.
 
-``GraphRunner`` resolves the graph's parameter, buffer and constant arguments once, at
-construction, to the live tensors of the captured module (the same objects the model holds,
-so in-place updates, ``load_state_dict`` and ``.to()`` of parameters are seen); a call only
-fills in the user inputs.
+``GraphRunner`` resolves the graph's parameter, buffer and constant arguments at construction to
+the live tensors of the captured module (the same objects the model holds, so in-place updates
+and ``load_state_dict`` are seen); a call only fills in the user inputs. The model may also
+replace those tensors (``load_state_dict(assign=True)``, ``layer.weight = nn.Parameter(...)``,
+``.to()`` of a submodule, ``p.data = ...``): every call first checks, in ~3 us, that each bound
+tensor is still the one the model holds, on the same memory (``GraphRunner.sync``). If not, it
+re-binds to the new tensors, or raises ``ModelChangedError`` where the graph cannot follow (a
+new dtype, device or shape, or a new value of a buffer that the rewrite compiled into the fused
+ops: the radial basis and the cutoff). ``OptimizedModel`` then also drops its compiled joint
+graphs, which hold the old tensors, and traces them again on next use.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
+import operator
 import os
+import threading
 import time
 import warnings
 from typing import Callable, Optional
@@ -20,10 +29,39 @@ import torch
 from torch import nn
 
 from painnfx.ops import InputError, use_backend
+from painnfx.ops.errors import ModelChangedError, NotPicklableError
 
 from .capture import Captured
 from .joint import JointGraphs, node_counts
 from .report import OptimizeReport
+
+
+class _Binding:
+    """Where a graph argument comes from: ``store[attr]`` (a module's ``_parameters`` or
+    ``_buffers``), and what the graph was built for."""
+
+    def __init__(self, position: int, kind: str, name: str, target: nn.Module):
+        owner, _, self.attr = name.rpartition(".")
+        module = target.get_submodule(owner)
+        self.store = module._parameters if kind == "parameter" else module._buffers
+        self.position, self.kind, self.fqn = position, kind, name
+        self.name = name.removeprefix("m.")  # the wrapped model's own name for it (capture.Target.m)
+        t = self.store[self.attr]
+        self.dtype, self.device, self.shape = t.dtype, t.device, tuple(t.shape)
+
+    def changed(self, t) -> Optional[str]:
+        """Why the graph cannot run with ``t`` in this place, or None."""
+        what = f"{self.kind} {self.name}"
+        if t is None:
+            return f"{what} was removed from the model"
+        if not isinstance(t, torch.Tensor):
+            return f"{what} is now a {type(t).__name__}"
+        if t.dtype != self.dtype or t.device != self.device:
+            return (f"{what} is {t.dtype} on {t.device} now; the optimized graph was built for {self.dtype} on "
+                    f"{self.device}")
+        if tuple(t.shape) != self.shape:
+            return f"{what} has shape {tuple(t.shape)} now; the optimized graph was built for {self.shape}"
+        return None
 
 
 class GraphRunner(nn.Module):
@@ -34,18 +72,77 @@ class GraphRunner(nn.Module):
         p = next(iter(cap.target.parameters()))
         self.dtype, self.device = p.dtype, p.device
         self.backend = backend
-        self._frozen = False
+        self._local = threading.local()  # frozen(): per thread
+        self._lock = threading.Lock()
+        self._bindings = [_Binding(k, gi.kind, gi.name, cap.target) for k, gi in enumerate(cap.inputs)
+                          if gi.kind in ("parameter", "buffer")]
+        # buffers whose values the rewrite read (folded, or compiled into a fused op) and those values
+        read = {gi.name for gi in cap.inputs if gi.node in cap.read}
+        self._baked = {b.name: self._args[b.position].detach().clone() for b in self._bindings if b.fqn in read}
+        self.rebinds = 0  # how often the model's tensors were re-bound (sync)
+        self._remember()
+
+    def _remember(self) -> None:
+        """What ``current`` compares against: the bound tensors, their memory, the baked buffers' versions."""
+        self._stores = [b.store for b in self._bindings]
+        self._attrs = [b.attr for b in self._bindings]
+        self._tensors = [self._args[b.position] for b in self._bindings]
+        self._pointers = [t.data_ptr() for t in self._tensors]
+        self._watched = [self._args[b.position] for b in self._bindings if b.name in self._baked]
+        self._versions = [t._version for t in self._watched]
+
+    def current(self) -> bool:
+        """Whether every bound tensor is still the one the model holds, on the same memory, and no
+        baked buffer was written in place (~3 us for the default model's 40 tensors)."""
+        return (all(map(operator.is_, map(operator.getitem, self._stores, self._attrs), self._tensors))
+                and [t.data_ptr() for t in self._tensors] == self._pointers
+                and [t._version for t in self._watched] == self._versions)
+
+    def sync(self) -> bool:
+        """Follow the model's tensors: False when nothing changed; True after re-binding the graph's
+        arguments to tensors the model replaced. Raises ``ModelChangedError`` where the graph cannot
+        follow: a parameter or buffer of another dtype, device or shape, or a baked buffer (radial
+        basis, cutoff) with new values."""
+        if self.current():
+            return False
+        with self._lock:
+            if self.current():
+                return False
+            problems, constants = [], []
+            for b in self._bindings:
+                t = b.store.get(b.attr)
+                why = b.changed(t)
+                if why is not None:
+                    problems.append(why)
+                elif b.name in self._baked and not torch.equal(t.detach(), self._baked[b.name]):
+                    constants.append(b.name)
+            if constants:
+                problems.append(f"new values of {', '.join(constants)}, which optimize() compiled into the fused "
+                                "ops as constants")
+            if problems:
+                raise ModelChangedError("the model changed since optimize(): " + "; ".join(problems[:3])
+                                        + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+                                        + ". Call optimize() again on the changed model")
+            for b in self._bindings:
+                self._args[b.position] = b.store[b.attr]
+            self._remember()
+            self.rebinds += 1
+            return True
+
+    @property
+    def _frozen(self) -> bool:
+        return getattr(self._local, "frozen", False)
 
     @contextlib.contextmanager
     def frozen(self):
-        """Calls in this block read the parameters detached: a backward computes no weight
-        gradients (what a joint graph of forces is traced with; the fused backward otherwise
+        """Calls in this block (on this thread) read the parameters detached: a backward computes no
+        weight gradients (what a joint graph of forces is traced with; the fused backward otherwise
         computes them whenever the weights require grad, wanted or not)."""
-        self._frozen = True
+        self._local.frozen = True
         try:
             yield
         finally:
-            self._frozen = False
+            self._local.frozen = False
 
     def forward(self, **user):
         args = list(self._args)
@@ -77,8 +174,22 @@ MEASURE_MAX_EDGES = 10_000
 #: docs/perf), where the check and the race would cost ~10 calls of 1-2 s on the first call
 JOINT_MEASURE_MAX_EDGES = 100_000
 
+#: the fewest atoms and edges a call needs to take a joint graph: smaller systems (no atoms, no
+#: edges, one atom) run the fused graph with autograd, cheap at that size; the traced graph's shape
+#: assumptions (sizes of at least 2) would send them through a Dynamo compile of their own
+JOINT_MIN_SIZE = 2
+
 #: rounds in which the joint graphs take turns being timed (``_race``): 3 x best-of-3 calls each
 RACE_ROUNDS = 3
+
+
+#: what to save instead of an optimized model (its compiled graphs belong to the process)
+SAVE_INSTEAD = (
+    "an optimized model cannot be pickled (torch.save, pickle, multiprocessing): its graph and compiled pieces "
+    "belong to this process. Save the model it wraps instead: save_checkpoint(fast.model, path) "
+    "(painnfx.model.checkpoint), then optimize(load_checkpoint(path)) where it is needed; for a schnetpack "
+    "potential, save the original and optimize() it after loading; or torch.export.export(fast, ...) and "
+    "torch.export.save for a graph that loads anywhere. copy.deepcopy works: it optimizes a copy of the model")
 
 
 def joint_default() -> bool:
@@ -153,6 +264,47 @@ class OptimizedModel(nn.Module):
         self.joint_graphs = JointGraphs(backend=backend)
         self._joint_verified: set = set()  # (joint graph key, size class) checked against the fused path
         self._joint_rejected: dict = {}  # joint path name -> why it is not used
+        # first calls of a size class (measuring, tracing, compiling) run one at a time: concurrent
+        # first calls wait for one compile instead of racing make_fx and Inductor
+        self._lock = threading.RLock()
+        self._rebinds = 0  # runner.rebinds when the joint graphs were made
+
+    def __reduce_ex__(self, protocol):
+        raise NotPicklableError(SAVE_INSTEAD)
+
+    def __deepcopy__(self, memo):
+        """``optimize()`` of a deep copy of the wrapped model (a new export and rewrite, ~1-3 s), with
+        this one's backend, path policy and joint setting: its graph and compiled pieces are never
+        shared or copied."""
+        new = self._optimized(copy.deepcopy(self.model, memo))
+        memo[id(self)] = new
+        return new
+
+    def __copy__(self):
+        """``optimize()`` of the same wrapped model (parameters shared), with this one's settings."""
+        return self._optimized(self.model)
+
+    def _optimized(self, model: nn.Module) -> "OptimizedModel":
+        from .optimize import optimize
+
+        backend = self.runner.backend if self.runner is not None else None
+        new = optimize(model, backend=backend or "auto")
+        new.path, new.joint = self.path, self.joint
+        return new
+
+    def _follow_weights(self) -> None:
+        """Check that the graph still reads the tensors the model holds (``GraphRunner.sync``); after
+        the model replaced some, the joint graphs, which hold the old ones, are dropped (traced and
+        compiled again on next use). Raises ``ModelChangedError`` where the graph cannot follow."""
+        self.runner.sync()
+        if self.runner.rebinds != self._rebinds:
+            with self._lock:
+                if self.runner.rebinds != self._rebinds:
+                    self.joint_graphs = JointGraphs(compile=self.joint_graphs.compile, backend=self.joint_graphs.backend)
+                    self._joint_verified.clear()
+                    self.report.joint.pop("graphs", None)
+                    self.report.joint["weights_replaced"] = self.runner.rebinds
+                    self._rebinds = self.runner.rebinds
 
     @property
     def applied(self) -> bool:
@@ -175,6 +327,7 @@ class OptimizedModel(nn.Module):
         return self.model(positions, numbers, edge_index, shifts, batch, n_systems)
 
     def _fused(self, positions, numbers, edge_index, shifts, batch, n_systems):
+        self._follow_weights()
         self.runner.check(positions)
         (out,) = self.runner(positions=positions, numbers=numbers, edge_index=edge_index, shifts=shifts)
         if not self.per_atom:
@@ -243,6 +396,18 @@ class OptimizedModel(nn.Module):
         cls = size_class(n_atoms, n_edges)
         known = self._choice.get(cls)
         if known is None or (joint_calls and not known[1]):
+            with self._lock:  # one measurement per size class, even when threads arrive together
+                known = self._measure(args, joint_calls, cls)
+        if not joint_calls and known[0] in ENERGY_PATH:
+            return ENERGY_PATH[known[0]]
+        return known[0]
+
+    def _measure(self, args, joint_calls: Optional[dict], cls: tuple) -> tuple:
+        """(path, measured with joint graphs) for size class ``cls``, measured now unless another
+        thread did so while this one waited for the lock."""
+        n_atoms, n_edges = args[0].shape[0], args[2].shape[1]
+        known = self._choice.get(cls)
+        if known is None or (joint_calls and not known[1]):
             large = n_edges > MEASURE_MAX_EDGES
             joint_calls = joint_calls or {}  # joint_properties offers only joint_candidates(n_edges)
             if large and not joint_calls:
@@ -260,14 +425,13 @@ class OptimizedModel(nn.Module):
             self._choice[cls] = known = (choice, bool(joint_calls))
             self.report.path_choices.append(
                 {"atoms": n_atoms, "edges": n_edges, "size_class": list(cls), "path": choice, "why": why})
-        if not joint_calls and known[0] in ENERGY_PATH:
-            return ENERGY_PATH[known[0]]
-        return known[0]
+        return known
 
     def _reject_joint(self, name: str, why: str) -> None:
         self._joint_rejected[name] = why
         self.report.joint.setdefault("rejected", {})[name] = why
-        warnings.warn(f"painnfx: {why}; this model does not use it", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"painnfx: {why}; this model does not use that joint graph (the fused graph with autograd "
+                      "runs instead; report.joint['rejected'] keeps the reason)", RuntimeWarning, stacklevel=4)
 
     def joint_properties(self, key: str, make: Callable, tensors: tuple, call_args: Optional[tuple] = None,
                          example: Optional[tuple] = None):
@@ -285,6 +449,9 @@ class OptimizedModel(nn.Module):
         with the system)."""
         if self.runner is None or self._path == "fused" or not self.joint or not self.per_atom:
             return None
+        if tensors[0].shape[0] < JOINT_MIN_SIZE or tensors[2].shape[1] < JOINT_MIN_SIZE:
+            return None  # nothing to gain, and a size the traced graph treats as special: autograd
+        self._follow_weights()
         self.runner.check(tensors[0])  # a graph traced for another dtype or device must not run
 
         def fused(positions, numbers, edge_index, shifts, batch=None, n_systems=1):
@@ -304,16 +471,28 @@ class OptimizedModel(nn.Module):
                  for name, energy in energies.items() if name not in self._joint_rejected}
         args = call_args if call_args is not None else (*tensors[:4], None, 1)
         cls = size_class(tensors[0].shape[0], tensors[2].shape[1])
+        if any((f"{key} ({name})", cls) not in self._joint_verified for name in calls):
+            with self._lock:  # the first call of a size class checks (the very first traces and compiles)
+                self._verify_joint(key, calls, cls, lambda: make(fused)(*tensors))
+        calls = {name: call for name, call in calls.items() if name not in self._joint_rejected}
+        if not calls:
+            return None
+        choice = "joint" if self._path == "joint" else self._choose(args, calls)
+        if choice not in calls or choice in self._joint_rejected:
+            return None
+        return calls[choice]()  # None if it fails now: the caller runs autograd
+
+    def _verify_joint(self, key: str, calls: dict, cls: tuple, reference_call: Callable) -> None:
+        """Check each joint graph of ``calls`` not yet checked for size class ``cls`` against
+        ``reference_call`` (the fused path with autograd); reject one that disagrees or fails."""
         for name in list(calls):
             graph_key = f"{key} ({name})"
-            if (graph_key, cls) in self._joint_verified:
+            if (graph_key, cls) in self._joint_verified or name in self._joint_rejected:
                 continue
-            # checked on the first call of each size class (the very first also traces and compiles)
-            rejected = self._joint_agrees(name, calls[name], lambda: make(fused)(*tensors))
+            rejected = self._joint_agrees(name, calls[name], reference_call)
             if rejected is not None:
                 self._reject_joint(name, rejected)
             if name in self._joint_rejected:
-                del calls[name]
                 continue
             self._joint_verified.add((graph_key, cls))
             graphs = self.report.joint.setdefault("graphs", {})
@@ -322,12 +501,6 @@ class OptimizedModel(nn.Module):
                                      "wrapper": "C++" if self.joint_graphs.options[graph_key].get("cpp_wrapper") else "Python",
                                      "dynamo": not self.joint_graphs.calls(graph_key),  # standalone.py
                                      "compile_seconds": round(self.joint_graphs.compile_seconds[graph_key], 2)}
-        if not calls:
-            return None
-        choice = "joint" if self._path == "joint" else self._choose(args, calls)
-        if choice not in calls or choice in self._joint_rejected:
-            return None
-        return calls[choice]()  # None if it fails now: the caller runs autograd
 
     def _guarded(self, name: str, call):
         """``call()``, or None after rejecting joint path ``name`` when compiling or running its
@@ -366,10 +539,27 @@ class OptimizedRepresentation(nn.Module):
         self.cutoff = representation.cutoff
         self.keys = cap.target.keys
 
+    def __reduce_ex__(self, protocol):
+        raise NotPicklableError(SAVE_INSTEAD)
+
+    def __deepcopy__(self, memo):
+        """The rewrite of a deep copy of the original representation (see ``OptimizedModel``)."""
+        from .capture import SchnetpackRepresentation
+        from .optimize import rewrite
+
+        original = copy.deepcopy(self.original, memo)
+        cap, report = rewrite(SchnetpackRepresentation(original), name=self.report.model, backend=self.report.backend)
+        if not report.applied:  # it was rewritten once; a copy that cannot be is a bug worth an error
+            raise ModelChangedError(f"the copy of the representation could not be optimized: {report.why_not()}")
+        new = OptimizedRepresentation(original, cap, report, self.runner.backend)
+        memo[id(self)] = new
+        return new
+
     def forward(self, inputs: dict) -> dict:
         p = self.keys
         r = inputs[p.Rij]
         self.runner.check(r)
+        self.runner.sync()
         q, mu = self.runner(r_ij=r, numbers=inputs[p.Z], idx_i=inputs[p.idx_i].long(), idx_j=inputs[p.idx_j].long())
         inputs["scalar_representation"] = q
         inputs["vector_representation"] = mu

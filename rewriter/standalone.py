@@ -14,6 +14,7 @@ runs the compiled graph directly; any other (one atom, no edges, a strided input
 from __future__ import annotations
 
 import os
+import threading
 from typing import Callable
 
 import torch
@@ -52,6 +53,7 @@ class GuardedGraph:
         self._kinds = [(v.dtype, v.device, v.dim()) for v in inputs]
         self._names = [f"t{i}" for i in range(len(inputs))]
         self._make_dynamo, self._dynamo = dynamo, None
+        self._lock = threading.Lock()  # Dynamo compiles on a call: one call at a time takes that way
         self.calls = {"standalone": 0, "dynamo": 0}
 
     def covers(self, tensors) -> bool:
@@ -67,7 +69,8 @@ class GuardedGraph:
         if self.covers(tensors):
             self.calls["standalone"] += 1
             return self.compiled(*tensors)
-        if self._dynamo is None:
-            self._dynamo = self._make_dynamo()
-        self.calls["dynamo"] += 1
-        return self._dynamo(*tensors)
+        with self._lock:
+            if self._dynamo is None:
+                self._dynamo = self._make_dynamo()
+            self.calls["dynamo"] += 1
+            return self._dynamo(*tensors)

@@ -25,11 +25,13 @@ from typing import Callable, Sequence
 import torch
 import torch.fx as fx
 
+from painnfx.ops.errors import PainnfxError
+
 #: what a wrong replacement raises on probe inputs (shape/dtype mismatches, bad indices)
 EXPECTED = (RuntimeError, ValueError, TypeError, IndexError)
 
 
-class VerificationError(RuntimeError):
+class VerificationError(PainnfxError, RuntimeError):
     """Strict mode: a rewrite (or the whole rewritten graph) disagreed with the original."""
 
     def __init__(self, rewrite: str, detail: str):

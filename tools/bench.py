@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from .dtypes import DTYPES
-from .usage import UsageError, check_device, output_file, positive_int
+from .usage import (UsageError, check_device, non_negative_int, output_file, positive_float, positive_int, save_figure,
+                    write_text)
 
 
 def _rss_bytes() -> int:
@@ -454,7 +455,7 @@ def plot(report: dict, path: Path) -> None:
         a.grid(True, which="both", alpha=0.3)
         a.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 def machine_line(env: dict) -> str:
@@ -509,7 +510,7 @@ def plot_throughput(report: dict, path: Path) -> None:
     ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 def markdown_table(report: dict) -> str:
@@ -561,23 +562,25 @@ def markdown_table(report: dict) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--systems", nargs="*", help="subset of the standard set (default: all)")
     p.add_argument("--variants", nargs="*", help="eager, compile, compile-ro, schnetpack, fused, optimized ...")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--min-repeats", type=int, default=5)
-    p.add_argument("--max-repeats", type=int, default=1000)
-    p.add_argument("--max-time", type=float, default=3.0, help="seconds of timed calls per case (after min-repeats)")
-    p.add_argument("--case-timeout", type=float, default=1800.0)
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="floating-point precision of every variant")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1),
+                   help="torch and OpenMP threads of the timed processes")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls per case after the first")
+    p.add_argument("--min-repeats", type=positive_int, default=5, help="timed calls per case at least")
+    p.add_argument("--max-repeats", type=positive_int, default=1000, help="timed calls per case at most")
+    p.add_argument("--max-time", type=positive_float, default=3.0, help="seconds of timed calls per case (after min-repeats)")
+    p.add_argument("--case-timeout", type=positive_float, default=1800.0,
+                   help="seconds after which a case's worker process is stopped and the case recorded as failed")
     p.add_argument("--out", default="docs/perf/cpu_bench", help="output stem: writes STEM.json, STEM.png, STEM.md")
     p.add_argument("--no-memory", action="store_true", help="skip the separate peak-memory pass")
     p.add_argument("--isolated", action="store_true",
                    help="time each (system, variant) in its own process, one after another, instead of each "
                         "system's variants interleaved in one process (the default)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--largest", action="store_true",
                    help="instead of timing the set: find the largest Cu cell each variant evaluates (writes STEM.json)")
-    p.add_argument("--largest-atoms", type=int, default=10_000_000, help="with --largest: stop above this many atoms")
+    p.add_argument("--largest-atoms", type=positive_int, default=10_000_000, help="with --largest: stop above this many atoms")
     p.add_argument("--throughput", action="store_true",
                    help="instead of the standard set: structures/s of sets of many structures (mol64, mol512, "
                         "Cu108x16), one call per structure vs batched, eager vs optimized")
@@ -612,14 +615,14 @@ def main_bench(args) -> int:
         result = {"environment": environment(args.device, args.threads, args.dtype), "largest": largest(args)}
         stem = Path(args.out)
         stem.parent.mkdir(parents=True, exist_ok=True)
-        stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        write_text(stem.with_suffix(".json"), json.dumps(result, indent=2))
         print(json.dumps(result["largest"], indent=2))
         return 0
     report = run(args)
     stem = Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    stem.with_suffix(".md").write_text(markdown_table(report) + "\n")
+    write_text(stem.with_suffix(".json"), json.dumps(report, indent=2))
+    write_text(stem.with_suffix(".md"), markdown_table(report) + "\n")
     (plot_throughput if args.throughput else plot)(report, stem.with_suffix(".png"))
     print(markdown_table(report))
     print(f"wrote {stem}.json, {stem}.md, {stem}.png")

@@ -6,6 +6,17 @@ import argparse
 import sys
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every subcommand's ``--help``: its description as written, and each flag's default unless the
+    flag has none (an off switch, an optional file) or its help already states it."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import bench, distill, eval_cmd, inspect_cmd, lammps_cmd, md
 
@@ -15,27 +26,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("md", help="run MD with the default model through the ASE calculator",
-                       description=md.__doc__)
+                       description=md.__doc__, formatter_class=HelpFormatter)
     md.add_arguments(p)
     p.set_defaults(func=md.main_md)
     p = sub.add_parser("eval", help="energy, forces and stress of every structure in a file, batched",
-                       description=eval_cmd.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=eval_cmd.__doc__, formatter_class=HelpFormatter)
     eval_cmd.add_arguments(p)
     p.set_defaults(func=eval_cmd.main_eval)
     p = sub.add_parser("bench", help="time energy+forces of eager, torch.compile, schnetpack, ... side by side",
-                       description=bench.__doc__)
+                       description=bench.__doc__, formatter_class=HelpFormatter)
     bench.add_arguments(p)
     p.set_defaults(func=bench.main_bench)
     p = sub.add_parser("distill", help="train a PaiNN student on an EMT teacher (energies, forces)",
-                       description=distill.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=distill.__doc__, formatter_class=HelpFormatter)
     distill.add_arguments(p)
     p.set_defaults(func=distill.main_distill)
     p = sub.add_parser("inspect", help="show what optimize() matches, fuses and rejects in a model",
-                       description=inspect_cmd.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=inspect_cmd.__doc__, formatter_class=HelpFormatter)
     inspect_cmd.add_arguments(p)
     p.set_defaults(func=inspect_cmd.main_inspect)
     p = sub.add_parser("lammps", help="run painnfx models in LAMMPS on MPI ranks (ML-IAP)",
-                       description=lammps_cmd.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=lammps_cmd.__doc__, formatter_class=HelpFormatter)
     lammps_cmd.add_arguments(p)
     return parser
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .usage import non_negative_float, positive_float, positive_int
+
 CHECK_SET = dict(n=6, seed=12345)
 
 
@@ -92,23 +94,24 @@ def errors(model, samples, cutoff, dtype, chunk: int = 8) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--elements", nargs="+", default=["Cu"], help="EMT elements; the first is the fcc host")
-    p.add_argument("--n-train", type=int, default=400)
-    p.add_argument("--n-val", type=int, default=60)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--features", type=int, default=128)
-    p.add_argument("--interactions", type=int, default=3)
-    p.add_argument("--rbf", type=int, default=20)
-    p.add_argument("--cutoff", type=float, default=5.0)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--max-minutes", type=float, default=240.0,
+    p.add_argument("--n-train", type=positive_int, default=400, help="training structures")
+    p.add_argument("--n-val", type=positive_int, default=60, help="held-out validation structures")
+    p.add_argument("--seed", type=int, default=0, help="seed of the structures and of the initial weights")
+    p.add_argument("--features", type=positive_int, default=128, help="PaiNN feature width F")
+    p.add_argument("--interactions", type=positive_int, default=3, help="PaiNN interaction layers L")
+    p.add_argument("--rbf", type=positive_int, default=20, help="radial basis functions K")
+    p.add_argument("--cutoff", type=positive_float, default=5.0, help="cutoff radius, Angstrom")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="structures per optimizer step")
+    p.add_argument("--epochs", type=positive_int, default=40, help="passes over the training set")
+    p.add_argument("--max-minutes", type=positive_float, default=240.0,
                    help="safety stop after this wall time (recorded; makes the run depend on timing)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--force-weight", type=float, default=10.0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--force-weight", type=non_negative_float, default=10.0,
+                   help="weight of the force loss against the energy loss")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch threads")
     p.add_argument("--optimized", action="store_true", help="train through optimize() (fused ops, double backward)")
-    p.add_argument("--out", default="painnfx_out/distilled.pt")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", default="painnfx_out/distilled.pt", help="checkpoint to write (replaced when complete)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def main_distill(args) -> int:

@@ -8,6 +8,10 @@ length. A frame that cannot be evaluated (unknown element, NaN positions, overla
 degenerate cell) is reported on stderr with its index and reason and left out of OUT; every
 good frame is still written, in input order, and the exit status is 1 when any frame failed.
 
+OUT must not be IN (nor a link to it). It is written to a temporary file in OUT's folder and
+renamed to OUT only when every frame has been evaluated: an existing OUT is replaced then, never
+before, and an interrupted or failed run leaves it as it was.
+
     painnfx eval structures.extxyz results.extxyz --dtype float32 --max-atoms 8192
 """
 
@@ -18,17 +22,18 @@ import sys
 import time
 
 from .dtypes import DTYPES
-from .usage import UsageError, check_device, output_file, positive_int, readable_file
+from .usage import UsageError, check_device, output_file, positive_int, readable_file, replaced_when_complete
 
 
 def add_arguments(p) -> None:
     from painnfx.model.batch import DEFAULT_MAX_ATOMS, DEFAULT_MAX_EDGES, DEFAULT_MAX_EDGES_PLAIN, DEFAULT_WINDOW
 
     p.add_argument("input", metavar="IN", help="structures: any file ASE reads, all frames")
-    p.add_argument("output", metavar="OUT", help="extended XYZ file to write")
+    p.add_argument("output", metavar="OUT", help="extended XYZ file to write; an existing OUT is replaced only once "
+                                                 "the new one is complete (never IN itself)")
     p.add_argument("--model", help="model checkpoint (default: the built-in default model)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
+    p.add_argument("--device", default="cpu", help="torch device to run the model on (cpu, cuda, ...)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float64", help="floating-point precision of the model")
     p.add_argument("--optimize", choices=["auto", "on", "off"], default="auto",
                    help="as for painnfx md: auto runs the fused graph where measured faster")
     p.add_argument("--max-atoms", type=positive_int, default=DEFAULT_MAX_ATOMS, help="atoms per batch at most")
@@ -82,9 +87,12 @@ def main_eval(args) -> int:
     from painnfx.model.batch import BatchEvaluator, Failed, iter_evaluate
 
     check_device(args.device)
+    out = output_file(args.output, "OUT")
+    if os.path.exists(out) and os.path.exists(args.input) and os.path.samefile(out, args.input):
+        raise UsageError(f"OUT {args.output} is IN {args.input} (the same file): writing it would destroy the "
+                         "input; choose another OUT")
     read = read_frames(args.input)
     frames = read()
-    out = output_file(args.output, "OUT")
     optimize = {"auto": "auto", "on": True, "off": False}[args.optimize]
     start = time.perf_counter()
     evaluator = BatchEvaluator(args.model, device=args.device, dtype=DTYPES[args.dtype], optimize=optimize,
@@ -92,7 +100,7 @@ def main_eval(args) -> int:
     setup = time.perf_counter() - start
     failed, written, atoms_done = [], 0, 0
     start = time.perf_counter()
-    with open(out, "w") as fh:
+    with replaced_when_complete(out) as fh:
         for result in iter_evaluate(frames, evaluator=evaluator, max_atoms=args.max_atoms, max_edges=args.max_edges,
                                     window=args.window, progress=False if args.quiet else None):
             if isinstance(result, Failed):

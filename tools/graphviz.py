@@ -8,6 +8,8 @@ from pathlib import Path
 
 from painnfx.rewriter.fusions import FUSED_NODES
 
+from .usage import write_text
+
 PALETTE = ["#fde0dd", "#d0e6f7", "#e5f5e0", "#fff3bf", "#ead7f4", "#ffe5cc"]
 FUSION_COLORS = ["#f4a261", "#e9c46a", "#2a9d8f", "#e76f51"]
 #: fused node name -> fill colour, one colour per fusion of the registry
@@ -66,7 +68,7 @@ def write_graphs(report, stem: Path, formats=("svg",)) -> list[Path]:
     regions = regions_of(report)
     for tag, table, reg in (("before", report.table_before, regions), ("after", report.table_after, {})):
         dot_path = stem.parent / f"{stem.name}_{tag}.dot"
-        dot_path.write_text(to_dot(table, reg, f"{report.model}: {tag} rewriting"))
+        write_text(dot_path, to_dot(table, reg, f"{report.model}: {tag} rewriting"))
         written.append(dot_path)
         exe = shutil.which("dot")
         for fmt in formats if exe else ():

@@ -27,8 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--random", metavar="JSON", help='random PaiNN with this config, e.g. \'{"radial_basis": "bessel"}\'')
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow unpickling a schnetpack model file (runs code from the file: only for files you trust)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64", help="precision the model is optimized in")
+    p.add_argument("--backend", default="auto",
+                   help="fused-op backend to verify the rewrites on (auto: the dispatcher's choice per device)")
     p.add_argument("--graphs", action="store_true", help="print the graph before and after as code")
     p.add_argument("--dot", metavar="STEM", help="write STEM_before.dot/STEM_after.dot (+ .svg/.png with graphviz)")
     p.add_argument("--format", nargs="*", default=["svg", "png"], help="rendered formats when graphviz is installed")

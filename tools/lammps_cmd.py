@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .dtypes import DTYPES
-from .usage import check_device, positive_int
+from .usage import check_device, non_negative_float, positive_int, write_text
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE / "lammps" / "in.cu_nve.lammps"
@@ -104,7 +104,7 @@ def export(out: str, checkpoint=None, types=("Cu",), dtype=torch.float64, device
     header = [f"# painnfx PaiNN for LAMMPS: {adapter.n_layers} message layers, cutoff {adapter.cutoff:g} A,",
               f"# ghost shell {adapter.comm_cutoff:g} A (L * r_c + skin); include after the box is created."]
     lines_file = out + ".lammps"
-    Path(lines_file).write_text("\n".join(header + lines) + "\n")
+    write_text(Path(lines_file), "\n".join(header + lines) + "\n")
     return out, lines_file, lines
 
 
@@ -133,13 +133,14 @@ def loop_performance(stdout: str) -> dict | None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="lammps_command", required=True)
-    b = sub.add_parser("build", help="build LAMMPS with ML-IAP + PYTHON + MPI into a cache (once)")
+    kind = dict(formatter_class=p.formatter_class)  # the command line's (defaults shown)
+    b = sub.add_parser("build", **kind, help="build LAMMPS with ML-IAP + PYTHON + MPI into a cache (once)")
     b.set_defaults(func=main_build)
-    e = sub.add_parser("export", help="write a model file for pair_style mliap unified, and its input lines")
+    e = sub.add_parser("export", **kind, help="write a model file for pair_style mliap unified, and its input lines")
     _model_arguments(e)
     e.add_argument("--out", default="painnfx_out/lammps/model.pkl", help="model file (the lines go to OUT.lammps)")
     e.set_defaults(func=main_export)
-    r = sub.add_parser("run", help="MD in LAMMPS on N MPI ranks (default: the Cu NVE example)")
+    r = sub.add_parser("run", **kind, help="MD in LAMMPS on N MPI ranks (default: the Cu NVE example)")
     _model_arguments(r)
     r.add_argument("-np", "--nprocs", type=positive_int, default=2, help="MPI ranks")
     r.add_argument("--input", help="LAMMPS input (default: the Cu NVE example, tools/lammps/in.cu_nve.lammps); "
@@ -150,9 +151,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--workdir", default="painnfx_out/lammps", help="where the model file and log go")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=main_run)
-    bn = sub.add_parser("bench", help="steps/s of the Cu NVE example on 1, 2, ... MPI ranks, side by side")
+    bn = sub.add_parser("bench", **kind, help="steps/s of the Cu NVE example on 1, 2, ... MPI ranks, side by side")
     _model_arguments(bn)
-    bn.add_argument("--ranks", type=positive_int, nargs="+", default=[1, 2])
+    bn.add_argument("--ranks", type=positive_int, nargs="+", default=[1, 2], help="MPI rank counts to time")
     bn.add_argument("--sizes", type=positive_int, nargs="+", default=[3, 6], help="cubic cells per side (4 n^3 atoms)")
     bn.add_argument("--steps", type=positive_int, default=50, help="timed MD steps (after a 5-step warm-up run)")
     bn.add_argument("--out", default="docs/perf/lammps_bench", help="writes OUT.json and OUT.md")
@@ -163,11 +164,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="model checkpoint (default: the built-in default Cu model)")
     p.add_argument("--types", nargs="+", default=["Cu"], help="element of each LAMMPS atom type, in order")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float64", help="floating-point precision of the model")
+    p.add_argument("--device", default="cpu", help="torch device of each rank's model")
     p.add_argument("--optimize", choices=["auto", "fused", "off"], default="auto",
                    help="auto: optimize() and the faster path per size; fused: always the fused graph; off: plain")
-    p.add_argument("--skin", type=float, default=2.0, help="LAMMPS neighbor skin, Angstrom (sets `neighbor`)")
+    p.add_argument("--skin", type=non_negative_float, default=2.0, help="LAMMPS neighbor skin, Angstrom (sets `neighbor`)")
 
 
 def main_build(args) -> int:
@@ -196,7 +197,7 @@ def main_run(args) -> int:
     variables = {"model_lines": lines_file, **dict(args.var)}
     input_file = Path(args.input).resolve() if args.input else EXAMPLE
     proc = run_lammps(str(input_file), variables, args.nprocs, cwd=str(work), threads=threads)
-    (work / "lammps.out").write_text(proc.stdout + proc.stderr)
+    write_text(work / "lammps.out", proc.stdout + proc.stderr)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         print(f"LAMMPS failed (exit {proc.returncode}); full output in {work / 'lammps.out'}", file=sys.stderr)
@@ -247,11 +248,11 @@ def main_bench(args) -> int:
             "input": "tools/lammps/in.cu_nve.lammps (NVE, 1 fs)", "lammps": find_lmp()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     table = ["| atoms | MPI ranks x threads | steps/s | vs " + f"{args.ranks[0]} rank(s) |", "|---|---|---|---|"]
     table += [f"| {r['atoms']} | {r['ranks']} x {r['threads_per_rank']} | {r['steps_per_s']:.3g} | "
               f"{r['speedup_vs_first']:.2f}x |" for r in rows]
-    out.with_suffix(".md").write_text(
+    write_text(out.with_suffix(".md"), 
         f"LAMMPS MD, painnfx {meta['model']} model ({args.dtype}, optimize={args.optimize}), {meta['machine']}, "
         f"torch {meta['torch']}; {args.steps} steps per row after LAMMPS set-up, one process layout per row.\n\n"
         + "\n".join(table) + "\n")

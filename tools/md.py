@@ -9,6 +9,7 @@ give the same trajectory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 
@@ -19,7 +20,8 @@ from painnfx.ops.cpu import native
 from painnfx.ops.dispatch import backends_that_ran, record_calls
 
 from .dtypes import DTYPES
-from .usage import UsageError, check_device, non_negative_int, output_file, positive_int, read_structure
+from .usage import (UsageError, check_device, non_negative_float, non_negative_int, output_file, positive_float,
+                    positive_int, read_structure, replaced_when_complete, save_figure)
 
 
 def default_structure(size: int = 3, temperature: float = 300.0, seed: int = 0):
@@ -48,17 +50,24 @@ def run_md(atoms, calc, args, steps: int, progress: bool, trajectory=None):
     """Run ``steps`` steps; returns (total energies, positions, seconds of steps 2..n).
 
     The first step is excluded from the time (``_steady_seconds``).
+    The trajectory file replaces an existing one only when the run is complete.
     """
+    with contextlib.ExitStack() as stack:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        dyn = _integrator(atoms, args)
+        if trajectory is not None:
+            from ase.io.trajectory import Trajectory
+
+            traj = stack.enter_context(Trajectory(stack.enter_context(replaced_when_complete(trajectory, "wb")), "w",
+                                                  atoms))
+            dyn.attach(traj.write, interval=args.traj_interval)
+        return _steps(atoms, dyn, steps, progress)
+
+
+def _steps(atoms, dyn, steps: int, progress: bool):
     from tqdm import tqdm
 
-    atoms = atoms.copy()
-    atoms.calc = calc
-    dyn = _integrator(atoms, args)
-    if trajectory is not None:
-        from ase.io.trajectory import Trajectory
-
-        traj = Trajectory(trajectory, "w", atoms)
-        dyn.attach(traj.write, interval=args.traj_interval)
     energies, positions = [atoms.get_total_energy()], [atoms.positions.copy()]
     potential = [atoms.get_potential_energy()]
     step_times = []
@@ -116,34 +125,38 @@ def plot_energy(total, potential, n_atoms, args, summary, path) -> None:
         a.grid(alpha=0.3)
         a.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--structure", help="structure file readable by ase.io.read (default: Cu fcc supercell)")
-    p.add_argument("--size", type=positive_int, default=3, help="default structure: n x n x n cubic Cu cells (4 n^3 atoms)")
+    p.add_argument("--size", type=positive_int, default=3, help="n x n x n cubic Cu cells (4 n^3 atoms) when no --structure is given")
     p.add_argument("--checkpoint", help="model checkpoint (default: the built-in default model)")
-    p.add_argument("--steps", type=positive_int, default=200)
+    p.add_argument("--steps", type=positive_int, default=200, help="MD steps with the optimized calculator")
     p.add_argument("--compare-steps", type=non_negative_int, default=20,
                    help="steps replayed by the optimized and the unoptimized model side by side, for the "
                         "speedup and the trajectory check (0: skip)")
-    p.add_argument("--temperature", type=float, default=300.0, help="K, initial velocities and Langevin")
-    p.add_argument("--timestep", type=float, default=1.0, help="fs")
-    p.add_argument("--thermostat", choices=["nve", "langevin"], default="nve")
-    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
+    p.add_argument("--temperature", type=non_negative_float, default=300.0,
+                   help="K: the initial velocities, and the Langevin thermostat's target")
+    p.add_argument("--timestep", type=positive_float, default=1.0, help="integration time step, fs")
+    p.add_argument("--thermostat", choices=["nve", "langevin"], default="nve",
+                   help="nve: velocity Verlet; langevin: Langevin dynamics at --temperature")
+    p.add_argument("--friction", type=non_negative_float, default=0.01, help="Langevin friction, 1/fs")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device to run the model on (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float64",
+                   help="floating-point precision of the model (float64 conserves energy best)")
     p.add_argument("--optimize", choices=["auto", "on", "off"], default="auto",
                    help="auto: the calculator's default (fused where measured faster); on: always the fused "
                         "graph; off: the plain model")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="capture a whole step in a CUDA graph and replay it (CUDA devices only)")
-    p.add_argument("--trajectory", help="write an ASE .traj file")
-    p.add_argument("--traj-interval", type=positive_int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trajectory", help="write an ASE .traj file (an existing one is replaced when the run ends)")
+    p.add_argument("--traj-interval", type=positive_int, default=10, help="write every N-th step to --trajectory")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the initial velocities and of Langevin's noise")
     p.add_argument("--plot", help="write a PNG of total/potential energy per atom vs time")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
 
 
 def _with_native(kernels: dict, native_ran: dict) -> dict:
@@ -162,8 +175,6 @@ def main_md(args) -> int:
     check_device(args.device)
     if args.cuda_graphs and not args.device.startswith("cuda"):
         raise UsageError("--cuda-graphs needs --device cuda")
-    if args.timestep <= 0:
-        raise UsageError(f"--timestep must be positive, got {args.timestep}")
     atoms = (read_structure(args.structure) if args.structure
              else default_structure(args.size, args.temperature, args.seed))
     if len(atoms) == 0:

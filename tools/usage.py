@@ -5,8 +5,11 @@ convention), never a traceback: the checks the subcommands share, and the errors
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import tempfile
 
 
 class UsageError(Exception):
@@ -29,6 +32,28 @@ def int_at_least(minimum: int):
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
+
+
+def finite_float(minimum: float, inclusive: bool = True):
+    """An argparse type: a finite number >= ``minimum`` (> with ``inclusive=False``); "nan" and
+    "inf", which float() accepts, are refused."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if value < minimum or (not inclusive and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'more than'} {minimum:g}, "
+                                             f"got {value:g}")
+        return value
+
+    return parse
+
+
+positive_float = finite_float(0.0, inclusive=False)
+non_negative_float = finite_float(0.0)
 
 
 def check_device(name: str) -> str:
@@ -94,6 +119,43 @@ def output_file(path: str, option: str = "--out"):
     if not os.access(target.parent, os.W_OK):
         raise UsageError(f"{option} {path}: folder {target.parent} is not writable")
     return target
+
+
+@contextlib.contextmanager
+def replaced_when_complete(path, mode: str = "w"):
+    """A file object for writing ``path``: a temporary file in ``path``'s folder, renamed onto
+    ``path`` when the block ends without an error (atomically, keeping an existing file's
+    permissions); after an error or an interrupt it is removed and ``path`` is left as it was."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            if not fh.closed:  # a writer may have closed it already (its data then written)
+                fh.flush()
+                os.fsync(fh.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text: str) -> None:
+    """``path`` gets ``text`` through ``replaced_when_complete``: never a half-written file."""
+    with replaced_when_complete(path) as fh:
+        fh.write(text)
+
+
+def save_figure(fig, path, **kwargs) -> None:
+    """``fig.savefig`` through ``replaced_when_complete`` (the format from ``path``'s suffix)."""
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    with replaced_when_complete(path, "wb") as fh:
+        fig.savefig(fh, format=fmt, **kwargs)
 
 
 def user_errors() -> tuple:

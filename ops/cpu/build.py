@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from ..build_cache import BuildCache, CompilerNotFound, digest, host_compiler
+from ..errors import PainnfxError
 from .entry_points import Library, parse
 
 HERE = Path(__file__).parent
@@ -56,7 +57,7 @@ def vector_maths() -> tuple:
     return (f"-l:{name}",) if name else ()
 
 
-class CpuBuildError(RuntimeError):
+class CpuBuildError(PainnfxError, RuntimeError):
     """The CPU kernels could not be built (no compiler, or the compiler failed)."""
 
 
