@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import vesin
 
-from .validation import MAX_NEIGHBORS, InputError, check_cell, check_positions, estimated_neighbors
+from .validation import MAX_NEIGHBORS, InputError, check_cell, check_positions, check_span, estimated_neighbors
 
 
 @dataclass
@@ -61,6 +61,7 @@ def neighbor_list(
     check_cell(cell, pbc)
     if not cutoff > 0:
         raise ValueError(f"cutoff must be positive, got {cutoff}")
+    check_span(pos, cutoff, cell, pbc)
     estimate = estimated_neighbors(pos, cutoff, cell, pbc)
     if estimate > max_neighbors:
         raise InputError(_too_many(f"about {estimate:.3g}", len(pos), cutoff, max_neighbors))

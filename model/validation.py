@@ -89,6 +89,25 @@ def check_overlaps(edge_index: torch.Tensor, r_ij: torch.Tensor, min_distance: f
         )
 
 
+#: a structure may span at most this many cutoff radii along any direction (its atoms' coordinates,
+#: and the cell vectors of periodic directions): vesin's cell list crashed the process (SIGFPE)
+#: above ~3e5 cutoffs, and coordinates that large have lost the precision MD needs anyway
+MAX_SPAN_CUTOFFS = 3e4
+
+
+def check_span(positions: np.ndarray, cutoff: float, cell: np.ndarray, pbc: np.ndarray) -> None:
+    """Refuse coordinates or periodic cell vectors beyond ``MAX_SPAN_CUTOFFS`` cutoffs."""
+    limit = MAX_SPAN_CUTOFFS * cutoff
+    if len(positions) and float(np.abs(positions).max()) > limit:
+        raise InputError(f"atom coordinates reach {float(np.abs(positions).max()):.3g} A, beyond {limit:.3g} A "
+                         f"({MAX_SPAN_CUTOFFS:g} cutoffs) from the origin: the neighbor search cannot handle such a "
+                         "span; wrap the positions into the cell, or drop atoms far from the rest")
+    for k in range(3):
+        if pbc[k] and np.linalg.norm(cell[k]) > limit:
+            raise InputError(f"cell vector {k} is {np.linalg.norm(cell[k]):.3g} A long, beyond {limit:.3g} A "
+                             f"({MAX_SPAN_CUTOFFS:g} cutoffs): the neighbor search cannot handle such a cell")
+
+
 def estimated_neighbors(positions: np.ndarray, cutoff: float, cell: np.ndarray, pbc: np.ndarray) -> float:
     """About how many neighbors an atom has within ``cutoff``, from the density, without a search:
     the atoms per volume of the periodic cell (a non-periodic direction by the atoms' extent, at

@@ -9,8 +9,10 @@ backwards (``painnfx::painn_message_backward``) among them. The graph is then co
 Inductor (its dense remainder fused into C++ loops; the fused ops stay opaque calls) and run
 under ``torch.inference_mode``: no tape is recorded and no engine walks one. One trace serves
 every system size. The graph reads the model's live parameter tensors, so in-place updates are
-seen (tested); after ``.to()``, optimize again (a call refuses the old dtype or device). Training
-(``create_graph=True``) keeps the autograd path.
+seen (tested); when the model replaces a tensor (``load_state_dict(assign=True)``, ``.to()`` and
+back), ``OptimizedModel`` drops its joint graphs and traces them again (runner.py), and a new
+dtype or device is refused with ``ModelChangedError``. Training (``create_graph=True``) keeps the
+autograd path. Trace and compile run one at a time (make_fx and Dynamo are not thread-safe).
 
 ``OptimizedModel.joint_properties`` decides per size class whether a call takes this path
 (runner.py: the fused graph's joint graph and the plain model's, each checked output by output

@@ -102,8 +102,9 @@ class GraphRunner(nn.Module):
         """Follow the model's tensors: False when nothing changed; True after re-binding the graph's
         arguments to tensors the model replaced. Raises ``ModelChangedError`` where the graph cannot
         follow: a parameter or buffer of another dtype, device or shape, or a baked buffer (radial
-        basis, cutoff) with new values."""
-        if self.current():
+        basis, cutoff) with new values. Inside torch.compile or export the graph being traced reads the
+        parameters themselves: nothing to check there."""
+        if torch.compiler.is_compiling() or self.current():
             return False
         with self._lock:
             if self.current():

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 from .dtypes import DTYPES
-from .usage import (UsageError, check_device, non_negative_int, output_file, positive_float, positive_int, save_figure,
-                    write_text)
+from .usage import (UsageError, check_device, non_negative_float, non_negative_int, output_file, positive_float,
+                    positive_int, save_figure, write_text)
 
 
 def _rss_bytes() -> int:
@@ -569,7 +569,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls per case after the first")
     p.add_argument("--min-repeats", type=positive_int, default=5, help="timed calls per case at least")
     p.add_argument("--max-repeats", type=positive_int, default=1000, help="timed calls per case at most")
-    p.add_argument("--max-time", type=positive_float, default=3.0, help="seconds of timed calls per case (after min-repeats)")
+    p.add_argument("--max-time", type=non_negative_float, default=3.0, help="seconds of timed calls per case (after min-repeats)")
     p.add_argument("--case-timeout", type=positive_float, default=1800.0,
                    help="seconds after which a case's worker process is stopped and the case recorded as failed")
     p.add_argument("--out", default="docs/perf/cpu_bench", help="output stem: writes STEM.json, STEM.png, STEM.md")
