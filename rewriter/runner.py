@@ -124,11 +124,13 @@ class GraphRunner(nn.Module):
                 raise ModelChangedError("the model changed since optimize(): " + "; ".join(problems[:3])
                                         + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
                                         + ". Call optimize() again on the changed model")
+            replaced = any(b.store[b.attr] is not self._args[b.position] for b in self._bindings) or \
+                [t.data_ptr() for t in self._tensors] != self._pointers
             for b in self._bindings:
                 self._args[b.position] = b.store[b.attr]
             self._remember()
-            self.rebinds += 1
-            return True
+            self.rebinds += replaced  # a baked buffer rewritten with its own values replaced nothing
+            return replaced
 
     @property
     def _frozen(self) -> bool:

@@ -364,3 +364,18 @@ def test_iter_evaluate_turns_wrong_types_into_failed_records():
     results = list(iter_evaluate([_cu(1), None, 3.5, _cu(1)], _model()))
     assert [type(r).__name__ for r in results] == ["Atoms", "Failed", "Failed", "Atoms"]
     assert results[1].index == 1 and "expected an ase.Atoms" in results[1].reason
+
+
+def test_reloading_the_same_weights_keeps_the_compiled_joint_graph():
+    model = _model()
+    fast = optimize(model)
+    fast.path, fast.joint, fast.joint_graphs = "joint", True, JointGraphs(compile=False)
+    atoms = _cu()
+    evaluate(fast, atoms)
+    graphs = fast.joint_graphs
+    model.load_state_dict(model.state_dict())  # copies in place: the baked buffers' versions move, not their values
+    evaluate(fast, atoms)
+    assert fast.joint_graphs is graphs and fast.runner.rebinds == 0
+    _replace_all(model)
+    evaluate(fast, atoms)
+    assert fast.joint_graphs is not graphs and fast.runner.rebinds == 1
