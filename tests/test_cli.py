@@ -411,3 +411,22 @@ def test_compile_forces_variant_gives_the_eager_energy_and_forces():
     ref = compute_properties(model, pos, numbers, nl.edge_index, nl.shifts)
     torch.testing.assert_close(energy.reshape(1), ref.energy, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(forces, ref.forces, rtol=1e-10, atol=1e-10)
+
+
+def test_longrun_short_version(tmp_path, capsys):
+    """CI's short version of the long NVE run (docs/testing.md has the 20,000-step numbers): both
+    calculators conserve energy alike, and nothing is compiled, measured or re-bound after the first
+    record, while memory stays flat."""
+    import json
+
+    out = tmp_path / "longrun.json"
+    assert main(["longrun", "--steps", "300", "--every", "100", "--size", "1", "--quiet", "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    fast, plain = summary["optimized"], summary["plain"]
+    for s in (fast, plain):
+        assert s["graphs_added_after_first_record"] == {"joint_graphs": 0, "dynamo_graphs": 0, "weights_rebound": 0,
+                                                        "path_choices": 0}
+        assert abs(s["rss_growth_after_first_record"]) < 0.05
+        assert abs(s["drift_eV_per_atom"]) < 1e-3
+    assert abs(fast["drift_eV_per_atom"] - plain["drift_eV_per_atom"]) < 1e-8  # 4 atoms: one trajectory for 300 steps
+    assert "optimized:" in capsys.readouterr().out

@@ -184,6 +184,10 @@ def test_unsupported_dtypes_are_refused_at_construction(dtype):
     if dtype.is_floating_point:
         with pytest.raises(InputError, match="torch.float32 or torch.float64"):
             optimize(_model().to(dtype))
+    from painnfx.model.torchsim import PaiNNModel
+
+    with pytest.raises(InputError, match="torch.float32 or torch.float64"):
+        PaiNNModel(_model(), dtype=dtype)
 
 
 def test_mixed_dtype_models_are_refused_by_optimize():

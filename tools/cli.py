@@ -18,7 +18,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, distill, eval_cmd, inspect_cmd, lammps_cmd, md
+    from . import bench, distill, eval_cmd, inspect_cmd, lammps_cmd, longrun, md
 
     parser = argparse.ArgumentParser(
         prog="painnfx",
@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description=inspect_cmd.__doc__, formatter_class=HelpFormatter)
     inspect_cmd.add_arguments(p)
     p.set_defaults(func=inspect_cmd.main_inspect)
+    p = sub.add_parser("longrun", help="long NVE of the optimized and the plain calculator: drift, memory, compiles",
+                       description=longrun.__doc__, formatter_class=HelpFormatter)
+    longrun.add_arguments(p)
+    p.set_defaults(func=longrun.main_longrun)
     p = sub.add_parser("lammps", help="run painnfx models in LAMMPS on MPI ranks (ML-IAP)",
                        description=lammps_cmd.__doc__, formatter_class=HelpFormatter)
     lammps_cmd.add_arguments(p)
