@@ -133,8 +133,13 @@ def estimated_neighbors(positions: np.ndarray, cutoff: float, cell: np.ndarray, 
 
 
 def check_system_tensors(model, positions, numbers, edge_index, shifts) -> None:
-    """Shapes, dtypes and devices of a model call, checked against the model's parameters."""
-    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    """Shapes, dtypes and devices of a model call, checked against the model's parameters (its
+    ``first_parameter()`` where it has one: an optimized model's, without walking its modules)."""
+    first = getattr(model, "first_parameter", None)
+    if first is not None:
+        param = first()
+    else:
+        param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     dtype = param.dtype if param is not None else positions.dtype
     device = param.device if param is not None else positions.device
     if not positions.is_floating_point():

@@ -267,10 +267,23 @@ class OptimizedModel(nn.Module):
         self.joint_graphs = JointGraphs(backend=backend)
         self._joint_verified: set = set()  # (joint graph key, size class) checked against the fused path
         self._joint_rejected: dict = {}  # joint path name -> why it is not used
+        # (kind of call, size class, path policy) -> (joint path or None: autograd, graph key, the
+        # JointGraphs it was decided with): later calls of the class go straight to the graph
+        self._decided: dict = {}
         # first calls of a size class (measuring, tracing, compiling) run one at a time: concurrent
         # first calls wait for one compile instead of racing make_fx and Inductor
         self._lock = threading.RLock()
         self._rebinds = 0  # runner.rebinds when the joint graphs were made
+        # where the wrapped model keeps its first parameter (first_parameter: read live, no module walk)
+        self._first = next(((m._parameters, k) for m in model.modules() for k, p in m._parameters.items()
+                            if p is not None), None)
+
+    def first_parameter(self) -> Optional[torch.Tensor]:
+        """``next(iter(self.parameters()))``, the wrapped model's first parameter as it is now,
+        without walking the module tree on every call (what input checks compare dtypes with)."""
+        if self._first is None or self._first[1] not in self._first[0]:
+            return next(iter(self.parameters()), None)
+        return self._first[0][self._first[1]]
 
     def __reduce_ex__(self, protocol):
         raise NotPicklableError(SAVE_INSTEAD)
@@ -456,6 +469,13 @@ class OptimizedModel(nn.Module):
             return None  # nothing to gain, and a size the traced graph treats as special: autograd
         self._follow_weights()
         self.runner.check(tensors[0])  # a graph traced for another dtype or device must not run
+        cls = size_class(tensors[0].shape[0], tensors[2].shape[1])
+        known = self._decided.get((key, cls, self._path))
+        if known is not None and known[2] is self.joint_graphs:  # measured and checked: no Python beyond the call
+            name, graph_key, graphs = known
+            if name is None or name in self._joint_rejected:
+                return None
+            return self._guarded(name, functools.partial(graphs.run, graph_key, None, *tensors))
 
         def fused(positions, numbers, edge_index, shifts, batch=None, n_systems=1):
             with self.runner.frozen():
@@ -473,7 +493,6 @@ class OptimizedModel(nn.Module):
                      self.joint_graphs.run, f"{key} ({name})", make(energy), *tensors, example=example))
                  for name, energy in energies.items() if name not in self._joint_rejected}
         args = call_args if call_args is not None else (*tensors[:4], None, 1)
-        cls = size_class(tensors[0].shape[0], tensors[2].shape[1])
         if any((f"{key} ({name})", cls) not in self._joint_verified for name in calls):
             with self._lock:  # the first call of a size class checks (the very first traces and compiles)
                 self._verify_joint(key, calls, cls, lambda: make(fused)(*tensors))
@@ -482,7 +501,9 @@ class OptimizedModel(nn.Module):
             return None
         choice = "joint" if self._path == "joint" else self._choose(args, calls)
         if choice not in calls or choice in self._joint_rejected:
+            self._decided[(key, cls, self._path)] = (None, None, self.joint_graphs)
             return None
+        self._decided[(key, cls, self._path)] = (choice, f"{key} ({choice})", self.joint_graphs)
         return calls[choice]()  # None if it fails now: the caller runs autograd
 
     def _verify_joint(self, key: str, calls: dict, cls: tuple, reference_call: Callable) -> None:
