@@ -54,13 +54,13 @@ def neighbor_list(
         dtype=np.float64,
     )
     if pos.ndim != 2 or pos.shape[1] != 3:
-        raise ValueError(f"positions must have shape (N, 3), got {pos.shape}")
+        raise InputError(f"positions must have shape (N, 3), got {pos.shape}")
     check_positions(pos)
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
     cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64).reshape(3, 3)
     check_cell(cell, pbc)
     if not cutoff > 0:
-        raise ValueError(f"cutoff must be positive, got {cutoff}")
+        raise InputError(f"cutoff must be positive, got {cutoff}")
     check_span(pos, cutoff, cell, pbc)
     estimate = estimated_neighbors(pos, cutoff, cell, pbc)
     if estimate > max_neighbors:
