@@ -205,8 +205,10 @@ def test_systems_without_atoms_or_edges_never_reach_the_compile():
     fast.path, fast.joint, fast.joint_graphs = "joint", True, JointGraphs(compile=False)
     for atoms in (Atoms(), Atoms("Cu", positions=[[0, 0, 0]]), Atoms("Cu2", positions=[[0, 0, 0], [9, 0, 0]])):
         atoms.calc = calc
-        assert atoms.get_potential_energy() == pytest.approx(0.0 if len(atoms) == 0 else atoms.get_potential_energy())
-        atoms.get_forces()
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        assert np.isfinite(energy) and forces.shape == (len(atoms), 3)
+        if len(atoms) == 0:
+            assert energy == 0.0
     assert not fast.joint_graphs.graphs and not fast.report.joint.get("rejected")
     atoms = _cu()
     atoms.calc = calc
