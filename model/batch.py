@@ -157,8 +157,7 @@ class BatchEvaluator:
         out = self.run_packed(systems)
         bad = self._non_finite(systems, out)
         if bad:
-            raise NonFiniteError(f"non-finite results for structure(s) {', '.join(str(i) for i in bad[:20])}"
-                                 + (" ..." if len(bad) > 20 else "") + f": {NON_FINITE}")
+            raise _non_finite_error(bad)
         return out
 
     @staticmethod
@@ -208,6 +207,12 @@ class BatchEvaluator:
             results["stress"] = voigt(stress)
         atoms.calc = SinglePointCalculator(atoms, **results)
         return atoms
+
+
+def _non_finite_error(indices: Sequence[int]) -> NonFiniteError:
+    """The error naming the structures (input indices) whose results came out NaN or inf."""
+    return NonFiniteError(f"non-finite results for structure(s) {', '.join(str(i) for i in indices[:20])}"
+                          + (" ..." if len(indices) > 20 else "") + f": {NON_FINITE}")
 
 
 def pack(systems: Sequence[_System], max_atoms: int, max_edges: int) -> List[List[_System]]:
@@ -321,6 +326,5 @@ def evaluate(frames: Iterable, model=None, *, device: Union[str, torch.device] =
         results = _run(evaluator, ready, max_atoms, max_edges or evaluator.default_max_edges, bar)
     bad = [index for index, r in results.items() if isinstance(r, Failed)]
     if bad:
-        raise NonFiniteError(f"non-finite results for structure(s) {', '.join(str(i) for i in sorted(bad)[:20])}"
-                             + (" ..." if len(bad) > 20 else "") + f": {NON_FINITE}")
+        raise _non_finite_error(sorted(bad))
     return [results[index] for index in range(len(frames))]

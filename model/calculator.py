@@ -13,7 +13,8 @@ from .default import resolve_model
 from .neighbors import neighbor_list
 from .painn import PaiNN
 from .properties import compute_properties, voigt
-from .validation import MAX_NEIGHBORS, MIN_DISTANCE, check_dtype, check_finite_results, check_numbers, check_overlaps
+from .validation import (MAX_NEIGHBORS, MIN_DISTANCE, check_dtype, check_finite_results, check_numbers,
+                         check_optimize, check_overlaps)
 
 
 class PaiNNCalculator(Calculator):
@@ -52,8 +53,7 @@ class PaiNNCalculator(Calculator):
     ):
         super().__init__(**kwargs)
         check_dtype(dtype)
-        if optimize not in (True, False, "auto"):
-            raise ValueError(f"optimize must be True, False or 'auto', got {optimize!r}")
+        check_optimize(optimize)
         self.min_distance, self.max_neighbors = float(min_distance), int(max_neighbors)
         self._lock = threading.RLock()  # ASE keeps one call's results on the calculator: one call at a time
         model = resolve_model(model)

@@ -15,6 +15,7 @@ import torch
 
 from painnfx.ops.errors import PainnfxError
 
+from .files import replaced_when_complete
 from .painn import PaiNN, PaiNNConfig
 
 FORMAT = "painnfx-painn"
@@ -39,9 +40,9 @@ def _payload(model: PaiNN, metadata: Optional[dict]) -> dict:
 
 
 def save_checkpoint(model: PaiNN, path: str | os.PathLike, metadata: Optional[dict] = None) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(_payload(model, metadata), tmp)
-    os.replace(tmp, path)
+    """Write ``model``'s checkpoint to ``path``; an existing file is replaced only by a complete one."""
+    with replaced_when_complete(path, "wb") as fh:
+        torch.save(_payload(model, metadata), fh)
 
 
 def checkpoint_bytes(model: PaiNN, metadata: Optional[dict] = None) -> bytes:

@@ -16,6 +16,7 @@ import torch
 from .checkpoint import checkpoint_bytes, load_checkpoint, read_checkpoint
 from .default import resolve_model
 from .painn import PaiNN, PaiNNConfig
+from .validation import check_dtype, check_optimize
 
 
 def plain_model(model) -> PaiNN:
@@ -33,10 +34,8 @@ class EngineModel:
 
     def __init__(self, model=None, *, dtype: torch.dtype = torch.float64, device: str = "cpu",
                  optimize="auto", **settings):
-        if optimize not in (True, False, "auto"):
-            raise ValueError(f"optimize must be True, False or 'auto', got {optimize!r}")
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        check_optimize(optimize)  # checked here: the calculator is built on first use, in the engine's process
+        check_dtype(dtype)
         self._state = {
             "checkpoint": checkpoint_bytes(plain_model(model)),
             "dtype": str(dtype).removeprefix("torch."),

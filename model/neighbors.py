@@ -77,8 +77,9 @@ def neighbor_list(
         r = pos[j] - pos[i] + s @ cell
         keep = np.einsum("ij,ij->i", r, r) < cutoff * cutoff
         i, j, s = i[keep], j[keep], s[keep]
-        if len(i) and int(np.bincount(i).max()) > max_neighbors:
-            raise InputError(_too_many(str(int(np.bincount(i).max())), len(pos), cutoff, max_neighbors))
+        most = int(np.bincount(i).max()) if len(i) else 0
+        if most > max_neighbors:
+            raise InputError(_too_many(str(most), len(pos), cutoff, max_neighbors))
         order = np.lexsort((j, i))
         i, j, s = i[order], j[order], s[order]
 

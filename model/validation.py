@@ -67,6 +67,12 @@ def check_numbers(numbers, elements: Optional[Iterable[int]], max_z: int) -> Non
             )
 
 
+def check_optimize(optimize) -> None:
+    """``optimize`` is one of the calculator's settings: True, False or "auto"."""
+    if optimize not in (True, False, "auto"):
+        raise ValueError(f"optimize must be True, False or 'auto', got {optimize!r}")
+
+
 def check_overlaps(edge_index: torch.Tensor, r_ij: torch.Tensor, min_distance: float = MIN_DISTANCE) -> None:
     """Raise if two distinct atoms, or an atom and any periodic image, are closer than
     ``min_distance`` (never less than ``OVERLAP_DISTANCE``)."""

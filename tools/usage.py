@@ -5,11 +5,11 @@ convention), never a traceback: the checks the subcommands share, and the errors
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import tempfile
+
+from painnfx.model.files import replaced_when_complete
 
 
 class UsageError(Exception):
@@ -119,30 +119,6 @@ def output_file(path: str, option: str = "--out"):
     if not os.access(target.parent, os.W_OK):
         raise UsageError(f"{option} {path}: folder {target.parent} is not writable")
     return target
-
-
-@contextlib.contextmanager
-def replaced_when_complete(path, mode: str = "w"):
-    """A file object for writing ``path``: a temporary file in ``path``'s folder, renamed onto
-    ``path`` when the block ends without an error (atomically, keeping an existing file's
-    permissions); after an error or an interrupt it is removed and ``path`` is left as it was."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            if not fh.closed:  # a writer may have closed it already (its data then written)
-                fh.flush()
-                os.fsync(fh.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def write_text(path, text: str) -> None:
