@@ -102,6 +102,14 @@ class BatchEvaluator:
                                     max_neighbors=max_neighbors)
         self.device, self.dtype = self.calc.device, dtype
         self.stress = stress
+        self.source = None  # what evaluator_for made it from
+
+    @classmethod
+    def from_calculator(cls, calc, stress: bool = True) -> "BatchEvaluator":
+        """Batches through ``calc``'s own prepared model and settings (nothing is loaded or optimized again)."""
+        self = cls.__new__(cls)
+        self.calc, self.device, self.dtype, self.stress, self.source = calc, calc.device, calc.dtype, stress, calc
+        return self
 
     @property
     def evaluator(self):
@@ -271,14 +279,15 @@ def iter_evaluate(frames: Iterable, model=None, *, device: Union[str, torch.devi
     plain model. ``progress``: a progress bar on stderr (None: only when stderr is a terminal);
     ``total``, the number of structures if known, for the bar. ``evaluator``: a prepared
     :class:`BatchEvaluator` to reuse (then ``model``, ``device``, ``dtype``, ``optimize``,
-    ``stress``, ``min_distance`` and ``max_neighbors`` are its own)."""
+    ``stress``, ``min_distance`` and ``max_neighbors`` are its own); without it, ``model`` is
+    prepared once per process as for :func:`evaluate`."""
     if window < 1:
         raise ValueError(f"window must be positive, got {window}")
     from tqdm.auto import tqdm
 
     if evaluator is None:
-        evaluator = BatchEvaluator(model, device=device, dtype=dtype, optimize=optimize, stress=stress,
-                                   min_distance=min_distance, max_neighbors=max_neighbors)
+        evaluator = evaluator_for(model, device=device, dtype=dtype, optimize=optimize, stress=stress,
+                                  min_distance=min_distance, max_neighbors=max_neighbors)
     max_edges = max_edges or evaluator.default_max_edges
     if total is None and hasattr(frames, "__len__"):
         total = len(frames)
@@ -296,6 +305,66 @@ def iter_evaluate(frames: Iterable, model=None, *, device: Union[str, torch.devi
                 yield results.pop(index)
 
 
+#: prepared evaluators kept for reuse in this process: (model key, settings) -> BatchEvaluator
+_EVALUATORS: dict = {}
+#: how often evaluate()/iter_evaluate() prepared a new evaluator and how often they reused one
+reuse_counts = {"prepared": 0, "reused": 0}
+
+
+def _model_key(model):
+    """What identifies ``model`` for reuse: "default", a checkpoint file's path, size and mtime, or
+    the model object itself (a PaiNN or optimize() of one: its weights may change in place, which
+    the optimized model follows)."""
+    import os
+
+    if model is None:
+        return ("default",)
+    if isinstance(model, (str, os.PathLike)):
+        try:
+            st = os.stat(model)
+        except OSError:
+            return None  # the loader names the problem
+        return ("file", os.path.abspath(os.fspath(model)), st.st_size, st.st_mtime_ns)
+    return ("object", id(model))
+
+
+def evaluator_for(model=None, *, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float64,
+                  optimize: Union[bool, str] = "auto", stress: bool = True, min_distance: float = MIN_DISTANCE,
+                  max_neighbors: int = MAX_NEIGHBORS) -> BatchEvaluator:
+    """The prepared :class:`BatchEvaluator` for ``model``: ``model`` itself when it is one, one built
+    on a ``PaiNNCalculator``'s own prepared model, else the one this process prepared before for
+    the same model (None: the default model; a checkpoint path; a PaiNN or ``optimize()`` of one)
+    and settings, made on first use. Preparing (loading, optimizing, compiling) happens once."""
+    from .calculator import PaiNNCalculator
+
+    if isinstance(model, BatchEvaluator):
+        reuse_counts["reused"] += 1
+        return model
+    if isinstance(model, PaiNNCalculator):
+        found = getattr(model, "_batch_evaluators", {}).get(stress)
+        if found is None:
+            found = BatchEvaluator.from_calculator(model, stress=stress)
+            model._batch_evaluators = {**getattr(model, "_batch_evaluators", {}), stress: found}
+            reuse_counts["prepared"] += 1
+        else:
+            reuse_counts["reused"] += 1
+        return found
+    key = _model_key(model)
+    settings = (str(torch.device(device)), dtype, optimize, stress, float(min_distance), int(max_neighbors))
+    if key is not None:
+        found = _EVALUATORS.get((key, settings))
+        if found is not None and (key[0] != "object" or found.source is model):
+            reuse_counts["reused"] += 1
+            return found
+    made = BatchEvaluator(model, device=device, dtype=dtype, optimize=optimize, stress=stress,
+                          min_distance=min_distance, max_neighbors=max_neighbors)
+    made.source = model
+    reuse_counts["prepared"] += 1
+    if key is not None:
+        _EVALUATORS[(key, settings)] = made
+    return made
+
+
 def evaluate(frames: Iterable, model=None, *, device: Union[str, torch.device] = "cpu",
              dtype: torch.dtype = torch.float64, optimize: Union[bool, str] = "auto",
              max_atoms: int = DEFAULT_MAX_ATOMS, max_edges: Optional[int] = None, stress: bool = True,
@@ -308,12 +377,15 @@ def evaluate(frames: Iterable, model=None, *, device: Union[str, torch.device] =
     structure is checked before the model runs: bad ones raise one
     :class:`~painnfx.model.validation.InputError` naming each of them by index (use
     :func:`iter_evaluate` to keep going past bad structures); non-finite results raise
-    ``NonFiniteError`` naming the structures. ``model``, ``device``, ``dtype``, ``optimize``,
-    ``min_distance`` and ``max_neighbors`` mean what they mean for ``PaiNNCalculator``."""
+    ``NonFiniteError`` naming the structures. ``device``, ``dtype``, ``optimize``,
+    ``min_distance`` and ``max_neighbors`` mean what they mean for ``PaiNNCalculator``. ``model``:
+    what ``PaiNNCalculator`` takes (None: the default model), a ``PaiNNCalculator`` or a
+    :class:`BatchEvaluator`; it is prepared once per process and reused by later calls
+    (``evaluator_for``), so only the first call pays for loading and optimizing."""
     from tqdm.auto import tqdm
 
-    evaluator = BatchEvaluator(model, device=device, dtype=dtype, optimize=optimize, stress=stress,
-                               min_distance=min_distance, max_neighbors=max_neighbors)
+    evaluator = evaluator_for(model, device=device, dtype=dtype, optimize=optimize, stress=stress,
+                              min_distance=min_distance, max_neighbors=max_neighbors)
     frames = list(frames)
     ready, failed = _prepare(evaluator, enumerate(frames))
     if failed:

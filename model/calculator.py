@@ -22,11 +22,15 @@ class PaiNNCalculator(Calculator):
 
     ``model`` is a :class:`PaiNN`, ``optimize()`` of one (run as it is, with its own path
     policy), a checkpoint path, or None for the built-in default model.
-    ``optimize`` runs :func:`painnfx.rewriter.optimize` on the model first: ``"auto"``
-    (default) does so when it applies and then, per system size, runs whichever of the fused
-    graph and the plain model is faster (measured on the first call of that size), so it never
-    makes a calculation slower; True requires the rewrite and always runs the fused graph;
-    False never rewrites. ``dtype`` defaults to float64 for clean energy
+    ``optimize``: ``"auto"`` (default) runs :func:`painnfx.rewriter.optimize` with the path rule
+    (``painnfx.rewriter.runner.PATH_RULE``): the compiled forces graph for energy and forces, the
+    fused graph otherwise; True requires the rewrite and always runs the fused graph; False never
+    rewrites. ``setup`` (with "auto"): "background" (default) answers the first calls with the
+    plain model while the C++ kernels build in a process of their own, and takes each set-up step
+    (rewrite, compile) once the job has run as long as the step is expected to take, so no job
+    waits for a compiler; "now" rewrites here and compiles on the first call (the steady state at
+    once: benchmarks, long runs). ``self.evaluator.prepare()`` does the set-up at a point of your
+    choosing. ``dtype`` defaults to float64 for clean energy
     conservation in MD; float32 is faster. ``cuda_graphs=True`` (CUDA only) captures a whole
     step (energy, forces, stress) once and replays it on new positions (model/cuda_graphs.py).
 
@@ -46,6 +50,7 @@ class PaiNNCalculator(Calculator):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float64,
         optimize: bool | str = "auto",
+        setup: str = "background",
         cuda_graphs: bool = False,
         min_distance: float = MIN_DISTANCE,
         max_neighbors: int = MAX_NEIGHBORS,
@@ -54,6 +59,8 @@ class PaiNNCalculator(Calculator):
         super().__init__(**kwargs)
         check_dtype(dtype)
         check_optimize(optimize)
+        if setup not in ("now", "background"):
+            raise ValueError(f"setup must be 'now' or 'background', got {setup!r}")
         self.min_distance, self.max_neighbors = float(min_distance), int(max_neighbors)
         self._lock = threading.RLock()  # ASE keeps one call's results on the calculator: one call at a time
         model = resolve_model(model)
@@ -68,7 +75,7 @@ class PaiNNCalculator(Calculator):
         cfg = getattr(model, "config", None)
         self.elements = getattr(cfg, "elements", None)
         self.max_z = getattr(cfg, "max_z", 100)
-        self.evaluator = self._maybe_optimize(self.model, optimize)
+        self.evaluator = self._maybe_optimize(self.model, optimize, setup)
         self.model = getattr(self.model, "model", self.model)  # optimize() of a PaiNN: the PaiNN behind it
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA device, got {self.device}")
@@ -76,7 +83,7 @@ class PaiNNCalculator(Calculator):
         self._graphed: dict = {}  # (numbers, stress) -> GraphedEvaluator
 
     @staticmethod
-    def _maybe_optimize(model, optimize):
+    def _maybe_optimize(model, optimize, setup: str = "background"):
         """``optimize``: True (required), False (never) or "auto" (when it applies: a model that
         cannot be captured or matched runs unoptimized, as ``optimize()`` itself reports)."""
         from painnfx.rewriter import optimize as run_optimize
@@ -88,7 +95,7 @@ class PaiNNCalculator(Calculator):
             return model
 
         if optimize is True:
-            fast = run_optimize(model)
+            fast = run_optimize(model, setup="now")
             if not fast.applied:
                 raise RuntimeError("optimize=True, but nothing in this model could be rewritten:\n"
                                    + fast.report.to_text())
@@ -97,10 +104,10 @@ class PaiNNCalculator(Calculator):
 
         with warnings.catch_warnings():  # a model with nothing to fuse is fine here; anything else is shown
             warnings.simplefilter("ignore", NothingRewrittenWarning)
-            fast = run_optimize(model)
-        if not fast.applied:
+            fast = run_optimize(model, setup=setup)
+        if fast.ready and not fast.applied:
             return model
-        fast.path = "auto"  # never slower than the plain model: measured per system size (runner.py)
+        fast.path = "auto"  # the path rule (runner.PATH_RULE): the plain model until set-up is done
         return fast
 
     def _graphed_step(self, numbers: torch.Tensor, stress: bool):
@@ -115,7 +122,9 @@ class PaiNNCalculator(Calculator):
 
     @property
     def optimized(self) -> bool:
-        return self.evaluator is not self.model
+        """Whether the evaluator is an optimized model that runs, or will run once set up, the fused graph."""
+        ev = self.evaluator
+        return ev is not self.model and (not getattr(ev, "ready", True) or getattr(ev, "applied", True))
 
     def get_property(self, name, atoms=None, allow_calculation=True):
         with self._lock:  # results and the atoms they belong to are one state, shared by all callers

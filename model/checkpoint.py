@@ -101,15 +101,21 @@ def _check_finite(path, state_dict: dict) -> None:
                               + ": a model with them returns NaN for every structure")
 
 
-def load_checkpoint(path: Source, map_location: str | torch.device = "cpu") -> PaiNN:
-    """The PaiNN a checkpoint file (or its bytes) holds, in the dtype it was saved in. Raises
-    ``CheckpointError`` naming what is wrong: a missing file or a folder, a corrupt or foreign file,
-    pickled code, a newer version, an invalid config, weights that do not fit it or are not finite."""
-    payload = read_checkpoint(path)
-    state = payload["state_dict"]
+def _sizes_agree(config: PaiNNConfig, state: dict) -> bool:
+    """Whether the config's feature, element and basis sizes are those of the weights (then building
+    the model allocates no more than the checkpoint already holds)."""
+    emb, filt = state.get("embedding.weight"), state.get("filter_net.weight")
+    return (torch.is_tensor(emb) and torch.is_tensor(filt)
+            and tuple(emb.shape) == (config.max_z, config.n_atom_basis) and filt.dim() == 2
+            and filt.shape[1] == config.n_rbf and filt.shape[0] in (3 * config.n_atom_basis,
+                                                                     3 * config.n_atom_basis * config.n_interactions))
+
+
+def _check_shapes(path, config: PaiNNConfig, state: dict) -> None:
+    """Raise ``CheckpointError`` naming the weights whose shapes do not fit ``config`` (compared
+    with a model built on the meta device: a config of absurd sizes allocates nothing)."""
     try:
-        config = PaiNNConfig(**payload["config"])
-        with torch.device("meta"):  # shapes only: a config of absurd sizes allocates nothing
+        with torch.device("meta"):
             shapes = {k: tuple(v.shape) for k, v in PaiNN(config).state_dict().items()}
     except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
         raise CheckpointError(f"{path} has an invalid config: {exc}") from None
@@ -120,6 +126,20 @@ def load_checkpoint(path: Source, map_location: str | torch.device = "cpu") -> P
             [f"{k} should have shape {shapes[k]}, found "
              + (str(tuple(state[k].shape)) if torch.is_tensor(state.get(k)) else "none") for k in wrong[:3]]
             + ([f"unexpected entries {extra[:3]}"] if extra else [])))
+
+
+def load_checkpoint(path: Source, map_location: str | torch.device = "cpu") -> PaiNN:
+    """The PaiNN a checkpoint file (or its bytes) holds, in the dtype it was saved in. Raises
+    ``CheckpointError`` naming what is wrong: a missing file or a folder, a corrupt or foreign file,
+    pickled code, a newer version, an invalid config, weights that do not fit it or are not finite."""
+    payload = read_checkpoint(path)
+    state = payload["state_dict"]
+    try:
+        config = PaiNNConfig(**payload["config"])
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} has an invalid config: {exc}") from None
+    if not _sizes_agree(config, state):  # the model would not be the size of the weights: compare shapes first
+        _check_shapes(path, config, state)
     _check_finite(path, state)
     model = PaiNN(config)
     floats = [v.dtype for v in state.values() if torch.is_tensor(v) and v.is_floating_point()]
@@ -128,6 +148,7 @@ def load_checkpoint(path: Source, map_location: str | torch.device = "cpu") -> P
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
+        _check_shapes(path, config, state)
         raise CheckpointError(f"{path}: weights do not fit its config: {exc}") from None
     model.metadata = payload.get("metadata", {})
     return model.to(map_location)

@@ -21,7 +21,9 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+import threading
 import warnings
+from collections import OrderedDict
 from typing import Optional
 
 import torch
@@ -29,16 +31,18 @@ import torch.fx as fx
 from torch import nn
 
 from painnfx.ops import available_backends, use_backend
+from painnfx.ops.build_cache import digest
 from painnfx.ops.checks import check_dtype
 from painnfx.ops.errors import InputError, PainnfxError
 
 from . import normalize
 from .adapters import is_schnetpack_potential
-from .capture import AtomicEnergies, SchnetpackRepresentation, Target, TotalEnergy, capture
+from .capture import AtomicEnergies, Captured, SchnetpackRepresentation, Target, TotalEnergy, capture
+from .costs import weights_digest
 from .fusions import BACKWARD_LAUNCHES, FUSED_TARGETS, LEAVES
 from .passes import PIPELINE
 from .report import OptimizeReport, PassResult, graph_table, launch_estimate, op_counts
-from .runner import OptimizedModel, OptimizedRepresentation
+from .runner import SETUPS, OptimizedModel, OptimizedRepresentation
 from .state import RewriteState
 from .verify import VerificationError, VerificationWarning, verify_end_to_end
 
@@ -54,8 +58,13 @@ NORMALIZE = [
 ]
 
 #: what torch.export raises for a model it cannot capture (reported; the model runs unchanged)
-CAPTURE_ERRORS = (torch._dynamo.exc.UserError, torch._dynamo.exc.Unsupported, RuntimeError, TypeError, ValueError,
-                  NotImplementedError, AttributeError)
+def capture_errors() -> tuple:
+    """What torch.export raises for a model it cannot capture (reported; the model runs unchanged).
+    Read when needed: importing torch._dynamo takes a second, which a model that is never rewritten
+    (``PaiNNCalculator(optimize=False)``, a set-up not yet due) does not pay."""
+    from torch._dynamo.exc import Unsupported, UserError
+
+    return (UserError, Unsupported, RuntimeError, TypeError, ValueError, NotImplementedError, AttributeError)
 
 ENERGY_SIGNATURE = ("positions", "numbers", "edge_index", "shifts")
 
@@ -130,7 +139,7 @@ def rewrite(target: Target, verify: bool = True, name: str = "model", backend: s
     p = next(iter(target.parameters()))
     try:
         cap = capture(target)
-    except CAPTURE_ERRORS as exc:
+    except capture_errors() as exc:
         if strict:
             raise
         report.passes.append(PassResult("capture", rejected=[f"{type(exc).__name__}: {str(exc).splitlines()[0]}"]))
@@ -183,8 +192,83 @@ def end_to_end(original: fx.GraphModule, state: RewriteState):
     return verify_end_to_end(original, cap.gm, state.probe_args(), differentiable, state.dtype, state.strict)
 
 
+#: rewrites kept for reuse in this process: (weights digest, model class, settings) -> (Captured, report)
+_REWRITES: "OrderedDict[tuple, tuple]" = OrderedDict()
+_REWRITES_KEPT = 8
+_rewrites_lock = threading.Lock()
+#: how often optimize() reused a rewrite of the same weights instead of exporting again
+reuse_count = {"reused": 0, "rewritten": 0}
+
+
+def _rewrite_reused(target: Target, memo_key: Optional[tuple], verify, name, backend, strict, sabotage):
+    """``rewrite(target, ...)``, or the rewrite of a model with the same class and weights done
+    earlier in this process, bound to ``target``'s model (its graph is a function of the weights
+    alone; the runner reads ``target``'s own tensors)."""
+    if memo_key is None or sabotage is not None:
+        return rewrite(target, verify, name, backend, strict, sabotage)
+    with _rewrites_lock:
+        hit = _REWRITES.get(memo_key)
+        if hit is not None:
+            _REWRITES.move_to_end(memo_key)
+    if hit is not None and not _same_function(hit[0], target, backend):
+        hit = None  # the same weights and settings, but the model computes something else: rewrite it
+    if hit is None:
+        cap, report = rewrite(target, verify, name, backend, strict, sabotage)
+        reuse_count["rewritten"] += 1
+        if cap is not None:
+            with _rewrites_lock:
+                _REWRITES[memo_key] = (cap, copy.deepcopy(report))
+                while len(_REWRITES) > _REWRITES_KEPT:
+                    _REWRITES.popitem(last=False)
+        return cap, report
+    cap, report = hit
+    reuse_count["reused"] += 1
+    report = copy.deepcopy(report)
+    report.setup["reused"] = True
+    return Captured(gm=cap.gm, inputs=cap.inputs, constants=cap.constants, target=target, read=cap.read), report
+
+
+def structure_digest(model: nn.Module) -> str:
+    """The model's classes and plain settings (every submodule's class and its int, float, str,
+    bool and None attributes; hooks): with ``weights_digest``, what decides whether an earlier
+    rewrite serves this model."""
+    parts = []
+    for name, m in model.named_modules():
+        simple = sorted((k, repr(v)) for k, v in vars(m).items()
+                        if not k.startswith("_") and (v is None or isinstance(v, (bool, int, float, str, tuple))))
+        hooks = [len(getattr(m, h, ())) for h in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")]
+        parts.append(f"{name}|{type(m).__module__}.{type(m).__qualname__}|{simple}|{hooks}")
+    return digest(parts)
+
+
+def _same_function(cap: Captured, target: Target, backend: str) -> bool:
+    """Whether the rewritten graph ``cap``, run on ``target``'s own tensors, gives ``target``'s
+    energies and position gradients on a probe system (one call of each: ~10 ms)."""
+    from .probes import random_system
+    from .runner import GraphRunner
+
+    p = next(iter(target.parameters()))
+    runner = GraphRunner(Captured(gm=cap.gm, inputs=cap.inputs, constants=cap.constants, target=target,
+                                  read=cap.read), None if backend == "auto" else backend)
+    pos, numbers, edge_index, shifts = (t.to(p.device) for t in random_system(p.dtype, p.device, n_atoms=5))
+    pos = pos.to(p.dtype)
+    shifts = shifts.to(p.dtype)
+    outs = []
+    for run in (lambda x: runner(**target.user_inputs(x, numbers, edge_index, shifts)),
+                lambda x: target(*target.user_inputs(x, numbers, edge_index, shifts).values())):
+        x = pos.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = run(x)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            (grad,) = torch.autograd.grad(out.sum(), x, allow_unused=True)
+        outs.append((out.detach(), torch.zeros_like(x) if grad is None else grad))
+    tol = 1e-8 if p.dtype == torch.float64 else 1e-3
+    return all(torch.allclose(a, b, rtol=tol, atol=tol * max(1.0, float(b.abs().max()) if b.numel() else 1.0))
+               for a, b in zip(outs[0], outs[1]))
+
+
 def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, strict: Optional[bool] = None,
-             _sabotage=None):
+             setup: str = "now", _sabotage=None):
     """Rewrite ``model``'s energy graph with fused ops; same call signature and results.
 
     * a painnfx PaiNN (or any module with its energy signature) -> ``OptimizedModel``;
@@ -198,7 +282,15 @@ def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, st
     Constants (basis centres, widths, cutoff) are read from the model's buffers now: optimize
     again after changing them, the dtype or the device. The returned object has ``.report``.
     Raises ``NotAnEnergyModel`` for a module that is not a PaiNN-style energy model.
+
+    ``setup``: "now" rewrites here (a second optimize() of a model with the same class and weights
+    in this process reuses that rewrite: ``report.setup["reused"]``); "background" returns at once
+    with the rewrite still to do: the plain model answers until the C++ kernels are built (in a
+    process of their own) and the job has run long enough to pay for the rewrite (runner.py's path
+    rule; ``fast.prepare()`` does it now). Schnetpack potentials are rewritten now.
     """
+    if setup not in SETUPS:
+        raise ValueError(f"setup must be one of {', '.join(SETUPS)}, got {setup!r}")
     if backend != "auto" and backend not in available_backends():
         raise ValueError(f"unknown backend {backend!r}; available: {available_backends()}")
     check_energy_model(model)
@@ -216,12 +308,27 @@ def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, st
         return new
     per_atom = hasattr(model, "atomic_energies") and hasattr(model, "aggregate")
     target = AtomicEnergies(model) if per_atom else TotalEnergy(model)
-    cap, report = rewrite(target, verify, name, backend, strict, _sabotage)
-    _warn_fallback(report, name)
-    return OptimizedModel(model, cap, report, per_atom, forced)
+    weights = weights_digest(model)
+    memo_key = (weights, structure_digest(model), per_atom, backend, verify, _strict(strict))
+
+    def rewritten():
+        cap, report = _rewrite_reused(target, memo_key, verify, name, backend, strict, _sabotage)
+        _warn_fallback(report, name, stacklevel=5 if setup == "background" else 4)
+        report.setup["mode"] = setup
+        return cap, report
+
+    if setup == "background":
+        with _rewrites_lock:
+            done = memo_key in _REWRITES
+        if not done:  # the plain model answers until the deferred rewrite is due
+            report = OptimizeReport(model=name, backend=backend, setup={"mode": setup, "pending": True})
+            return OptimizedModel(model, None, report, per_atom, forced, setup=setup, pending=rewritten,
+                                  weights=weights)
+    cap, report = rewritten()
+    return OptimizedModel(model, cap, report, per_atom, forced, setup=setup, weights=weights)
 
 
-def _warn_fallback(report: OptimizeReport, name: str) -> None:
+def _warn_fallback(report: OptimizeReport, name: str, stacklevel: int = 3) -> None:
     """One warning per optimize() call when any part runs unfused: a ``VerificationWarning`` when
     a rewrite disagreed with the original (a bug worth reporting), else, when nothing was fused,
     a ``NothingRewrittenWarning``."""
@@ -229,7 +336,7 @@ def _warn_fallback(report: OptimizeReport, name: str) -> None:
     if failed:
         what = "it runs unchanged" if not report.applied else "those parts run unfused"
         warnings.warn(f"painnfx.optimize: {len(failed)} rewrite(s) of {name} failed verification ({'; '.join(failed)}); "
-                      f"{what}", VerificationWarning, stacklevel=3)
+                      f"{what}", VerificationWarning, stacklevel=stacklevel)
     elif not report.applied:
         warnings.warn(f"painnfx.optimize: nothing was rewritten in {name}: {report.why_not()}; it runs unchanged",
-                      NothingRewrittenWarning, stacklevel=3)
+                      NothingRewrittenWarning, stacklevel=stacklevel)

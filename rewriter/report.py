@@ -84,8 +84,10 @@ class OptimizeReport:
     fused_nodes: int = 0
     applied: bool = False
     end_to_end: str = ""  # the whole-graph verification's verdict
-    path_policy: str = ""  # how calls choose between the fused graph and the plain model
-    path_choices: list = field(default_factory=list)  # one per size class seen: path and why
+    path_policy: str = ""  # "auto" (the path rule) or the fused graph always
+    path_rule: str = ""  # runner.PATH_RULE
+    paths: list = field(default_factory=list)  # which path answered from which call on, and why
+    setup: dict = field(default_factory=dict)  # set-up mode and steps: rewrite_s, kernel_build_started, pending
     joint: dict = field(default_factory=dict)  # joint graphs built ({"graphs": {key: counts}}), or why rejected
     graph_before: str = ""
     graph_after: str = ""
@@ -110,6 +112,10 @@ class OptimizeReport:
         """Why the rewritten graph is not used (empty if it is)."""
         if self.applied:
             return ""
+        if self.setup.get("pending"):
+            return "set-up under way (the rewrite waits for the C++ kernels' build and for the job to run long enough)"
+        if self.setup.get("kernels"):
+            return f"the CPU kernels are unavailable ({self.setup['kernels']})"
         if self.end_to_end:
             return f"end-to-end verification {self.end_to_end}"
         capture = next((p for p in self.passes if p.name == "capture"), None)
@@ -143,10 +149,15 @@ class OptimizeReport:
         out.append("")
         if self.end_to_end:
             out.append(f"end-to-end verification: {self.end_to_end}")
-        if self.applied and self.path_policy:
+        if self.path_policy:
             out.append(f"path: {self.path_policy}")
-            for c in self.path_choices:
-                out.append(f"  {c['atoms']} atoms, {c['edges']} edges: {c['path']} ({c['why']})")
+            if self.path_policy.startswith("the path rule"):
+                out += [f"  {line}" for line in self.path_rule.splitlines()]
+        for c in self.paths:
+            out.append(f"  from call {c['call']} ({c['seconds']} s into the job; {c['atoms']} atoms, {c['edges']} edges): "
+                       f"{c['path']}" + (f" ({c['why']})" if c["why"] else ""))
+        if self.setup.get("rewrite_s") is not None:
+            out.append(f"set-up: rewrite {self.setup['rewrite_s']} s ({self.setup.get('mode', 'now')})")
         traced = self.joint.get("traced")
         if traced:
             out.append(f"joint graph (energy+forces, traced): plain model {traced['plain_nodes']} nodes -> optimized "

@@ -168,24 +168,40 @@ class GraphRunner(nn.Module):
             )
 
 
-#: above this many edges the plain model (autograd or its joint graph) is neither measured nor
-#: compiled: the fused path is faster there on every CPU and GPU measured (docs/perf) and its
-#: memory is a fraction of eager's; measuring the plain model at that size would cost seconds
-MEASURE_MAX_EDGES = 10_000
-
-#: above this many edges nothing is measured or compiled: the fused autograd path runs. Up to
-#: it the fused graph's joint graph races the fused autograd path (one round): 0-14% faster at
-#: Cu500 and Cu2048 (21 000 and 86 000 edges), equal at Cu8000 with 1.7x the memory (AMD EPYC,
-#: docs/perf), where the check and the race would cost ~10 calls of 1-2 s on the first call
-JOINT_MEASURE_MAX_EDGES = 100_000
-
-#: the fewest atoms and edges a call needs to take a joint graph: smaller systems (no atoms, no
-#: edges, one atom) run the fused graph with autograd, cheap at that size; the traced graph's shape
-#: assumptions (sizes of at least 2) would send them through a Dynamo compile of their own
+#: the fewest atoms and edges a call needs to take a compiled forces graph: smaller systems (no
+#: atoms, no edges, one atom) run the fused graph with autograd, cheap at that size; the traced
+#: graph's shape assumptions (sizes of at least 2) would send them through a Dynamo compile of their own
 JOINT_MIN_SIZE = 2
 
-#: rounds in which the joint graphs take turns being timed (``_race``): 3 x best-of-3 calls each
-RACE_ROUNDS = 3
+#: above this many edges energy and forces run the fused graph with autograd: the compiled forces
+#: graph is 0-14% faster at Cu500 and Cu2048 (21 000 and 86 000 edges), equal at Cu8000 with 1.7x
+#: the memory (AMD EPYC, docs/perf)
+JOINT_MAX_EDGES = 100_000
+
+#: what each path is, by the name reports and ``report.paths`` use
+PATH_NAMES = {
+    "plain": "plain model (autograd)",
+    "fused": "fused graph (forces by autograd through the analytical backwards)",
+    "compiled": "compiled forces graph (energy, forces and stress traced ahead of time, Inductor)",
+}
+
+#: the path rule, as the report prints it
+PATH_RULE = (
+    "1. Until the fused graph is ready (rewrite done, C++ kernels built) the plain model answers.\n"
+    "2. Energy alone, create_graph, fewer than 2 atoms or edges, or more than "
+    f"{JOINT_MAX_EDGES} edges: the fused graph.\n"
+    "3. Energy and forces (and stress): the compiled forces graph once it is compiled and checked "
+    "against the fused graph on the first call of each size; the fused graph until then.\n"
+    "4. setup='background': a set-up step (rewrite, compile) is taken at a call, once the job has run at "
+    "least as long as the step is expected to take on this machine; a build runs in a process of its own.\n"
+    "5. setup='now': the rewrite runs in optimize(), each forces graph compiles on its first call.")
+
+POLICIES = {
+    "auto": "the path rule (report.path_rule)",
+    "fused": "the fused graph on every call (forces by autograd); nothing is compiled",
+}
+
+SETUPS = ("now", "background")
 
 
 #: what to save instead of an optimized model (its compiled graphs belong to the process)
@@ -198,37 +214,18 @@ SAVE_INSTEAD = (
 
 
 def joint_default() -> bool:
-    """Whether the auto policy considers the compiled joint graph (``PAINNFX_JOINT``, default 1).
-    Its first use per kind of call costs an Inductor compile (seconds): the test suite sets 0 and
-    the joint path's own tests turn it on."""
+    """Whether the auto policy uses compiled forces graphs (``PAINNFX_JOINT``, default 1). Their
+    first use per kind of call costs an Inductor compile (seconds): the test suite sets 0 and the
+    compiled path's own tests turn it on."""
     return os.environ.get("PAINNFX_JOINT", "1") != "0"
 
 
-#: a joint graph's outputs must equal the fused autograd path's to this (relative to max |output|, at least 1)
+#: a compiled graph's outputs must equal the fused autograd path's to this (relative to max |output|, at least 1)
 JOINT_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
 
 
-#: what a measured path means for a call that wants the energy alone
-ENERGY_PATH = {"joint": "fused", "plain-joint": "plain"}
-
-PATHS = {
-    "fused": "fused graph on every call, forces by autograd",
-    "auto": "auto: the fastest of fused, plain and (for energy with forces, unless PAINNFX_JOINT=0) the compiled "
-            f"joint graphs of both, measured on the first call of each size class (above {MEASURE_MAX_EDGES} edges "
-            f"the fused graph and its joint graph only, above {JOINT_MEASURE_MAX_EDGES} fused without measuring)",
-    "joint": "the compiled joint graph for energy with forces (and stress), the fused graph for energy alone",
-}
-
-
-def joint_candidates(n_edges: int) -> tuple:
-    """The joint graphs the auto policy considers for a system of ``n_edges`` edges."""
-    if n_edges > JOINT_MEASURE_MAX_EDGES:
-        return ()
-    return ("joint",) if n_edges > MEASURE_MAX_EDGES else ("joint", "plain-joint")
-
-
 def size_class(n_atoms: int, n_edges: int) -> tuple:
-    """Systems within a factor of two in atoms and edges share one measured choice."""
+    """Systems within a factor of two in atoms and edges share one check of a compiled graph."""
     return (max(0, math.ceil(math.log2(max(n_atoms, 1)))), max(0, math.ceil(math.log2(max(n_edges, 1)))))
 
 
@@ -238,47 +235,59 @@ class OptimizedModel(nn.Module):
     runs ``model``. Batched calls (``batch``) need a per-atom model (``atomic_energies`` and
     ``aggregate``): its per-atom energies are summed with the model's own ``aggregate``.
 
-    ``path``: "fused" always runs the rewritten graph; "auto" (what ``PaiNNCalculator`` uses
-    by default) never makes a call slower than the plain model: on the first call of each size
-    class (``size_class``) it times energy+forces of both paths (``repeats`` calls each after a
-    warm-up, the fastest counts) and keeps the faster; above ``MEASURE_MAX_EDGES`` edges it does
-    not measure the plain model, and above ``JOINT_MEASURE_MAX_EDGES`` it takes the fused path
-    unmeasured. ``report.path_choices`` records each choice and why.
+    ``path``: "auto" follows ``PATH_RULE`` (no measuring: the same call always takes the same
+    path once set-up is done); "fused" always runs the fused graph with autograd. ``joint``
+    (default ``PAINNFX_JOINT``, on): whether "auto" uses compiled forces graphs (joint.py:
+    forward and backward traced ahead of time, Inductor, no autograd engine), each checked output
+    by output against the fused path on the first call of every size class; one that disagrees or
+    fails is never used again (``report.joint['rejected']``).
 
-    ``joint`` (default ``PAINNFX_JOINT``, on): where a caller asks for energy and forces together
-    (``joint_properties``, what ``compute_properties`` does without ``create_graph``), the auto
-    policy also times compiled joint graphs (joint.py: forward and backward traced ahead of time,
-    Inductor, no autograd engine) of the fused graph and of the plain model, each after checking
-    its energy and forces against the fused path's on the first call of every size class; one that
-    disagrees is never used again (``report.joint``)."""
+    ``setup``: "now" (the model is rewritten already; a compiled forces graph compiles on its
+    first call) or "background" (``pending`` rewrites it later: until then the plain model answers;
+    the C++ kernels build in a process of their own, and each set-up step is taken at a call
+    boundary once the job has run at least as long as the step is expected to take, costs.py).
+    ``report.paths`` records which path answered from which call on."""
 
     def __init__(self, model: nn.Module, cap: Optional[Captured], report: OptimizeReport, per_atom: bool,
-                 backend: Optional[str] = None, path: str = "fused", timer: Callable[[], float] = time.perf_counter,
-                 repeats: int = 3, joint: Optional[bool] = None):
+                 backend: Optional[str] = None, path: str = "fused", joint: Optional[bool] = None,
+                 setup: str = "now", pending: Optional[Callable] = None, weights: Optional[str] = None):
         super().__init__()
+        if setup not in SETUPS:
+            raise ValueError(f"setup must be one of {', '.join(SETUPS)}, got {setup!r}")
         self.model = model
         self.runner = GraphRunner(cap, backend) if (cap is not None and report.applied) else None
         self.per_atom = per_atom
         self.report = report
+        self.report.path_rule = PATH_RULE
         self.cutoff = float(getattr(model, "cutoff", 0.0))
         self.config = getattr(model, "config", None)
         self.path = path
-        self.timer, self.repeats = timer, repeats
-        self._choice: dict = {}
         self.joint = joint_default() if joint is None else joint
         self.joint_graphs = JointGraphs(backend=backend)
-        self._joint_verified: set = set()  # (joint graph key, size class) checked against the fused path
-        self._joint_rejected: dict = {}  # joint path name -> why it is not used
-        # (kind of call, size class, path policy) -> (joint path or None: autograd, graph key, the
-        # JointGraphs it was decided with): later calls of the class go straight to the graph
+        self.setup = setup
+        self._backend = backend
+        self._pending = pending  # () -> (Captured, report): the rewrite still to do (setup="background")
+        self._weights = weights  # weights_digest of the model when optimized (cost records)
+        self._joint_verified: set = set()  # (graph key, size class) checked against the fused path
+        self._joint_rejected: dict = {}  # graph key -> why it is not used
+        # (kind of call, size class) -> (graph key, the JointGraphs it was checked with): later calls
+        # of the class go straight to the graph
         self._decided: dict = {}
-        # first calls of a size class (measuring, tracing, compiling) run one at a time: concurrent
-        # first calls wait for one compile instead of racing make_fx and Inductor
+        # set-up steps (rewrite, first calls of a size class: checking, tracing, compiling) run one at
+        # a time: concurrent first calls wait for one compile instead of racing make_fx and Inductor
         self._lock = threading.RLock()
         self._rebinds = 0  # runner.rebinds when the joint graphs were made
+        self._started: Optional[float] = None  # perf_counter of the first call (setup="background")
+        self._calls = 0
+        self._last_path: Optional[str] = None
+        self._expected: dict = {}  # (step, detail) -> seconds it is expected to take (costs.py)
         # where the wrapped model keeps its first parameter (first_parameter: read live, no module walk)
         self._first = next(((m._parameters, k) for m in model.modules() for k, p in m._parameters.items()
                             if p is not None), None)
+        if pending is not None and self._on_cpu():
+            from painnfx.ops.cpu import prebuild
+
+            self.report.setup["kernel_build_started"] = prebuild.start()
 
     def first_parameter(self) -> Optional[torch.Tensor]:
         """``next(iter(self.parameters()))``, the wrapped model's first parameter as it is now,
@@ -286,6 +295,10 @@ class OptimizedModel(nn.Module):
         if self._first is None or self._first[1] not in self._first[0]:
             return next(iter(self.parameters()), None)
         return self._first[0][self._first[1]]
+
+    def _on_cpu(self) -> bool:
+        p = self.first_parameter()
+        return p is None or p.device.type == "cpu"
 
     def __reduce_ex__(self, protocol):
         raise NotPicklableError(SAVE_INSTEAD)
@@ -305,10 +318,119 @@ class OptimizedModel(nn.Module):
     def _optimized(self, model: nn.Module) -> "OptimizedModel":
         from .optimize import optimize
 
-        backend = self.runner.backend if self.runner is not None else None
-        new = optimize(model, backend=backend or "auto")
+        new = optimize(model, backend=self._backend or "auto", setup=self.setup)
         new.path, new.joint = self.path, self.joint
         return new
+
+    # -- set-up ------------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether the rewrite is done (``applied`` then says whether the fused graph runs)."""
+        return self._pending is None
+
+    def _job_seconds(self) -> float:
+        """Seconds since this model's first call: how long the job has run."""
+        now = time.perf_counter()
+        if self._started is None:
+            self._started = now
+        return now - self._started
+
+    def _record_key(self, step: str, detail: str = "") -> Optional[str]:
+        from . import costs
+
+        p = self.first_parameter()
+        if self._weights is None or p is None:
+            return None
+        return costs.key(step, self._weights, p.dtype, p.device, detail)
+
+    def _due(self, step: str, detail: str = "") -> bool:
+        """Whether set-up step ``step`` is due: the job has run at least as long as it is expected to
+        take (read from the records once per model and step)."""
+        from . import costs
+
+        expected = self._expected.get((step, detail))
+        if expected is None:
+            expected = self._expected[(step, detail)] = costs.expected(step, self._record_key(step, detail))
+        return self._job_seconds() >= expected
+
+    def _advance(self) -> None:
+        """The deferred rewrite, when the C++ kernels are built and it is due (setup="background")."""
+        if self._pending is None:
+            return
+        if self._on_cpu():
+            from painnfx.ops.cpu import prebuild
+
+            if not prebuild.ready("kernels"):
+                self._job_seconds()
+                why = None if prebuild.building() else prebuild.unavailable()
+                if why is not None:  # the fused graph would run the reference ops: slower than the plain model
+                    with self._lock:
+                        self._give_up(why)
+                return
+        if not self._due("rewrite"):
+            return
+        with self._lock:
+            if self._pending is not None:
+                self.prepare(compile=False, wait=False)
+
+    def _give_up(self, why: str) -> None:
+        """No fused graph for this model (setup="background"): the C++ kernels cannot be built here."""
+        if self._pending is None:
+            return
+        self._pending = None
+        self.report.setup.update(pending=False, kernels=why)
+        warnings.warn(f"painnfx: the CPU kernels are unavailable ({why}); the plain model runs (the fused graph "
+                      "would run the fused ops' reference implementation, slower than the plain model)",
+                      RuntimeWarning, stacklevel=5)
+
+    def prepare(self, compile: bool = False, wait: bool = True) -> "OptimizedModel":
+        """Do the set-up now rather than when it is due: wait for the C++ kernels' build (``wait``),
+        rewrite, and with ``compile`` also allow the compiled forces graphs at once (each compiles on
+        its first call). Returns self."""
+        from . import costs
+
+        with self._lock:
+            if self._pending is not None:
+                if wait and self._on_cpu():
+                    from painnfx.ops.cpu import prebuild
+
+                    prebuild.wait()
+                start = time.perf_counter()
+                cap, report = self._pending()
+                seconds = time.perf_counter() - start
+                for name in ("paths", "joint", "setup", "path_policy"):  # what this model recorded so far
+                    setattr(report, name, getattr(self.report, name))
+                self.report.__dict__.update(report.__dict__)
+                self.report.path_rule = PATH_RULE
+                self.report.setup.update(rewrite_s=round(seconds, 3), pending=False)
+                self.runner = GraphRunner(cap, self._backend) if (cap is not None and report.applied) else None
+                self._pending = None
+                key = self._record_key("rewrite")
+                if key is not None:
+                    costs.record(key, seconds)
+            if compile:
+                self.setup = "now"
+        return self
+
+    def _compile_due(self, graph_key: str) -> bool:
+        """Whether compiling forces graph ``graph_key`` may happen now."""
+        if self.setup == "now" or graph_key in self.joint_graphs.graphs:
+            return True
+        if self._on_cpu():
+            from painnfx.ops.cpu import prebuild
+
+            if not prebuild.ready("all"):
+                return False
+        return self._due("compile", graph_key)
+
+    def _note(self, path: str, n_atoms: int, n_edges: int, why: str = "") -> None:
+        """Record in ``report.paths`` that calls take ``path`` from this call on."""
+        if path != self._last_path:
+            self._last_path = path
+            self.report.paths.append({"path": PATH_NAMES[path].split(" (")[0], "call": self._calls,
+                                      "seconds": round(self._job_seconds(), 3), "atoms": n_atoms, "edges": n_edges,
+                                      "why": why})
 
     def _follow_weights(self) -> None:
         """Check that the graph still reads the tensors the model holds (``GraphRunner.sync``); after
@@ -334,10 +456,10 @@ class OptimizedModel(nn.Module):
 
     @path.setter
     def path(self, value: str) -> None:
-        if value not in PATHS:
-            raise ValueError(f"path must be one of {', '.join(PATHS)}, got {value!r}")
+        if value not in POLICIES:
+            raise ValueError(f"path must be one of {', '.join(POLICIES)}, got {value!r}")
         self._path = value
-        self.report.path_policy = PATHS[value]
+        self.report.path_policy = POLICIES[value]
 
     def _plain(self, positions, numbers, edge_index, shifts, batch, n_systems):
         if batch is None:
@@ -352,49 +474,11 @@ class OptimizedModel(nn.Module):
             return out
         return self.model.aggregate(out, batch, n_systems)
 
-    def _time(self, fn, args) -> float:
-        positions = args[0].detach().clone().requires_grad_(True)
-
-        def call():
-            energy = fn(positions, *args[1:])
-            torch.autograd.grad(energy.sum(), positions, allow_unused=True)  # no edges: energy has no gradient
-
-        with torch.enable_grad():
-            return self._best(call, positions)
-
-    def _best(self, call, like) -> float:
-        """Fastest of ``repeats`` calls after a warm-up."""
-        sync = torch.cuda.synchronize if like.is_cuda else (lambda: None)  # time the work, not the launch
-        best = math.inf
-        for k in range(self.repeats + 1):
-            sync()
-            start = self.timer()
-            call()
-            sync()
-            if k:  # the first call is a warm-up
-                best = min(best, self.timer() - start)
-        return best
-
-    def _race(self, calls: dict, like, rounds: int = RACE_ROUNDS) -> dict:
-        """{name: best time} of the joint graphs over ``rounds`` rounds in which they take
-        turns (one ``_best`` each per round), so that a slow spell of a shared machine hits each
-        alike. At 3-5 atoms the two joint graphs are within ~10% of each other, and one best-of-3
-        each, one after the other, picked by noise (CH4 fp64: plain-joint at 1.58 against 1.65 ms,
-        where the fused graph's then ran 1.40 ms)."""
-        best = {name: math.inf for name in calls}
-        for _ in range(rounds if len(calls) > 1 else 1):
-            for name, call in calls.items():
-                best[name] = min(best[name], self._best(call, like))
-        return best
-
     @staticmethod
-    def _joint_agrees(name: str, joint_call, reference_call) -> Optional[str]:
-        """None when joint graph ``name`` gives what ``reference_call`` (the same function run
-        eagerly on the fused path, autograd and all) gives here, every output (energy, forces,
-        stress), to ``JOINT_TOLERANCE`` of the output's scale; else why not."""
-        got = joint_call()
-        if got is None:  # it failed to compile or run (rejected already)
-            return None
+    def _joint_agrees(graph_key: str, got, reference_call) -> Optional[str]:
+        """None when the compiled graph's outputs ``got`` equal what ``reference_call`` (the same
+        function run eagerly on the fused path, autograd and all) gives, every output (energy,
+        forces, stress), to ``JOINT_TOLERANCE`` of the output's scale; else why not."""
         want = reference_call()
         for k, (a, b) in enumerate(zip(got, want)):
             b = b.detach()
@@ -402,137 +486,87 @@ class OptimizedModel(nn.Module):
             tol = JOINT_TOLERANCE.get(b.dtype, 1e-4) * max(1.0, float(b.nan_to_num().abs().max()) if b.numel() else 0.0)
             err = float((a - b).abs().masked_fill(both_nan, 0).max()) if b.numel() else 0.0
             if not err <= tol:  # any other NaN fails
-                return f"{name} graph disagrees with the fused path: output {k} off by {err:.2e} (tolerance {tol:.1e})"
+                return (f"compiled {graph_key} graph disagrees with the fused graph: output {k} off by {err:.2e} "
+                        f"(tolerance {tol:.1e})")
         return None
 
-    def _choose(self, args, joint_calls: Optional[dict] = None) -> str:
-        """The path for this call's size class, measured on its first call. A measurement made for
-        energy alone is redone when a caller offers joint graphs (``joint_calls``: path -> call);
-        one that included them serves energy-alone calls too ("joint" meaning the fused graph there,
-        "plain-joint" the plain model)."""
-        n_atoms, n_edges = args[0].shape[0], args[2].shape[1]
-        cls = size_class(n_atoms, n_edges)
-        known = self._choice.get(cls)
-        if known is None or (joint_calls and not known[1]):
-            with self._lock:  # one measurement per size class, even when threads arrive together
-                known = self._measure(args, joint_calls, cls)
-        if not joint_calls and known[0] in ENERGY_PATH:
-            return ENERGY_PATH[known[0]]
-        return known[0]
-
-    def _measure(self, args, joint_calls: Optional[dict], cls: tuple) -> tuple:
-        """(path, measured with joint graphs) for size class ``cls``, measured now unless another
-        thread did so while this one waited for the lock."""
-        n_atoms, n_edges = args[0].shape[0], args[2].shape[1]
-        known = self._choice.get(cls)
-        if known is None or (joint_calls and not known[1]):
-            large = n_edges > MEASURE_MAX_EDGES
-            joint_calls = joint_calls or {}  # joint_properties offers only joint_candidates(n_edges)
-            if large and not joint_calls:
-                limit = JOINT_MEASURE_MAX_EDGES if n_edges > JOINT_MEASURE_MAX_EDGES else MEASURE_MAX_EDGES
-                choice, why = "fused", f"more than {limit} edges"
-            else:
-                times = {"fused": self._time(self._fused, args)}
-                if not large:
-                    times["plain"] = self._time(self._plain, args)
-                for name, t in self._race(joint_calls, args[0], rounds=1 if large else RACE_ROUNDS).items():
-                    if name not in self._joint_rejected:  # one that failed while timed does not compete
-                        times[name] = t
-                choice = min(times, key=times.get)
-                why = " vs ".join(f"{k} {t * 1e3:.3g} ms" for k, t in times.items()) + " per energy+forces"
-            self._choice[cls] = known = (choice, bool(joint_calls))
-            self.report.path_choices.append(
-                {"atoms": n_atoms, "edges": n_edges, "size_class": list(cls), "path": choice, "why": why})
-        return known
-
-    def _reject_joint(self, name: str, why: str) -> None:
-        self._joint_rejected[name] = why
-        self.report.joint.setdefault("rejected", {})[name] = why
-        warnings.warn(f"painnfx: {why}; this model does not use that joint graph (the fused graph with autograd "
+    def _reject_joint(self, graph_key: str, why: str) -> None:
+        self._joint_rejected[graph_key] = why
+        self.report.joint.setdefault("rejected", {})[graph_key] = why
+        warnings.warn(f"painnfx: {why}; this model does not use that compiled graph (the fused graph with autograd "
                       "runs instead; report.joint['rejected'] keeps the reason)", RuntimeWarning, stacklevel=4)
 
     def joint_properties(self, key: str, make: Callable, tensors: tuple, call_args: Optional[tuple] = None,
                          example: Optional[tuple] = None):
-        """The energy, forces (and stress) of ``tensors`` through a compiled joint graph of kind
-        ``key`` when the path policy picks one for this size class, else None (the caller runs
-        autograd). ``make(energy)`` gives the function to trace: it evaluates ``energy`` (a
-        callable with the model's signature) and differentiates it. Two joint graphs compete:
-        "joint", the fused graph's (fused ops and their analytical backwards, Inductor around
-        them), and "plain-joint", the plain model's (Inductor alone: what torch.compile of
-        grad_and_value does, which wins where the fused ops' per-call overhead exceeds their
-        arithmetic). ``tensors`` start with (positions, numbers, edge_index, shifts).
-        ``call_args``: the model-call arguments the autograd paths are timed with (default: those
-        four, no batch); ``example``: what to trace on, the same kinds of tensors (default:
+        """The energy, forces (and stress) of ``tensors`` through the compiled forces graph of kind
+        ``key`` when the path rule takes it for this call, else None (the caller runs autograd on
+        ``forward``). ``make(energy)`` gives the function to trace: it evaluates ``energy`` (a
+        callable with the model's signature) and differentiates it. ``tensors`` start with
+        (positions, numbers, edge_index, shifts). ``call_args``: unused (kept for callers);
+        ``example``: what to trace on, the same kinds of tensors (default:
         ``joint.trace_example``, which needs the tensors after the first four not to change size
         with the system)."""
-        if self.runner is None or self._path == "fused" or not self.joint or not self.per_atom:
+        if self._path != "auto" or not self.joint or not self.per_atom:
             return None
-        if tensors[0].shape[0] < JOINT_MIN_SIZE or tensors[2].shape[1] < JOINT_MIN_SIZE:
-            return None  # nothing to gain, and a size the traced graph treats as special: autograd
+        self._advance()
+        if self.runner is None:
+            return None
+        n_atoms, n_edges = tensors[0].shape[0], tensors[2].shape[1]
+        if n_atoms < JOINT_MIN_SIZE or n_edges < JOINT_MIN_SIZE or n_edges > JOINT_MAX_EDGES:
+            return None  # the fused graph (rule 2)
         self._follow_weights()
         self.runner.check(tensors[0])  # a graph traced for another dtype or device must not run
-        cls = size_class(tensors[0].shape[0], tensors[2].shape[1])
-        known = self._decided.get((key, cls, self._path))
-        if known is not None and known[2] is self.joint_graphs:  # measured and checked: no Python beyond the call
-            name, graph_key, graphs = known
-            if name is None or name in self._joint_rejected:
-                return None
-            return self._guarded(name, functools.partial(graphs.run, graph_key, None, *tensors))
+        cls = size_class(n_atoms, n_edges)
+        known = self._decided.get((key, cls))
+        if known is not None and known[1] is self.joint_graphs:  # checked: no Python beyond the call
+            self._calls += 1
+            return self._guarded(key, functools.partial(known[1].run, key, None, *tensors))
+        if key in self._joint_rejected or not self._compile_due(key):
+            return None
+        with self._lock:  # the first call of a size class checks (the very first traces and compiles)
+            return self._first_of_class(key, make, tensors, example, cls)
+
+    def _first_of_class(self, key: str, make: Callable, tensors: tuple, example: Optional[tuple], cls: tuple):
+        """Run the compiled graph ``key`` on the first call of size class ``cls`` (compiling it on
+        its very first call), check it against the fused graph, and return its outputs, or None
+        after rejecting it."""
+        from . import costs
 
         def fused(positions, numbers, edge_index, shifts, batch=None, n_systems=1):
             with self.runner.frozen():
                 return self._fused(positions, numbers, edge_index, shifts, batch, n_systems)
 
-        def plain(positions, numbers, edge_index, shifts, batch=None, n_systems=1):
-            return self._plain(positions, numbers, edge_index, shifts, batch, n_systems)
-
-        energies = {"joint": fused}
-        if self._path == "auto":
-            energies["plain-joint"] = plain
-            # only what the policy may choose at this size is compiled and checked
-            energies = {k: v for k, v in energies.items() if k in joint_candidates(tensors[2].shape[1])}
-        calls = {name: functools.partial(self._guarded, name, functools.partial(
-                     self.joint_graphs.run, f"{key} ({name})", make(energy), *tensors, example=example))
-                 for name, energy in energies.items() if name not in self._joint_rejected}
-        args = call_args if call_args is not None else (*tensors[:4], None, 1)
-        if any((f"{key} ({name})", cls) not in self._joint_verified for name in calls):
-            with self._lock:  # the first call of a size class checks (the very first traces and compiles)
-                self._verify_joint(key, calls, cls, lambda: make(fused)(*tensors))
-        calls = {name: call for name, call in calls.items() if name not in self._joint_rejected}
-        if not calls:
+        graphs = self.joint_graphs
+        compiling = key not in graphs.graphs
+        got = self._guarded(key, functools.partial(graphs.run, key, make(fused), *tensors, example=example))
+        if got is None:
             return None
-        choice = "joint" if self._path == "joint" else self._choose(args, calls)
-        if choice not in calls or choice in self._joint_rejected:
-            self._decided[(key, cls, self._path)] = (None, None, self.joint_graphs)
-            return None
-        self._decided[(key, cls, self._path)] = (choice, f"{key} ({choice})", self.joint_graphs)
-        return calls[choice]()  # None if it fails now: the caller runs autograd
+        if compiling:
+            seconds = graphs.compile_seconds[key]
+            record_key = self._record_key("compile", key)
+            if record_key is not None:
+                costs.record(record_key, seconds)
+            self.report.joint.setdefault("graphs", {})[key] = {
+                **node_counts(graphs.graphs[key]),
+                "wrapper": "C++" if graphs.options[key].get("cpp_wrapper") else "Python",
+                "dynamo": not graphs.calls(key),  # standalone.py
+                "compile_seconds": round(seconds, 2)}
+        if (key, cls) not in self._joint_verified:
+            why = self._joint_agrees(key, got, lambda: make(fused)(*tensors))
+            if why is not None:
+                self._reject_joint(key, why)
+                return None
+            self._joint_verified.add((key, cls))
+        self._decided[(key, cls)] = (key, graphs)
+        self._calls += 1
+        self._note("compiled", tensors[0].shape[0], tensors[2].shape[1], key)
+        return got
 
-    def _verify_joint(self, key: str, calls: dict, cls: tuple, reference_call: Callable) -> None:
-        """Check each joint graph of ``calls`` not yet checked for size class ``cls`` against
-        ``reference_call`` (the fused path with autograd); reject one that disagrees or fails."""
-        for name in list(calls):
-            graph_key = f"{key} ({name})"
-            if (graph_key, cls) in self._joint_verified or name in self._joint_rejected:
-                continue
-            rejected = self._joint_agrees(name, calls[name], reference_call)
-            if rejected is not None:
-                self._reject_joint(name, rejected)
-            if name in self._joint_rejected:
-                continue
-            self._joint_verified.add((graph_key, cls))
-            graphs = self.report.joint.setdefault("graphs", {})
-            if graph_key not in graphs:
-                graphs[graph_key] = {**node_counts(self.joint_graphs.graphs[graph_key]),
-                                     "wrapper": "C++" if self.joint_graphs.options[graph_key].get("cpp_wrapper") else "Python",
-                                     "dynamo": not self.joint_graphs.calls(graph_key),  # standalone.py
-                                     "compile_seconds": round(self.joint_graphs.compile_seconds[graph_key], 2)}
-
-    def _guarded(self, name: str, call):
-        """``call()``, or None after rejecting joint path ``name`` when compiling or running its
-        graph fails (an Inductor or Dynamo error for some shape): never a failed call for the user.
+    def _guarded(self, graph_key: str, call):
+        """``call()``, or None after rejecting compiled graph ``graph_key`` when compiling or running
+        it fails (an Inductor or Dynamo error for some shape): never a failed call for the user.
         Bad input (``InputError``) is the caller's error and propagates."""
-        if name in self._joint_rejected:
+        if graph_key in self._joint_rejected:
             return None
         try:
             return call()
@@ -540,15 +574,22 @@ class OptimizedModel(nn.Module):
             raise
         except Exception as exc:  # noqa: BLE001  any compiler failure: the autograd paths remain
             first = (str(exc).strip().splitlines() or [""])[0]
-            self._reject_joint(name, f"{name} graph failed: {type(exc).__name__}: {first}")
+            self._reject_joint(graph_key, f"compiled {graph_key} graph failed: {type(exc).__name__}: {first}")
             return None
 
     def forward(self, positions, numbers, edge_index, shifts, batch=None, n_systems: int = 1):
         args = (positions, numbers, edge_index, shifts, batch, n_systems)
+        tracing = torch.compiler.is_compiling()  # torch.compile or export traces the graph: no bookkeeping
+        if not tracing:
+            self._calls += 1
+            self._advance()
         if self.runner is None or (batch is not None and not self.per_atom):
+            if self._last_path != "plain" and not tracing:
+                self._note("plain", positions.shape[0], edge_index.shape[1],
+                           "set-up under way" if self._pending is not None else self.report.why_not())
             return self._plain(*args)
-        if self._path == "auto" and self._choose(args, None) == "plain":
-            return self._plain(*args)
+        if self._last_path != "fused" and not tracing:
+            self._note("fused", positions.shape[0], edge_index.shape[1])
         return self._fused(*args)
 
 

@@ -180,7 +180,7 @@ def test_batches_through_the_joint_graph(dtype, frames, max_atoms):
 
     if dtype not in _JOINT:
         _JOINT[dtype] = fast = optimize(random_model(3, **CONFIG).to(dtype))
-        fast.path, fast.joint, fast.joint_graphs = "joint", True, JointGraphs(compile=False)
+        fast.path, fast.joint, fast.joint_graphs = "auto", True, JointGraphs(compile=False)
     fast = _JOINT[dtype]
     evaluator = BatchEvaluator(fast, dtype=dtype, optimize=True)
     results = list(iter_evaluate(frames, evaluator=evaluator, max_atoms=max_atoms))

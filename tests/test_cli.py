@@ -26,7 +26,8 @@ def test_md_text_output(capsys):
     assert main(["md", "--steps", "3", "--compare-steps", "2", "--size", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "steps/s" in out and "energy drift" in out and "speedup" in out
-    assert "path: " in out  # the auto policy's choice for this size, and why
+    assert "set-up " in out and "first energy and forces after" in out
+    assert "path from call 1" in out  # which path answered (the plain model while set-up is under way)
 
 
 def test_md_reports_the_native_ops_of_its_joint_graph(capsys, monkeypatch):
@@ -37,10 +38,13 @@ def test_md_reports_the_native_ops_of_its_joint_graph(capsys, monkeypatch):
     if not native_ops_expected():
         pytest.skip("the native ops are off here")
     monkeypatch.setenv("PAINNFX_JOINT", "1")
-    main(["md", "--steps", "3", "--compare-steps", "0", "--size", "1", "--json", "--quiet", "--dtype", "float64"])
+    main(["md", "--steps", "3", "--compare-steps", "0", "--size", "1", "--json", "--quiet", "--dtype", "float64",
+          "--setup", "now"])
     out = capsys.readouterr().out
     summary = json.loads(out[out.index("{"):])
-    assert summary["path_choices"][0]["path"] in ("joint", "plain-joint")
+    assert [p["path"] for p in summary["paths"]] == ["compiled forces graph"] and summary["final_path"] == \
+        "compiled forces graph"
+    assert summary["setup_s"] > 0 and summary["first_result_s"] > 0 and summary["job_s"] > summary["md_s"]
     assert summary["kernels"]["dense"]["native"] >= 3 * 10  # 4 calls after the policy's, ~30 products each
 
 
@@ -158,8 +162,8 @@ def test_bench_runs_variants_alone_when_the_interleaved_process_fails(monkeypatc
 
 
 def test_bench_records_the_path_the_auto_policy_chose(monkeypatch):
-    """``auto`` cases say which path the calculator's policy took and the timings it chose from
-    (JSON and the markdown table); the joint graphs traced but not compiled, to keep this short."""
+    """``auto`` cases say which path answered, from which call (JSON and the markdown table); the
+    forces graphs traced but not compiled, to keep this short."""
     import functools
 
     from painnfx.rewriter import joint, runner
@@ -168,10 +172,10 @@ def test_bench_records_the_path_the_auto_policy_chose(monkeypatch):
     monkeypatch.setattr(runner, "JointGraphs", functools.partial(joint.JointGraphs, compile=False))
     rec = measure("H2O", "auto", dtype="float64", device="cpu", threads=1, warmup=0, min_repeats=1, max_repeats=1,
                   max_time=0.0)
-    (choice,) = rec["path_choices"]
-    assert choice["path"] in ("fused", "plain", "joint", "plain-joint") and "plain-joint" in choice["why"]
+    (choice,) = rec["paths"]
+    assert choice["path"] == "compiled forces graph" and choice["call"] == 1
     table = markdown_table({"results": [rec], "speedups_vs_eager": {}})
-    assert f"| H2O | auto | {choice['path']} |" in table
+    assert "| H2O | auto | compiled forces graph | 1 |" in table
 
 
 def test_flop_model_and_machine_metadata():
@@ -252,7 +256,7 @@ def test_inspect_measures_the_auto_path(capsys):
 
     assert main(["inspect", "--measure"]) == 0
     out = capsys.readouterr().out
-    assert "path: auto" in out and "3 atoms" in out and "50 atoms" in out
+    assert "path: the path rule" in out and "from call 1" in out and "3 atoms" in out
 
 
 def test_lammps_export_writes_model_and_lines(tmp_path, capsys):
@@ -425,7 +429,7 @@ def test_longrun_short_version(tmp_path, capsys):
     fast, plain = summary["optimized"], summary["plain"]
     for s in (fast, plain):
         assert s["graphs_added_after_first_record"] == {"joint_graphs": 0, "dynamo_graphs": 0, "weights_rebound": 0,
-                                                        "path_choices": 0}
+                                                        "path_switches": 0}
         assert abs(s["rss_growth_after_first_record"]) < 0.05
         assert abs(s["drift_eV_per_atom"]) < 1e-3
     assert abs(fast["drift_eV_per_atom"] - plain["drift_eV_per_atom"]) < 1e-8  # 4 atoms: one trajectory for 300 steps

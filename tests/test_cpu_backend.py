@@ -1,5 +1,5 @@
 """The C++ CPU kernels: build cache (hit, corruption, no compiler), determinism, registration,
-and the auto path policy that never makes a calculation slower than the plain model."""
+and the calculator's auto rule running them."""
 
 import os
 import warnings
@@ -178,11 +178,11 @@ def test_the_calculator_lets_the_no_compiler_warning_through_once(monkeypatch):
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     monkeypatch.setattr(backend, "_state", {})
     with pytest.warns(UserWarning, match="CPU kernels are unavailable .*no C\\+\\+ compiler"):
-        calc = PaiNNCalculator(random_model(0, n_atom_basis=8, n_interactions=1, n_rbf=4))
+        calc = PaiNNCalculator(random_model(0, n_atom_basis=8, n_interactions=1, n_rbf=4), setup="now")
     assert calc.optimized
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        PaiNNCalculator(random_model(0, n_atom_basis=8, n_interactions=1, n_rbf=4))
+        PaiNNCalculator(random_model(0, n_atom_basis=8, n_interactions=1, n_rbf=4), setup="now")
 
 
 def test_registered_for_cpu_tensors_and_built_here():
@@ -209,71 +209,20 @@ def test_results_do_not_depend_on_the_thread_count():
     assert torch.equal(one.forces, two.forces) and torch.equal(one.energy, two.energy)
 
 
-def test_auto_path_takes_the_plain_model_when_it_is_faster(monkeypatch):
-    model = random_model(2).double()
-    fast = optimize(model)
-    fast.path = "auto"
-    monkeypatch.setattr(fast, "_time", lambda fn, args: 2.0 if fn == fast._fused else 1.0)  # a fake timer
-    calls = []
-    original = fast.runner.forward
-    monkeypatch.setattr(fast.runner, "forward", lambda **kw: calls.append(1) or original(**kw))
-    atoms = molecule("H2O")
-    out = evaluate(fast, atoms)
-    torch.testing.assert_close(out.forces, evaluate(model, atoms).forces)
-    (choice,) = fast.report.path_choices
-    assert choice["path"] == "plain" and "fused 2e+03 ms vs plain 1e+03 ms" in choice["why"]
-    assert "3 atoms, 6 edges: plain" in fast.report.to_text()
-    calls.clear()
-    evaluate(fast, atoms)  # the choice is remembered for the size class: no more measuring, plain path
-    assert calls == [] and len(fast.report.path_choices) == 1
-    monkeypatch.setattr(fast, "_time", lambda fn, args: 1.0 if fn == fast._fused else 2.0)
-    evaluate(fast, molecule("C6H6"))  # another size class: measured again, fused is faster there
-    assert fast.report.path_choices[-1]["path"] == "fused" and calls
-
-
-@pytest.mark.parametrize("faster", ["fused", "plain"])
-def test_calculator_auto_runs_what_it_measured_faster(monkeypatch, faster):
-    """The calculator's default policy, with a fake timer: it measures both paths once per size
-    class, then runs the faster one (the fused ops on the C++ kernels, or none at all)."""
-    atoms = molecule("H2O")
-    model = random_model(0)
-    auto = PaiNNCalculator(model, optimize="auto")
-    assert auto.evaluator.path == "auto"
-    timed = []
-    monkeypatch.setattr(auto.evaluator, "_time",
-                        lambda fn, args: timed.append(fn) or (1.0 if (fn == auto.evaluator._fused) == (faster == "fused")
-                                                              else 2.0))
-    atoms.calc = auto
-    atoms.get_forces()
-    assert len(timed) == 2  # both paths measured, once
-    (choice,) = auto.evaluator.report.path_choices
-    assert choice["path"] == faster
-    atoms.rattle(0.01, seed=1)
-    with dispatch.record_calls() as calls:
-        atoms.get_forces()
-    assert_kernels(calls, CPU_KERNELS, model.config.n_interactions if faster == "fused" else 0)
-    assert len(timed) == 2  # the size class was measured already
-
-
-def test_calculator_auto_fuses_above_the_edge_limit_without_measuring(monkeypatch):
-    """Above MEASURE_MAX_EDGES edges, with the joint graphs off (the suite's setting), the auto
-    policy takes the fused path unmeasured (with them on, the fused graph's joint graph races it:
-    test_joint_forces.py)."""
+def test_calculator_auto_runs_the_fused_kernels_without_measuring():
+    """With the compiled forces graphs off (the suite's setting), the auto rule runs the fused graph
+    on the C++ kernels from the first call (setup="now"), at every size, and measures nothing."""
     from ase.build import bulk
 
-    from painnfx.rewriter.runner import MEASURE_MAX_EDGES
-
     model = random_model(0, n_atom_basis=8, n_interactions=1, n_rbf=4)  # r_c = 5 A
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (4, 4, 4)  # 256 atoms, 42 neighbors each
-    calc = PaiNNCalculator(model, optimize="auto")
-    monkeypatch.setattr(calc.evaluator, "_time", lambda fn, args: pytest.fail("measured above the edge limit"))
-    atoms.calc = calc
-    with dispatch.record_calls() as calls:
-        atoms.get_forces()
-    (choice,) = calc.evaluator.report.path_choices
-    assert choice["edges"] > MEASURE_MAX_EDGES and choice["path"] == "fused"
-    assert choice["why"] == f"more than {MEASURE_MAX_EDGES} edges"
-    assert_kernels(calls, CPU_KERNELS, 1)
+    calc = PaiNNCalculator(model, optimize="auto", setup="now")
+    assert calc.evaluator.path == "auto" and not calc.evaluator.joint
+    for atoms in (molecule("H2O"), bulk("Cu", "fcc", a=3.61, cubic=True) * (4, 4, 4)):  # 3 and 256 atoms
+        atoms.calc = calc
+        with dispatch.record_calls() as calls:
+            atoms.get_forces()
+        assert_kernels(calls, CPU_KERNELS, 1)
+    assert [c["path"] for c in calc.evaluator.report.paths] == ["fused graph"]
 
 
 def test_calculator_optimize_true_always_fuses():

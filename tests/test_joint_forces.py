@@ -41,21 +41,6 @@ def test_joint_graph_has_the_fused_backward_and_matches_autograd_on_other_sizes(
         torch.testing.assert_close(forces, ref.forces, rtol=1e-10, atol=1e-10)
 
 
-def _fixed_timer(fast, monkeypatch, joint: float, plain_joint: float = 9.0, fused: float = 2.0, plain: float = 3.0):
-    """Fake timings for the auto policy: the plain and fused paths through ``_time``, the joint
-    graphs through ``_best`` (which ``_time`` also uses, so it is patched after), which times the
-    fused graph's ("joint") first, then the plain model's ("plain-joint")."""
-    monkeypatch.setattr(fast, "_time", lambda fn, args: fused if fn == fast._fused else plain)
-    timed = []
-
-    def best(call, like):
-        call()
-        timed.append(call)
-        return (joint, plain_joint)[(len(timed) - 1) % 2]
-
-    monkeypatch.setattr(fast, "_best", best)
-
-
 def _joint_model(path: str, dtype=torch.float64, compiled: bool = False):
     """A small PaiNN and optimize() of it with the joint graphs on under ``path``; traced only
     (``JointGraphs(compile=False)``) unless ``compiled`` (Inductor)."""
@@ -73,20 +58,20 @@ def _cu_cell():
     return atoms
 
 
-def test_calculator_takes_the_joint_graph_where_auto_measures_it_faster(monkeypatch):
-    """The calculator's auto policy with the joint graph on (traced, not compiled here: the Inductor
-    test below compiles it): chosen on the fake timings, checked against the fused path first,
-    then every energy+forces (and stress) call runs it, in inference mode, on the kernels."""
+def test_calculator_takes_the_compiled_forces_graph(monkeypatch):
+    """The calculator's auto path rule with the compiled forces graph on (traced, not compiled here:
+    the Inductor test below compiles it), set up at once: checked against the fused path on the
+    first call of each size class, then every energy+forces (and stress) call runs it, in inference
+    mode, on the kernels; nothing is measured."""
     from painnfx.model.calculator import PaiNNCalculator
     model = random_model(4, **SMALL).double()
-    calc = PaiNNCalculator(model, optimize="auto", dtype=torch.float64)
+    calc = PaiNNCalculator(model, optimize="auto", setup="now", dtype=torch.float64)
     fast = calc.evaluator
     fast.joint, fast.joint_graphs = True, JointGraphs(compile=False)
-    _fixed_timer(fast, monkeypatch, joint=1.0)
     for atoms, stress in ((molecule("H2O"), False), (molecule("C6H6"), False), (_cu_cell(), True)):
         atoms.rattle(0.02, seed=2)
         pos, numbers, nl, cell = system_tensors(atoms, model.cutoff)
-        compute_properties(fast, pos, numbers, nl.edge_index, nl.shifts, cell, stress=stress)  # measures
+        compute_properties(fast, pos, numbers, nl.edge_index, nl.shifts, cell, stress=stress)  # checks
         with JointKernels() as ran:
             out = compute_properties(fast, pos, numbers, nl.edge_index, nl.shifts, cell, stress=stress)
         ran.assert_message_kernels(2)
@@ -98,105 +83,29 @@ def test_calculator_takes_the_joint_graph_where_auto_measures_it_faster(monkeypa
             torch.testing.assert_close(out.stress, ref.stress, rtol=1e-10, atol=1e-12)
             atoms.calc = calc
             np.testing.assert_allclose(atoms.get_stress(), voigt(ref.stress), rtol=1e-9, atol=1e-12)
-    assert [c["path"] for c in fast.report.path_choices] == ["joint"] * 3
+    assert [c["path"] for c in fast.report.paths] == ["compiled forces graph"]
     graphs = fast.report.joint["graphs"]
-    assert set(graphs) == {f"{k} ({g})" for k in ("energy+forces", "energy+forces+stress")
-                           for g in ("joint", "plain-joint")}
+    assert set(graphs) == {"energy+forces", "energy+forces+stress"}
     # the update blocks are traced as torch ops (Inductor's code beat the opaque op there): no painn_update node
-    assert graphs["energy+forces (joint)"]["fused"] == {
+    assert graphs["energy+forces"]["fused"] == {
         fused_target("prepare_edges"): 1, fused_target("painn_message"): 2, fused_target("painn_message_backward"): 2}
-    assert graphs["energy+forces (plain-joint)"]["fused"] == {}
-    assert "joint graph (energy+forces (joint))" in fast.report.to_text()
+    assert "joint graph (energy+forces)" in fast.report.to_text()
 
 
-def test_auto_takes_the_plain_models_compiled_graph_where_that_is_fastest(monkeypatch):
-    """At a few atoms the plain model's joint graph (Inductor alone) can beat the fused ops'
-    per-call overhead: the policy takes it, after checking it against the fused path."""
-    model, fast = _joint_model("auto")
-    _fixed_timer(fast, monkeypatch, joint=1.5, plain_joint=1.0)
-    atoms = molecule("H2O")
-    evaluate(fast, atoms)  # measures
-    with record_calls() as calls:
-        out = evaluate(fast, atoms)
-    assert not calls and out.forces.is_inference()  # no fused op, no autograd tape
-    ref = evaluate(model, atoms)
-    torch.testing.assert_close(out.forces, ref.forces, rtol=1e-10, atol=1e-10)
-    (choice,) = fast.report.path_choices
-    assert choice["path"] == "plain-joint" and "joint 1.5e+03 ms vs plain-joint 1e+03 ms" in choice["why"]
-    pos, numbers, nl, _ = system_tensors(atoms, model.cutoff)
-    assert fast._choose((pos, numbers, nl.edge_index, nl.shifts, None, 1)) == "plain"  # for energy alone
-
-
-def test_the_joint_graphs_take_turns_and_the_best_round_counts(monkeypatch):
-    """The two joint graphs are timed in RACE_ROUNDS alternating rounds, and each keeps its best:
-    a graph that was slow in the first round (a slow spell of the machine) still wins."""
-    from painnfx.rewriter.runner import RACE_ROUNDS
-
-    model, fast = _joint_model("auto")
-    monkeypatch.setattr(fast, "_time", lambda fn, args: 9.0)
-    rounds = {"joint": [2.0, 0.9, 1.2], "plain-joint": [1.0, 1.1, 1.0]}
-    order = []
-
-    def best(call, like):
-        call()
-        name = call.args[0]  # the policy's call for a joint graph: partial(_guarded, name, run)
-        order.append(name)
-        return rounds[name][order.count(name) - 1]
-
-    monkeypatch.setattr(fast, "_best", best)
-    evaluate(fast, molecule("H2O"))
-    assert RACE_ROUNDS == 3 and order == ["joint", "plain-joint"] * RACE_ROUNDS
-    (choice,) = fast.report.path_choices
-    assert choice["path"] == "joint" and "joint 900 ms vs plain-joint 1e+03 ms" in choice["why"]
-
-
-def test_auto_keeps_autograd_where_the_joint_graph_is_slower(monkeypatch):
-    model, fast = _joint_model("auto")
-    _fixed_timer(fast, monkeypatch, joint=5.0)
-    atoms = molecule("C6H6")
-    out = evaluate(fast, atoms)
-    assert not out.forces.is_inference()  # the autograd path ran
-    (choice,) = fast.report.path_choices  # one measurement serves the energy+forces call and the energy inside it
-    assert choice["path"] == "fused"
-    assert "fused 2e+03 ms vs plain 3e+03 ms vs joint 5e+03 ms vs plain-joint 9e+03 ms" in choice["why"]
-
-
-def test_large_systems_race_the_fused_graphs_joint_graph_alone_or_nothing(monkeypatch):
-    """Between MEASURE_MAX_EDGES and JOINT_MEASURE_MAX_EDGES edges the plain model is neither
-    timed nor compiled: the fused graph's joint graph races the fused autograd path, one round.
-    Above JOINT_MEASURE_MAX_EDGES no joint graph is traced at all (it was compiled and checked
-    there before, then never used: 15 s of a Cu8000 first call)."""
+def test_large_systems_take_the_fused_graph_and_trace_nothing(monkeypatch):
+    """Above JOINT_MAX_EDGES edges no forces graph is traced: the fused ops run through autograd."""
     from painnfx.rewriter import runner
 
-    monkeypatch.setattr(runner, "MEASURE_MAX_EDGES", 10)
-    monkeypatch.setattr(runner, "JOINT_MEASURE_MAX_EDGES", 40)
+    monkeypatch.setattr(runner, "JOINT_MAX_EDGES", 40)
     model, fast = _joint_model("auto")
-    monkeypatch.setattr(fast, "_time", lambda fn, args: 2.0 if fn == fast._fused else pytest.fail("plain timed"))
-    raced = []
-
-    def best(call, like):
-        call()
-        raced.append(call.args[0])  # the policy's call for a joint graph: partial(_guarded, name, run)
-        return 1.0
-
-    monkeypatch.setattr(fast, "_best", best)
-    ch4, benzene = molecule("CH4"), molecule("C6H6")
-    assert 10 < system_tensors(ch4, model.cutoff)[2].n_edges <= 40
-    out = evaluate(fast, ch4)
-    assert raced == ["joint"] and set(fast.report.joint["graphs"]) == {"energy+forces (joint)"}
-    (choice,) = fast.report.path_choices
-    assert choice["path"] == "joint" and choice["why"] == "fused 2e+03 ms vs joint 1e+03 ms per energy+forces"
-    torch.testing.assert_close(out.forces, evaluate(model, ch4).forces, rtol=1e-10, atol=1e-10)
-
-    model, fast = _joint_model("auto")
-    monkeypatch.setattr(fast, "_time", lambda fn, args: pytest.fail("measured above the joint limit"))
+    benzene = molecule("C6H6")
     assert system_tensors(benzene, model.cutoff)[2].n_edges > 40
     with record_calls() as calls:
         out = evaluate(fast, benzene)
     assert not fast.joint_graphs.graphs and "graphs" not in fast.report.joint  # nothing traced
-    (choice,) = fast.report.path_choices
-    assert choice["path"] == "fused" and choice["why"] == "more than 40 edges"
+    assert [c["path"] for c in fast.report.paths] == ["fused graph"]
     assert calls and not out.forces.is_inference()  # the fused ops, through autograd
+    torch.testing.assert_close(out.forces, evaluate(model, benzene).forces, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("wrong", [1, 2], ids=["forces", "stress"])
@@ -204,7 +113,7 @@ def test_a_joint_graph_that_disagrees_is_never_used(monkeypatch, wrong):
     """A joint graph one of whose outputs differs from the fused path's (here: forces or stress
     shifted on purpose) is rejected on its first call, with a warning; that call and all later
     ones take autograd."""
-    model, fast = _joint_model("joint")
+    model, fast = _joint_model("auto")
     graphs = fast.joint_graphs
     run = graphs.run
 
@@ -215,13 +124,13 @@ def test_a_joint_graph_that_disagrees_is_never_used(monkeypatch, wrong):
 
     monkeypatch.setattr(graphs, "run", shifted)
     atoms = _cu_cell()
-    with pytest.warns(RuntimeWarning, match=rf"joint graph disagrees with the fused path: output {wrong} off by 1.00e-06"):
+    with pytest.warns(RuntimeWarning, match=rf"graph disagrees with the fused graph: output {wrong} off by 1.00e-06"):
         out = evaluate(fast, atoms, stress=True)
     ref = evaluate(model, atoms, stress=True)
     torch.testing.assert_close(out.forces, ref.forces, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(out.stress, ref.stress, rtol=1e-10, atol=1e-12)
-    assert "disagrees" in fast.report.joint["rejected"]["joint"]
-    assert not evaluate(fast, molecule("H2O")).forces.is_inference()
+    assert "disagrees" in fast.report.joint["rejected"]["energy+forces+stress"]
+    assert not evaluate(fast, atoms, stress=True).forces.is_inference()  # never used again
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -229,7 +138,7 @@ def test_the_compiled_joint_graph_equals_eager_on_every_size_without_recompiling
     """Inductor-compiled joint graph (what the calculator runs by default where it is faster),
     traced and compiled once on its own example sizes, then run on a 3-atom molecule (N = 3
     coincides with the spatial dimension), a 12-atom one and a periodic cell."""
-    model, fast = _joint_model("joint", dtype, compiled=True)
+    model, fast = _joint_model("auto", dtype, compiled=True)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     tol = {torch.float64: 1e-10, torch.float32: 1e-5}[dtype]
@@ -244,12 +153,12 @@ def test_the_compiled_joint_graph_equals_eager_on_every_size_without_recompiling
         torch.testing.assert_close(out.forces, ref.forces, rtol=tol, atol=tol)
         torch.testing.assert_close(out.energy, ref.energy, rtol=tol, atol=tol)
     # compiled once by Inductor alone, and every call met its shape assumptions: Dynamo never ran
-    calls = fast.joint_graphs.calls("energy+forces (joint)")
+    calls = fast.joint_graphs.calls("energy+forces")
     assert calls["dynamo"] == 0 and calls["standalone"] >= 6
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
-    assert fast.report.joint["graphs"]["energy+forces (joint)"]["dynamo"] is False
+    assert fast.report.joint["graphs"]["energy+forces"]["dynamo"] is False
     assert "called without Dynamo where its shapes allow" in fast.report.to_text()
-    assert fast.report.joint["graphs"]["energy+forces (joint)"]["compile_seconds"] < 60
+    assert fast.report.joint["graphs"]["energy+forces"]["compile_seconds"] < 60
     with torch.no_grad():  # in-place weight updates (load_state_dict, an optimizer step) are seen
         for p in model.parameters():
             p.mul_(1.25)
@@ -262,12 +171,12 @@ def test_the_compiled_joint_graph_equals_eager_on_every_size_without_recompiling
 def test_the_joint_graph_computes_no_weight_gradients_for_trainable_weights():
     """Forces need no dL/dW: the joint graph's backward ops are traced with weight_grad=False even
     when the model's weights require grad (the autograd path cannot know, and computes them)."""
-    model, fast = _joint_model("joint")
+    model, fast = _joint_model("auto")
     assert all(p.requires_grad for p in model.parameters())
     atoms = molecule("CH4")
     out = evaluate(fast, atoms)
     torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
-    backward = [n for n in fast.joint_graphs.graphs["energy+forces (joint)"].graph.nodes
+    backward = [n for n in fast.joint_graphs.graphs["energy+forces"].graph.nodes
                 if str(n.target) == fused_target("painn_message_backward")]
     assert len(backward) == 2 and all(n.args[-1] is False for n in backward)
     assert all(p.requires_grad for p in model.parameters())  # the user's weights are untouched
@@ -276,7 +185,7 @@ def test_the_joint_graph_computes_no_weight_gradients_for_trainable_weights():
 def test_a_joint_graph_refuses_a_model_converted_after_optimize():
     from painnfx.ops import ModelChangedError
 
-    model, fast = _joint_model("joint")
+    model, fast = _joint_model("auto")
     atoms = molecule("CH4")
     assert evaluate(fast, atoms).forces.is_inference()
     model.float()
@@ -289,7 +198,7 @@ def test_standalone_off_compiles_the_joint_graph_with_torch_compile(monkeypatch)
     """PAINNFX_JOINT_STANDALONE=0: the joint graph runs through torch.compile only (one Dynamo
     graph), with the same results."""
     monkeypatch.setenv("PAINNFX_JOINT_STANDALONE", "0")
-    model, fast = _joint_model("joint", compiled=True)
+    model, fast = _joint_model("auto", compiled=True)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     atoms = molecule("C6H6")
@@ -297,8 +206,8 @@ def test_standalone_off_compiles_the_joint_graph_with_torch_compile(monkeypatch)
     out = evaluate(fast, atoms)
     assert out.forces.is_inference()
     torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
-    assert fast.joint_graphs.calls("energy+forces (joint)") == {}
-    assert fast.report.joint["graphs"]["energy+forces (joint)"]["dynamo"] is True
+    assert fast.joint_graphs.calls("energy+forces") == {}
+    assert fast.report.joint["graphs"]["energy+forces"]["dynamo"] is True
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
@@ -309,7 +218,7 @@ def test_the_compiled_joint_graph_on_edge_cases():
     directly; each equals eager (fp64)."""
     from ase import Atoms
 
-    model, fast = _joint_model("joint", compiled=True)
+    model, fast = _joint_model("auto", compiled=True)
     cases = [Atoms("HH", positions=[[0, 0, 0], [10, 0, 0]]), Atoms("H", positions=[[0, 0, 0]]),
              Atoms("HH", positions=[[0, 0, 0], [3.0, 0, 0]]),
              Atoms("H", positions=[[0, 0, 0]], cell=[2.5, 2.5, 2.5], pbc=True),
@@ -352,17 +261,17 @@ def test_a_joint_graph_that_fails_to_compile_leaves_the_call_to_autograd(monkeyp
     run = graphs.run
 
     def failing(key, fn, *t, **kw):
-        if key.endswith("(plain-joint)"):
+        if key == "energy+forces":
             raise RuntimeError("InductorError: AssertionError (simulated)")
         return run(key, fn, *t, **kw)
 
     monkeypatch.setattr(graphs, "run", failing)
     atoms = molecule("CH4")
-    with pytest.warns(RuntimeWarning, match="plain-joint graph failed: RuntimeError: InductorError"):
+    with pytest.warns(RuntimeWarning, match="compiled energy\\+forces graph failed: RuntimeError: InductorError"):
         out = evaluate(fast, atoms)
     torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
-    assert "plain-joint" in fast.report.joint["rejected"] and "joint" not in fast.report.joint["rejected"]
-    assert "plain-joint" not in fast.report.path_choices[-1]["why"]
+    assert set(fast.report.joint["rejected"]) == {"energy+forces"}
+    assert [c["path"] for c in fast.report.paths] == ["fused graph"]
     import warnings
 
     with warnings.catch_warnings(record=True) as seen:
@@ -372,24 +281,22 @@ def test_a_joint_graph_that_fails_to_compile_leaves_the_call_to_autograd(monkeyp
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_the_plain_models_joint_graph_runs_native_products_under_the_cpp_wrapper(monkeypatch, dtype):
-    """The plain model's compiled joint graph (what auto takes for a few atoms) calls its matrix
-    products as ``painnfx_native::dense`` from Inductor's C++ wrapper (no Python between kernels;
-    the profiler sees each product reach the native op), and equals eager on a 3-atom and a
-    12-atom molecule and a periodic cell, compiled once. The fused graph's joint graph, its
-    message ops native too, gets the C++ wrapper as well."""
+def test_the_compiled_forces_graph_runs_native_ops_under_the_cpp_wrapper(dtype):
+    """The compiled forces graph calls its matrix products as ``painnfx_native::dense`` and its fused
+    ops as their native twins from Inductor's C++ wrapper (no Python between kernels; the profiler
+    sees each product reach the native op), and equals eager on a 3-atom and a 12-atom molecule and
+    a periodic cell, compiled once."""
     from painnfx.ops.cpu import native
 
     if not native.available():
         pytest.skip("no C++ compiler for the native ops")
     model, fast = _joint_model("auto", dtype, compiled=True)
-    _fixed_timer(fast, monkeypatch, joint=1.5, plain_joint=1.0)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     tol = {torch.float64: 1e-10, torch.float32: 1e-5}[dtype]
     for atoms in (molecule("H2O"), molecule("C6H6"), _cu_cell()):
         atoms.rattle(0.02, seed=3)
-        evaluate(fast, atoms, dtype=dtype)  # the first call of a size class measures (and compiles)
+        evaluate(fast, atoms, dtype=dtype)  # the first call of a size class checks (and compiles)
         with torch.profiler.profile() as prof:
             out = evaluate(fast, atoms, dtype=dtype)
         ran = sum(e.count for e in prof.key_averages() if e.key == "painnfx_native::dense")
@@ -397,13 +304,11 @@ def test_the_plain_models_joint_graph_runs_native_products_under_the_cpp_wrapper
         torch.testing.assert_close(out.forces, ref.forces, rtol=tol, atol=tol)
         torch.testing.assert_close(out.energy, ref.energy, rtol=tol, atol=tol)
         assert out.forces.is_inference()
-        graph = fast.report.joint["graphs"]["energy+forces (plain-joint)"]
+        graph = fast.report.joint["graphs"]["energy+forces"]
         assert graph["wrapper"] == "C++" and ran == graph["native"]["painnfx_native.dense.default"] > 10
-    fused = fast.report.joint["graphs"]["energy+forces (joint)"]
-    assert fused["wrapper"] == "C++" and set(fused["fused"]) <= set(fused["native"])  # its fused ops are native too
-    assert [c["path"] for c in fast.report.path_choices] == ["plain-joint"] * 3
-    for key in ("energy+forces (joint)", "energy+forces (plain-joint)"):  # each compiled once, no Dynamo
-        assert fast.joint_graphs.calls(key)["dynamo"] == 0
+    assert set(graph["fused"]) <= set(graph["native"])  # its fused ops are native too
+    assert [c["path"] for c in fast.report.paths] == ["compiled forces graph"]
+    assert fast.joint_graphs.calls("energy+forces")["dynamo"] == 0  # compiled once, no Dynamo
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
 
 
@@ -415,13 +320,12 @@ def test_a_cpp_wrapper_that_fails_leaves_the_python_wrapper(monkeypatch):
 
     monkeypatch.setattr(joint, "wrapper_options", lambda gm: {"cpp_wrapper": True, "no_such_inductor_option": 1})
     model, fast = _joint_model("auto", compiled=True)
-    _fixed_timer(fast, monkeypatch, joint=1.5, plain_joint=1.0)
     atoms = molecule("CH4")
-    with pytest.warns(RuntimeWarning, match="C\\+\\+ wrapper failed for the energy\\+forces \\(plain-joint\\) graph"):
+    with pytest.warns(RuntimeWarning, match="C\\+\\+ wrapper failed for the energy\\+forces graph"):
         out = evaluate(fast, atoms)
     torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
     assert out.forces.is_inference() and "rejected" not in fast.report.joint
-    assert fast.report.joint["graphs"]["energy+forces (plain-joint)"]["wrapper"] == "Python"
+    assert fast.report.joint["graphs"]["energy+forces"]["wrapper"] == "Python"
 
 
 def test_the_update_block_runs_natively_in_the_joint_graph_on_request(monkeypatch):
@@ -433,13 +337,13 @@ def test_the_update_block_runs_natively_in_the_joint_graph_on_request(monkeypatc
     if not native_ops_expected():
         pytest.skip("the native ops are off here")
     monkeypatch.setenv("PAINNFX_NATIVE_UPDATE", "1")
-    model, fast = _joint_model("joint")
+    model, fast = _joint_model("auto")
     atoms = molecule("CH4")
     with JointKernels() as ran:
         evaluate(fast, atoms)  # traces, checks against the fused path
         out = evaluate(fast, atoms)
     torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
-    graph = fast.report.joint["graphs"]["energy+forces (joint)"]
+    graph = fast.report.joint["graphs"]["energy+forces"]
     assert graph["fused"][fused_target("painn_update")] == 2 and graph["fused"][fused_target("painn_update_backward")] == 2
     assert ran.native["painnfx_native::painn_update"] >= 2 and ran.native["painnfx_native::painn_update_backward"] >= 2
 
@@ -452,16 +356,16 @@ def test_without_the_native_ops_the_joint_graph_calls_the_fused_ops_through_pyth
     from painnfx.rewriter.native import wrapper_options
 
     monkeypatch.setenv("PAINNFX_NATIVE", "0")
-    model, fast = _joint_model("joint")
+    model, fast = _joint_model("auto")
     atoms = molecule("CH4")
     evaluate(fast, atoms)
     with record_calls() as calls:
         out = evaluate(fast, atoms)
     assert_kernels(calls, CPU_KERNELS, 2, updates=0)
     torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
-    gm = fast.joint_graphs.graphs["energy+forces (joint)"]
+    gm = fast.joint_graphs.graphs["energy+forces"]
     assert "painnfx.painn_message.default" in _targets(gm) and not fast.report.joint["graphs"][
-        "energy+forces (joint)"]["native"]
+        "energy+forces"]["native"]
     assert "aten.mm.default" in _targets(gm) and wrapper_options(gm) == {}
 
 
@@ -480,8 +384,8 @@ def test_a_native_library_that_cannot_be_built_leaves_the_python_path(monkeypatc
     with pytest.warns(UserWarning, match="the native CPU ops are unavailable .g\\+\\+ failed to build the native ops"):
         assert native.library() is None
     assert not enabled() and "simulated" in native.info()["error"] and native.call_counts() == {}
-    model, fast = _joint_model("joint")
+    model, fast = _joint_model("auto")
     atoms = molecule("H2O")
     out = evaluate(fast, atoms)
-    assert "painnfx.painn_message.default" in _targets(fast.joint_graphs.graphs["energy+forces (joint)"])
+    assert "painnfx.painn_message.default" in _targets(fast.joint_graphs.graphs["energy+forces"])
     torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)

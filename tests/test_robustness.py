@@ -142,7 +142,7 @@ def test_the_optimized_model_follows_replaced_weights(way, joint):
     assert_fused(fast.report, CU["n_interactions"])
     atoms = _cu()
     if joint:
-        fast.path, fast.joint, fast.joint_graphs = "joint", True, JointGraphs(compile=False)
+        fast.path, fast.joint, fast.joint_graphs = "auto", True, JointGraphs(compile=False)
     evaluate(fast, atoms)  # the joint graph is traced on this call
     assert (len(fast.joint_graphs.graphs) == 1) == joint
     WAYS[way](model)
@@ -202,7 +202,7 @@ def test_mixed_dtype_models_are_refused_by_optimize():
 def test_systems_without_atoms_or_edges_never_reach_the_compile():
     calc = PaiNNCalculator(_model(), optimize=True)
     fast = calc.evaluator
-    fast.path, fast.joint, fast.joint_graphs = "joint", True, JointGraphs(compile=False)
+    fast.path, fast.joint, fast.joint_graphs = "auto", True, JointGraphs(compile=False)
     for atoms in (Atoms(), Atoms("Cu", positions=[[0, 0, 0]]), Atoms("Cu2", positions=[[0, 0, 0], [9, 0, 0]])):
         atoms.calc = calc
         energy, forces = atoms.get_potential_energy(), atoms.get_forces()
@@ -213,7 +213,7 @@ def test_systems_without_atoms_or_edges_never_reach_the_compile():
     atoms = _cu()
     atoms.calc = calc
     atoms.get_forces()
-    assert list(fast.joint_graphs.graphs) == ["energy+forces (joint)"]
+    assert list(fast.joint_graphs.graphs) == ["energy+forces"]
 
 
 # -- nonsense geometry ------------------------------------------------------------------------------------
@@ -375,7 +375,7 @@ def test_iter_evaluate_turns_wrong_types_into_failed_records():
 def test_reloading_the_same_weights_keeps_the_compiled_joint_graph():
     model = _model()
     fast = optimize(model)
-    fast.path, fast.joint, fast.joint_graphs = "joint", True, JointGraphs(compile=False)
+    fast.path, fast.joint, fast.joint_graphs = "auto", True, JointGraphs(compile=False)
     atoms = _cu()
     evaluate(fast, atoms)
     graphs = fast.joint_graphs

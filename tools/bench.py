@@ -104,11 +104,11 @@ def _prepare(system: str, model):
 
 
 def _finish(record: dict, step, model, prepared) -> dict:
-    """What a timed case adds after timing: the auto policy's choices, GFLOP/s, and (up to
+    """What a timed case adds after timing: the paths an optimized model took, GFLOP/s, and (up to
     ``CHECK_MAX_ATOMS``) the forces of one more call against eager autograd's."""
-    choices = getattr(getattr(getattr(step, "evaluator", None), "report", None), "path_choices", None)
-    if choices:  # what the auto path policy chose, and the first-call timings it chose from
-        record["path_choices"] = [{k: c[k] for k in ("path", "why")} for c in choices]
+    paths = getattr(getattr(getattr(step, "evaluator", None), "report", None), "paths", None)
+    if paths:  # which path answered from which call on (the path rule, runner.py)
+        record["paths"] = [{k: c[k] for k in ("path", "call", "why")} for c in paths]
     if "median_s" in record:
         record["gflops_per_s"] = record["gflop"] / record["median_s"]
         if record["n_atoms"] <= CHECK_MAX_ATOMS:  # a fast variant must also be right: its forces against eager's
@@ -544,11 +544,11 @@ def markdown_table(report: dict) -> str:
         for r in fused:
             share = f"{100 * r['gflops_per_s'] / peak:.0f}%" if peak else "n/a"
             lines.append(f"| {r['system']} | {r['variant']} | {r['gflop']:.3g} | {r['gflops_per_s']:.1f} | {share} |")
-    chosen = [r for r in results if r.get("path_choices")]
+    chosen = [r for r in results if r.get("paths")]
     if chosen:
-        lines += ["", "| system | variant | path chosen | first-call timings it chose from |", "|---|---|---|---|"]
-        lines += [f"| {r['system']} | {r['variant']} | {c['path']} | {c['why']} |" for r in chosen
-                  for c in r["path_choices"]]
+        lines += ["", "| system | variant | path | from call |", "|---|---|---|---|"]
+        lines += [f"| {r['system']} | {r['variant']} | {c['path']} | {c['call']} |" for r in chosen
+                  for c in r["paths"]]
     checked = [r for r in results if "max_force_error_vs_eager" in r and r["variant"] != "eager"]
     if checked:
         lines += ["", "| system | variant | max abs force error vs eager (eV/A) |", "|---|---|---|"]

@@ -35,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", nargs="*", default=["svg", "png"], help="rendered formats when graphviz is installed")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--measure", action="store_true",
-                   help="run the calculator's auto path policy on a 3-atom and a 50-atom cluster and report which "
-                        "path (fused, plain or the compiled joint graph) each size takes and why")
+                   help="run the auto path rule on a 3-atom and a 50-atom cluster (energy and forces) and report "
+                        "which path answered (fused graph or compiled forces graph) from which call")
     p.add_argument("--joint", action="store_true",
                    help="trace the joint forward+backward graph (energy and forces, no autograd engine) of the plain "
                         "and the optimized model and report their node counts and fused nodes")
@@ -71,8 +71,8 @@ def load_model(args):
 
 
 def measure_paths(fast, model) -> None:
-    """Calls the optimized model with the auto policy on two cluster sizes; the report records
-    the choice for each (runner.OptimizedModel)."""
+    """Calls the optimized model with the auto path rule on two cluster sizes (energy and forces);
+    the report records which path answered from which call (runner.PATH_RULE)."""
     import numpy as np
 
     from painnfx.model.neighbors import neighbor_list

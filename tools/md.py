@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import time
+from typing import Optional
 
 import numpy as np
 import torch
@@ -49,7 +50,9 @@ def _integrator(atoms, args):
 def run_md(atoms, calc, args, steps: int, progress: bool, trajectory=None):
     """Run ``steps`` steps; returns (total energies, positions, seconds of steps 2..n).
 
-    The first step is excluded from the time (``_steady_seconds``).
+    The first step is excluded from the time (``_steady_seconds``); ``run_md.first_result_s`` is
+    the time to the first energy and forces (the initial state's), ``run_md.step_times`` every
+    step's seconds.
     The trajectory file replaces an existing one only when the run is complete.
     """
     with contextlib.ExitStack() as stack:
@@ -68,9 +71,11 @@ def run_md(atoms, calc, args, steps: int, progress: bool, trajectory=None):
 def _steps(atoms, dyn, steps: int, progress: bool):
     from tqdm import tqdm
 
+    start = time.perf_counter()
     energies, positions = [atoms.get_total_energy()], [atoms.positions.copy()]
+    run_md.first_result_s = time.perf_counter() - start
     potential = [atoms.get_potential_energy()]
-    step_times = []
+    step_times = run_md.step_times = []
     with tqdm(total=steps, desc="md", unit="step", disable=not progress) as bar:
         for _ in range(steps):
             t0 = time.perf_counter()
@@ -149,6 +154,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimize", choices=["auto", "on", "off"], default="auto",
                    help="auto: the calculator's default (fused where measured faster); on: always the fused "
                         "graph; off: the plain model")
+    p.add_argument("--setup", choices=["background", "now"], default="background",
+                   help="with --optimize auto: background answers at once with the plain model and switches to "
+                        "the fused graph and the compiled forces graph when each is built and pays for itself; now "
+                        "sets up before the first step (the steady state from the start)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="capture a whole step in a CUDA graph and replay it (CUDA devices only)")
     p.add_argument("--trajectory", help="write an ASE .traj file (an existing one is replaced when the run ends)")
@@ -168,7 +177,18 @@ def _with_native(kernels: dict, native_ran: dict) -> dict:
     return out
 
 
+def _final_rate(step_times: list, paths: list) -> Optional[float]:
+    """Steps per second after the last path switch (the path the rest of a longer run keeps),
+    None when fewer than 2 steps ran on it."""
+    if not paths:
+        return None
+    first = max(0, paths[-1]["call"] - 1)  # calls count the initial state's as call 1: step k is call k + 1
+    rest = step_times[first + 1:]
+    return len(rest) / sum(rest) if len(rest) > 1 and sum(rest) > 0 else None
+
+
 def main_md(args) -> int:
+    job_start = time.perf_counter()
     from painnfx.model.calculator import PaiNNCalculator
     from painnfx.model.default import is_trained_default
 
@@ -189,7 +209,10 @@ def main_md(args) -> int:
     model = args.checkpoint  # None -> default model
     dtype = DTYPES[args.dtype]
     optimize = {"auto": "auto", "on": True, "off": False}[args.optimize]
-    calc = PaiNNCalculator(model, device=args.device, dtype=dtype, optimize=optimize, cuda_graphs=args.cuda_graphs)
+    setup_start = time.perf_counter()
+    calc = PaiNNCalculator(model, device=args.device, dtype=dtype, optimize=optimize, setup=args.setup,
+                           cuda_graphs=args.cuda_graphs)
+    setup_s = time.perf_counter() - setup_start
     if not args.quiet and not args.checkpoint and not is_trained_default():
         print("note: no trained default checkpoint is installed; using the deterministic random model (seed 0)")
     native_before = native.call_counts()
@@ -198,6 +221,7 @@ def main_md(args) -> int:
     native_ran = {op: k - native_before.get(op, 0) for op, k in native.call_counts().items()}
     n = len(atoms)
     report = getattr(calc.evaluator, "report", None)
+    paths = list(report.paths) if report is not None else []
     drift = energies - energies[0]
     summary = {
         "atoms": n,
@@ -205,12 +229,18 @@ def main_md(args) -> int:
         "optimized": calc.optimized,
         "device": str(calc.device),
         "dtype": args.dtype,
+        # the job: set-up (calculator and model), time to the first energy and forces, then steps
+        "setup_s": setup_s,
+        "first_result_s": run_md.first_result_s,
+        "md_s": run_md.first_result_s + sum(run_md.step_times),
         "steps_per_s": max(args.steps - 1, 1) / seconds,
+        # the path answering at the end of the run, and its rate (a longer run keeps it)
+        "final_path": paths[-1]["path"] if paths else ("plain model" if not calc.optimized else None),
+        "final_path_steps_per_s": _final_rate(run_md.step_times, paths),
+        "paths": [{k: c[k] for k in ("path", "call", "seconds", "why")} for c in paths],
         "energy_drift_eV_per_atom": float(drift[-1] / n),
         "max_energy_deviation_eV_per_atom": float(np.abs(drift).max() / n),
         "fused_nodes": report.fused_nodes if calc.optimized else 0,
-        "path_choices": [{k: c[k] for k in ("atoms", "edges", "path", "why")} for c in report.path_choices]
-        if calc.optimized else [],
         # which implementation ran each fused op, and how often (the native ops counted in C++)
         "kernels": _with_native(backends_that_ran(calls), native_ran),
         # the first step's one-off cost of the compiled joint graph (trace + Inductor), not in steps_per_s
@@ -228,19 +258,25 @@ def main_md(args) -> int:
         summary["unoptimized_steps_per_s"] = max(k - 1, 1) / sec_plain
         summary["speedup_over_unoptimized"] = sec_plain / sec_fast
         summary["max_position_difference_A"] = float(np.abs(pos_plain - positions[: k + 1]).max())
+    summary["job_s"] = time.perf_counter() - job_start  # the whole command: set-up, run, comparison
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(f"{n} atoms, {args.steps} steps ({args.thermostat}, {args.timestep} fs) on {summary['device']}, "
               f"optimized={summary['optimized']}")
-        for c in summary["path_choices"]:
-            print(f"  path: {c['path']} ({c['why']})")
+        print(f"  set-up {summary['setup_s']:.2f} s, first energy and forces after {summary['first_result_s']:.2f} s, "
+              f"{args.steps} steps in {sum(run_md.step_times):.2f} s, whole command {summary['job_s']:.1f} s")
+        for c in summary["paths"]:
+            print(f"  path from call {c['call']} ({c['seconds']} s into the run): {c['path']}"
+                  + (f" ({c['why']})" if c["why"] else ""))
         for key, sec in summary["joint_compile_s"].items():
             print(f"  joint graph ({key}) traced and compiled in {sec} s (first step, not in the step rate)")
         if summary["kernels"]:
             print("  ops ran on: " + ", ".join(f"{op} {'/'.join(f'{b} x{k}' for b, k in v.items())}"
                                                        for op, v in summary["kernels"].items()))
-        print(f"  {summary['steps_per_s']:.2f} steps/s")
+        final = summary["final_path_steps_per_s"]
+        print(f"  {summary['steps_per_s']:.2f} steps/s over steps 2..{args.steps}"
+              + (f"; {final:.2f} steps/s on the final path ({summary['final_path']})" if final else ""))
         print(f"  energy drift {summary['energy_drift_eV_per_atom']:.2e} eV/atom "
               f"(max deviation {summary['max_energy_deviation_eV_per_atom']:.2e} eV/atom)")
         if k > 0:

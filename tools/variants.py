@@ -64,16 +64,10 @@ def _optimized_with_path(model: PaiNN, path: str):
 
 
 def auto(model: PaiNN, s: Prepared):
-    """What ``PaiNNCalculator()`` runs: the optimized model with the auto path policy (the fastest
-    of fused, plain and the compiled joint graph, measured, and the joint graph compiled, on the
-    first call, which the benchmark reports as ``first_call_s`` and does not time)."""
+    """What ``PaiNNCalculator()`` runs once its set-up is done: the optimized model with the auto
+    path rule (the compiled forces graph for energy and forces, compiled on the first call, which
+    the benchmark reports as ``first_call_s`` and does not time)."""
     return _properties_step(_optimized_with_path(model, "auto"), s)
-
-
-def joint(model: PaiNN, s: Prepared):
-    """The optimized model's compiled joint graph on every call (rewriter/joint.py: forward and
-    analytical backward traced ahead of time, Inductor, no autograd engine)."""
-    return _properties_step(_optimized_with_path(model, "joint"), s)
 
 
 def optimized_graphs(model: PaiNN, s: Prepared):
@@ -146,12 +140,11 @@ VARIANTS: dict[str, Callable] = {
     "fused": fused,
     "optimized": optimized,
     "auto": auto,
-    "joint": joint,
     "optimized-graphs": optimized_graphs,
     "schnetpack": schnetpack,
 }
 
-DEFAULT_VARIANTS = ["eager", "compile", "compile-forces", "schnetpack", "optimized", "joint", "auto"]
+DEFAULT_VARIANTS = ["eager", "compile", "compile-forces", "schnetpack", "optimized", "auto"]
 
 
 def throughput(optimize, batched: bool):

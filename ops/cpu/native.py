@@ -29,7 +29,8 @@ from typing import Optional
 import torch
 
 from ..build_cache import BuildCache, digest, load_once
-from .build import HERE, INCLUDE, CpuBuildError, _cpu_identity, compiler, flags, vector_maths
+from .build import (HERE, INCLUDE, CpuBuildError, _cpu_identity, compile_units, compiler, link, unit_flags, units,
+                    vector_maths)
 
 #: the operators, and the message kernels they call (the ctypes library's source, built in here too)
 SOURCES = (HERE / "native_ops.cpp", HERE / "painn_message.cpp", HERE / "painn_update.cpp")
@@ -42,26 +43,38 @@ _state: dict = {}
 _lock = threading.Lock()
 
 
-def _torch_flags() -> list:
+def _torch_includes() -> list:
     from torch.utils import cpp_extension
 
+    return [f"-I{p}" for p in cpp_extension.include_paths()] + [
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+
+
+def _torch_links() -> list:
     lib = Path(torch.__file__).parent / "lib"
-    return ([f"-I{p}" for p in cpp_extension.include_paths()]
-            + [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", f"-L{lib}", f"-Wl,-rpath,{lib}"])
+    return [f"-L{lib}", f"-Wl,-rpath,{lib}"]
 
 
-def _flags() -> list:
-    """The ctypes library's flags (``-march`` and OpenMP included), C++20 for torch's headers."""
-    return [*(f for f in flags() if f != "-std=c++17"), "-std=c++20", "-w"]
-
-
-def build(use_cache: bool = True) -> tuple[Path, dict]:
-    """(library path, metadata incl. ``build_seconds`` and ``cached``)."""
-    cxx = compiler()
+def _name(cxx: str) -> str:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = digest([*(p.read_text() for p in (*SOURCES, *HEADERS)), " ".join(_flags()), version, _cpu_identity(),
+    key = digest([*(p.read_text() for p in (*SOURCES, *HEADERS)), " ".join(unit_flags()), version, _cpu_identity(),
                   torch.__version__, str(Path(torch.__file__).parent)])
-    name = f"painnfx_native_{key[:24]}.so"
+    return f"painnfx_native_{key[:24]}.so"
+
+
+def cached() -> bool:
+    """Whether the library for this machine, compiler, sources and torch is built and intact in the
+    cache (nothing is built; False without a compiler)."""
+    try:
+        return CACHE.lookup(_name(compiler())) is not None
+    except (CpuBuildError, OSError, subprocess.SubprocessError):
+        return False
+
+
+def build(use_cache: bool = True, jobs: Optional[int] = None) -> tuple[Path, dict]:
+    """(library path, metadata incl. ``build_seconds`` and ``cached``); ``jobs`` as for build.build."""
+    cxx = compiler()
+    name = _name(cxx)
     if use_cache:
         recorded = CACHE.lookup(name)
         if recorded is not None:
@@ -69,12 +82,11 @@ def build(use_cache: bool = True) -> tuple[Path, dict]:
 
     def compile_to(out: Path) -> dict:
         start = time.perf_counter()
-        cmd = [cxx, *_flags(), f"-I{HERE}", f"-I{INCLUDE}", *map(str, SOURCES), "-o", str(out), *_torch_flags(),
-               "-lc10", "-ltorch_cpu", *vector_maths()]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if res.returncode:
-            raise CpuBuildError(f"{cxx} failed to build the native ops:\n{res.stderr[-3000:]}")
-        return {"compiler": cxx, "flags": _flags(), "build_seconds": round(time.perf_counter() - start, 2)}
+        # the kernels' objects (shared with the ctypes library), then the operators against torch's headers
+        objects = compile_units(cxx, units(), "the native ops", jobs)
+        objects += compile_units(cxx, [(SOURCES[0], ())], "the native ops", 1, extra=tuple(_torch_includes()))
+        link(cxx, objects, out, (*_torch_links(), "-lc10", "-ltorch_cpu", *vector_maths()), "the native ops")
+        return {"compiler": cxx, "flags": list(unit_flags()), "build_seconds": round(time.perf_counter() - start, 2)}
 
     info = CACHE.store(name, compile_to)
     return CACHE.path(name), dict(info, cached=False)

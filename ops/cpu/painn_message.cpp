@@ -394,9 +394,16 @@ void filter_backward(const T* grad, const T* d, const T* wt, const T* bias, cons
         filter_backward<T>(grad, d, wt, bias, p0, p1, basis, cutoff, c0, c1, E, C, K, gd, partial, P, threads);    \
     }
 
+// PAINNFX_EXPORT=32 or 64 compiles one dtype's entry points (the build compiles this file once
+// per dtype, in parallel); without it, both
+#if !defined(PAINNFX_EXPORT) || PAINNFX_EXPORT == 32
 EXPORT(float, f32)
+#endif
+#if !defined(PAINNFX_EXPORT) || PAINNFX_EXPORT == 64
 EXPORT(double, f64)
+#endif
 
+#if !defined(PAINNFX_EXPORT) || PAINNFX_EXPORT == 64
 // the floating-point control state of the calling thread (MXCSR on x86; 0 elsewhere), and of each
 // of ``threads`` OpenMP threads (into out[thread number]): the tests check that no kernel call
 // changes either
@@ -406,3 +413,4 @@ extern "C" void painnfx_pool_mxcsr(unsigned* out, int threads) {
 #pragma omp parallel num_threads(threads)
     out[omp_get_thread_num()] = read_mxcsr();
 }
+#endif

@@ -1,0 +1,146 @@
+"""Building the CPU kernels in a process of their own, so that no call waits for the compiler.
+
+On an empty cache the two C++ libraries (the kernels, build.py, and the native ops, native.py)
+take tens of seconds to compile. ``start()`` hands that to a detached process,
+``python -m painnfx.ops.cpu.prebuild``, and returns at once; an optimized model run with
+``setup="background"`` (what ``PaiNNCalculator`` does) keeps answering with the plain model
+meanwhile and switches when ``ready()``. The builder:
+
+* runs at most as many compiler processes at a time as torch has threads in the process that
+  started it (``torch.get_num_threads()``, what the user gave torch), and changes no thread or
+  floating-point setting of anybody's;
+* writes through the build cache (atomic renames, verified hashes), so a half-finished build is
+  never loaded, and finishes even when the process that started it exits first: the next
+  process starts with the kernels built;
+* holds ``<cache>/cpu-build.lock`` while it builds: a second builder (another process, a second
+  model) waits for that one and builds nothing twice; its output goes to ``<cache>/cpu-build.log``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Optional
+
+from ..build_cache import cache_root
+from . import build
+
+#: seconds between two looks at the cache while a build is under way (each costs ~10 ms)
+POLL_S = 0.5
+
+_lock = threading.Lock()
+_process: Optional[subprocess.Popen] = None
+_ready = {"kernels": False, "native": False}
+_last_look = [0.0]
+
+
+def native_wanted() -> bool:
+    """Whether compiled graphs use the native ops (``PAINNFX_NATIVE``, default 1)."""
+    return os.environ.get("PAINNFX_NATIVE", "1") != "0"
+
+
+def _look() -> None:
+    from . import native
+
+    if not _ready["kernels"]:
+        _ready["kernels"] = build.cached()
+    if not _ready["native"]:
+        _ready["native"] = not native_wanted() or native.cached()
+
+
+def ready(what: str = "kernels") -> bool:
+    """Whether the kernels ("kernels") or the native ops too ("all") are built in the cache. While a
+    build is under way this looks at the cache at most every ``POLL_S`` seconds."""
+    done = _ready["kernels"] and (what == "kernels" or _ready["native"])
+    if done:
+        return True
+    now = time.monotonic()
+    if now - _last_look[0] >= POLL_S:
+        _last_look[0] = now
+        _look()
+    return _ready["kernels"] and (what == "kernels" or _ready["native"])
+
+
+def unavailable() -> Optional[str]:
+    """Why the libraries will not be built by a builder, or None: no compiler, or this process's
+    builder ended without them (its output is in ``<cache>/cpu-build.log``)."""
+    try:
+        build.compiler()
+    except build.CpuBuildError as exc:
+        return str(exc)
+    if _process is not None and _process.poll() is not None:
+        _last_look[0] = 0.0
+        if not ready("kernels"):
+            return f"their build failed (exit status {_process.returncode}; see {cache_root() / 'cpu-build.log'})"
+    return None
+
+
+def building() -> bool:
+    """Whether a builder this process started is still running."""
+    return _process is not None and _process.poll() is None
+
+
+def start() -> bool:
+    """Start the builder unless the libraries are built or this process's builder runs; True when
+    one was started. Without a compiler there is nothing to start (False)."""
+    global _process
+    with _lock:
+        _look()
+        if (_ready["kernels"] and _ready["native"]) or building():
+            return False
+        try:
+            build.compiler()
+        except build.CpuBuildError:
+            return False
+        folder = cache_root()
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "cpu-build.log", "ab") as log:
+            _process = _spawn([sys.executable, "-m", "painnfx.ops.cpu.prebuild", str(build.default_jobs())], log)
+        return True
+
+
+def _spawn(cmd: list, log) -> subprocess.Popen:
+    """The builder, detached: its own session, so that an interrupt of the user's job does not stop
+    it, and the cache is complete for the next process."""
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait(timeout: Optional[float] = None) -> bool:
+    """Wait for this process's builder (if any) to finish; then whether everything is built."""
+    if _process is not None:
+        try:
+            _process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+    _last_look[0] = 0.0
+    return ready("all")
+
+
+def main(argv: list) -> int:
+    """``python -m painnfx.ops.cpu.prebuild [JOBS]``: build both libraries, JOBS compiler processes at a time."""
+    from . import native
+
+    jobs = int(argv[0]) if argv else 1
+    folder = cache_root()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "cpu-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another builder's work is ours once it lets go
+        start = time.perf_counter()
+        _, info = build.build(jobs=jobs)
+        print(f"painnfx: CPU kernels {'cached' if info['cached'] else 'built'} in {time.perf_counter() - start:.1f} s",
+              flush=True)
+        if native_wanted():
+            start = time.perf_counter()
+            _, info = native.build(jobs=jobs)
+            print(f"painnfx: native ops {'cached' if info['cached'] else 'built'} in "
+                  f"{time.perf_counter() - start:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
