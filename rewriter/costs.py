@@ -26,12 +26,17 @@ from torch import nn
 from painnfx.ops.build_cache import atomic_write, cache_root, digest
 from painnfx.ops.cpu.build import _cpu_identity
 
-#: seconds a step is expected to take when no record says otherwise (this 2-core AMD EPYC VM:
-#: the rewrite 1.4-2.1 s; a forces graph through Inductor with empty caches 20-30 s)
-FIRST_TIME = {"rewrite": 2.0, "compile": 30.0}
+#: seconds a step is expected to take when no record says otherwise (this 2-core AMD EPYC VM: the
+#: C++ kernels' build 6-7 s; the rewrite 1.4-2.1 s; a forces graph through Inductor with empty
+#: caches 20-30 s)
+FIRST_TIME = {"build": 8.0, "rewrite": 2.0, "compile": 30.0}
 #: the second time, when the first is all the record knows: a compiled graph is then read from
 #: Inductor's caches (2-4 s measured on the same VM)
-SECOND_TIME = {"rewrite": 2.0, "compile": 4.0}
+SECOND_TIME = {"build": 8.0, "rewrite": 2.0, "compile": 4.0}
+#: the least share of a call's time a step saves, for a job of known length (``plan``): the fused
+#: graph takes 1/5 to 1/2 of the plain model's time (build, rewrite), the compiled forces graph
+#: 1/4 to 6/7 of the fused graph's (docs/perf, AMD EPYC)
+GAIN = {"build": 0.5, "rewrite": 0.5, "compile": 0.15}
 FILE = "setup-costs.json"
 _lock = threading.Lock()
 

@@ -281,6 +281,10 @@ class OptimizedModel(nn.Module):
         self._calls = 0
         self._last_path: Optional[str] = None
         self._expected: dict = {}  # (step, detail) -> seconds it is expected to take (costs.py)
+        self._planned = 0  # calls the job makes in all, when known (plan)
+        self._rate: Optional[float] = None  # seconds from one call to the next, on the current path
+        self._last_tick: Optional[float] = None
+        self._setup_ran = False  # a set-up step ran since the last call started (its time is no rate)
         # where the wrapped model keeps its first parameter (first_parameter: read live, no module walk)
         self._first = next(((m._parameters, k) for m in model.modules() for k, p in m._parameters.items()
                             if p is not None), None)
@@ -342,16 +346,41 @@ class OptimizedModel(nn.Module):
         p = self.first_parameter()
         if self._weights is None or p is None:
             return None
-        return costs.key(step, self._weights, p.dtype, p.device, detail)
+        weights = "" if step == "build" else self._weights  # the kernels are the same for every model
+        return costs.key(step, weights, p.dtype if step != "build" else "", p.device, detail)
+
+    def plan(self, calls: int) -> "OptimizedModel":
+        """Tell the model that the job makes about ``calls`` calls in all (an MD run of known length):
+        a set-up step is then due as soon as the calls still to come would save as much time as the
+        step costs, and never when they would not (setup="background"; without a plan, a step is due
+        once the job has run as long as it costs)."""
+        self._planned = int(calls)
+        return self
+
+    def _tick(self) -> None:
+        """Count a call and time the one before it (``_rate``), unless a set-up step ran in it."""
+        now = time.perf_counter()
+        if self._started is None:
+            self._started = now
+        if self._last_tick is not None and not self._setup_ran:
+            self._rate = now - self._last_tick
+        self._last_tick, self._setup_ran = now, False
+        self._calls += 1
 
     def _due(self, step: str, detail: str = "") -> bool:
-        """Whether set-up step ``step`` is due: the job has run at least as long as it is expected to
-        take (read from the records once per model and step)."""
+        """Whether set-up step ``step`` is due: the job has run at least as long as the step is
+        expected to take (read from the records once per model and step); with a ``plan``, once the
+        calls still to come would save at least that much (``costs.GAIN``: the least share of a
+        call's time the step saves)."""
         from . import costs
 
         expected = self._expected.get((step, detail))
         if expected is None:
             expected = self._expected[(step, detail)] = costs.expected(step, self._record_key(step, detail))
+        if self._planned:  # the calls still to come, at the current path's rate, must save what the step costs
+            if self._rate is None:
+                return False
+            return max(0, self._planned - self._calls) * self._rate * costs.GAIN[step] >= expected
         return self._job_seconds() >= expected
 
     def _advance(self) -> None:
@@ -362,17 +391,46 @@ class OptimizedModel(nn.Module):
             from painnfx.ops.cpu import prebuild
 
             if not prebuild.ready("kernels"):
-                self._job_seconds()
                 why = None if prebuild.building() else prebuild.unavailable()
+                if why is None and self._due("build"):  # the job pays for the build now: at full speed
+                    with self._lock:
+                        why = self._build_now()
                 if why is not None:  # the fused graph would run the reference ops: slower than the plain model
                     with self._lock:
                         self._give_up(why)
-                return
+                if not prebuild.ready("kernels"):
+                    return
         if not self._due("rewrite"):
             return
         with self._lock:
             if self._pending is not None:
                 self.prepare(compile=False, wait=False)
+
+    def _build_now(self) -> Optional[str]:
+        """Build the C++ kernels in this process, every core torch may use, in place of the background
+        builder (which runs at the lowest priority and on a busy machine gets little of it; objects it
+        compiled already are kept). Returns why they cannot be built, or None. The native ops (for
+        the compiled forces graphs) go on building in the background."""
+        from painnfx.ops.cpu import backend, prebuild
+
+        from . import costs
+
+        if prebuild.ready("kernels"):
+            return None
+        prebuild.stop()
+        self._setup_ran = True
+        start = time.perf_counter()
+        built = backend.library() is not None
+        seconds = time.perf_counter() - start
+        self.report.setup["kernel_build_s"] = round(seconds, 3)
+        if not built:
+            return backend.info().get("error", "the build failed")
+        key = self._record_key("build")
+        if key is not None and not backend.info().get("cached"):
+            costs.record(key, seconds)
+        prebuild.refresh()
+        prebuild.start()  # the native ops
+        return None
 
     def _give_up(self, why: str) -> None:
         """No fused graph for this model (setup="background"): the C++ kernels cannot be built here."""
@@ -393,9 +451,8 @@ class OptimizedModel(nn.Module):
         with self._lock:
             if self._pending is not None:
                 if wait and self._on_cpu():
-                    from painnfx.ops.cpu import prebuild
-
-                    prebuild.wait()
+                    self._build_now()
+                self._setup_ran = True
                 start = time.perf_counter()
                 cap, report = self._pending()
                 seconds = time.perf_counter() - start
@@ -542,6 +599,7 @@ class OptimizedModel(nn.Module):
         if got is None:
             return None
         if compiling:
+            self._setup_ran = True
             seconds = graphs.compile_seconds[key]
             record_key = self._record_key("compile", key)
             if record_key is not None:
@@ -558,7 +616,7 @@ class OptimizedModel(nn.Module):
                 return None
             self._joint_verified.add((key, cls))
         self._decided[(key, cls)] = (key, graphs)
-        self._calls += 1
+        self._tick()
         self._note("compiled", tensors[0].shape[0], tensors[2].shape[1], key)
         return got
 
@@ -581,7 +639,7 @@ class OptimizedModel(nn.Module):
         args = (positions, numbers, edge_index, shifts, batch, n_systems)
         tracing = torch.compiler.is_compiling()  # torch.compile or export traces the graph: no bookkeeping
         if not tracing:
-            self._calls += 1
+            self._tick()
             self._advance()
         if self.runner is None or (batch is not None and not self.per_atom):
             if self._last_path != "plain" and not tracing:

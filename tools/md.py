@@ -213,6 +213,8 @@ def main_md(args) -> int:
     calc = PaiNNCalculator(model, device=args.device, dtype=dtype, optimize=optimize, setup=args.setup,
                            cuda_graphs=args.cuda_graphs)
     setup_s = time.perf_counter() - setup_start
+    if hasattr(calc.evaluator, "plan"):  # the run's length is known: set-up is paid as soon as the run repays it
+        calc.evaluator.plan(args.steps + 1 + min(args.compare_steps, args.steps))
     if not args.quiet and not args.checkpoint and not is_trained_default():
         print("note: no trained default checkpoint is installed; using the deterministic random model (seed 0)")
     native_before = native.call_counts()

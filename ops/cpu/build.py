@@ -58,8 +58,14 @@ def vector_maths() -> tuple:
     ``PAINNFX_LIBMVEC=0`` builds without it."""
     if os.environ.get("PAINNFX_LIBMVEC", "1") == "0" or platform.machine() not in ("x86_64", "AMD64"):
         return ()
-    name = ctypes.util.find_library("mvec")
+    name = _find_mvec()
     return (f"-l:{name}",) if name else ()
+
+
+@functools.lru_cache(maxsize=1)
+def _find_mvec():
+    """libmvec's runtime name (``find_library`` runs ldconfig: once per process)."""
+    return ctypes.util.find_library("mvec")
 
 
 class CpuBuildError(PainnfxError, RuntimeError):
@@ -80,6 +86,7 @@ def cache_dir() -> Path:
     return CACHE.folder
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_identity() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()

@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 
 from ..build_cache import BuildCache, digest, load_once
-from .build import (HERE, INCLUDE, CpuBuildError, _cpu_identity, compile_units, compiler, link, unit_flags, units,
+from .build import (HERE, INCLUDE, CpuBuildError, _cpu_identity, compile_units, compiler, compiler_version, link, unit_flags, units,
                     vector_maths)
 
 #: the operators, and the message kernels they call (the ctypes library's source, built in here too)
@@ -56,7 +56,7 @@ def _torch_links() -> list:
 
 
 def _name(cxx: str) -> str:
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+    version = compiler_version(cxx)
     key = digest([*(p.read_text() for p in (*SOURCES, *HEADERS)), " ".join(unit_flags()), version, _cpu_identity(),
                   torch.__version__, str(Path(torch.__file__).parent)])
     return f"painnfx_native_{key[:24]}.so"
@@ -123,8 +123,9 @@ COUNTED = ("dense", "prepare_edges", "painn_message", "painn_message_backward", 
 
 def call_counts() -> dict:
     """{op: calls} of the native ops since the library was loaded ({} when it is not): what ran
-    natively, counted in C++ (also calls from Inductor's C++ wrapper, which no Python hook sees)."""
-    if library() is None:
+    natively, counted in C++ (also calls from Inductor's C++ wrapper, which no Python hook sees).
+    Builds nothing: {} until something has loaded the library."""
+    if _state.get("product") is None:
         return {}
     return dict(zip(COUNTED, torch.ops.painnfx_native.call_counts()))
 
