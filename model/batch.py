@@ -12,7 +12,7 @@ results in a ``SinglePointCalculator``, in input order.
   which keeps no per-edge feature tensors, than for the plain model). :func:`iter_evaluate` reads its input ``window``
   structures at a time, so a stream of any length runs in flat memory (``painnfx eval``).
 * **Stable shapes.** Within a window, structures are sorted by size before packing, so batches
-  hold structures of similar size and the auto path policy's size classes (and compiled paths)
+  hold structures of similar size and the path rule's size classes (and compiled paths)
   see few distinct shapes.
 * **Every structure checked.** Items that are not ``ase.Atoms``, unknown elements, NaN positions,
   degenerate cells, atoms closer than ``min_distance`` and more than ``max_neighbors`` neighbors
@@ -22,12 +22,13 @@ results in a ``SinglePointCalculator``, in input order.
   structure whose results come out non-finite is a ``NonFiniteError`` (:func:`evaluate`) or a
   :class:`Failed` record (:func:`iter_evaluate`).
 * **The calculator's results.** The model is prepared exactly as ``PaiNNCalculator`` prepares it
-  (``optimize="auto"``: the fused graph where it is faster), and each structure's energy, forces
+  (``optimize="auto"``: the path rule, set up while the job runs), and each structure's energy, forces
   and stress equal the calculator's one-by-one results to rounding.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import islice
 from typing import Iterable, Iterator, List, Optional, Sequence, Union
@@ -305,8 +306,9 @@ def iter_evaluate(frames: Iterable, model=None, *, device: Union[str, torch.devi
                 yield results.pop(index)
 
 
-#: prepared evaluators kept for reuse in this process: (model key, settings) -> BatchEvaluator
-_EVALUATORS: dict = {}
+#: prepared evaluators kept for reuse in this process, the last ``_KEPT``: (model key, settings) -> BatchEvaluator
+_EVALUATORS: "OrderedDict[tuple, BatchEvaluator]" = OrderedDict()
+_KEPT = 8
 #: how often evaluate()/iter_evaluate() prepared a new evaluator and how often they reused one
 reuse_counts = {"prepared": 0, "reused": 0}
 
@@ -354,6 +356,7 @@ def evaluator_for(model=None, *, device: Union[str, torch.device] = "cpu", dtype
     if key is not None:
         found = _EVALUATORS.get((key, settings))
         if found is not None and (key[0] != "object" or found.source is model):
+            _EVALUATORS.move_to_end((key, settings))
             reuse_counts["reused"] += 1
             return found
     made = BatchEvaluator(model, device=device, dtype=dtype, optimize=optimize, stress=stress,
@@ -362,6 +365,8 @@ def evaluator_for(model=None, *, device: Union[str, torch.device] = "cpu", dtype
     reuse_counts["prepared"] += 1
     if key is not None:
         _EVALUATORS[(key, settings)] = made
+        while len(_EVALUATORS) > _KEPT:
+            _EVALUATORS.popitem(last=False)
     return made
 
 

@@ -90,7 +90,9 @@ class EngineModel:
 
         if self.calc.optimized:
             report = self.evaluator.report
-            path = f"fused graph ({report.fused_nodes} fused nodes, path {self.evaluator.path})"
+            answered = report.paths[-1]["path"] if report.paths else "fused graph"
+            path = (f"{answered} ({report.fused_nodes} fused nodes, path {self.evaluator.path})" if report.applied
+                    else f"{answered} (optimized once set up: {report.why_not()})")
         else:
             path = "plain model (not optimized)"
         ran = "; ".join(f"{op} " + ", ".join(f"{backend} x{n}" for backend, n in by.items())

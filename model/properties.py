@@ -63,7 +63,7 @@ def compute_properties(
 
 def _joint(joint, positions, numbers, edge_index, shifts, cell, stress: bool, batch, n_systems: int):
     """Through one of an optimized model's compiled joint graphs (rewriter/joint.py), when its
-    path policy picks one for this call; None otherwise. A batch is traced with its system count
+    path rule takes one for this call; None otherwise. A batch is traced with its system count
     as the length of an empty (n_systems, 0) tensor, so that one graph serves every count."""
     if stress and cell is None:
         raise ValueError("stress needs the cell of each system")

@@ -39,7 +39,7 @@ def _get(state, *names):
 class PaiNNModel(ModelInterface):
     """A painnfx PaiNN as a torch-sim model. ``model``: a PaiNN, ``optimize()`` of one, a checkpoint
     path, or None for the default model; ``optimize``, ``min_distance`` and ``max_neighbors`` as for
-    ``PaiNNCalculator`` ("auto": the fused graph where it is measured faster). Bad systems raise
+    ``PaiNNCalculator`` ("auto": the path rule, set up while the run goes). Bad systems raise
     ``InputError`` naming the system, non-finite results ``NonFiniteError``."""
 
     def __init__(self, model=None, *, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float64,

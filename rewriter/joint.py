@@ -148,9 +148,12 @@ class JointGraphs:
         """``gm`` compiled with ``options`` (or ``gm`` itself when not compiling), run once on
         ``example`` (sizes that coincide with nothing): by default Inductor alone, called
         without Dynamo where the graph's shape assumptions hold (standalone.py), else
-        ``torch.compile`` (compiled there)."""
+        ``torch.compile`` (compiled there). Inductor compiles with as many worker processes as torch
+        has threads (``compile_threads``; its default is every core), and that setting is not part
+        of its cache key."""
         if not self.compile:
             return gm
+        options = {**options, "compile_threads": max(1, torch.get_num_threads())}
 
         def dynamo():
             return torch.compile(gm, dynamic=True, fullgraph=True, options=options)

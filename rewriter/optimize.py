@@ -35,7 +35,7 @@ from painnfx.ops.build_cache import digest
 from painnfx.ops.checks import check_dtype
 from painnfx.ops.errors import InputError, PainnfxError
 
-from . import normalize
+from . import normalize, rewrite_cache
 from .adapters import is_schnetpack_potential
 from .capture import AtomicEnergies, Captured, SchnetpackRepresentation, Target, TotalEnergy, capture
 from .costs import weights_digest
@@ -197,13 +197,14 @@ _REWRITES: "OrderedDict[tuple, tuple]" = OrderedDict()
 _REWRITES_KEPT = 8
 _rewrites_lock = threading.Lock()
 #: how often optimize() reused a rewrite of the same weights instead of exporting again
-reuse_count = {"reused": 0, "rewritten": 0}
+reuse_count = {"reused": 0, "loaded": 0, "rewritten": 0}
 
 
 def _rewrite_reused(target: Target, memo_key: Optional[tuple], verify, name, backend, strict, sabotage):
     """``rewrite(target, ...)``, or the rewrite of a model with the same class and weights done
     earlier in this process, bound to ``target``'s model (its graph is a function of the weights
-    alone; the runner reads ``target``'s own tensors)."""
+    alone; the runner reads ``target``'s own tensors), or the one an earlier process wrote to the
+    disk cache (rewrite_cache.py); either is checked on a probe system first."""
     if memo_key is None or sabotage is not None:
         return rewrite(target, verify, name, backend, strict, sabotage)
     with _rewrites_lock:
@@ -212,20 +213,29 @@ def _rewrite_reused(target: Target, memo_key: Optional[tuple], verify, name, bac
             _REWRITES.move_to_end(memo_key)
     if hit is not None and not _same_function(hit[0], target, backend):
         hit = None  # the same weights and settings, but the model computes something else: rewrite it
-    if hit is None:
+    if hit is not None:
+        cap, report = hit
+        reuse_count["reused"] += 1
+        report = copy.deepcopy(report)
+        report.setup["reused"] = "this process"
+        return Captured(gm=cap.gm, inputs=cap.inputs, constants=cap.constants, target=target, read=cap.read), report
+    disk = rewrite_cache.key(memo_key)
+    found = rewrite_cache.load(disk, target)
+    if found is not None and _same_function(found[0], target, backend):
+        cap, report = found
+        reuse_count["loaded"] += 1
+        report.setup["reused"] = "disk cache"
+    else:
         cap, report = rewrite(target, verify, name, backend, strict, sabotage)
         reuse_count["rewritten"] += 1
-        if cap is not None:
-            with _rewrites_lock:
-                _REWRITES[memo_key] = (cap, copy.deepcopy(report))
-                while len(_REWRITES) > _REWRITES_KEPT:
-                    _REWRITES.popitem(last=False)
-        return cap, report
-    cap, report = hit
-    reuse_count["reused"] += 1
-    report = copy.deepcopy(report)
-    report.setup["reused"] = True
-    return Captured(gm=cap.gm, inputs=cap.inputs, constants=cap.constants, target=target, read=cap.read), report
+        if cap is not None and report.applied and verify:
+            rewrite_cache.store(disk, cap, report)
+    if cap is not None:
+        with _rewrites_lock:
+            _REWRITES[memo_key] = (cap, copy.deepcopy(report))
+            while len(_REWRITES) > _REWRITES_KEPT:
+                _REWRITES.popitem(last=False)
+    return cap, report
 
 
 def structure_digest(model: nn.Module) -> str:

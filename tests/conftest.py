@@ -22,7 +22,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # the rewriter re-raises what it would otherwise report as a rejected rewrite (a bug in a
 # replacement must fail the tests, not quietly leave a model unfused)
 os.environ.setdefault("PAINNFX_STRICT", "1")
-# the auto path policy's compiled joint graph costs an Inductor compile (5-20 s) per model and kind
+# the auto path rule's compiled forces graph costs an Inductor compile (5-20 s) per model and kind
 # of call: off for the suite at large; tests/test_joint_forces.py turns it on and asserts it ran
 os.environ.setdefault("PAINNFX_JOINT", "0")
 

@@ -189,3 +189,38 @@ def test_batches_through_the_joint_graph(dtype, frames, max_atoms):
     if len(nonempty) >= 2 and sum(len(a) for a in nonempty) <= max_atoms:  # one batch of several systems
         assert any(k.startswith("batch energy+forces") for k in fast.report.joint["graphs"])
     assert "rejected" not in fast.report.joint
+
+
+def test_evaluate_prepares_its_evaluator_once_and_reuses_it(tmp_path):
+    """evaluate() of the same model (the default one, a model object, a checkpoint file, a
+    calculator) prepares its evaluator on the first call and reuses it afterwards; a changed
+    checkpoint file or another setting prepares a new one. Counted, and the results are the same."""
+    from painnfx.model import batch
+    from painnfx.model.checkpoint import save_checkpoint
+
+    frames = [Atoms("Cu3", positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0]]), bulk("Cu", "fcc", a=3.61) * (1, 1, 2)]
+    model = random_model(12, **CONFIG).double()
+    path = tmp_path / "m.pt"
+    save_checkpoint(model, path)
+    calc = PaiNNCalculator(model, optimize=False)
+    for source in (None, model, str(path), calc):
+        before = dict(batch.reuse_counts)
+        first = evaluate(frames, source, optimize=False)
+        second = evaluate(frames, source, optimize=False)
+        assert batch.reuse_counts["prepared"] - before["prepared"] <= 1, source  # the first call, if not before
+        assert batch.reuse_counts["reused"] - before["reused"] >= 1, source
+        for a, b in zip(first, second):
+            assert a.get_potential_energy() == b.get_potential_energy()
+            assert np.array_equal(a.get_forces(), b.get_forces())
+    assert batch.evaluator_for(model, optimize=False) is batch.evaluator_for(model, optimize=False)
+    assert batch.evaluator_for(model, optimize=False) is not batch.evaluator_for(model, optimize=False,
+                                                                                 dtype=torch.float32)
+    assert batch.evaluator_for(calc).calc is calc  # a calculator's own prepared model
+    evaluator = batch.evaluator_for(None, optimize=False)
+    assert batch.evaluator_for(evaluator) is evaluator
+    before = batch.evaluator_for(str(path), optimize=False)
+    save_checkpoint(random_model(13, **CONFIG).double(), path)  # a new file at the same path
+    import os
+
+    os.utime(path, ns=(1, 1))
+    assert batch.evaluator_for(str(path), optimize=False) is not before

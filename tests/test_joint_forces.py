@@ -135,7 +135,7 @@ def test_a_joint_graph_that_disagrees_is_never_used(monkeypatch, wrong):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_the_compiled_joint_graph_equals_eager_on_every_size_without_recompiling(dtype):
-    """Inductor-compiled joint graph (what the calculator runs by default where it is faster),
+    """Inductor-compiled joint graph (what the calculator's path rule runs for energy and forces),
     traced and compiled once on its own example sizes, then run on a 3-atom molecule (N = 3
     coincides with the spatial dimension), a 12-atom one and a periodic cell."""
     model, fast = _joint_model("auto", dtype, compiled=True)

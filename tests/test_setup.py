@@ -276,7 +276,7 @@ def test_the_builder_runs_as_many_compilers_as_torch_has_threads(monkeypatch, fr
     finally:
         torch.set_num_threads(threads)
     (cmd,) = started
-    assert cmd[-3:] == ["-m", "painnfx.ops.cpu.prebuild", "1"]
+    assert cmd[1:] == ["-c", prebuild.BOOTSTRAP, "1"] and "os.nice(19)" in cmd[2]
 
 
 def test_import_and_set_up_leave_the_compiler_stack_alone():
@@ -310,3 +310,35 @@ def test_a_rewrite_is_not_reused_for_a_model_that_computes_something_else(monkey
     assert optimize_mod.reuse_count["rewritten"] == before["rewritten"] + 1
     pos, z, ei, sh = _system(molecule("CH4"), other)
     torch.testing.assert_close(fast(pos, z, ei, sh), other(pos, z, ei, sh), rtol=1e-10, atol=1e-10)
+
+
+def test_a_rewrite_on_disk_serves_a_second_process_and_not_other_weights_or_torch(tmp_path, monkeypatch):
+    """A process that rewrote a model leaves the rewrite in the cache; the next process with the
+    same model loads it (checked on a probe system, counted, the same results), while other weights
+    or another torch version rewrite."""
+    _kernels_here()
+    folder = _linked_cache(tmp_path, monkeypatch, built=True)
+    script = textwrap.dedent("""
+        from painnfx.model.default import random_model
+        from painnfx.rewriter import optimize
+        fast = optimize(random_model(21, n_atom_basis=16, n_interactions=2, n_rbf=6).double())
+        assert fast.applied and not fast.report.setup.get("reused")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PAINNFX_CACHE_DIR": str(folder)})
+    assert out.returncode == 0, out.stderr
+    assert list((folder / "rewrites").glob("*.pt"))
+    model = random_model(21, n_atom_basis=16, n_interactions=2, n_rbf=6).double()
+    before = dict(optimize_mod.reuse_count)
+    fast = optimize(model)
+    assert fast.report.setup["reused"] == "disk cache" and fast.applied
+    assert optimize_mod.reuse_count["loaded"] == before["loaded"] + 1
+    assert optimize_mod.reuse_count["rewritten"] == before["rewritten"]
+    pos, z, ei, sh = _system(molecule("C6H6"), model)
+    torch.testing.assert_close(fast(pos, z, ei, sh), model(pos, z, ei, sh), rtol=1e-10, atol=1e-10)
+    optimize(random_model(22, n_atom_basis=16, n_interactions=2, n_rbf=6).double())  # other weights
+    assert optimize_mod.reuse_count["rewritten"] == before["rewritten"] + 1
+    monkeypatch.setattr(torch, "__version__", "0.0.0-another")
+    monkeypatch.setattr(optimize_mod, "_REWRITES", type(optimize_mod._REWRITES)())  # as a new process has it
+    optimize(random_model(21, n_atom_basis=16, n_interactions=2, n_rbf=6).double())
+    assert optimize_mod.reuse_count["rewritten"] == before["rewritten"] + 2

@@ -35,7 +35,7 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="cpu", help="torch device to run the model on (cpu, cuda, ...)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float64", help="floating-point precision of the model")
     p.add_argument("--optimize", choices=["auto", "on", "off"], default="auto",
-                   help="as for painnfx md: auto runs the fused graph where measured faster")
+                   help="as for painnfx md: auto follows the path rule, set up while the job runs")
     p.add_argument("--max-atoms", type=positive_int, default=DEFAULT_MAX_ATOMS, help="atoms per batch at most")
     p.add_argument("--max-edges", type=positive_int,
                    help=f"edges per batch at most (default: {DEFAULT_MAX_EDGES} for the optimized model, "
@@ -99,6 +99,7 @@ def main_eval(args) -> int:
                                stress=not args.no_stress)
     setup = time.perf_counter() - start
     failed, written, atoms_done = [], 0, 0
+    first = None  # seconds to the first result written
     start = time.perf_counter()
     with replaced_when_complete(out) as fh:
         for result in iter_evaluate(frames, evaluator=evaluator, max_atoms=args.max_atoms, max_edges=args.max_edges,
@@ -108,11 +109,16 @@ def main_eval(args) -> int:
                 print(f"painnfx eval: frame {result.index}: {result.reason}", file=sys.stderr)
                 continue
             write(fh, result, format="extxyz")
+            if first is None:
+                first = time.perf_counter() - start
             written += 1
             atoms_done += len(result)
     seconds = time.perf_counter() - start
+    paths = [p["path"] for p in getattr(getattr(evaluator.evaluator, "report", None), "paths", [])]
     print(f"{written} structures ({atoms_done} atoms) in {seconds:.2f} s: {written / seconds:.1f} structures/s, "
-          f"{atoms_done / seconds:.0f} atoms/s (after {setup:.1f} s of model set-up); wrote {out}")
+          f"{atoms_done / seconds:.0f} atoms/s; model set-up {setup:.2f} s before, first result after "
+          f"{first if first is not None else 0.0:.2f} s" + (f"; paths: {' -> '.join(paths)}" if paths else "")
+          + f"; wrote {out}")
     if read.error:
         print(f"painnfx eval: {read.error}; the frames after it were not evaluated", file=sys.stderr)
         return 1

@@ -167,7 +167,8 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float64", help="floating-point precision of the model")
     p.add_argument("--device", default="cpu", help="torch device of each rank's model")
     p.add_argument("--optimize", choices=["auto", "fused", "off"], default="auto",
-                   help="auto: optimize() and the faster path per size; fused: always the fused graph; off: plain")
+                   help="auto: optimize() and the path rule (set up while the run goes); fused: always the fused graph; "
+                        "off: plain")
     p.add_argument("--skin", type=non_negative_float, default=2.0, help="LAMMPS neighbor skin, Angstrom (sets `neighbor`)")
 
 

@@ -152,7 +152,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float64",
                    help="floating-point precision of the model (float64 conserves energy best)")
     p.add_argument("--optimize", choices=["auto", "on", "off"], default="auto",
-                   help="auto: the calculator's default (fused where measured faster); on: always the fused "
+                   help="auto: the calculator's default (the path rule: plain model until set up, then the fused graph "
+                        "and the compiled forces graph); on: always the fused "
                         "graph; off: the plain model")
     p.add_argument("--setup", choices=["background", "now"], default="background",
                    help="with --optimize auto: background answers at once with the plain model and switches to "
