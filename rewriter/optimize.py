@@ -251,6 +251,11 @@ def structure_digest(model: nn.Module) -> str:
     return digest(parts)
 
 
+def _pipeline() -> tuple:
+    """The passes a rewrite runs now, by name (a changed pipeline is another rewrite)."""
+    return tuple(f"{f.__module__}.{f.__qualname__}" for f in (*NORMALIZE, *PIPELINE))
+
+
 def _same_function(cap: Captured, target: Target, backend: str) -> bool:
     """Whether the rewritten graph ``cap``, run on ``target``'s own tensors, gives ``target``'s
     energies and position gradients on a probe system (one call of each: ~10 ms)."""
@@ -319,7 +324,7 @@ def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, st
     per_atom = hasattr(model, "atomic_energies") and hasattr(model, "aggregate")
     target = AtomicEnergies(model) if per_atom else TotalEnergy(model)
     weights = weights_digest(model)
-    memo_key = (weights, structure_digest(model), per_atom, backend, verify, _strict(strict))
+    memo_key = (weights, structure_digest(model), per_atom, backend, verify, _strict(strict), _pipeline())
 
     def rewritten():
         cap, report = _rewrite_reused(target, memo_key, verify, name, backend, strict, _sabotage)

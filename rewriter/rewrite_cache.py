@@ -32,6 +32,16 @@ CACHE = BuildCache("rewrites")
 HERE = Path(__file__).parent
 
 
+class LeafTracer(fx.Tracer):
+    """What re-creates a stored graph from its code: the fused nodes' adapters (``fusions.LEAVES``)
+    stay single nodes, as the rewrite left them."""
+
+    def __init__(self):
+        from .fusions import LEAVES
+
+        super().__init__(autowrap_functions=LEAVES)
+
+
 @functools.lru_cache(maxsize=1)
 def source_digest() -> str:
     """SHA-256 of painnfx's rewriter and ops Python sources: another painnfx, another key."""
@@ -60,8 +70,8 @@ def load(name: str, target) -> Optional[tuple]:
 
 def store(name: str, cap: Captured, report) -> None:
     """Write the rewrite (best effort: a cache that cannot be written costs the next process a rewrite)."""
-    graph = fx.GraphModule(cap.gm, cap.gm.graph)  # a plain GraphModule: export's tracer cannot be re-created
-    graph._tracer_cls, graph._tracer_extras = None, {}
+    graph = fx.GraphModule(cap.gm, cap.gm.graph)  # export's tracer cannot be re-created; this one can
+    graph._tracer_cls, graph._tracer_extras = LeafTracer, {}
     buf = io.BytesIO()
 
     def write(out: Path) -> dict:

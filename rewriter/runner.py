@@ -456,8 +456,9 @@ class OptimizedModel(nn.Module):
                 start = time.perf_counter()
                 cap, report = self._pending()
                 seconds = time.perf_counter() - start
-                for name in ("paths", "joint", "setup", "path_policy"):  # what this model recorded so far
+                for name in ("paths", "joint", "path_policy"):  # what this model recorded so far
                     setattr(report, name, getattr(self.report, name))
+                report.setup = {**report.setup, **self.report.setup}
                 self.report.__dict__.update(report.__dict__)
                 self.report.path_rule = PATH_RULE
                 self.report.setup.update(rewrite_s=round(seconds, 3), pending=False)

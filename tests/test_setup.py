@@ -35,6 +35,14 @@ def _kernels_here():
         env_skip(f"the C++ kernels cannot be built here: {backend.info().get('error')}")
 
 
+@pytest.fixture(autouse=True)
+def fresh_rewrites(monkeypatch):
+    """No rewrite kept from other tests in this process (each test says which cache it reads)."""
+    from collections import OrderedDict
+
+    monkeypatch.setattr(optimize_mod, "_REWRITES", OrderedDict())
+
+
 @pytest.fixture
 def fresh_builder(monkeypatch):
     """prebuild's per-process state as a new process has it (restored afterwards)."""
@@ -217,11 +225,12 @@ def test_the_path_rule_is_predictable(monkeypatch):
     assert set(PATH_NAMES) == {"plain", "fused", "compiled"} and len(PATH_RULE.splitlines()) == 5
 
 
-def test_optimize_of_the_same_weights_is_reused():
+def test_optimize_of_the_same_weights_is_reused(tmp_path, monkeypatch):
     """A second optimize() of a model with the same class and weights reuses the rewrite (no
     export), bound to that model's own tensors: changing one model changes only its results."""
     import copy
 
+    _linked_cache(tmp_path, monkeypatch, built=True)
     model = random_model(9, n_atom_basis=16, n_interactions=2, n_rbf=6).double()
     first = optimize(model)
     before = dict(optimize_mod.reuse_count)
@@ -295,11 +304,12 @@ def test_import_and_set_up_leave_the_compiler_stack_alone():
     assert out.stdout.strip() == "[]"
 
 
-def test_a_rewrite_is_not_reused_for_a_model_that_computes_something_else(monkeypatch):
+def test_a_rewrite_is_not_reused_for_a_model_that_computes_something_else(tmp_path, monkeypatch):
     """The same class and weights, another function (a setting the structure digest is blind to,
     here forced blind): the probe call catches it and the model is rewritten."""
     from spelled import SpelledPaiNN
 
+    _linked_cache(tmp_path, monkeypatch, built=True)
     monkeypatch.setattr(optimize_mod, "structure_digest", lambda model: "blind")
     base = random_model(10, n_atom_basis=8, n_interactions=2, n_rbf=5, cutoff=3.0).double()
     first, other = SpelledPaiNN(base), SpelledPaiNN(base, near_miss="sin_cutoff")
@@ -339,6 +349,6 @@ def test_a_rewrite_on_disk_serves_a_second_process_and_not_other_weights_or_torc
     optimize(random_model(22, n_atom_basis=16, n_interactions=2, n_rbf=6).double())  # other weights
     assert optimize_mod.reuse_count["rewritten"] == before["rewritten"] + 1
     monkeypatch.setattr(torch, "__version__", "0.0.0-another")
-    monkeypatch.setattr(optimize_mod, "_REWRITES", type(optimize_mod._REWRITES)())  # as a new process has it
+    optimize_mod._REWRITES.clear()  # as a new process has it
     optimize(random_model(21, n_atom_basis=16, n_interactions=2, n_rbf=6).double())
     assert optimize_mod.reuse_count["rewritten"] == before["rewritten"] + 2
