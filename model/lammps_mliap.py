@@ -206,8 +206,7 @@ class PaiNNMLIAP(EngineModel):
         joint = getattr(self.evaluator, "joint_properties", None)
         out = None
         if joint is not None and n:
-            out = joint("lammps pair forces", pair_forces, tensors, call_args=(*tensors[:5], nlocal + 1),
-                        example=_pair_example(*tensors))
+            out = joint("lammps pair forces", pair_forces, tensors, example=_pair_example(*tensors))
         e, grad = out if out is not None else pair_forces(self.evaluator)(*tensors)
         fij = np.zeros((len(pair_i), 3))
         fij[graph.pairs] = grad.detach().to("cpu", torch.float64).numpy()

@@ -85,8 +85,7 @@ def _joint(joint, positions, numbers, edge_index, shifts, cell, stress: bool, ba
     if stress:
         tensors.append(cell.to(positions.dtype))
     key = ("batch " if batched else "") + ("energy+forces+stress" if stress else "energy+forces")
-    call_args = (*tensors[:4], batch, n_systems)
-    out = joint(key, make, tuple(tensors), call_args=call_args, example=example)
+    out = joint(key, make, tuple(tensors), example=example)
     return None if out is None else Properties(*out)
 
 

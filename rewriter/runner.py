@@ -554,14 +554,12 @@ class OptimizedModel(nn.Module):
         warnings.warn(f"painnfx: {why}; this model does not use that compiled graph (the fused graph with autograd "
                       "runs instead; report.joint['rejected'] keeps the reason)", RuntimeWarning, stacklevel=4)
 
-    def joint_properties(self, key: str, make: Callable, tensors: tuple, call_args: Optional[tuple] = None,
-                         example: Optional[tuple] = None):
+    def joint_properties(self, key: str, make: Callable, tensors: tuple, example: Optional[tuple] = None):
         """The energy, forces (and stress) of ``tensors`` through the compiled forces graph of kind
         ``key`` when the path rule takes it for this call, else None (the caller runs autograd on
         ``forward``). ``make(energy)`` gives the function to trace: it evaluates ``energy`` (a
         callable with the model's signature) and differentiates it. ``tensors`` start with
-        (positions, numbers, edge_index, shifts). ``call_args``: unused (kept for callers);
-        ``example``: what to trace on, the same kinds of tensors (default:
+        (positions, numbers, edge_index, shifts). ``example``: what to trace on, the same kinds of tensors (default:
         ``joint.trace_example``, which needs the tensors after the first four not to change size
         with the system)."""
         if self._path != "auto" or not self.joint or not self.per_atom:

@@ -135,17 +135,6 @@ def stop() -> None:
         _process.wait()
 
 
-def wait(timeout: Optional[float] = None) -> bool:
-    """Wait for this process's builder (if any) to finish; then whether everything is built."""
-    if _process is not None:
-        try:
-            _process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return False
-    _last_look[0] = 0.0
-    return ready("all")
-
-
 def lowest_priority() -> None:
     """This process and the compilers it runs at the lowest CPU priority: the job's own threads come
     first (``BOOTSTRAP`` did it already; a builder run by hand gets it here)."""
