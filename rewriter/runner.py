@@ -192,8 +192,9 @@ PATH_RULE = (
     f"{JOINT_MAX_EDGES} edges: the fused graph.\n"
     "3. Energy and forces (and stress): the compiled forces graph once it is compiled and checked "
     "against the fused graph on the first call of each size; the fused graph until then.\n"
-    "4. setup='background': a set-up step (rewrite, compile) is taken at a call, once the job has run at "
-    "least as long as the step is expected to take on this machine; a build runs in a process of its own.\n"
+    "4. setup='background': a set-up step (build, rewrite, compile) is taken at a call, once the job has run "
+    "at least as long as the step is expected to take on this machine; a build starts in a process of its own "
+    "once the job has run 1 s.\n"
     "5. setup='now': the rewrite runs in optimize(), each forces graph compiles on its first call.")
 
 POLICIES = {
@@ -202,6 +203,11 @@ POLICIES = {
 }
 
 SETUPS = ("now", "background")
+
+#: a job younger than this starts no background build (setup="background"): a 30-step optimisation
+#: of a small molecule ends first, and the builder's own start (its Python and torch, at nice 19)
+#: still cost such a job up to a third of its time on 2 cores
+BUILD_AFTER_S = 1.0
 
 
 #: what to save instead of an optimized model (its compiled graphs belong to the process)
@@ -288,10 +294,7 @@ class OptimizedModel(nn.Module):
         # where the wrapped model keeps its first parameter (first_parameter: read live, no module walk)
         self._first = next(((m._parameters, k) for m in model.modules() for k, p in m._parameters.items()
                             if p is not None), None)
-        if pending is not None and self._on_cpu():
-            from painnfx.ops.cpu import prebuild
-
-            self.report.setup["kernel_build_started"] = prebuild.start()
+        self.report.setup.setdefault("kernel_build_started", False)
 
     def first_parameter(self) -> Optional[torch.Tensor]:
         """``next(iter(self.parameters()))``, the wrapped model's first parameter as it is now,
@@ -391,6 +394,9 @@ class OptimizedModel(nn.Module):
             from painnfx.ops.cpu import prebuild
 
             if not prebuild.ready("kernels"):
+                if not self.report.setup["kernel_build_started"] and (self._job_seconds() >= BUILD_AFTER_S
+                                                                      or self._planned):
+                    self.report.setup["kernel_build_started"] = prebuild.start()
                 why = None if prebuild.building() else prebuild.unavailable()
                 if why is None and self._due("build"):  # the job pays for the build now: at full speed
                     with self._lock:
