@@ -394,11 +394,13 @@ class OptimizedModel(nn.Module):
             from painnfx.ops.cpu import prebuild
 
             if not prebuild.ready("kernels"):
-                if not self.report.setup["kernel_build_started"] and (self._job_seconds() >= BUILD_AFTER_S
-                                                                      or self._planned):
+                due = self._due("build")
+                # a planned job knows at its second call whether it builds now (in the foreground)
+                start = self._rate is not None and not due if self._planned else self._job_seconds() >= BUILD_AFTER_S
+                if start and not self.report.setup["kernel_build_started"]:
                     self.report.setup["kernel_build_started"] = prebuild.start()
                 why = None if prebuild.building() else prebuild.unavailable()
-                if why is None and self._due("build"):  # the job pays for the build now: at full speed
+                if why is None and due:  # the job pays for the build now: at full speed
                     with self._lock:
                         why = self._build_now()
                 if why is not None:  # the fused graph would run the reference ops: slower than the plain model
