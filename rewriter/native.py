@@ -45,10 +45,10 @@ _SAME_ARGS = ("prepare_edges", "painn_update", "painn_update_backward")
 def enabled() -> bool:
     """Whether joint graphs use the native ops and the C++ wrapper (``PAINNFX_NATIVE``, default 1) and
     the native library could be built here."""
-    if os.environ.get("PAINNFX_NATIVE", "1") == "0":
-        return False
     from painnfx.ops.cpu import native
 
+    if not native.wanted():
+        return False
     return native.available()
 
 

@@ -274,10 +274,10 @@ class OptimizedModel(nn.Module):
         self._backend = backend
         self._pending = pending  # () -> (Captured, report): the rewrite still to do (setup="background")
         self._weights = weights  # weights_digest of the model when optimized (cost records)
-        self._joint_verified: set = set()  # (graph key, size class) checked against the fused path
         self._joint_rejected: dict = {}  # graph key -> why it is not used
-        # (kind of call, size class) -> (graph key, the JointGraphs it was checked with): later calls
-        # of the class go straight to the graph
+        # (kind of call, size class) -> the JointGraphs its compiled graph was checked in: later calls
+        # of the class go straight to the graph (new joint graphs, after the weights were replaced, are
+        # checked again)
         self._decided: dict = {}
         # set-up steps (rewrite, first calls of a size class: checking, tracing, compiling) run one at
         # a time: concurrent first calls wait for one compile instead of racing make_fx and Inductor
@@ -363,8 +363,6 @@ class OptimizedModel(nn.Module):
     def _tick(self) -> None:
         """Count a call and time the one before it (``_rate``), unless a set-up step ran in it."""
         now = time.perf_counter()
-        if self._started is None:
-            self._started = now
         if self._last_tick is not None and not self._setup_ran:
             self._rate = now - self._last_tick
         self._last_tick, self._setup_ran = now, False
@@ -507,7 +505,6 @@ class OptimizedModel(nn.Module):
             with self._lock:
                 if self.runner.rebinds != self._rebinds:
                     self.joint_graphs = JointGraphs(compile=self.joint_graphs.compile, backend=self.joint_graphs.backend)
-                    self._joint_verified.clear()
                     self.report.joint.pop("graphs", None)
                     self.report.joint["weights_replaced"] = self.runner.rebinds
                     self._rebinds = self.runner.rebinds
@@ -581,10 +578,10 @@ class OptimizedModel(nn.Module):
         self._follow_weights()
         self.runner.check(tensors[0])  # a graph traced for another dtype or device must not run
         cls = size_class(n_atoms, n_edges)
-        known = self._decided.get((key, cls))
-        if known is not None and known[1] is self.joint_graphs:  # checked: no Python beyond the call
+        graphs = self.joint_graphs
+        if self._decided.get((key, cls)) is graphs:  # checked: no Python beyond the call
             self._calls += 1
-            return self._guarded(key, functools.partial(known[1].run, key, None, *tensors))
+            return self._guarded(key, functools.partial(graphs.run, key, None, *tensors))
         if key in self._joint_rejected or not self._compile_due(key):
             return None
         with self._lock:  # the first call of a size class checks (the very first traces and compiles)
@@ -616,13 +613,12 @@ class OptimizedModel(nn.Module):
                 "wrapper": "C++" if graphs.options[key].get("cpp_wrapper") else "Python",
                 "dynamo": not graphs.calls(key),  # standalone.py
                 "compile_seconds": round(seconds, 2)}
-        if (key, cls) not in self._joint_verified:
+        if self._decided.get((key, cls)) is not graphs:  # (another thread may have checked it while this one waited)
             why = self._joint_agrees(key, got, lambda: make(fused)(*tensors))
             if why is not None:
                 self._reject_joint(key, why)
                 return None
-            self._joint_verified.add((key, cls))
-        self._decided[(key, cls)] = (key, graphs)
+        self._decided[(key, cls)] = graphs
         self._tick()
         self._note("compiled", tensors[0].shape[0], tensors[2].shape[1], key)
         return got

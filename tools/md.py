@@ -179,12 +179,12 @@ def _with_native(kernels: dict, native_ran: dict) -> dict:
 
 
 def _final_rate(step_times: list, paths: list) -> Optional[float]:
-    """Steps per second after the last path switch (the path the rest of a longer run keeps),
-    None when fewer than 2 steps ran on it."""
+    """Steps per second after the last path switch (the path the rest of a longer run keeps), its
+    first step (which carried the switch) left out; None when fewer than 2 steps ran on it."""
     if not paths:
         return None
-    first = max(0, paths[-1]["call"] - 1)  # calls count the initial state's as call 1: step k is call k + 1
-    rest = step_times[first + 1:]
+    switched = max(0, paths[-1]["call"] - 2)  # the initial state's call is call 1: step k (from 0) is call k + 2
+    rest = step_times[switched + 1:]
     return len(rest) / sum(rest) if len(rest) > 1 and sum(rest) > 0 else None
 
 

@@ -20,6 +20,7 @@ registered here, so the ops trace, compile, export and differentiate like any to
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import threading
 import time
@@ -29,8 +30,8 @@ from typing import Optional
 import torch
 
 from ..build_cache import BuildCache, digest, load_once
-from .build import (HERE, INCLUDE, CpuBuildError, _cpu_identity, compile_units, compiler, compiler_version, link, unit_flags, units,
-                    vector_maths)
+from .build import (HERE, INCLUDE, CpuBuildError, _cpu_identity, compile_units, compiler, compiler_version, link,
+                    unit_flags, units, vector_maths)
 
 #: the operators, and the message kernels they call (the ctypes library's source, built in here too)
 SOURCES = (HERE / "native_ops.cpp", HERE / "painn_message.cpp", HERE / "painn_update.cpp")
@@ -41,6 +42,11 @@ FORMS = {0: "blas", 1: "dot", 2: "axpy"}
 CACHE = BuildCache("cpu-native")
 _state: dict = {}
 _lock = threading.Lock()
+
+
+def wanted() -> bool:
+    """Whether compiled graphs are to use the native ops (``PAINNFX_NATIVE``, default 1)."""
+    return os.environ.get("PAINNFX_NATIVE", "1") != "0"
 
 
 def _torch_includes() -> list:

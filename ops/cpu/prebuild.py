@@ -40,18 +40,13 @@ _ready = {"kernels": False, "native": False}
 _last_look = [0.0]
 
 
-def native_wanted() -> bool:
-    """Whether compiled graphs use the native ops (``PAINNFX_NATIVE``, default 1)."""
-    return os.environ.get("PAINNFX_NATIVE", "1") != "0"
-
-
 def _look() -> None:
     from . import native
 
     if not _ready["kernels"]:
         _ready["kernels"] = build.cached()
     if not _ready["native"]:
-        _ready["native"] = not native_wanted() or native.cached()
+        _ready["native"] = not native.wanted() or native.cached()
 
 
 def ready(what: str = "kernels") -> bool:
@@ -160,7 +155,7 @@ def main(argv: list) -> int:
         _, info = build.build(jobs=jobs)
         print(f"painnfx: CPU kernels {'cached' if info['cached'] else 'built'} in {time.perf_counter() - start:.1f} s",
               flush=True)
-        if native_wanted():
+        if native.wanted():
             start = time.perf_counter()
             _, info = native.build(jobs=jobs)
             print(f"painnfx: native ops {'cached' if info['cached'] else 'built'} in "
