@@ -400,7 +400,12 @@ class OptimizedModel(nn.Module):
                 why = None if prebuild.building() else prebuild.unavailable()
                 if why is None and due:  # the job pays for the build now: at full speed
                     with self._lock:
-                        why = self._build_now()
+                        rewrite = self._pending if self._due("rewrite") else None
+                        why, done = self._build_now(alongside=rewrite)
+                    if why is None and done is not None:
+                        with self._lock:
+                            self._take_rewrite(*done)
+                        return
                 if why is not None:  # the fused graph would run the reference ops: slower than the plain model
                     with self._lock:
                         self._give_up(why)
@@ -412,31 +417,46 @@ class OptimizedModel(nn.Module):
             if self._pending is not None:
                 self.prepare(compile=False, wait=False)
 
-    def _build_now(self) -> Optional[str]:
+    def _build_now(self, alongside: Optional[Callable] = None) -> tuple:
         """Build the C++ kernels in this process, every core torch may use, in place of the background
         builder (which runs at the lowest priority and on a busy machine gets little of it; objects it
-        compiled already are kept). Returns why they cannot be built, or None. The native ops (for
-        the compiled forces graphs) go on building in the background."""
+        compiled already are kept). ``alongside``: the pending rewrite, run in this thread while the
+        compilers run (its capture needs no kernels; its first fused op waits for them). Returns
+        (why the kernels cannot be built or None, (rewrite result, seconds) or None). The native
+        ops (for the compiled forces graphs) go on building in the background."""
         from painnfx.ops.cpu import backend, prebuild
 
         from . import costs
 
         if prebuild.ready("kernels"):
-            return None
+            return None, None
         prebuild.stop()
         self._setup_ran = True
-        start = time.perf_counter()
-        built = backend.library() is not None
-        seconds = time.perf_counter() - start
-        self.report.setup["kernel_build_s"] = round(seconds, 3)
-        if not built:
-            return backend.info().get("error", "the build failed")
+        timing: dict = {}
+
+        def build() -> None:
+            start = time.perf_counter()
+            backend.library()
+            timing["build"] = time.perf_counter() - start
+
+        builder = threading.Thread(target=build, name="painnfx-kernel-build", daemon=True)
+        builder.start()
+        done = None
+        try:
+            if alongside is not None:
+                start = time.perf_counter()
+                done = alongside(), time.perf_counter() - start, False
+        finally:
+            builder.join()
+        self.report.setup["kernel_build_s"] = round(timing.get("build", 0.0), 3)
+        if backend.library() is None:
+            return backend.info().get("error", "the build failed"), None
         key = self._record_key("build")
         if key is not None and not backend.info().get("cached"):
-            costs.record(key, seconds)
+            costs.record(key, timing["build"])
         prebuild.refresh()
         prebuild.start()  # the native ops
-        return None
+        return None, done
 
     def _give_up(self, why: str) -> None:
         """No fused graph for this model (setup="background"): the C++ kernels cannot be built here."""
@@ -452,30 +472,40 @@ class OptimizedModel(nn.Module):
         """Do the set-up now rather than when it is due: wait for the C++ kernels' build (``wait``),
         rewrite, and with ``compile`` also allow the compiled forces graphs at once (each compiles on
         its first call). Returns self."""
-        from . import costs
-
         with self._lock:
             if self._pending is not None:
+                done = None
                 if wait and self._on_cpu():
-                    self._build_now()
+                    done = self._build_now(alongside=self._pending)[1]
                 self._setup_ran = True
-                start = time.perf_counter()
-                cap, report = self._pending()
-                seconds = time.perf_counter() - start
-                for name in ("paths", "joint", "path_policy"):  # what this model recorded so far
-                    setattr(report, name, getattr(self.report, name))
-                report.setup = {**report.setup, **self.report.setup}
-                self.report.__dict__.update(report.__dict__)
-                self.report.path_rule = PATH_RULE
-                self.report.setup.update(rewrite_s=round(seconds, 3), pending=False)
-                self.runner = GraphRunner(cap, self._backend) if (cap is not None and report.applied) else None
-                self._pending = None
-                key = self._record_key("rewrite")
-                if key is not None:
-                    costs.record(key, seconds)
+                if done is None:
+                    start = time.perf_counter()
+                    done = self._pending(), time.perf_counter() - start, True
+                self._take_rewrite(*done)
             if compile:
                 self.setup = "now"
         return self
+
+    def _take_rewrite(self, result: tuple, seconds: float, alone: bool = True) -> None:
+        """Switch to the rewrite ``self._pending()`` returned (``result``: (Captured, report)) in
+        ``seconds``; ``alone``: not alongside the kernels' build (whose wait it then includes, so its
+        time is not recorded as what a rewrite costs)."""
+        from . import costs
+
+        if self._pending is None:
+            return
+        cap, report = result
+        for name in ("paths", "joint", "path_policy"):  # what this model recorded so far
+            setattr(report, name, getattr(self.report, name))
+        report.setup = {**report.setup, **self.report.setup}
+        self.report.__dict__.update(report.__dict__)
+        self.report.path_rule = PATH_RULE
+        self.report.setup.update(rewrite_s=round(seconds, 3), pending=False, rewrite_alongside_build=not alone)
+        self.runner = GraphRunner(cap, self._backend) if (cap is not None and report.applied) else None
+        self._pending = None
+        key = self._record_key("rewrite")
+        if key is not None and alone:
+            costs.record(key, seconds)
 
     def _compile_due(self, graph_key: str) -> bool:
         """Whether compiling forces graph ``graph_key`` may happen now."""

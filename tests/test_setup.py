@@ -129,6 +129,45 @@ def test_the_first_call_does_not_wait_for_the_kernels_build(tmp_path, monkeypatc
     assert "from call 2" in fast.report.to_text() and PATH_RULE.splitlines()[0] in fast.report.to_text()
 
 
+def test_a_build_in_the_foreground_runs_the_rewrite_alongside(tmp_path, monkeypatch, fresh_builder):
+    """prepare() on an empty cache: the rewrite's capture runs while the compilers run (its first
+    fused op waits for the kernels), the build's cost is recorded and the rewrite's (which includes
+    that wait) is not, and the fused graph then runs the C++ kernels."""
+    _kernels_here()
+    product, info = backend._state["product"], backend._state["info"]
+    _linked_cache(tmp_path, monkeypatch, built=False)
+    events = {}
+
+    def slow_build():
+        events["build_started"] = time.perf_counter()
+        time.sleep(1.0)
+        events["build_done"] = time.perf_counter()
+        return product, dict(info, cached=False)
+
+    monkeypatch.setattr(backend, "_state", {})
+    monkeypatch.setattr(backend, "_build_and_load", slow_build)
+    monkeypatch.setattr(prebuild, "start", lambda: False)  # no native build in the background here
+    model = random_model(5, n_atom_basis=16, n_interactions=2, n_rbf=6).double()
+    fast = optimize(model, setup="background")
+    rewrite = fast._pending
+
+    def timed_rewrite():
+        events["rewrite_started"] = time.perf_counter()
+        return rewrite()
+
+    fast._pending = timed_rewrite
+    fast.prepare()
+    assert events["build_started"] <= events["rewrite_started"] < events["build_done"]
+    assert fast.ready and fast.applied and fast.report.setup["rewrite_alongside_build"]
+    assert fast.report.setup["kernel_build_s"] >= 1.0
+    assert costs.known(fast._record_key("build")) and not costs.known(fast._record_key("rewrite"))
+    pos, z, ei, sh = _system(molecule("CH4"), model)
+    pos.requires_grad_(True)
+    with dispatch.record_calls() as calls:
+        torch.autograd.grad(fast(pos, z, ei, sh).sum(), pos)
+    assert_kernels(calls, CPU_KERNELS, model.config.n_interactions)
+
+
 def test_a_step_waits_until_the_job_has_run_as_long_as_it_costs(tmp_path, monkeypatch):
     """The kernels are built; the rewrite is expected to take 0.3 s: calls before that run the plain
     model, the first call after it rewrites, and the cost is recorded for the next process."""
