@@ -19,11 +19,6 @@ from .painn import PaiNN, PaiNNConfig
 from .radial import RADIAL_BASES
 
 
-def _find(modules, cls):
-    found = [m for m in modules if isinstance(m, cls)]
-    return found[0] if found else None
-
-
 def from_schnetpack(nnpot, energy_key: str = "energy") -> PaiNN:
     """A painnfx PaiNN with the weights of a schnetpack ``NeuralNetworkPotential``."""
     spk = import_schnetpack()

@@ -168,27 +168,3 @@ class JointGraphs:
         ({} for a graph run through ``torch.compile`` alone or not compiled)."""
         runner = self._runners.get(key)
         return dict(runner.calls) if isinstance(runner, GuardedGraph) else {}
-
-
-def joint_forces(fast, positions, numbers, edge_index, shifts) -> fx.GraphModule:
-    """The traced graph of (energy (1,), forces (N, 3)) of ``fast``'s fused path, for any N and E
-    (traced on the example given, with symbolic sizes; not compiled)."""
-    if not getattr(fast, "applied", False):
-        raise ValueError("joint_forces needs optimize() of a model that was rewritten (report.applied)")
-    if fast.per_atom is False:
-        raise ValueError("joint_forces needs a per-atom model (atomic_energies and aggregate)")
-
-    def energy_and_forces(positions, numbers, edge_index, shifts):
-        positions = positions.detach().requires_grad_(True)
-        with torch.enable_grad():
-            energy = fast._fused(positions, numbers, edge_index, shifts, None, 1)
-            (grad,) = torch.autograd.grad(energy.sum(), positions)
-        return energy.detach(), -grad
-
-    return trace(energy_and_forces, positions, numbers, edge_index, shifts, backend=fast.runner.backend)
-
-
-def run_joint(gm: fx.GraphModule, positions, numbers, edge_index, shifts):
-    """(energy, forces) from a joint graph, in inference mode (no autograd tape, no engine)."""
-    with torch.inference_mode():
-        return gm(positions, numbers, edge_index, shifts)

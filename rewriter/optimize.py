@@ -19,6 +19,7 @@ Outside strict mode a failed verification leaves that part unfused, with one
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import os
 import threading
@@ -65,9 +66,6 @@ def capture_errors() -> tuple:
     from torch._dynamo.exc import Unsupported, UserError
 
     return (UserError, Unsupported, RuntimeError, TypeError, ValueError, NotImplementedError, AttributeError)
-
-ENERGY_SIGNATURE = ("positions", "numbers", "edge_index", "shifts")
-
 
 class NotAnEnergyModel(PainnfxError, TypeError):
     """``optimize`` was given a module that is not a PaiNN-style energy model."""
@@ -132,7 +130,7 @@ def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 def rewrite(target: Target, verify: bool = True, name: str = "model", backend: str = "auto",
-            strict: Optional[bool] = None, _sabotage=None):
+            strict: Optional[bool] = None):
     """Capture ``target``, normalise, run the pipeline, verify end to end: (Captured or None, report)."""
     strict = _strict(strict)
     report = OptimizeReport(model=name, backend=backend)
@@ -157,7 +155,7 @@ def rewrite(target: Target, verify: bool = True, name: str = "model", backend: s
     report.passes.append(norm)
 
     report.table_before = graph_table(cap.gm)
-    state = RewriteState(cap=cap, verify=verify, strict=strict, dtype=p.dtype, sabotage=_sabotage, leaves=LEAVES)
+    state = RewriteState(cap=cap, verify=verify, strict=strict, dtype=p.dtype, leaves=LEAVES)
     forced = None if backend == "auto" else backend
     with use_backend(forced):  # rewrites are verified on the backend the model will run
         for pass_fn in PIPELINE:
@@ -200,13 +198,13 @@ _rewrites_lock = threading.Lock()
 reuse_count = {"reused": 0, "loaded": 0, "rewritten": 0}
 
 
-def _rewrite_reused(target: Target, memo_key: Optional[tuple], verify, name, backend, strict, sabotage):
+def _rewrite_reused(target: Target, memo_key: Optional[tuple], verify, name, backend, strict):
     """``rewrite(target, ...)``, or the rewrite of a model with the same class and weights done
     earlier in this process, bound to ``target``'s model (its graph is a function of the weights
     alone; the runner reads ``target``'s own tensors), or the one an earlier process wrote to the
     disk cache (rewrite_cache.py); either is checked on a probe system first."""
-    if memo_key is None or sabotage is not None:
-        return rewrite(target, verify, name, backend, strict, sabotage)
+    if memo_key is None:
+        return rewrite(target, verify, name, backend, strict)
     with _rewrites_lock:
         hit = _REWRITES.get(memo_key)
         if hit is not None:
@@ -226,7 +224,7 @@ def _rewrite_reused(target: Target, memo_key: Optional[tuple], verify, name, bac
         reuse_count["loaded"] += 1
         report.setup["reused"] = "disk cache"
     else:
-        cap, report = rewrite(target, verify, name, backend, strict, sabotage)
+        cap, report = rewrite(target, verify, name, backend, strict)
         reuse_count["rewritten"] += 1
         if cap is not None and report.applied and verify:
             rewrite_cache.store(disk, cap, report)
@@ -286,7 +284,7 @@ def _same_function(cap: Captured, target: Target, backend: str) -> bool:
 
 
 def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, strict: Optional[bool] = None,
-             setup: str = "now", _sabotage=None):
+             setup: str = "now"):
     """Rewrite ``model``'s energy graph with fused ops; same call signature and results.
 
     * a painnfx PaiNN (or any module with its energy signature) -> ``OptimizedModel``;
@@ -316,7 +314,7 @@ def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, st
     forced = None if backend == "auto" else backend
     name = type(model).__name__
     if is_schnetpack_potential(model):
-        cap, report = rewrite(SchnetpackRepresentation(model.representation), verify, name, backend, strict, _sabotage)
+        cap, report = rewrite(SchnetpackRepresentation(model.representation), verify, name, backend, strict)
         new = copy.copy(model)
         new._modules = dict(model._modules)
         if report.applied:
@@ -327,10 +325,11 @@ def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, st
     per_atom = hasattr(model, "atomic_energies") and hasattr(model, "aggregate")
     target = AtomicEnergies(model) if per_atom else TotalEnergy(model)
     weights = weights_digest(model)
+    remake = functools.partial(optimize, backend=backend, verify=verify, strict=strict)
     memo_key = (weights, structure_digest(model), per_atom, backend, verify, _strict(strict), _pipeline())
 
     def rewritten():
-        cap, report = _rewrite_reused(target, memo_key, verify, name, backend, strict, _sabotage)
+        cap, report = _rewrite_reused(target, memo_key, verify, name, backend, strict)
         # deferred, a model with nothing to fuse is said so by its report, not by a warning in some later call
         _warn_fallback(report, name, stacklevel=5 if setup == "background" else 4, nothing=setup == "now")
         report.setup["mode"] = setup
@@ -342,9 +341,9 @@ def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, st
         if not done:  # the plain model answers until the deferred rewrite is due
             report = OptimizeReport(model=name, backend=backend, setup={"mode": setup, "pending": True})
             return OptimizedModel(model, None, report, per_atom, forced, setup=setup, pending=rewritten,
-                                  weights=weights)
+                                  weights=weights, remake=remake)
     cap, report = rewritten()
-    return OptimizedModel(model, cap, report, per_atom, forced, setup=setup, weights=weights)
+    return OptimizedModel(model, cap, report, per_atom, forced, setup=setup, weights=weights, remake=remake)
 
 
 def _warn_fallback(report: OptimizeReport, name: str, stacklevel: int = 3, nothing: bool = True) -> None:

@@ -1,16 +1,9 @@
-"""The rewrite pipeline, in order. Each pass takes the ``RewriteState`` and returns a
-``PassResult`` saying what it matched, replaced, rejected, and which candidates nearly matched.
-
-    match_radial_basis        annotate radial bases (every spec of ops.radial), read their constants
-    match_cutoff              annotate cutoff functions (every spec), read r_c (and the rest)
-    match_radial_filter       linear(basis) * cutoff -> fused_radial_filter                (verified)
-    find_zero_mu              prove which vector features are zero (the first layer's mu)
-    match_message             annotate PaiNN message blocks (gather, products, scatter)
-    fuse_filter_into_message  radial filter + its messages -> fused_painn_message per layer (verified)
-    share_edge_plans          one prepared-edges node per edge list
-    eliminate_dead_code       drop what the replacements made unused
-
-The fusion passes come from the fusion registry (``fusions``), in registry order.
+"""The rewrite pipeline, ``PIPELINE``, in order: the recognisers that annotate radial bases and
+cutoff functions and read their constants (``recognize.py``), the passes of every fusion in the
+fusion registry's order (``fusions.FUSIONS``; each fusion's module lists its own passes), and
+dead-code elimination. Each pass takes the ``RewriteState`` and returns a ``PassResult`` saying what
+it matched, replaced, rejected, and which candidates nearly matched; the report prints them in
+this order.
 """
 
 from __future__ import annotations

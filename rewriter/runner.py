@@ -256,7 +256,8 @@ class OptimizedModel(nn.Module):
 
     def __init__(self, model: nn.Module, cap: Optional[Captured], report: OptimizeReport, per_atom: bool,
                  backend: Optional[str] = None, path: str = "fused", joint: Optional[bool] = None,
-                 setup: str = "now", pending: Optional[Callable] = None, weights: Optional[str] = None):
+                 setup: str = "now", pending: Optional[Callable] = None, weights: Optional[str] = None,
+                 remake: Optional[Callable] = None):
         super().__init__()
         if setup not in SETUPS:
             raise ValueError(f"setup must be one of {', '.join(SETUPS)}, got {setup!r}")
@@ -274,6 +275,7 @@ class OptimizedModel(nn.Module):
         self._backend = backend
         self._pending = pending  # () -> (Captured, report): the rewrite still to do (setup="background")
         self._weights = weights  # weights_digest of the model when optimized (cost records)
+        self._remake = remake  # (model, setup=) -> optimize() of that model with this one's options (copies)
         self._joint_rejected: dict = {}  # graph key -> why it is not used
         # (kind of call, size class) -> the JointGraphs its compiled graph was checked in: later calls
         # of the class go straight to the graph (new joint graphs, after the weights were replaced, are
@@ -323,9 +325,9 @@ class OptimizedModel(nn.Module):
         return self._optimized(self.model)
 
     def _optimized(self, model: nn.Module) -> "OptimizedModel":
-        from .optimize import optimize
-
-        new = optimize(model, backend=self._backend or "auto", setup=self.setup)
+        if self._remake is None:
+            raise TypeError("this OptimizedModel was not made by optimize(): it cannot be copied")
+        new = self._remake(model, setup=self.setup)
         new.path, new.joint = self.path, self.joint
         return new
 

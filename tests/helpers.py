@@ -128,3 +128,19 @@ class JointKernels:
             assert not any(k for (o, _), k in self.calls.items() if o.startswith("painn_message")), self.calls
         else:
             assert_kernels(self.calls, CPU_KERNELS, layers, updates=0)
+
+
+def corrupt_replacements(monkeypatch, corrupt) -> None:
+    """While ``optimize`` verifies a rewrite, every fused replacement's outputs pass through
+    ``corrupt`` (a wrong value, a wrong gradient, an exception), and no earlier rewrite is reused
+    (from the process or the disk cache), so that verification runs and has to reject them."""
+    from collections import OrderedDict
+
+    from painnfx.rewriter import rewrite_cache
+    from painnfx.rewriter.state import Replacement
+
+    real = Replacement.__call__
+    monkeypatch.setattr(Replacement, "__call__", lambda self, values: corrupt(real(self, values)))
+    monkeypatch.setattr(importlib.import_module("painnfx.rewriter.optimize"), "_REWRITES", OrderedDict())
+    monkeypatch.setattr(rewrite_cache, "load", lambda name, target: None)
+    monkeypatch.setattr(rewrite_cache, "store", lambda name, cap, report: None)

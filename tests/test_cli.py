@@ -97,7 +97,7 @@ def test_md_replays_the_calculators_in_turn():
     assert pos_a.shape == (4, 4, 3) and (pos_a == pos_b).all() and sec_a > 0 and sec_b > 0
 
 
-@pytest.mark.parametrize("variant", ["eager", "fused"])
+@pytest.mark.parametrize("variant", ["eager", "optimized"])
 def test_bench_measure_one_case(variant):
     rec = measure("H2O", variant, dtype="float32", device="cpu", threads=1, warmup=0,
                   min_repeats=2, max_repeats=2, max_time=0.0)

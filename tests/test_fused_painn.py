@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 
 from helpers import evaluate, perturbed_model, system_tensors
-from painnfx.model.fused import FusedPaiNN
+from hand_fused import FusedPaiNN
 from painnfx.model.painn import PaiNN, PaiNNConfig
 from painnfx.model.properties import compute_properties
 from strategies import model_configs, molecules, periodic_cells

@@ -12,9 +12,29 @@ from painnfx.model.default import random_model
 from painnfx.model.properties import compute_properties, voigt
 from painnfx.ops.dispatch import record_calls
 from painnfx.rewriter import optimize
-from painnfx.rewriter.joint import JointGraphs, joint_forces, run_joint
+from painnfx.rewriter.joint import JointGraphs, trace
 
 SMALL = dict(n_atom_basis=8, n_interactions=2, n_rbf=6, cutoff=3.0)
+
+
+def joint_forces(fast, positions, numbers, edge_index, shifts):
+    """The traced graph of (energy (1,), forces (N, 3)) of ``fast``'s fused graph, for any N and E
+    (traced on the example given, with symbolic sizes; not compiled)."""
+
+    def energy_and_forces(positions, numbers, edge_index, shifts):
+        positions = positions.detach().requires_grad_(True)
+        with torch.enable_grad():
+            energy = fast._fused(positions, numbers, edge_index, shifts, None, 1)
+            (grad,) = torch.autograd.grad(energy.sum(), positions)
+        return energy.detach(), -grad
+
+    return trace(energy_and_forces, positions, numbers, edge_index, shifts, backend=fast.runner.backend)
+
+
+def run_joint(gm, positions, numbers, edge_index, shifts):
+    """(energy, forces) from a joint graph, in inference mode (no autograd tape, no engine)."""
+    with torch.inference_mode():
+        return gm(positions, numbers, edge_index, shifts)
 
 
 def _targets(gm):

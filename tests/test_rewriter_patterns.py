@@ -5,7 +5,7 @@ import pytest
 import torch
 from ase.build import molecule
 
-from helpers import evaluate
+from helpers import corrupt_replacements, evaluate
 from painnfx.model.painn import PaiNN, PaiNNConfig
 from painnfx.rewriter import optimize
 from painnfx.rewriter.verify import VerificationError, VerificationWarning
@@ -69,9 +69,10 @@ def test_reads_constants_out_of_the_match():
     assert "folded" in _matched(fast.report, "fused_painn_message")[0]["mu"]
 
 
-def test_verification_rejects_a_wrong_rewrite():
+def test_verification_rejects_a_wrong_rewrite(monkeypatch):
+    corrupt_replacements(monkeypatch, lambda outs: [o * (1 + 1e-6) for o in outs])
     with pytest.warns(VerificationWarning, match="failed verification"):
-        fast = optimize(BASE, strict=False, _sabotage=lambda outs: [o * (1 + 1e-6) for o in outs])
+        fast = optimize(BASE, strict=False)
     assert not fast.applied
     rejected = [r for p in fast.report.passes for r in p.rejected]
     assert any("verification failed" in r for r in rejected), rejected
@@ -79,7 +80,7 @@ def test_verification_rejects_a_wrong_rewrite():
     torch.testing.assert_close(a.energy, b.energy)
 
 
-def test_verification_rejects_a_wrong_backward_only():
+def test_verification_rejects_a_wrong_backward_only(monkeypatch):
     """Outputs right, gradient wrong: the VJP comparison must catch it."""
     class WrongGrad(torch.autograd.Function):
         @staticmethod
@@ -90,11 +91,12 @@ def test_verification_rejects_a_wrong_backward_only():
         def backward(ctx, g):
             return 1.01 * g
 
+    corrupt_replacements(monkeypatch, lambda outs: [WrongGrad.apply(o) for o in outs])
     with pytest.warns(VerificationWarning):
-        fast = optimize(BASE, strict=False, _sabotage=lambda outs: [WrongGrad.apply(o) for o in outs])
+        fast = optimize(BASE, strict=False)
     assert not fast.applied
     with pytest.raises(VerificationError, match=r"verification of radial filter at \w+ failed: relative error"):
-        optimize(BASE, strict=True, _sabotage=lambda outs: [WrongGrad.apply(o) for o in outs])
+        optimize(BASE, strict=True)
 
 
 class NoPaiNN(torch.nn.Module):

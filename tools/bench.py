@@ -569,7 +569,7 @@ def markdown_table(report: dict) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--systems", nargs="*", help="subset of the standard set (default: all)")
-    p.add_argument("--variants", nargs="*", help="eager, compile, compile-ro, schnetpack, fused, optimized ...")
+    p.add_argument("--variants", nargs="*", help="eager, compile, compile-ro, schnetpack, optimized ...")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="floating-point precision of every variant")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1),

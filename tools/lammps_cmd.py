@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 
 from .dtypes import DTYPES
-from .usage import check_device, non_negative_float, positive_int, write_text
+from .usage import MissingProgram, check_device, non_negative_float, positive_int, write_text
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE / "lammps" / "in.cu_nve.lammps"
 BUILD_SCRIPT = HERE / "lammps_build.sh"
 
 
-class LammpsNotFound(RuntimeError):
+class LammpsNotFound(MissingProgram):
     """No LAMMPS with ML-IAP + PYTHON was found."""
 
 

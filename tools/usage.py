@@ -16,6 +16,10 @@ class UsageError(Exception):
     """Input the user can fix: ``painnfx`` prints ``painnfx CMD: error: MESSAGE`` and exits with 2."""
 
 
+class MissingProgram(RuntimeError):
+    """A program a subcommand runs is not installed or not found (LAMMPS): answered like bad input."""
+
+
 def int_at_least(minimum: int):
     """An argparse type: an integer >= ``minimum``."""
     def parse(text: str) -> int:
@@ -140,7 +144,5 @@ def user_errors() -> tuple:
     from painnfx.model.validation import InputError
     from painnfx.rewriter import NotAnEnergyModel
 
-    from .lammps_cmd import LammpsNotFound
-
-    return (UsageError, CheckpointError, InputError, NotAnEnergyModel, LammpsNotFound, FileNotFoundError,
+    return (UsageError, CheckpointError, InputError, NotAnEnergyModel, MissingProgram, FileNotFoundError,
             PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)

@@ -38,12 +38,6 @@ def eager(model: PaiNN, s: Prepared):
     return _properties_step(model, s)
 
 
-def fused(model: PaiNN, s: Prepared):
-    from painnfx.model.fused import FusedPaiNN
-
-    return _properties_step(FusedPaiNN(model), s)
-
-
 def optimized(model: PaiNN, s: Prepared):
     from painnfx.rewriter import optimize
 
@@ -137,7 +131,6 @@ VARIANTS: dict[str, Callable] = {
     "compile": compiled(None),
     "compile-ro": compiled("reduce-overhead"),
     "compile-forces": compile_forces,
-    "fused": fused,
     "optimized": optimized,
     "auto": auto,
     "optimized-graphs": optimized_graphs,

@@ -1,10 +1,10 @@
-"""A hand-assembled fused PaiNN: the same network with each interaction's edge work done by
-``painnfx.ops.painn_message`` (geometry, basis, cutoff, filter, gather, products, scatter in
-one op with an analytical backward). It shares its parameters with the PaiNN it wraps and
-has the same call signature, so energies, forces and stress are directly comparable.
+"""A hand-assembled fused PaiNN, for tests: the same network with each interaction's edge work
+done by ``painnfx.ops.painn_message`` (geometry, basis, cutoff, filter, gather, products, scatter
+in one op with an analytical backward). It shares its parameters with the PaiNN it wraps and has
+the same call signature, so energies, forces and stress are directly comparable.
 
-This is what ``optimize`` produces automatically from a traced graph; having it by hand
-pins down the target and measures the fused ops on their own.
+This is what ``optimize`` produces from a traced graph; assembled by hand it tests the fused
+message op inside a whole model without the rewriter.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 from painnfx.ops import painn_message, prepare_edges
 from painnfx.ops.radial import basis_of_module, cutoff_of_module
 
-from .painn import PaiNN
+from painnfx.model.painn import PaiNN
 
 
 class FusedPaiNN(nn.Module):
