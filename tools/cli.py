@@ -25,33 +25,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fast PaiNN potentials: benchmarks, molecular dynamics and graph inspection.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("md", help="run MD with the default model through the ASE calculator",
-                       description=md.__doc__, formatter_class=HelpFormatter)
-    md.add_arguments(p)
-    p.set_defaults(func=md.main_md)
-    p = sub.add_parser("eval", help="energy, forces and stress of every structure in a file, batched",
-                       description=eval_cmd.__doc__, formatter_class=HelpFormatter)
-    eval_cmd.add_arguments(p)
-    p.set_defaults(func=eval_cmd.main_eval)
-    p = sub.add_parser("bench", help="time energy+forces of eager, torch.compile, schnetpack, ... side by side",
-                       description=bench.__doc__, formatter_class=HelpFormatter)
-    bench.add_arguments(p)
-    p.set_defaults(func=bench.main_bench)
-    p = sub.add_parser("distill", help="train a PaiNN student on an EMT teacher (energies, forces)",
-                       description=distill.__doc__, formatter_class=HelpFormatter)
-    distill.add_arguments(p)
-    p.set_defaults(func=distill.main_distill)
-    p = sub.add_parser("inspect", help="show what optimize() matches, fuses and rejects in a model",
-                       description=inspect_cmd.__doc__, formatter_class=HelpFormatter)
-    inspect_cmd.add_arguments(p)
-    p.set_defaults(func=inspect_cmd.main_inspect)
-    p = sub.add_parser("longrun", help="long NVE of the optimized and the plain calculator: drift, memory, compiles",
-                       description=longrun.__doc__, formatter_class=HelpFormatter)
-    longrun.add_arguments(p)
-    p.set_defaults(func=longrun.main_longrun)
-    p = sub.add_parser("lammps", help="run painnfx models in LAMMPS on MPI ranks (ML-IAP)",
-                       description=lammps_cmd.__doc__, formatter_class=HelpFormatter)
-    lammps_cmd.add_arguments(p)
+    for name, module, summary in (
+        ("md", md, "run MD with the default model through the ASE calculator"),
+        ("eval", eval_cmd, "energy, forces and stress of every structure in a file, batched"),
+        ("bench", bench, "time energy+forces of eager, torch.compile, schnetpack, ... side by side"),
+        ("distill", distill, "train a PaiNN student on an EMT teacher (energies, forces)"),
+        ("inspect", inspect_cmd, "show what optimize() matches, fuses and rejects in a model"),
+        ("longrun", longrun, "long NVE of the optimized and the plain calculator: drift, memory, compiles"),
+        ("lammps", lammps_cmd, "run painnfx models in LAMMPS on MPI ranks (ML-IAP)"),
+    ):
+        p = sub.add_parser(name, help=summary, description=module.__doc__, formatter_class=HelpFormatter)
+        module.add_arguments(p)  # each sets its own ``func`` where it has one handler, else its subcommands do
+        if hasattr(module, f"main_{name}"):
+            p.set_defaults(func=getattr(module, f"main_{name}"))
     return parser
 
 
