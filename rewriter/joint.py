@@ -37,7 +37,6 @@ from painnfx.ops.fused_op import inline_reference
 from .fusions import JOINT_INLINED
 from .native import NATIVE_FUSED, native_counts, natively_run, use_native_ops, wrapper_options
 from .standalone import GuardedGraph
-from .standalone import enabled as standalone_enabled
 
 
 def fused_node_names() -> set:
@@ -158,7 +157,7 @@ class JointGraphs:
         def dynamo():
             return torch.compile(gm, dynamic=True, fullgraph=True, options=options)
 
-        runner = GuardedGraph(gm, options, dynamo) if standalone_enabled() and _on_cpu(example) else dynamo()
+        runner = GuardedGraph(gm, options, dynamo) if _on_cpu(example) else dynamo()
         with torch.inference_mode():
             runner(*example)
         return runner

@@ -12,7 +12,8 @@
   them, into their ``painnfx_native`` twins: the same C++ kernels behind the dispatcher instead
   of ~50-100 us of Python each (torch.library's wrapper, checks, ctypes). The radial basis and
   cutoff names become the kernels' ids and constants here, once (``ops.radial.kernel_radial``).
-  The update block is still traced as torch ops by default (``native_update``).
+  The update block is traced as its reference torch ops (fusions.JOINT_INLINED): Inductor's code
+  for it beat the native update op by 15-20% at 3-50 atoms (docs/rewriter.md).
 
 ``wrapper_options`` then picks Inductor's C++ wrapper (the compiled graph calls its kernels and
 the native ops from C++, no Python between them) for a CPU graph left with no Python-implemented
@@ -24,7 +25,6 @@ proxy.
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -103,19 +103,12 @@ def _fused_ops_run_on_cpp(backend: Optional[str]) -> bool:
                 and cpp.library() is not None)
 
 
-def native_update() -> bool:
-    """Whether joint graphs trace the update block as the fused op, run natively
-    (``PAINNFX_NATIVE_UPDATE=1``), instead of as its reference torch ops (default): Inductor's
-    code for the block beat the native twin by 15-20% at 3-50 atoms (docs/rewriter.md)."""
-    return os.environ.get("PAINNFX_NATIVE_UPDATE", "0") == "1"
-
-
 def natively_run(backend: Optional[str]) -> set:
     """The fused ops a CPU joint graph traced for ``backend`` runs as native twins: what it need not
     trace as reference torch ops (joint.trace)."""
     if not enabled() or not _fused_ops_run_on_cpp(backend):
         return set()
-    return {"prepare_edges", "painn_message"} | ({"painn_update"} if native_update() else set())
+    return {"prepare_edges", "painn_message"}
 
 
 def _native_fused_ops(gm: fx.GraphModule) -> int:

@@ -13,18 +13,11 @@ runs the compiled graph directly; any other (one atom, no edges, a strided input
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Callable
 
 import torch
 import torch.fx as fx
-
-
-def enabled() -> bool:
-    """Whether joint graphs are compiled this way (``PAINNFX_JOINT_STANDALONE``, default 1; 0: only
-    ``torch.compile``)."""
-    return os.environ.get("PAINNFX_JOINT_STANDALONE", "1") != "0"
 
 
 class GuardedGraph:

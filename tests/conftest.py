@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, Phase, settings
 
 settings.register_profile(
     "ci",
-    max_examples=int(os.environ.get("PAINNFX_HYPOTHESIS_EXAMPLES", "25")),
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
     derandomize=True,
@@ -25,6 +25,22 @@ os.environ.setdefault("PAINNFX_STRICT", "1")
 # the auto path rule's compiled forces graph costs an Inductor compile (5-20 s) per model and kind
 # of call: off for the suite at large; tests/test_joint_forces.py turns it on and asserts it ran
 os.environ.setdefault("PAINNFX_JOINT", "0")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--require-env", action="store_true",
+                     help="painnfx: a missing piece of the environment (NVRTC, the CUDA emulator, a C++ compiler, "
+                          "libasan, schnetpack, OpenMM, torch-sim, LAMMPS) fails its tests instead of skipping them "
+                          "(the README's test command, CI)")
+    parser.addoption("--fuzz-examples", type=int, default=100,
+                     help="painnfx: hypothesis examples per fuzz test (tests/test_fuzz.py)")
+
+
+def pytest_configure(config):
+    import helpers
+
+    helpers.REQUIRE_ENV = config.getoption("--require-env")
+    helpers.FUZZ_EXAMPLES = config.getoption("--fuzz-examples")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -38,20 +38,23 @@ def perturbed_model(cfg: dict, dtype=torch.float64, scale: float = 0.1):
     return model
 
 
-#: set by the README's test command (CI): a missing piece of the environment (NVRTC, the
-#: emulator, a C++ compiler, libasan, schnetpack, openmm, LAMMPS) fails instead of skipping
-REQUIRE_ENV = os.environ.get("PAINNFX_REQUIRE_ENV", "0") == "1"
+#: ``--require-env`` (the README's test command, CI; set by conftest): a missing piece of the
+#: environment (NVRTC, the emulator, a C++ compiler, libasan, schnetpack, openmm, LAMMPS) fails
+#: instead of skipping
+REQUIRE_ENV = False
+#: ``--fuzz-examples``: hypothesis examples per fuzz test (tests/test_fuzz.py; set by conftest)
+FUZZ_EXAMPLES = 100
 
 
 def env_skip(reason: str, module: bool = False):
-    """Skip a test whose environment is missing, or fail it where PAINNFX_REQUIRE_ENV=1."""
+    """Skip a test whose environment is missing, or fail it under ``--require-env``."""
     if REQUIRE_ENV:
-        pytest.fail(f"PAINNFX_REQUIRE_ENV=1, but {reason}", pytrace=False)
+        pytest.fail(f"--require-env, but {reason}", pytrace=False)
     pytest.skip(reason, allow_module_level=module)
 
 
 def env_import(name: str):
-    """``pytest.importorskip`` that becomes a failure where PAINNFX_REQUIRE_ENV=1."""
+    """``pytest.importorskip`` that becomes a failure under ``--require-env``."""
     try:
         return importlib.import_module(name)
     except ImportError as exc:
@@ -59,7 +62,7 @@ def env_import(name: str):
 
 
 #: what runs the fused ops on CPU tensors by default: the C++ kernels (conftest's each_backend
-#: and test_cpu_backend fail under PAINNFX_REQUIRE_ENV=1 if they cannot be built)
+#: and test_cpu_backend fail under --require-env if they cannot be built)
 CPU_KERNELS = "cpp"
 
 
@@ -86,12 +89,12 @@ def assert_kernels(calls, backend: str, forward: int, backward: int = None, upda
 
 def native_ops_expected() -> bool:
     """Whether joint graphs on the CPU run the native ops (painnfx_native: a C++ compiler built
-    them; PAINNFX_NATIVE is not 0); under PAINNFX_REQUIRE_ENV=1 they must."""
+    them; PAINNFX_NATIVE is not 0); under --require-env they must."""
     from painnfx.ops.cpu import native
     from painnfx.rewriter.native import enabled
 
     if REQUIRE_ENV and os.environ.get("PAINNFX_NATIVE", "1") != "0":
-        assert native.available(), f"PAINNFX_REQUIRE_ENV=1, but the native ops cannot be built: {native.info()}"
+        assert native.available(), f"--require-env, but the native ops cannot be built: {native.info()}"
     return enabled()
 
 

@@ -1,7 +1,6 @@
 """The C++ CPU kernels: build cache (hit, corruption, no compiler), determinism, registration,
 and the calculator's auto rule running them."""
 
-import os
 import warnings
 
 import pytest
@@ -90,28 +89,19 @@ def test_the_kernels_transpose_weights_as_aten_does(dtype):
             assert out.is_contiguous() and torch.equal(out, view.t().contiguous())
 
 
-def test_both_libraries_read_one_update_transpose_setting():
-    """PAINNFX_UPDATE_TRANSPOSE_ATOMS is read in cpu_common.h, and the ctypes backend asks the
-    library for it: 24 by default; set to 1000, 50 atoms take the weights as given."""
-    import subprocess
-    import sys
-
-    code = ("import torch; from painnfx.ops.cpu import backend; w = [torch.randn(4, 3) for _ in range(3)];"
-            "print(backend._state.get('transpose_atoms'), [t is None for t in backend._transposed(50, w)],"
-            " backend._state['transpose_atoms'])")
-    for value, expected in ((None, "None [False, False, False] 24"), ("1000", "None [True, True, True] 1000")):
-        env = {k: v for k, v in os.environ.items() if k != "PAINNFX_UPDATE_TRANSPOSE_ATOMS"}
-        if value is not None:
-            env["PAINNFX_UPDATE_TRANSPOSE_ATOMS"] = value
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert out.stdout.strip().splitlines()[-1] == expected
+def test_the_update_weights_are_transposed_from_24_atoms():
+    """The ctypes backend asks the library (cpu_common.h, the crossover the native ops use too)
+    from how many atoms the update kernels take transposed weights: 24."""
+    if backend.library() is None:
+        env_skip(f"the C++ kernels cannot be built here: {backend.info().get('error')}")
+    w = [torch.randn(4, 3, dtype=torch.float64) for _ in range(3)]
+    assert backend._transposed(23, w) == [None, None, None]
+    assert all(torch.equal(t, u.t()) for t, u in zip(backend._transposed(24, w), w))
 
 
-def test_the_basis_loops_call_glibc_vector_exponentials(monkeypatch):
+def test_the_basis_loops_call_glibc_vector_exponentials():
     """Where glibc's libmvec is installed (x86-64 glibc), both C++ libraries are linked to it and
-    their radial-basis loops call its vector exp (a _ZGV... symbol), not only the scalar one;
-    PAINNFX_LIBMVEC=0 builds without it."""
+    their radial-basis loops call its vector exp (a _ZGV... symbol), not only the scalar one."""
     import shutil
     import subprocess
 
@@ -128,8 +118,6 @@ def test_the_basis_loops_call_glibc_vector_exponentials(monkeypatch):
                                    timeout=60).stdout
         vector_exp = [ln.split()[-1] for ln in undefined.splitlines() if "_ZGV" in ln and "exp" in ln]
         assert vector_exp, f"{path.name} calls no vector exp"
-    monkeypatch.setenv("PAINNFX_LIBMVEC", "0")
-    assert build.vector_maths() == () and "-DPAINNFX_LIBMVEC" not in build.flags()
 
 
 def test_an_invalid_arch_setting_is_refused(monkeypatch):

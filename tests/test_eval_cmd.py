@@ -2,7 +2,6 @@
 every bad frame named with its reason; non-zero exit status when any frame failed."""
 
 import numpy as np
-import torch
 from ase import Atoms
 from ase.build import bulk
 from ase.io import read, write

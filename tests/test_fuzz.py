@@ -4,8 +4,8 @@ The property, for every drawn input: the call either raises a painnfx error (``P
 ``InputError``, ``CheckpointError``, ``NonFiniteError``, ...; ASE's ``PropertyNotImplementedError``
 for the stress of a non-periodic structure) with a message, or returns finite results equal to
 the plain model's. No bare torch, numpy or ASE exception from deep inside, and no input file
-changes. CI runs ``PAINNFX_FUZZ_EXAMPLES`` (default 100) examples per test, over 500 in all;
-``PAINNFX_FUZZ_EXAMPLES=5000 python -m pytest -m fuzz`` runs longer (docs/testing.md).
+changes. CI runs ``--fuzz-examples`` (default 100) examples per test, over 500 in all;
+``python -m pytest -m fuzz --fuzz-examples 5000`` runs longer (docs/testing.md).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+import helpers
 from strategies import SMALL_CONFIG
 
 from painnfx.model.batch import Failed, evaluate, iter_evaluate
@@ -31,7 +32,7 @@ from painnfx.ops.errors import PainnfxError
 
 pytestmark = pytest.mark.fuzz
 
-EXAMPLES = int(os.environ.get("PAINNFX_FUZZ_EXAMPLES", "100"))
+EXAMPLES = helpers.FUZZ_EXAMPLES
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 #: the elements the fuzzed model knows (others must be refused by name)

@@ -214,23 +214,6 @@ def test_a_joint_graph_refuses_a_model_converted_after_optimize():
         evaluate(fast, atoms, dtype=torch.float32)
 
 
-def test_standalone_off_compiles_the_joint_graph_with_torch_compile(monkeypatch):
-    """PAINNFX_JOINT_STANDALONE=0: the joint graph runs through torch.compile only (one Dynamo
-    graph), with the same results."""
-    monkeypatch.setenv("PAINNFX_JOINT_STANDALONE", "0")
-    model, fast = _joint_model("auto", compiled=True)
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    atoms = molecule("C6H6")
-    evaluate(fast, atoms)
-    out = evaluate(fast, atoms)
-    assert out.forces.is_inference()
-    torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
-    assert fast.joint_graphs.calls("energy+forces") == {}
-    assert fast.report.joint["graphs"]["energy+forces"]["dynamo"] is True
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
-
-
 def test_the_compiled_joint_graph_on_edge_cases():
     """No edges (isolated atoms), one atom, a pair at exactly the cutoff, an atom with only its own
     periodic images (with stress), a pair: systems below 2 atoms or 2 edges run the fused graph with
@@ -346,26 +329,6 @@ def test_a_cpp_wrapper_that_fails_leaves_the_python_wrapper(monkeypatch):
     torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
     assert out.forces.is_inference() and "rejected" not in fast.report.joint
     assert fast.report.joint["graphs"]["energy+forces"]["wrapper"] == "Python"
-
-
-def test_the_update_block_runs_natively_in_the_joint_graph_on_request(monkeypatch):
-    """``PAINNFX_NATIVE_UPDATE=1``: the joint graph traces the fused update op and runs its native
-    twin (measured slower than Inductor's code for the block, so not the default); the forces
-    still equal eager's."""
-    from helpers import native_ops_expected
-
-    if not native_ops_expected():
-        pytest.skip("the native ops are off here")
-    monkeypatch.setenv("PAINNFX_NATIVE_UPDATE", "1")
-    model, fast = _joint_model("auto")
-    atoms = molecule("CH4")
-    with JointKernels() as ran:
-        evaluate(fast, atoms)  # traces, checks against the fused path
-        out = evaluate(fast, atoms)
-    torch.testing.assert_close(out.forces, evaluate(model, atoms).forces, rtol=1e-10, atol=1e-10)
-    graph = fast.report.joint["graphs"]["energy+forces"]
-    assert graph["fused"][fused_target("painn_update")] == 2 and graph["fused"][fused_target("painn_update_backward")] == 2
-    assert ran.native["painnfx_native::painn_update"] >= 2 and ran.native["painnfx_native::painn_update_backward"] >= 2
 
 
 def test_without_the_native_ops_the_joint_graph_calls_the_fused_ops_through_python(monkeypatch):

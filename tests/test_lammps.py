@@ -2,7 +2,7 @@
 calculator, and bad LAMMPS settings turned into clear errors.
 
 Needs a LAMMPS with ML-IAP + PYTHON + MPI (tools/lammps_build.sh, run by the README's test
-command); without one these tests skip, unless PAINNFX_REQUIRE_ENV=1 (CI) makes that a failure.
+command); without one these tests skip, unless ``--require-env`` (CI) makes that a failure.
 """
 
 from __future__ import annotations

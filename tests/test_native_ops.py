@@ -3,10 +3,6 @@ float64 ``torch.addmm``/``torch.mm``, on hypothesis-drawn shapes and layouts, wi
 that ran asserted (``dense_form``: "dot", "axpy" or "blas"), subnormal inputs, the caller's
 floating-point state untouched, and ``torch.library.opcheck``."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -46,8 +42,7 @@ def _expected_form(m, k, n, layout):
     """Up to dense_rows() rows (16) the kernels: the dot form where b's columns are contiguous (a transposed weight;
     also any b of one row or one column), the axpy form where its rows are; BLAS otherwise."""
     max_rows = native.dense_rows()
-    assert max_rows == {"dot": 16, "axpy": 16} or os.environ.get("PAINNFX_DENSE_DOT_ROWS") \
-        or os.environ.get("PAINNFX_DENSE_AXPY_ROWS")  # the defaults, unless the environment sets them
+    assert max_rows == {"dot": 16, "axpy": 16}
     if m > max_rows[layout if layout != "strided" else "axpy"] or (layout == "strided" and k > 1):
         return "blas"
     return "dot" if layout == "dot" or k <= 1 or n == 1 else "axpy"
@@ -90,17 +85,6 @@ def test_many_rows_and_other_dtypes_take_atens_product():
     bias2d = torch.randn(3, 6, dtype=torch.float64)  # a 2-D bias is addmm's business
     assert native.dense_form(a, b, bias2d) == "blas"
     torch.testing.assert_close(dense(a, b, bias2d), torch.addmm(bias2d, a, b))
-
-
-def test_the_row_limits_come_from_the_environment():
-    """PAINNFX_DENSE_DOT_ROWS / _AXPY_ROWS move each form's crossover to ATen (read at load)."""
-    code = ("from painnfx.ops.cpu import native; import torch; print(native.dense_rows());"
-            "a = torch.randn(3, 8, dtype=torch.float64); w = torch.randn(5, 8, dtype=torch.float64);"
-            "print(native.dense_form(a, w.t()), native.dense_form(a, w.t().contiguous()))")
-    env = {**os.environ, "PAINNFX_DENSE_DOT_ROWS": "2", "PAINNFX_DENSE_AXPY_ROWS": "3"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split("\n")[:2] == ["{'dot': 2, 'axpy': 3}", "blas axpy"]
 
 
 def test_the_row_limits_can_be_set_for_a_block():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import env_skip
-from painnfx.ops import dispatch, prepare_edges, reference
+from painnfx.ops import dispatch, prepare_edges
 from painnfx.ops.cpu import backend
 
 #: magnitudes whose products are subnormal: (1e-20)^2 < 1.2e-38 (float32), (1e-160)^2 < 2.2e-308 (float64)

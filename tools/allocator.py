@@ -7,7 +7,8 @@ here: an energy+forces call of a 50-atom molecule took 22 ms with the defaults, 
 fixed thresholds; after ``torch.export`` (inside ``optimize``) the same call took 33 ms with
 the defaults. Fixing the mmap and trim thresholds (what ``MALLOC_MMAP_THRESHOLD_`` and
 ``MALLOC_TRIM_THRESHOLD_`` do) removes both effects. The ``painnfx`` command applies this at
-start; set ``PAINNFX_KEEP_MALLOC=1`` to keep the defaults. A library import never changes it.
+start unless the user set either variable (glibc's own settings then stand). A library import
+never changes it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ THRESHOLD = 256 * 2**20
 
 
 def tune_malloc(threshold: int = THRESHOLD) -> bool:
-    """Fix glibc's mmap/trim thresholds; False if not glibc, opted out, or already set by env."""
-    if os.environ.get("PAINNFX_KEEP_MALLOC") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    """Fix glibc's mmap/trim thresholds; False if not glibc or the user set them (``MALLOC_*_THRESHOLD_``)."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
     name = ctypes.util.find_library("c")
     if not name:

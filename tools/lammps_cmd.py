@@ -37,7 +37,10 @@ class LammpsNotFound(MissingProgram):
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("PAINNFX_LAMMPS_CACHE", Path.home() / ".cache" / "painnfx" / "lammps"))
+    """Where ``tools/lammps_build.sh`` puts its builds: ``<painnfx cache>/lammps``."""
+    from painnfx.ops.build_cache import cache_root as painnfx_cache
+
+    return painnfx_cache() / "lammps"
 
 
 def find_lmp() -> str:

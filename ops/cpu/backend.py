@@ -159,9 +159,8 @@ def filter_backward(grad, d, weight, bias, basis_params, basis, cutoff, cutoff_p
 
 
 def _transposed(n: int, weights) -> list:
-    """The update weights transposed from as many atoms on as the library says
-    (``PAINNFX_UPDATE_TRANSPOSE_ATOMS``, cpu_common.h: the one setting both libraries read), else
-    None each (the kernels then take them as given)."""
+    """The update weights transposed from as many atoms on as the library says (cpu_common.h: the
+    one crossover both libraries use), else None each (the kernels then take them as given)."""
     if "transpose_atoms" not in _state:
         _state["transpose_atoms"] = library().painnfx_update_transpose_atoms()
     if n < _state["transpose_atoms"]:

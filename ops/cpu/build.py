@@ -54,9 +54,8 @@ def vector_maths() -> tuple:
     """The linker flags of glibc's vector maths library (libmvec: exp, sin, ... on SSE to AVX-512
     vectors, within 4 ulp) where this is x86-64 glibc and it is installed, else (). With it the
     kernels' radial-basis loops call vector exponentials instead of one scalar call per basis
-    function (painn_message.cpp). Linked by its runtime name, so no development symlink is needed.
-    ``PAINNFX_LIBMVEC=0`` builds without it."""
-    if os.environ.get("PAINNFX_LIBMVEC", "1") == "0" or platform.machine() not in ("x86_64", "AMD64"):
+    function (painn_message.cpp). Linked by its runtime name, so no development symlink is needed."""
+    if platform.machine() not in ("x86_64", "AMD64"):
         return ()
     name = _find_mvec()
     return (f"-l:{name}",) if name else ()

@@ -60,19 +60,11 @@ constexpr int VECTOR_BYTES = 16;
 #endif
 
 // An integer setting from the environment (read by the caller once), or ``fallback`` when unset.
-inline std::int64_t env_int(const char* name, std::int64_t fallback) {
-    const char* v = std::getenv(name);
-    return v && *v ? std::atoll(v) : fallback;
-}
-
 // From this many atoms on the update kernels take their weights transposed (three copies per
-// call) for the register-blocked products; below, dot products with the weights as given.
-// PAINNFX_UPDATE_TRANSPOSE_ATOMS, read once; both libraries ask here (the ctypes backend through
+// call) for the register-blocked products; below, dot products with the weights as given (measured
+// crossover, docs/ops.md). Both libraries ask here (the ctypes backend through
 // painnfx_update_transpose_atoms, painn_update.cpp).
-inline std::int64_t update_transpose_atoms() {
-    static const std::int64_t atoms = env_int("PAINNFX_UPDATE_TRANSPOSE_ATOMS", 24);
-    return atoms;
-}
+inline std::int64_t update_transpose_atoms() { return 24; }
 
 // dst (cols, rows) = the transpose of src (rows, cols; strides rs, cs), in 16 x 16 tiles: the
 // kernels' transposed weights. ATen's t().contiguous() of such a weight is a strided copy through

@@ -143,8 +143,8 @@ def dense_form(a: torch.Tensor, b: torch.Tensor, bias: Optional[torch.Tensor] = 
 
 def dense_rows() -> dict:
     """{"dot": rows, "axpy": rows}: the most rows ``dense`` runs on each small-row kernel before
-    ATen's product takes over (``PAINNFX_DENSE_DOT_ROWS`` / ``PAINNFX_DENSE_AXPY_ROWS``, read once
-    when the library loads); {} when the library is not available."""
+    ATen's product takes over (16 each; ``dense_rows_set`` changes them for a block); {} when the
+    library is not available."""
     if library() is None:
         return {}
     return dict(zip(("dot", "axpy"), torch.ops.painnfx_native.dense_rows()))

@@ -51,11 +51,11 @@ std::vector<std::int64_t> call_counts() {
     return out;
 }
 
-// The most rows each form takes before ATen's product (MKL) does, from PAINNFX_DENSE_DOT_ROWS /
-// PAINNFX_DENSE_AXPY_ROWS if set (read once): the crossover depends on the CPU and on MKL.
-// (set_dense_rows changes them at run time: for measuring the crossover in one process)
-std::atomic<std::int64_t> DOT_MAX_ROWS{env_int("PAINNFX_DENSE_DOT_ROWS", 16)};
-std::atomic<std::int64_t> AXPY_MAX_ROWS{env_int("PAINNFX_DENSE_AXPY_ROWS", 16)};
+// The most rows each form takes before ATen's product (MKL) does: 16 measured best in compiled
+// joint graphs (the header above). set_dense_rows changes them at run time, for measuring the
+// crossover on another CPU in one process (native.dense_rows_set).
+std::atomic<std::int64_t> DOT_MAX_ROWS{16};
+std::atomic<std::int64_t> AXPY_MAX_ROWS{16};
 // columns per parallel chunk: at least this many multiply-adds each (a thread's wake-up costs more
 // than a smaller share of the arithmetic)
 constexpr std::int64_t CHUNK_FMAS = 1 << 17;
