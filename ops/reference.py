@@ -82,7 +82,7 @@ def message_forward(r, idx_i, idx_j, edges, x, mu: Optional[torch.Tensor], weigh
 
 def message_backward(gq, gmu, r, idx_i, idx_j, edges, x, mu: Optional[torch.Tensor], weight, bias, basis_params,
                      basis: str, cutoff: str, cutoff_params, chunk_size: int = 0, weight_grad: bool = True):
-    """(dL/dr, dL/dx, dL/dmu or None, dL/dweight or None, dL/dbias or None); see DESIGN.md sec. 2.
+    """(dL/dr, dL/dx, dL/dmu or None, dL/dweight or None, dL/dbias or None); math in docs/ops.md.
 
     Per edge, with G = [gq_i, t, s] (t = u . gmu_i, s = sum_c gmu_i[c] mu_j[c]):
     dL/dW = G * x_j, dL/dx_j = G * W, dL/du = gmu_i (W_vr x_vr,j), dL/dmu_j = gmu_i W_vv x_vv,j.
@@ -139,7 +139,7 @@ def _update_intermediates(q, mu, mix_weight, w1, b1, w2, b2, epsilon: float):
 
 
 def update_forward(q, mu, mix_weight, w1, b1, w2, b2, epsilon: float):
-    """(q', mu') of PaiNN's update (mixing) block; q (N, F), mu (N, 3, F), see DESIGN.md sec. 1:
+    """(q', mu') of PaiNN's update (mixing) block; q (N, F), mu (N, 3, F) (docs/ops.md):
     V, W = mu U^T;  a, b, c = W2 silu(W1 [q, |V|] + b1) + b2;  q' = q + a + c (V.W);  mu' = mu + b W."""
     f = q.shape[1]
     v, w, _, _, _, _, x = _update_intermediates(q, mu, mix_weight, w1, b1, w2, b2, epsilon)

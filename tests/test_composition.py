@@ -1,4 +1,4 @@
-"""An optimized model composes with torch.compile, torch.func and torch.export (issue 18, item 2).
+"""An optimized model composes with torch.compile, torch.func and torch.export.
 
 Each case asserts the fused ops ran (kernels counted) and, where torch builds a graph, that each
 fused op is one node of it; values equal the eager model's in fp64 (1e-10) and fp32 (1e-5).

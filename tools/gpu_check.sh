@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU evidence in one call on the device machine (docs/cuda.md, the GPU-evidence issue):
+# GPU evidence in one call on a GPU machine (docs/cuda.md):
 #   1. device.txt        nvidia-smi name, memory, driver; torch and CUDA versions
 #   2. tests.log         pytest -m "cuda or emulated" (kernels vs reference on the device, dispatch,
 #                        non-default stream, CUDA-graph capture/replay/overflow)

@@ -1,4 +1,4 @@
-// painn_message backward, atomic-free and deterministic (see DESIGN.md section 2):
+// painn_message backward, atomic-free and deterministic (math: docs/ops.md):
 //
 //   painn_message_backward_nodes   one block per SOURCE atom j, walking the edges out of j in
 //       source-sorted order (the CSC of prepare_edges); thread f accumulates dL/dx_j and dL/dmu_j
