@@ -137,10 +137,18 @@ def test_a_failing_compile_is_an_error_with_the_compiler_output(tmp_path, monkey
     assert not list((tmp_path / "cpu").glob("*.so")) and not list((tmp_path / "cpu").glob("*.json"))
 
 
+def _no_compiler(monkeypatch):
+    """``$CXX`` names no compiler for painnfx's build. Inductor reads ``$CXX`` once, when its config
+    is first imported: imported before, it keeps the real compiler for later tests."""
+    import torch._inductor.config  # noqa: F401
+
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+
+
 def test_no_compiler_falls_back_to_the_reference_with_one_warning(monkeypatch):
     """The dispatcher asks the backend first: without kernels the reference runs (and is what
     ``record_calls`` reports), after one warning."""
-    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    _no_compiler(monkeypatch)
     monkeypatch.setattr(backend, "_state", {})
     with pytest.raises(build.CpuBuildError, match="no C\\+\\+ compiler"):
         build.build()
@@ -163,7 +171,7 @@ def test_no_compiler_falls_back_to_the_reference_with_one_warning(monkeypatch):
 
 def test_the_calculator_lets_the_no_compiler_warning_through_once(monkeypatch):
     """PaiNNCalculator silences only "nothing to rewrite"; the slow path's reason reaches the user, once."""
-    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    _no_compiler(monkeypatch)
     monkeypatch.setattr(backend, "_state", {})
     with pytest.warns(UserWarning, match="CPU kernels are unavailable .*no C\\+\\+ compiler"):
         calc = PaiNNCalculator(random_model(0, n_atom_basis=8, n_interactions=1, n_rbf=4), setup="now")

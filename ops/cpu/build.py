@@ -30,10 +30,12 @@ from .entry_points import Library, parse
 
 HERE = Path(__file__).parent
 INCLUDE = HERE.parent / "cuda"  # radial.cuh, shared with the CUDA kernels
+#: the kernels' sources (each compiled as the units of ``units()``), the operators' source (native.py:
+#: against torch's headers), and every header any of them includes (every cache key reads them all):
+#: the one list of the CPU sources
 SOURCES = (HERE / "painn_message.cpp", HERE / "painn_update.cpp")
-HEADERS = (HERE / "cpu_common.h", INCLUDE / "radial.cuh")
-#: every header a unit may include (an object's cache key reads them all)
-HEADERS_ALL = (*HEADERS, HERE / "small_products.h")
+OPERATORS = HERE / "native_ops.cpp"
+HEADERS = (HERE / "cpu_common.h", HERE / "small_products.h", INCLUDE / "radial.cuh")
 FLAGS = ("-O3", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 #: ``$PAINNFX_CPU_ARCH``: the instruction set the kernels are built for (g++ ``-march``). "native"
 #: (default) is this machine's own (AVX2, AVX-512 where it has them); a named level such as
@@ -176,7 +178,7 @@ def compile_units(cxx: str, units, what: str, jobs: Optional[int] = None, extra:
     def one(unit) -> Path:
         source, defines = unit
         options = [*unit_flags(), *defines, f"-I{HERE}", f"-I{INCLUDE}", *extra]
-        k = digest([source.read_text(), *(p.read_text() for p in sorted(HEADERS_ALL)), " ".join(options), version,
+        k = digest([source.read_text(), *(p.read_text() for p in sorted(HEADERS)), " ".join(options), version,
                     _cpu_identity()])
         name = f"{source.stem}{''.join(d.split('=')[-1] for d in defines)}_{k[:24]}.o"
         if OBJECTS.lookup(name) is None:

@@ -30,12 +30,13 @@ from typing import Optional
 import torch
 
 from ..build_cache import BuildCache, digest, load_once
-from .build import (HERE, INCLUDE, CpuBuildError, _cpu_identity, compile_units, compiler, compiler_version, link,
-                    unit_flags, units, vector_maths)
+from .build import HEADERS, OPERATORS
+from .build import SOURCES as KERNEL_SOURCES
+from .build import (CpuBuildError, _cpu_identity, compile_units, compiler, compiler_version, link, unit_flags, units,
+                    vector_maths)
 
-#: the operators, and the message kernels they call (the ctypes library's source, built in here too)
-SOURCES = (HERE / "native_ops.cpp", HERE / "painn_message.cpp", HERE / "painn_update.cpp")
-HEADERS = (HERE / "small_products.h", HERE / "cpu_common.h", INCLUDE / "radial.cuh")
+#: the operators, and the kernels they call (the ctypes library's sources, built in here too)
+SOURCES = (OPERATORS, *KERNEL_SOURCES)
 NAMESPACE = "painnfx_native"
 #: what ``dense_form`` returns: which path ``dense`` takes
 FORMS = {0: "blas", 1: "dot", 2: "axpy"}
