@@ -379,6 +379,27 @@ def test_files_written_by_default_stay_out_of_the_repository():
     assert "/painnfx_out/" in ignore
 
 
+def test_bench_results_name_their_dtype_and_commit():
+    """The default output is one file set per kind and dtype, and every result's environment names the
+    painnfx commit it ran (git's own answer, "+changes" when the tree differs from it)."""
+    import subprocess
+    from pathlib import Path
+
+    from painnfx.tools.bench import DEFAULT_OUT, environment, output_stem
+
+    assert output_stem(DEFAULT_OUT, False, "cpu", "float64") == "docs/perf/cpu_bench_float64"
+    assert output_stem(DEFAULT_OUT, True, "cpu", "float32") == "docs/perf/throughput_float32"
+    assert output_stem(DEFAULT_OUT, False, "cuda:0", "float32") == "docs/perf/gpu_bench_float32"
+    assert output_stem("elsewhere/x", False, "cpu", "float32") == "elsewhere/x"
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    commit = environment("cpu", 1, "float32")["commit"]
+    if head.returncode:
+        assert commit is None  # not a git checkout
+    else:
+        assert commit.split("+")[0] == head.stdout.strip()
+
+
 def test_throughput_bench_case_and_table():
     """`painnfx bench --throughput`: one set timed as a whole, one call per structure or batched."""
     from painnfx.tools.bench import throughput_table

@@ -37,6 +37,9 @@ from .dtypes import DTYPES
 from .usage import (UsageError, check_device, non_negative_float, non_negative_int, output_file, positive_float,
                     positive_int, save_figure, write_text)
 
+#: ``--out``'s default: replaced by docs/perf/<kind>_<dtype> (main_bench)
+DEFAULT_OUT = "docs/perf/cpu_bench_DTYPE"
+
 
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
@@ -295,6 +298,31 @@ def _time(step, dev: torch.device, record: dict, warmup: int, min_repeats: int, 
     return record
 
 
+def output_stem(out: str, throughput: bool, device: str, dtype: str) -> str:
+    """``--out``, or for the default one file set per kind and dtype (a run of the other dtype keeps
+    this one's): docs/perf/cpu_bench_<dtype>, gpu_bench_<dtype> or throughput_<dtype>."""
+    if out != DEFAULT_OUT:
+        return out
+    kind = "throughput" if throughput else ("gpu_bench" if device.startswith("cuda") else "cpu_bench")
+    return f"docs/perf/{kind}_{dtype}"
+
+
+def source_commit():
+    """The git commit of the painnfx sources that run (with "+changes" when the tree differs from it),
+    or None outside a git checkout: what every result names beside its CPU and date."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", ".."],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def environment(device: str, threads: int, dtype: str) -> dict:
     """What a result depends on: CPU model and ISA, threads, torch, the flush state, the peak."""
     from painnfx.ops.cpu import backend
@@ -315,6 +343,7 @@ def environment(device: str, threads: int, dtype: str) -> dict:
         "native_ops": _native_state(),
         "fma_peak_gflops": fma_peak_gflops(threads),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": source_commit(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -580,7 +609,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-time", type=non_negative_float, default=3.0, help="seconds of timed calls per case (after min-repeats)")
     p.add_argument("--case-timeout", type=positive_float, default=1800.0,
                    help="seconds after which a case's worker process is stopped and the case recorded as failed")
-    p.add_argument("--out", default="docs/perf/cpu_bench", help="output stem: writes STEM.json, STEM.png, STEM.md")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help="output stem: writes STEM.json, STEM.png, STEM.md (default: docs/perf/cpu_bench_DTYPE, "
+                        "gpu_bench_DTYPE on a GPU, throughput_DTYPE with --throughput)")
     p.add_argument("--no-memory", action="store_true", help="skip the separate peak-memory pass")
     p.add_argument("--isolated", action="store_true",
                    help="time each (system, variant) in its own process, one after another, instead of each "
@@ -618,6 +649,7 @@ def largest(args) -> dict:
 
 def main_bench(args) -> int:
     check_device(args.device)
+    args.out = output_stem(args.out, args.throughput, args.device, args.dtype)
     output_file(str(Path(args.out).with_suffix(".json")), "--out")  # before minutes of measuring
     if args.largest:
         result = {"environment": environment(args.device, args.threads, args.dtype), "largest": largest(args)}
