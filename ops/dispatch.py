@@ -102,6 +102,14 @@ def implement(op_name: str, backend: str, fn: Callable) -> None:
             _INSTALLED.add((op_name, device_type))
 
 
+def implement_op(declared, backend: str, forward: Callable, backward: Optional[Callable] = None) -> None:
+    """``backend``'s implementation of a declared op (a ``FusedOp``): ``forward`` under its name and
+    ``backward`` under its backward's. Backends name ops through their declarations, never by string."""
+    implement(declared.name, backend, forward)
+    if backward is not None:
+        implement(declared.backward_name, backend, backward)
+
+
 def chosen(op_name: str, device_type: str) -> str:
     """The backend that runs ``op_name`` on ``device_type`` right now."""
     name = forced()

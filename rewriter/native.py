@@ -31,15 +31,18 @@ import torch
 import torch.fx as fx
 
 from painnfx.ops import dispatch
+from painnfx.ops.edges import PREPARE_EDGES
+from painnfx.ops.message import MESSAGE
 from painnfx.ops.radial import kernel_radial
+from painnfx.ops.update import UPDATE
 
 _MM, _ADDMM = torch.ops.aten.mm.default, torch.ops.aten.addmm.default
-#: the fused ops with a native twin, by the twin's node target
-NATIVE_FUSED = {f"painnfx_native.{name}.default": name
-                for name in ("prepare_edges", "painn_message", "painn_message_backward", "painn_update",
-                             "painn_update_backward")}
+#: the ops (by the declaration's name) with a native twin of the same name in ``painnfx_native``
+_TWINNED = (PREPARE_EDGES.name, MESSAGE.name, MESSAGE.backward_name, UPDATE.name, UPDATE.backward_name)
+#: the node targets of the native twins
+NATIVE_FUSED = {f"painnfx_native.{name}.default": name for name in _TWINNED}
 #: the fused ops whose native twins take the same arguments (no radial spec to resolve)
-_SAME_ARGS = ("prepare_edges", "painn_update", "painn_update_backward")
+_SAME_ARGS = (PREPARE_EDGES.name, UPDATE.name, UPDATE.backward_name)
 
 
 def enabled() -> bool:
@@ -99,7 +102,7 @@ def _fused_ops_run_on_cpp(backend: Optional[str]) -> bool:
     from painnfx.ops.cpu import backend as cpp
 
     with dispatch.use_backend(backend):
-        return (all(dispatch.chosen(op, "cpu") == cpp.NAME for op in ("painn_message", "painn_update"))
+        return (all(dispatch.chosen(op.name, "cpu") == cpp.NAME for op in (MESSAGE, UPDATE))
                 and cpp.library() is not None)
 
 
@@ -108,34 +111,33 @@ def natively_run(backend: Optional[str]) -> set:
     trace as reference torch ops (joint.trace)."""
     if not enabled() or not _fused_ops_run_on_cpp(backend):
         return set()
-    return {"prepare_edges", "painn_message"}
+    return {PREPARE_EDGES.name, MESSAGE.name}
 
 
 def _native_fused_ops(gm: fx.GraphModule) -> int:
     ns, count = torch.ops.painnfx_native, 0
+    declared = {d.op._opoverload: d.name for d in (PREPARE_EDGES, MESSAGE, UPDATE)}
+    declared.update({d.backward_op._opoverload: d.backward_name for d in (MESSAGE, UPDATE)})
     for node in list(gm.graph.nodes):
-        if node.op != "call_function":
+        name = declared.get(node.target) if node.op == "call_function" else None
+        if name is None:
             continue
-        target = str(node.target)
-        name = target[len("painnfx."):-len(".default")] if target.startswith("painnfx.") else None
         if name in _SAME_ARGS:
             _replace(gm, node, getattr(ns, name).default, tuple(node.args))
-        elif target == "painnfx.painn_message.default":
+        elif name == MESSAGE.name:
             r, idx_i, idx_j, edges, x, mu, weight, bias, params, basis, cutoff, cutoff_params = node.args[:12]
             radial = _radial_args(params, basis, cutoff, cutoff_params, x)
             if radial is None:
                 continue
-            _replace(gm, node, ns.painn_message.default,
+            _replace(gm, node, getattr(ns, name).default,
                      (r, idx_i, idx_j, *edges, x, mu, weight, bias, params, *radial))
-        elif target == "painnfx.painn_message_backward.default":
+        elif name == MESSAGE.backward_name:
             gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, params, basis, cutoff, cutoff_params = node.args[:14]
             radial = _radial_args(params, basis, cutoff, cutoff_params, x)
             if radial is None:
                 continue
-            _replace(gm, node, ns.painn_message_backward.default,
+            _replace(gm, node, getattr(ns, name).default,
                      (gq, gmu, r, idx_i, idx_j, *edges, x, mu, weight, bias, params, *radial, node.args[-1]))
-        else:
-            continue
         count += 1
     return count
 

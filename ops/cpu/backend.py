@@ -16,6 +16,9 @@ from typing import Optional
 import torch
 
 from .. import dispatch, reference
+from ..message import MESSAGE
+from ..radial_filter import RADIAL_FILTER
+from ..update import UPDATE
 from ..radial import kernel_radial
 from ..build_cache import load_once
 from .build import CpuBuildError, build, load
@@ -208,9 +211,7 @@ def usable(op_name: str, *args) -> bool:
 
 def register() -> None:
     dispatch.register_backend(NAME, {"cpu"}, priority=1, usable=usable)
-    dispatch.implement("painn_message", NAME, message_forward)
-    dispatch.implement("painn_message_backward", NAME, message_backward)
-    dispatch.implement("radial_filter", NAME, filter_forward)
-    dispatch.implement("radial_filter_backward", NAME, filter_backward)
-    dispatch.implement("painn_update", NAME, update_forward)
-    dispatch.implement("painn_update_backward", NAME, update_backward)
+    for declared, forward, backward in ((MESSAGE, message_forward, message_backward),
+                                        (RADIAL_FILTER, filter_forward, filter_backward),
+                                        (UPDATE, update_forward, update_backward)):
+        dispatch.implement_op(declared, NAME, forward, backward)

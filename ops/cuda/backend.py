@@ -17,6 +17,8 @@ import functools
 import warnings
 
 from .. import dispatch
+from ..message import MESSAGE
+from ..update import UPDATE
 from . import message, update
 
 NAME = "cuda"
@@ -54,7 +56,5 @@ update_backward = functools.partial(update.run_backward, _launch)
 
 def register() -> None:
     dispatch.register_backend(NAME, {"cuda"}, priority=1, usable=_usable)
-    dispatch.implement("painn_message", NAME, message_forward)
-    dispatch.implement("painn_message_backward", NAME, message_backward)
-    dispatch.implement("painn_update", NAME, update_forward)
-    dispatch.implement("painn_update_backward", NAME, update_backward)
+    dispatch.implement_op(MESSAGE, NAME, message_forward, message_backward)
+    dispatch.implement_op(UPDATE, NAME, update_forward, update_backward)

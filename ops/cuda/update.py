@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import reference
+from ..update import UPDATE
 from .message import _SCALAR, _SUFFIX, Launch, _feature_block
 
 MAX_F = {torch.float32: 256, torch.float64: 128}
@@ -27,9 +28,9 @@ def usable(q) -> bool:
 def takes(op_name: str, *args) -> bool:
     """For a backend's ``usable`` predicate (ops/dispatch.py): False only for an update-op call
     (forward: q first; backward: gq, gmu, q) whose feature count the kernels do not take."""
-    if not op_name.startswith("painn_update"):
+    if op_name not in (UPDATE.name, UPDATE.backward_name):
         return True
-    return usable(args[2] if op_name.endswith("_backward") else args[0])
+    return usable(args[2] if op_name == UPDATE.backward_name else args[0])
 
 
 def _weights(mix_weight, w1, b1, w2, b2) -> dict:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from painnfx.ops import dispatch
 from painnfx.ops.cuda import message, update
+from painnfx.ops.message import MESSAGE
+from painnfx.ops.update import UPDATE
 
 from . import Emulator, build
 
@@ -57,10 +59,8 @@ def register(schedule: str = "forward", seed: int = 0, sources=None) -> None:
     _state.update(schedule=schedule, seed=seed)
     emulator(sources)
     dispatch.register_backend(NAME, {"cpu"}, priority=-1, usable=update.takes)  # F bound as on a GPU
-    dispatch.implement("painn_message", NAME, message_forward)
-    dispatch.implement("painn_message_backward", NAME, message_backward)
-    dispatch.implement("painn_update", NAME, update_forward)
-    dispatch.implement("painn_update_backward", NAME, update_backward)
+    dispatch.implement_op(MESSAGE, NAME, message_forward, message_backward)
+    dispatch.implement_op(UPDATE, NAME, update_forward, update_backward)
 
 
 def unregister() -> None:
