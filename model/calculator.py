@@ -23,7 +23,7 @@ class PaiNNCalculator(Calculator):
     ``model`` is a :class:`PaiNN`, ``optimize()`` of one (run as it is, with its own path
     policy), a checkpoint path, or None for the built-in default model.
     ``optimize``: ``"auto"`` (default) runs :func:`painnfx.rewriter.optimize` with the path rule
-    (``painnfx.rewriter.runner.PATH_RULE``): the compiled forces graph for energy and forces, the
+    (``painnfx.rewriter.optimized_model.PATH_RULE``): the compiled forces graph for energy and forces, the
     fused graph otherwise; True requires the rewrite and always runs the fused graph; False never
     rewrites. ``setup`` (with "auto"): "background" (default) answers the first calls with the
     plain model while the C++ kernels build in a process of their own, and takes each set-up step
@@ -87,7 +87,7 @@ class PaiNNCalculator(Calculator):
         """``optimize``: True (required), False (never) or "auto" (when it applies: a model that
         cannot be captured or matched runs unoptimized, as ``optimize()`` itself reports)."""
         from painnfx.rewriter import optimize as run_optimize
-        from painnfx.rewriter.runner import OptimizedModel
+        from painnfx.rewriter.optimized_model import OptimizedModel
 
         if isinstance(model, OptimizedModel):  # optimized already: run it as it is, or the model behind it
             return model.model if optimize is False else model
@@ -107,7 +107,7 @@ class PaiNNCalculator(Calculator):
             fast = run_optimize(model, setup=setup)
         if fast.ready and not fast.applied:
             return model
-        fast.path = "auto"  # the path rule (runner.PATH_RULE): the plain model until set-up is done
+        fast.path = "auto"  # the path rule (optimized_model.PATH_RULE): the plain model until set-up is done
         return fast
 
     def _graphed_step(self, numbers: torch.Tensor, stress: bool):

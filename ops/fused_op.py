@@ -113,7 +113,7 @@ class FusedOp:
             self.op.register_autograd(self._library_backward, setup_context=self._setup_context)
             dispatch.define(self.backward_name, self.backward_op, self._backward_body)
             dispatch.implement(self.backward_name, dispatch.REFERENCE, reference_backward)
-            self._function, self._lean = self._make_functions()
+            self._function, self._eager = self._make_functions()
 
     # -- schema --------------------------------------------------------------------------------
     def _backward_schema(self, schema: str, n_grads: int) -> str:
@@ -155,7 +155,7 @@ class FusedOp:
                 return self._body(*args)
             return self.op(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
         if eager(*tensors):
-            return self._lean.apply(*[tuple(a) if _tensor_list(a) else a for a in args])
+            return self._eager.apply(*[tuple(a) if _tensor_list(a) else a for a in args])
         if transformed():
             return self._function.apply(*[tuple(a) if _tensor_list(a) else a for a in args])
         return self.op(*[list(a) if _tensor_list(a) else a for a in args])
@@ -277,7 +277,7 @@ class FusedOp:
                 return tuple(_DECLARED[name]._input_grads(ctx, grad_outputs, library_op=torch.compiler.is_compiling(),
                                                           list_grads=False))
 
-        class Lean(torch.autograd.Function):
+        class Eager(torch.autograd.Function):
             @staticmethod
             def forward(ctx, *args):
                 fused = _DECLARED[name]
@@ -293,5 +293,5 @@ class FusedOp:
 
         title = "".join(w.title() for w in name.split("_"))
         Function.__name__ = Function.__qualname__ = title
-        Lean.__name__ = Lean.__qualname__ = f"{title}Lean"
-        return Function, Lean
+        Eager.__name__ = Eager.__qualname__ = f"{title}Eager"
+        return Function, Eager

@@ -7,6 +7,6 @@ cutoff, filter and message subgraphs, and replace them with verified fused ops.
 """
 
 from .optimize import NotAnEnergyModel, optimize
-from .runner import OptimizedModel
+from .optimized_model import OptimizedModel
 
 __all__ = ["optimize", "OptimizedModel", "NotAnEnergyModel"]

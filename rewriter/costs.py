@@ -2,7 +2,7 @@
 
 An optimized model run with ``setup="background"`` takes a set-up step (the rewrite, compiling a
 forces graph) only once the job has run at least as long as the step is expected to take
-(runner.py). The expectation comes from here: the seconds the same step took last time, for the
+(optimized_model.py). The expectation comes from here: the seconds the same step took last time, for the
 same weights, dtype, device, torch version and CPU (``key``). A compiled forces graph is loaded
 from Inductor's own on-disk caches the second time (seconds instead of tens of seconds), and the
 record says so; different weights, another torch or another CPU find no record and are expected

@@ -10,12 +10,12 @@ Inductor (its dense remainder fused into C++ loops; the fused ops stay opaque ca
 under ``torch.inference_mode``: no tape is recorded and no engine walks one. One trace serves
 every system size. The graph reads the model's live parameter tensors, so in-place updates are
 seen (tested); when the model replaces a tensor (``load_state_dict(assign=True)``, ``.to()`` and
-back), ``OptimizedModel`` drops its joint graphs and traces them again (runner.py), and a new
+back), ``OptimizedModel`` drops its joint graphs and traces them again (optimized_model.py), and a new
 dtype or device is refused with ``ModelChangedError``. Training (``create_graph=True``) keeps the
 autograd path. Trace and compile run one at a time (make_fx and Dynamo are not thread-safe).
 
 ``OptimizedModel.joint_properties`` decides per size class whether a call takes this path
-(runner.py: the fused graph's joint graph and the plain model's, each checked output by output
+(optimized_model.py: the fused graph's joint graph and the plain model's, each checked output by output
 against the fused autograd path, timed against it and the plain model); ``model/properties.py``
 and the LAMMPS adapter hand it the function to trace.
 """
@@ -35,8 +35,8 @@ from painnfx.ops import InputError, dispatch
 from painnfx.ops.fused_op import inline_reference
 
 from .fusions import JOINT_INLINED
-from .native import NATIVE_FUSED, native_counts, natively_run, use_native_ops, wrapper_options
-from .standalone import GuardedGraph
+from .cpp_ops import NATIVE_FUSED, native_counts, natively_run, use_native_ops, wrapper_options
+from .direct_call import GuardedGraph
 
 
 def fused_node_names() -> set:
@@ -87,7 +87,7 @@ def node_counts(gm: fx.GraphModule) -> dict:
 
 def _on_cpu(tensors) -> bool:
     """Whether a graph's inputs are all on the CPU: only there is a joint graph compiled without
-    Dynamo (standalone.py); on a GPU that way has not been run yet, so it keeps torch.compile."""
+    Dynamo (direct_call.py); on a GPU that way has not been run yet, so it keeps torch.compile."""
     return all(t.device.type == "cpu" for t in tensors if isinstance(t, torch.Tensor))
 
 
@@ -146,7 +146,7 @@ class JointGraphs:
     def _compiled(self, gm: fx.GraphModule, options: dict, example: tuple):
         """``gm`` compiled with ``options`` (or ``gm`` itself when not compiling), run once on
         ``example`` (sizes that coincide with nothing): by default Inductor alone, called
-        without Dynamo where the graph's shape assumptions hold (standalone.py), else
+        without Dynamo where the graph's shape assumptions hold (direct_call.py), else
         ``torch.compile`` (compiled there). Inductor compiles with as many worker processes as torch
         has threads (``compile_threads``; its default is every core), and that setting is not part
         of its cache key."""
@@ -163,7 +163,7 @@ class JointGraphs:
         return runner
 
     def calls(self, key) -> dict:
-        """{"standalone": n, "dynamo": n}: how the calls of graph ``key`` ran since it was compiled
+        """{"direct": n, "dynamo": n}: how the calls of graph ``key`` ran since it was compiled
         ({} for a graph run through ``torch.compile`` alone or not compiled)."""
         runner = self._runners.get(key)
         return dict(runner.calls) if isinstance(runner, GuardedGraph) else {}

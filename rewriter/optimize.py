@@ -43,7 +43,7 @@ from .costs import weights_digest
 from .fusions import BACKWARD_LAUNCHES, FUSED_TARGETS, LEAVES
 from .passes import PIPELINE
 from .report import OptimizeReport, PassResult, graph_table, launch_estimate, op_counts
-from .runner import SETUPS, OptimizedModel, OptimizedRepresentation
+from .optimized_model import SETUPS, OptimizedModel, OptimizedRepresentation
 from .state import RewriteState
 from .verify import VerificationError, VerificationWarning, verify_end_to_end
 
@@ -258,7 +258,7 @@ def _same_function(cap: Captured, target: Target, backend: str) -> bool:
     """Whether the rewritten graph ``cap``, run on ``target``'s own tensors, gives ``target``'s
     energies and position gradients on a probe system (one call of each: ~10 ms)."""
     from .probes import random_system
-    from .runner import GraphRunner
+    from .optimized_model import GraphRunner
 
     p = next(iter(target.parameters()))
     pos, numbers, edge_index, shifts = (t.to(p.device) for t in random_system(p.dtype, p.device, n_atoms=5))
@@ -302,7 +302,7 @@ def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, st
     ``setup``: "now" rewrites here (a second optimize() of a model with the same class and weights
     in this process reuses that rewrite: ``report.setup["reused"]``); "background" returns at once
     with the rewrite still to do: the plain model answers until the C++ kernels are built (in a
-    process of their own) and the job has run long enough to pay for the rewrite (runner.py's path
+    process of their own) and the job has run long enough to pay for the rewrite (optimized_model.py's path
     rule; ``fast.prepare()`` does it now). Schnetpack potentials are rewritten now.
     """
     if setup not in SETUPS:

@@ -85,7 +85,7 @@ class OptimizeReport:
     applied: bool = False
     end_to_end: str = ""  # the whole-graph verification's verdict
     path_policy: str = ""  # "auto" (the path rule) or the fused graph always
-    path_rule: str = ""  # runner.PATH_RULE
+    path_rule: str = ""  # optimized_model.PATH_RULE
     paths: list = field(default_factory=list)  # which path answered from which call on, and why
     setup: dict = field(default_factory=dict)  # set-up mode and steps: rewrite_s, kernel_build_started, pending
     joint: dict = field(default_factory=dict)  # joint graphs built ({"graphs": {key: counts}}), or why rejected

@@ -91,7 +91,7 @@ def native_ops_expected() -> bool:
     """Whether joint graphs on the CPU run the native ops (painnfx_native: a C++ compiler built
     them; PAINNFX_NATIVE is not 0); under --require-env they must."""
     from painnfx.ops.cpu import native
-    from painnfx.rewriter.native import enabled
+    from painnfx.rewriter.cpp_ops import enabled
 
     if REQUIRE_ENV and os.environ.get("PAINNFX_NATIVE", "1") != "0":
         assert native.available(), f"--require-env, but the native ops cannot be built: {native.info()}"

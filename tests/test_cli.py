@@ -166,10 +166,10 @@ def test_bench_records_the_path_the_auto_policy_chose(monkeypatch):
     forces graphs traced but not compiled, to keep this short."""
     import functools
 
-    from painnfx.rewriter import joint, runner
+    from painnfx.rewriter import joint, optimized_model
     from painnfx.tools.bench import markdown_table
 
-    monkeypatch.setattr(runner, "JointGraphs", functools.partial(joint.JointGraphs, compile=False))
+    monkeypatch.setattr(optimized_model, "JointGraphs", functools.partial(joint.JointGraphs, compile=False))
     rec = measure("H2O", "auto", dtype="float64", device="cpu", threads=1, warmup=0, min_repeats=1, max_repeats=1,
                   max_time=0.0)
     (choice,) = rec["paths"]

@@ -114,9 +114,9 @@ def test_calculator_takes_the_compiled_forces_graph(monkeypatch):
 
 def test_large_systems_take_the_fused_graph_and_trace_nothing(monkeypatch):
     """Above JOINT_MAX_EDGES edges no forces graph is traced: the fused ops run through autograd."""
-    from painnfx.rewriter import runner
+    from painnfx.rewriter import optimized_model
 
-    monkeypatch.setattr(runner, "JOINT_MAX_EDGES", 40)
+    monkeypatch.setattr(optimized_model, "JOINT_MAX_EDGES", 40)
     model, fast = _joint_model("auto")
     benzene = molecule("C6H6")
     assert system_tensors(benzene, model.cutoff)[2].n_edges > 40
@@ -174,7 +174,7 @@ def test_the_compiled_joint_graph_equals_eager_on_every_size_without_recompiling
         torch.testing.assert_close(out.energy, ref.energy, rtol=tol, atol=tol)
     # compiled once by Inductor alone, and every call met its shape assumptions: Dynamo never ran
     calls = fast.joint_graphs.calls("energy+forces")
-    assert calls["dynamo"] == 0 and calls["standalone"] >= 6
+    assert calls["dynamo"] == 0 and calls["direct"] >= 6
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
     assert fast.report.joint["graphs"]["energy+forces"]["dynamo"] is False
     assert "called without Dynamo where its shapes allow" in fast.report.to_text()
@@ -228,16 +228,16 @@ def test_the_compiled_joint_graph_on_edge_cases():
              Atoms("HH", positions=[[0, 0, 0], [2.0, 0, 0]])]
 
     def ways():
-        total = {"standalone": 0, "dynamo": 0}
+        total = {"direct": 0, "dynamo": 0}
         for key in fast.joint_graphs.graphs:
             for way, n in fast.joint_graphs.calls(key).items():
                 total[way] += n
         return total
 
     # no edges (the pair at exactly the cutoff has none) and one atom would break the compiled graph's
-    # assumptions (at least 2 atoms and 2 edges): autograd runs them (runner.JOINT_MIN_SIZE); a pair
+    # assumptions (at least 2 atoms and 2 edges): autograd runs them (optimized_model.JOINT_MIN_SIZE); a pair
     # inside the cutoff (2 atoms, 2 edges, the least it takes) runs the compiled graph directly
-    expected_way = [None, None, None, None, "standalone"]
+    expected_way = [None, None, None, None, "direct"]
     for atoms, way in zip(cases, expected_way):
         stress = bool(atoms.pbc.any())
         before = ways()
@@ -336,7 +336,7 @@ def test_without_the_native_ops_the_joint_graph_calls_the_fused_ops_through_pyth
     ``painnfx::`` ops, run through Python on the C++ kernels, ATen's products and Inductor's Python
     wrapper, and still equals eager."""
     from helpers import CPU_KERNELS, assert_kernels
-    from painnfx.rewriter.native import wrapper_options
+    from painnfx.rewriter.cpp_ops import wrapper_options
 
     monkeypatch.setenv("PAINNFX_NATIVE", "0")
     model, fast = _joint_model("auto")
@@ -357,7 +357,7 @@ def test_a_native_library_that_cannot_be_built_leaves_the_python_path(monkeypatc
     joint graphs are traced as before (the Python ops)."""
     from painnfx.ops.cpu import native
     from painnfx.ops.cpu.build import CpuBuildError
-    from painnfx.rewriter.native import enabled
+    from painnfx.rewriter.cpp_ops import enabled
 
     def broken(use_cache=True):
         raise CpuBuildError("g++ failed to build the native ops:\nsimulated")

@@ -222,15 +222,15 @@ def test_prepared_edges_are_sorted_csr_and_csc():
 
 @given(message_inputs())
 def test_the_eager_path_equals_the_library_op(inp):
-    """``ops.message.message`` (the optimized runner's lean eager path) and the torch.library op:
+    """``ops.message.message`` (the eager path an optimized model takes) and the torch.library op:
     same values and gradients."""
     from painnfx.ops.edges import prepare
     from painnfx.ops.message import message
 
-    def lean(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params, chunk_size=0):
+    def eager(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params, chunk_size=0):
         edges = prepare(r, idx_i, idx_j, x.shape[0])
         return message(r, idx_i, idx_j, edges, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params)
 
-    (a, ga), (b, gb) = _value_and_grads(lean, inp), _value_and_grads(fused, inp)
+    (a, ga), (b, gb) = _value_and_grads(eager, inp), _value_and_grads(fused, inp)
     for p, q in zip(list(a) + list(ga), list(b) + list(gb)):
         torch.testing.assert_close(p, q, rtol=0, atol=0)

@@ -23,7 +23,7 @@ from painnfx.ops import dispatch
 from painnfx.ops.build_cache import cache_root
 from painnfx.ops.cpu import backend, prebuild
 from painnfx.rewriter import costs, optimize
-from painnfx.rewriter.runner import PATH_NAMES, PATH_RULE
+from painnfx.rewriter.optimized_model import PATH_NAMES, PATH_RULE
 
 optimize_mod = importlib.import_module("painnfx.rewriter.optimize")
 #: the session's cache, where the kernels are built (tests below point the cache elsewhere)
@@ -31,8 +31,14 @@ SESSION_CACHE = cache_root()
 
 
 def _kernels_here():
+    """The C++ kernels, and the native ops where wanted, built in the session's cache (which the tests'
+    linked caches share), or a skip (a failure under --require-env)."""
+    from painnfx.ops.cpu import native
+
     if backend.library() is None:
         env_skip(f"the C++ kernels cannot be built here: {backend.info().get('error')}")
+    if native.wanted() and native.library() is None:
+        env_skip(f"the native ops cannot be built here: {native.info().get('error')}")
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +93,7 @@ def test_the_first_call_does_not_wait_for_the_kernels_build(tmp_path, monkeypatc
     """An empty cache: the calculator starts the build in a process of its own and answers at once
     with the plain model (bitwise its results); once the kernels are there and the rewrite is due,
     the next call switches to the fused graph (the C++ kernels ran), recorded in report.paths."""
-    from painnfx.rewriter import runner
+    from painnfx.rewriter import optimized_model
 
     _kernels_here()
     _linked_cache(tmp_path, monkeypatch, built=False)
@@ -95,7 +101,7 @@ def test_the_first_call_does_not_wait_for_the_kernels_build(tmp_path, monkeypatc
     calc = PaiNNCalculator(model, optimize="auto")
     fast = calc.evaluator
     assert not fast.ready and not fast.report.setup["kernel_build_started"]  # nothing before the job runs
-    monkeypatch.setattr(runner, "BUILD_AFTER_S", 0.0)  # the build starts at the first call
+    monkeypatch.setattr(optimized_model, "BUILD_AFTER_S", 0.0)  # the build starts at the first call
     atoms = molecule("CH4")
     start = time.perf_counter()
     e, f = _forces(calc, atoms)
@@ -248,7 +254,7 @@ def test_the_compiled_forces_graph_is_switched_in_checked_and_recorded(tmp_path,
 def test_the_path_rule_is_predictable(monkeypatch):
     """setup="now": energy and forces take the compiled forces graph (checked), energy alone and
     more than JOINT_MAX_EDGES edges the fused graph; nothing is measured."""
-    from painnfx.rewriter import runner
+    from painnfx.rewriter import optimized_model
     from painnfx.rewriter.joint import JointGraphs
 
     model = random_model(8, n_atom_basis=16, n_interactions=2, n_rbf=6).double()
@@ -262,7 +268,7 @@ def test_the_path_rule_is_predictable(monkeypatch):
     assert [p["path"] for p in fast.report.paths] == ["fused graph", "compiled forces graph"]
     crystal = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
     pos, z, ei, sh = _system(crystal, model)
-    monkeypatch.setattr(runner, "JOINT_MAX_EDGES", ei.shape[1] - 1)
+    monkeypatch.setattr(optimized_model, "JOINT_MAX_EDGES", ei.shape[1] - 1)
     compute_properties(fast, pos, z, ei, sh)
     assert fast.report.paths[-1]["path"] == "fused graph"
     assert set(PATH_NAMES) == {"plain", "fused", "compiled"} and len(PATH_RULE.splitlines()) == 5

@@ -110,7 +110,7 @@ def _finish(record: dict, step, model, prepared) -> dict:
     """What a timed case adds after timing: the paths an optimized model took, GFLOP/s, and (up to
     ``CHECK_MAX_ATOMS``) the forces of one more call against eager autograd's."""
     paths = getattr(getattr(getattr(step, "evaluator", None), "report", None), "paths", None)
-    if paths:  # which path answered from which call on (the path rule, runner.py)
+    if paths:  # which path answered from which call on (the path rule, optimized_model.py)
         record["paths"] = [{k: c[k] for k in ("path", "call", "why")} for c in paths]
     if "median_s" in record:
         record["gflops_per_s"] = record["gflop"] / record["median_s"]
@@ -351,9 +351,9 @@ def environment(device: str, threads: int, dtype: str) -> dict:
 
 
 def _native_state() -> str:
-    """Whether the joint graphs run the native ops and Inductor's C++ wrapper (rewriter/native.py)."""
+    """Whether the joint graphs run the native ops and Inductor's C++ wrapper (rewriter/cpp_ops.py)."""
     from painnfx.ops.cpu import native
-    from painnfx.rewriter.native import enabled
+    from painnfx.rewriter.cpp_ops import enabled
 
     if enabled():
         return "on"

@@ -72,7 +72,7 @@ def load_model(args):
 
 def measure_paths(fast, model) -> None:
     """Calls the optimized model with the auto path rule on two cluster sizes (energy and forces);
-    the report records which path answered from which call (runner.PATH_RULE)."""
+    the report records which path answered from which call (optimized_model.PATH_RULE)."""
     import numpy as np
 
     from painnfx.model.neighbors import neighbor_list

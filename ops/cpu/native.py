@@ -4,7 +4,7 @@
 The fused ops' "cpp" backend (backend.py) is a ctypes library reached through Python: ~50-100 us
 of Python per call, more than a small molecule's arithmetic. The operators here are built against
 the installed torch's headers and registered for the CPU dispatch key, so Inductor's C++ wrapper
-calls them directly. In the joint graphs (rewriter/native.py) ``dense`` (a @ b + bias with
+calls them directly. In the joint graphs (rewriter/cpp_ops.py) ``dense`` (a @ b + bias with
 small-row kernels, ATen's mm/addmm beyond) replaces the matrix products, and ``prepare_edges``,
 ``painn_message``, ``painn_message_backward`` (painn_message.cpp's kernels, compiled into this
 library too) replace the fused ops where the "cpp" backend would run them.

@@ -6,7 +6,7 @@
 // autograd formulas are registered from Python there.
 //
 // prepare_edges, painn_message(_backward), painn_update(_backward): the fused ops of a joint graph
-// (rewriter/native.py swaps them in where the "cpp" backend would run): the same C++ kernels
+// (rewriter/cpp_ops.py swaps them in where the "cpp" backend would run): the same C++ kernels
 // as the ctypes backend (backend.py), with its argument handling written here instead of in
 // Python; the radial basis and cutoff come as the kernels' ids and constants (ops.radial).
 //

@@ -1,4 +1,5 @@
-"""Calling a rewritten graph: the modules ``optimize`` returns.
+"""The modules ``optimize`` returns: ``OptimizedModel`` (the path rule, PATH_RULE, and the set-up
+that no job waits for) and ``GraphRunner``, which calls a rewritten graph.
 
 ``GraphRunner`` resolves the graph's parameter, buffer and constant arguments at construction to
 the live tensors of the captured module (the same objects the model holds, so in-place updates
@@ -643,7 +644,7 @@ class OptimizedModel(nn.Module):
             self.report.joint.setdefault("graphs", {})[key] = {
                 **node_counts(graphs.graphs[key]),
                 "wrapper": "C++" if graphs.options[key].get("cpp_wrapper") else "Python",
-                "dynamo": not graphs.calls(key),  # standalone.py
+                "dynamo": not graphs.calls(key),  # direct_call.py
                 "compile_seconds": round(seconds, 2)}
         if self._decided.get((key, cls)) is not graphs:  # (another thread may have checked it while this one waited)
             why = self._joint_agrees(key, got, lambda: make(fused)(*tensors))

@@ -47,7 +47,7 @@ class GuardedGraph:
         self._names = [f"t{i}" for i in range(len(inputs))]
         self._make_dynamo, self._dynamo = dynamo, None
         self._lock = threading.Lock()  # Dynamo compiles on a call: one call at a time takes that way
-        self.calls = {"standalone": 0, "dynamo": 0}
+        self.calls = {"direct": 0, "dynamo": 0}
 
     def covers(self, tensors) -> bool:
         """Whether the compiled graph was made for tensors like these."""
@@ -60,7 +60,7 @@ class GuardedGraph:
 
     def __call__(self, *tensors):
         if self.covers(tensors):
-            self.calls["standalone"] += 1
+            self.calls["direct"] += 1
             return self.compiled(*tensors)
         with self._lock:
             if self._dynamo is None:
