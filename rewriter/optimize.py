@@ -318,7 +318,8 @@ def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, st
         new = copy.copy(model)
         new._modules = dict(model._modules)
         if report.applied:
-            new.representation = OptimizedRepresentation(model.representation, cap, report, forced)
+            remake = functools.partial(_rewrite_representation, name=name, backend=backend)
+            new.representation = OptimizedRepresentation(model.representation, cap, report, forced, remake=remake)
         _warn_fallback(report, name)
         new.report = report
         return new
@@ -344,6 +345,12 @@ def optimize(model: nn.Module, backend: str = "auto", verify: bool = True, *, st
                                   weights=weights, remake=remake)
     cap, report = rewritten()
     return OptimizedModel(model, cap, report, per_atom, forced, setup=setup, weights=weights, remake=remake)
+
+
+def _rewrite_representation(representation: nn.Module, name: str, backend: str) -> tuple:
+    """(Captured, report) of a schnetpack PaiNN representation (what a copy of an
+    ``OptimizedRepresentation`` is rewritten with)."""
+    return rewrite(SchnetpackRepresentation(representation), name=name, backend=backend)
 
 
 def _warn_fallback(report: OptimizeReport, name: str, stacklevel: int = 3, nothing: bool = True) -> None:

@@ -692,9 +692,10 @@ class OptimizedRepresentation(nn.Module):
     ``scalar_representation`` and ``vector_representation``, computed by the rewritten graph."""
 
     def __init__(self, representation: nn.Module, cap: Captured, report: OptimizeReport,
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, remake: Optional[Callable] = None):
         super().__init__()
         self.original = representation
+        self._remake = remake  # (representation) -> (Captured, report): optimize()'s rewrite, for copies
         self.runner = GraphRunner(cap, backend)
         self.report = report
         self.cutoff = representation.cutoff
@@ -705,14 +706,13 @@ class OptimizedRepresentation(nn.Module):
 
     def __deepcopy__(self, memo):
         """The rewrite of a deep copy of the original representation (see ``OptimizedModel``)."""
-        from .capture import SchnetpackRepresentation
-        from .optimize import rewrite
-
+        if self._remake is None:
+            raise TypeError("this OptimizedRepresentation was not made by optimize(): it cannot be copied")
         original = copy.deepcopy(self.original, memo)
-        cap, report = rewrite(SchnetpackRepresentation(original), name=self.report.model, backend=self.report.backend)
+        cap, report = self._remake(original)
         if not report.applied:  # it was rewritten once; a copy that cannot be is a bug worth an error
             raise ModelChangedError(f"the copy of the representation could not be optimized: {report.why_not()}")
-        new = OptimizedRepresentation(original, cap, report, self.runner.backend)
+        new = OptimizedRepresentation(original, cap, report, self.runner.backend, remake=self._remake)
         memo[id(self)] = new
         return new
 

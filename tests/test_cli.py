@@ -385,17 +385,21 @@ def test_bench_results_name_their_dtype_and_commit():
     import subprocess
     from pathlib import Path
 
+    from painnfx.tools import bench
     from painnfx.tools.bench import DEFAULT_OUT, environment, output_stem
 
     assert output_stem(DEFAULT_OUT, False, "cpu", "float64") == "docs/perf/cpu_bench_float64"
     assert output_stem(DEFAULT_OUT, True, "cpu", "float32") == "docs/perf/throughput_float32"
     assert output_stem(DEFAULT_OUT, False, "cuda:0", "float32") == "docs/perf/gpu_bench_float32"
     assert output_stem("elsewhere/x", False, "cpu", "float32") == "elsewhere/x"
-    root = Path(__file__).resolve().parents[1]
-    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    source = Path(bench.__file__).resolve()  # in a checkout (editable install) or an installed copy
+    tracked = subprocess.run(["git", "-C", str(source.parent), "ls-files", "--error-unmatch", source.name],
+                             capture_output=True, text=True)
+    head = subprocess.run(["git", "-C", str(source.parent), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True)
     commit = environment("cpu", 1, "float32")["commit"]
-    if head.returncode:
-        assert commit is None  # not a git checkout
+    if tracked.returncode:
+        assert commit is None  # an installed copy (site-packages may even lie in another repository)
     else:
         assert commit.split("+")[0] == head.stdout.strip()
 

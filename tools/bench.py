@@ -309,9 +309,14 @@ def output_stem(out: str, throughput: bool, device: str, dtype: str) -> str:
 
 def source_commit():
     """The git commit of the painnfx sources that run (with "+changes" when the tree differs from it),
-    or None outside a git checkout: what every result names beside its CPU and date."""
+    or None when they are not files of a git checkout (an installed copy, even inside some other
+    repository): what every result names beside its CPU and date."""
     here = Path(__file__).resolve().parent
     try:
+        tracked = subprocess.run(["git", "-C", str(here), "ls-files", "--error-unmatch", "--", Path(__file__).name],
+                                 capture_output=True, text=True, timeout=10)
+        if tracked.returncode:
+            return None
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, timeout=10)
         if head.returncode:
