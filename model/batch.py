@@ -28,6 +28,7 @@ results in a ``SinglePointCalculator``, in input order.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import islice
@@ -317,8 +318,6 @@ def _model_key(model):
     """What identifies ``model`` for reuse: "default", a checkpoint file's path, size and mtime, or
     the model object itself (a PaiNN or optimize() of one: its weights may change in place, which
     the optimized model follows)."""
-    import os
-
     if model is None:
         return ("default",)
     if isinstance(model, (str, os.PathLike)):

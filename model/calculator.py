@@ -59,8 +59,10 @@ class PaiNNCalculator(Calculator):
         super().__init__(**kwargs)
         check_dtype(dtype)
         check_optimize(optimize)
-        if setup not in ("now", "background"):
-            raise ValueError(f"setup must be 'now' or 'background', got {setup!r}")
+        from painnfx.rewriter.optimized_model import SETUPS
+
+        if setup not in SETUPS:  # before the model loads: optimize() checks the same, later
+            raise ValueError(f"setup must be one of {', '.join(SETUPS)}, got {setup!r}")
         self.min_distance, self.max_neighbors = float(min_distance), int(max_neighbors)
         self._lock = threading.RLock()  # ASE keeps one call's results on the calculator: one call at a time
         model = resolve_model(model)

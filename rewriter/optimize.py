@@ -19,6 +19,7 @@ Outside strict mode a failed verification leaves that part unfused, with one
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 import os
@@ -58,7 +59,6 @@ NORMALIZE = [
     normalize.drop_dead_nodes,
 ]
 
-#: what torch.export raises for a model it cannot capture (reported; the model runs unchanged)
 def capture_errors() -> tuple:
     """What torch.export raises for a model it cannot capture (reported; the model runs unchanged).
     Read when needed: importing torch._dynamo takes a second, which a model that is never rewritten
@@ -66,6 +66,7 @@ def capture_errors() -> tuple:
     from torch._dynamo.exc import Unsupported, UserError
 
     return (UserError, Unsupported, RuntimeError, TypeError, ValueError, NotImplementedError, AttributeError)
+
 
 class NotAnEnergyModel(PainnfxError, TypeError):
     """``optimize`` was given a module that is not a PaiNN-style energy model."""
@@ -216,7 +217,7 @@ def _rewrite_reused(target: Target, memo_key: Optional[tuple], verify, name, bac
         reuse_count["reused"] += 1
         report = copy.deepcopy(report)
         report.setup["reused"] = "this process"
-        return Captured(gm=cap.gm, inputs=cap.inputs, constants=cap.constants, target=target, read=cap.read), report
+        return dataclasses.replace(cap, target=target), report
     disk = rewrite_cache.key(memo_key)
     found = rewrite_cache.load(disk, target)
     if found is not None and _same_function(found[0], target, backend):
@@ -266,8 +267,7 @@ def _same_function(cap: Captured, target: Target, backend: str) -> bool:
     shifts = shifts.to(p.dtype)
     outs = []
     try:
-        runner = GraphRunner(Captured(gm=cap.gm, inputs=cap.inputs, constants=cap.constants, target=target,
-                                      read=cap.read), None if backend == "auto" else backend)
+        runner = GraphRunner(dataclasses.replace(cap, target=target), None if backend == "auto" else backend)
         for run in (lambda x: runner(**target.user_inputs(x, numbers, edge_index, shifts)),
                     lambda x: target(*target.user_inputs(x, numbers, edge_index, shifts).values())):
             x = pos.detach().clone().requires_grad_(True)

@@ -30,8 +30,11 @@ import torch
 from torch import nn
 
 from painnfx.ops import InputError, use_backend
+from painnfx.ops.cpu import backend as cpu_backend
+from painnfx.ops.cpu import prebuild
 from painnfx.ops.errors import ModelChangedError, NotPicklableError
 
+from . import costs
 from .capture import Captured
 from .joint import JointGraphs, node_counts
 from .report import OptimizeReport
@@ -347,8 +350,6 @@ class OptimizedModel(nn.Module):
         return now - self._started
 
     def _record_key(self, step: str, detail: str = "") -> Optional[str]:
-        from . import costs
-
         p = self.first_parameter()
         if self._weights is None or p is None:
             return None
@@ -376,8 +377,6 @@ class OptimizedModel(nn.Module):
         expected to take (read from the records once per model and step); with a ``plan``, once the
         calls still to come would save at least that much (``costs.GAIN``: the least share of a
         call's time the step saves)."""
-        from . import costs
-
         expected = self._expected.get((step, detail))
         if expected is None:
             expected = self._expected[(step, detail)] = costs.expected(step, self._record_key(step, detail))
@@ -392,8 +391,6 @@ class OptimizedModel(nn.Module):
         if self._pending is None:
             return
         if self._on_cpu():
-            from painnfx.ops.cpu import prebuild
-
             if not prebuild.ready("kernels"):
                 due = self._due("build")
                 # a planned job knows at its second call whether it builds now (in the foreground)
@@ -403,12 +400,10 @@ class OptimizedModel(nn.Module):
                 why = None if prebuild.building() else prebuild.unavailable()
                 if why is None and due:  # the job pays for the build now: at full speed
                     with self._lock:
-                        rewrite = self._pending if self._due("rewrite") else None
-                        why, done = self._build_now(alongside=rewrite)
-                    if why is None and done is not None:
-                        with self._lock:
+                        why, done = self._build_now(alongside=self._pending if self._due("rewrite") else None)
+                        if why is None and done is not None:
                             self._take_rewrite(*done)
-                        return
+                            return
                 if why is not None:  # the fused graph would run the reference ops: slower than the plain model
                     with self._lock:
                         self._give_up(why)
@@ -427,10 +422,6 @@ class OptimizedModel(nn.Module):
         compilers run (its capture needs no kernels; its first fused op waits for them). Returns
         (why the kernels cannot be built or None, (rewrite result, seconds) or None). The native
         ops (for the compiled forces graphs) go on building in the background."""
-        from painnfx.ops.cpu import backend, prebuild
-
-        from . import costs
-
         if prebuild.ready("kernels"):
             return None, None
         prebuild.stop()
@@ -439,7 +430,7 @@ class OptimizedModel(nn.Module):
 
         def build() -> None:
             start = time.perf_counter()
-            backend.library()
+            cpu_backend.library()
             timing["build"] = time.perf_counter() - start
 
         builder = threading.Thread(target=build, name="painnfx-kernel-build", daemon=True)
@@ -452,10 +443,10 @@ class OptimizedModel(nn.Module):
         finally:
             builder.join()
         self.report.setup["kernel_build_s"] = round(timing.get("build", 0.0), 3)
-        if backend.library() is None:
-            return backend.info().get("error", "the build failed"), None
+        if cpu_backend.library() is None:
+            return cpu_backend.info().get("error", "the build failed"), None
         key = self._record_key("build")
-        if key is not None and not backend.info().get("cached"):
+        if key is not None and not cpu_backend.info().get("cached"):
             costs.record(key, timing["build"])
         prebuild.refresh()
         prebuild.start()  # the native ops
@@ -493,8 +484,6 @@ class OptimizedModel(nn.Module):
         """Switch to the rewrite ``self._pending()`` returned (``result``: (Captured, report)) in
         ``seconds``; ``alone``: not alongside the kernels' build (whose wait it then includes, so its
         time is not recorded as what a rewrite costs)."""
-        from . import costs
-
         if self._pending is None:
             return
         cap, report = result
@@ -514,11 +503,8 @@ class OptimizedModel(nn.Module):
         """Whether compiling forces graph ``graph_key`` may happen now."""
         if self.setup == "now" or graph_key in self.joint_graphs.graphs:
             return True
-        if self._on_cpu():
-            from painnfx.ops.cpu import prebuild
-
-            if not prebuild.ready("all"):
-                return False
+        if self._on_cpu() and not prebuild.ready("all"):
+            return False
         return self._due("compile", graph_key)
 
     def _note(self, path: str, n_atoms: int, n_edges: int, why: str = "") -> None:
@@ -624,8 +610,6 @@ class OptimizedModel(nn.Module):
         """Run the compiled graph ``key`` on the first call of size class ``cls`` (compiling it on
         its very first call), check it against the fused graph, and return its outputs, or None
         after rejecting it."""
-        from . import costs
-
         def fused(positions, numbers, edge_index, shifts, batch=None, n_systems=1):
             with self.runner.frozen():
                 return self._fused(positions, numbers, edge_index, shifts, batch, n_systems)
