@@ -1,18 +1,28 @@
-"""Per-device dispatch of the fused ops through torch.library.
+"""Per-device dispatch of the fused ops.
 
-Each op has one schema (no backend argument). Its implementations register by name and
-device type: the reference implementation is the op's default (every device), and a backend
-registered for a device type (``"cpu"``, ``"cuda"``) installs itself with the op's
-``register_kernel(device_type)``, so torch's dispatcher picks it from the tensors' device
-with no further code. ``use_backend(name)`` is a thread-local override for tests and
-comparisons on one device (an op the forced backend does not implement runs the device's
-default); the autograd formulas record the override in effect at forward
+Each op has one schema (no backend argument), declared once (``FusedOp``, ops/fused_op.py); its
+default implementation, for every device, is the op's body: argument checks, then ``run`` (the
+backend chosen here for the tensors' device type). A backend registers its implementations by
+declaration and device type:
+
+* a *native* backend's kernels are the dispatcher's own kernels for its device type (the "cpp"
+  backend: operators.cpp registers the CPU kernel of each op in C++); its implementations here are
+  how an eager call reaches them (below autograd);
+* any other backend (CUDA through NVRTC launches, the emulator, the reference) runs in Python from
+  the op's body.
+
+``use_backend(name)`` is a thread-local override for tests and comparisons on one device (an op
+the forced backend does not implement runs the device's default). Forcing a backend that is not
+native also turns on torch's Python dispatcher in the block, where each op's Python kernel for the
+CPU key (``FusedOp``) sends a dispatcher-level call (a compiled graph, ``opcheck``) to the forced
+backend instead of the C++ kernel. The autograd formulas record the override in effect at forward
 time and re-apply it in the backward (which autograd may run on another thread).
 
-A backend that cannot serve a call (no compiler, no cuda-python, an unsupported dtype) says
-so through its ``usable`` predicate, and the reference implementation runs: one place, not a
-fallback in every kernel. ``record_calls()`` counts which implementation really ran, so tests
-and tools can state "the fused ops ran on the C++ kernels", not merely that they were chosen.
+A backend that cannot serve a call (no compiler, no cuda-python, an unsupported dtype) says so
+through its ``usable`` predicate, and the reference implementation runs: one place, not a fallback
+in every kernel. ``record_calls()`` counts which implementation ran each call made through ``run``,
+so tests and tools can state "the fused ops ran on the C++ kernels", not merely that they were
+chosen (calls that reach the C++ kernels directly are counted in C++: ``cpu.backend.call_counts``).
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import torch
+
 REFERENCE = "reference"
 
 
@@ -32,13 +44,14 @@ class BackendInfo:
     device_types: set = field(default_factory=set)  # {"*"}: every device
     priority: int = 0
     usable: Optional[Callable[..., bool]] = None  # (op name, *op args) -> can this backend run it?
+    native: bool = False  # its kernels are the dispatcher's kernels for its device types
+    counts: Optional[Callable[[], dict]] = None  # native: {op name: calls} counted by its library
 
 
 _BACKENDS: dict[str, BackendInfo] = {REFERENCE: BackendInfo(REFERENCE, {"*"}, 0)}
 _IMPLS: dict[tuple[str, str], Callable] = {}  # (op name, backend) -> implementation
 _DEVICE_CHOICE: dict[tuple[str, str], str] = {}  # (op name, device type) -> backend
-_OPS: dict[str, tuple] = {}  # op name -> (torch.library custom op, its body)
-_INSTALLED: set = set()  # (op name, device type) with a dispatcher kernel
+_OPS: dict[str, object] = {}  # op name -> its torch.library custom op
 _local = threading.local()
 _recorders: list = []  # Counters of record_calls() blocks in progress
 _recorders_lock = threading.Lock()
@@ -55,8 +68,13 @@ def use_backend(name: Optional[str]):
     if name is not None and name not in _BACKENDS:
         raise ValueError(f"unknown backend {name!r}; registered: {available_backends()}")
     previous, _local.name = forced(), name
+    python_kernels = name is not None and not _BACKENDS[name].native
     try:
-        yield
+        if python_kernels:
+            with torch._C._EnablePythonDispatcher():
+                yield
+        else:
+            yield
     finally:
         _local.name = previous
 
@@ -71,22 +89,29 @@ def operator_names() -> list[str]:
 
 
 def register_backend(name: str, device_types: set, priority: int = 1,
-                     usable: Optional[Callable[..., bool]] = None) -> None:
+                     usable: Optional[Callable[..., bool]] = None,
+                     counts: Optional[Callable[[], dict]] = None) -> None:
     """Declare a backend serving ``device_types`` (its implementations follow with ``implement``).
-    ``usable(op_name, *args)``, if given, is asked before each call; False runs the reference."""
-    _BACKENDS[name] = BackendInfo(name, set(device_types), priority, usable)
+    ``usable(op_name, *args)``, if given, is asked before each call; False runs the reference.
+    ``counts``: for a native backend (its kernels registered with torch's dispatcher by its own
+    library), {op name: calls so far} as its library counts them, whoever called."""
+    for other in _BACKENDS.values():
+        shared = set(device_types) & other.device_types - {"*"}
+        if shared and (counts is not None) != other.native and (priority > other.priority) == (counts is None):
+            raise ValueError(f"backend {name!r} would outrank {other.name!r} on {sorted(shared)}, but only a native "
+                             "backend (the dispatcher's own kernels) is chosen by the dispatcher there: give it a "
+                             "lower priority and force it with use_backend()")
+    _BACKENDS[name] = BackendInfo(name, set(device_types), priority, usable, counts is not None, counts)
 
 
-def define(op_name: str, op, body: Callable) -> None:
-    """Make ``op`` dispatchable. ``body`` is its default implementation: argument checks, then
-    ``run(op_name, device_type, ...)``; it is also what each device type's kernel runs, so
-    checks and defaults are the same whichever backend is chosen."""
-    _OPS[op_name] = (op, body)
+def define(op_name: str, op) -> None:
+    """Make ``op`` (a ``FusedOp``'s custom op, whose default implementation calls ``run``) dispatchable."""
+    _OPS[op_name] = op
 
 
 def implement(op_name: str, backend: str, fn: Callable) -> None:
-    """Register ``fn`` as ``backend``'s implementation of ``op_name``; for a non-reference backend
-    this installs the dispatcher kernel of each of its device types."""
+    """Register ``fn`` as ``backend``'s implementation of ``op_name``: ``run`` chooses it for its
+    device types unless a backend of higher priority implements the op there."""
     info = _BACKENDS.get(backend)
     if info is None:
         raise ValueError(f"register_backend({backend!r}, ...) first")
@@ -96,10 +121,6 @@ def implement(op_name: str, backend: str, fn: Callable) -> None:
         if current is not None and _BACKENDS[current].priority > info.priority:
             continue
         _DEVICE_CHOICE[(op_name, device_type)] = backend
-        if (op_name, device_type) not in _INSTALLED:
-            op, body = _OPS[op_name]
-            op.register_kernel(device_type)(body)
-            _INSTALLED.add((op_name, device_type))
 
 
 def implement_op(declared, backend: str, forward: Callable, backward: Optional[Callable] = None) -> None:
@@ -123,30 +144,52 @@ def chosen(op_name: str, device_type: str) -> str:
     return name
 
 
-def run(op_name: str, device_type: str, *args):
+def select(op_name: str, device_type: str, *args) -> tuple:
+    """(implementation, whether its backend is native) of the backend that runs this call; a call
+    recorded by ``record_calls`` (a native backend's library counts its own)."""
     name = chosen(op_name, device_type)
-    usable = _BACKENDS[name].usable
-    if usable is not None and not usable(op_name, *args):
-        name = REFERENCE
-    if _recorders:
+    info = _BACKENDS[name]
+    if info.usable is not None and not info.usable(op_name, *args):
+        name, info = REFERENCE, _BACKENDS[REFERENCE]
+    if _recorders and not info.native:
         with _recorders_lock:
             for calls in _recorders:
                 calls[(op_name, name)] += 1
-    return _IMPLS[(op_name, name)](*args)
+    return _IMPLS[(op_name, name)], info.native
+
+
+def run(op_name: str, device_type: str, *args):
+    """``op_name`` on ``args`` by the backend ``select`` chooses."""
+    return select(op_name, device_type, *args)[0](*args)
+
+
+def _native_counts() -> dict:
+    """{(op name, backend): calls so far} of the native backends."""
+    out = {}
+    for info in list(_BACKENDS.values()):
+        if info.counts is not None:
+            out.update({(op, info.name): n for op, n in info.counts().items()})
+    return out
 
 
 @contextlib.contextmanager
 def record_calls():
     """Count, in this block and on every thread, which implementation ran each fused op:
-    ``with record_calls() as calls: ...`` then ``calls[("painn_message", "cpp")]``."""
+    ``with record_calls() as calls: ...`` then ``calls[("painn_message", "cpp")]``. The calls of a
+    native backend's kernels, from Python or from compiled code, are its library's own counts
+    (added when the block ends)."""
     calls: Counter = Counter()
+    before = _native_counts()
     with _recorders_lock:
         _recorders.append(calls)
     try:
         yield calls
     finally:
         with _recorders_lock:
-            _recorders.remove(calls)
+            _recorders[:] = [c for c in _recorders if c is not calls]  # (by identity: Counters compare by value)
+        for key, n in _native_counts().items():
+            if n > before.get(key, 0):
+                calls[key] += n - before.get(key, 0)
 
 
 def backends_that_ran(calls: Counter) -> dict:

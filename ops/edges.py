@@ -42,6 +42,8 @@ def _check_shapes(r, idx_i, idx_j, n_atoms) -> None:
             raise InputError(f"{OP}: {name} is on {idx.device} but r is on {r.device}")
     if not r.is_floating_point():
         raise InputError(f"{OP}: r must be floating point, got {r.dtype}")
+    if n_atoms < 0:
+        raise InputError(f"{OP}: n_atoms must be >= 0, got {n_atoms}")
 
 
 def check_values(r, idx_i, idx_j, n_atoms: int) -> None:

@@ -101,7 +101,8 @@ class FusedOp:
         schema = torch.library.infer_schema(signature, mutates_args=())
         self.op = torch.library.custom_op(f"painnfx::{name}", self._body, mutates_args=(), schema=schema)
         self.op.register_fake(self._fake_forward)
-        dispatch.define(name, self.op, self._body)
+        dispatch.define(name, self.op)
+        self._python_cpu_kernel(self.op, self._body)
         dispatch.implement(name, dispatch.REFERENCE, reference)
         self.backward_op = None
         if grads:
@@ -111,9 +112,24 @@ class FusedOp:
                 schema=self._backward_schema(schema, len(grads)))
             self.backward_op.register_fake(self._fake_backward)
             self.op.register_autograd(self._library_backward, setup_context=self._setup_context)
-            dispatch.define(self.backward_name, self.backward_op, self._backward_body)
+            dispatch.define(self.backward_name, self.backward_op)
+            self._python_cpu_kernel(self.backward_op, self._backward_body)
             dispatch.implement(self.backward_name, dispatch.REFERENCE, reference_backward)
             self._function, self._eager = self._make_functions()
+
+    def _python_cpu_kernel(self, op, body: Callable) -> None:
+        """``body`` as ``op``'s CPU kernel where torch's Python dispatcher is on: what
+        ``dispatch.use_backend`` turns on to send dispatcher-level calls on CPU tensors (a compiled
+        graph, ``opcheck``) to a forced Python backend instead of the C++ kernel."""
+        arguments = op._opoverload._schema.arguments
+
+        def kernel(*args, **kwargs):
+            if kwargs:  # positional, in the schema's order, as the bodies take them
+                args = (*args, *(kwargs[a.name] if a.name in kwargs else a.default_value
+                                 for a in arguments[len(args):]))
+            return body(*args)
+
+        op._opoverload.py_impl(torch._C.DispatchKey.CPU)(kernel)
 
     # -- schema --------------------------------------------------------------------------------
     def _backward_schema(self, schema: str, n_grads: int) -> str:
@@ -132,10 +148,12 @@ class FusedOp:
 
     # -- forward -------------------------------------------------------------------------------
     def _body(self, *args):
-        self._check(*args)
-        if self._value_check is not None:
-            self._value_check(*args)
-        return dispatch.run(self.name, _device_type(args), *args)
+        implementation, native = dispatch.select(self.name, _device_type(args), *args)
+        if not native:  # a native kernel checks its arguments itself (the same conditions, in C++)
+            self._check(*args)
+            if self._value_check is not None:
+                self._value_check(*args)
+        return implementation(*args)
 
     def _fake_forward(self, *args):
         self._check(*args)

@@ -35,14 +35,13 @@ from painnfx.ops import InputError, dispatch
 from painnfx.ops.fused_op import inline_reference
 
 from .fusions import JOINT_INLINED
-from .cpp_ops import NATIVE_FUSED, native_counts, natively_run, use_native_ops, wrapper_options
+from .cpp_ops import native_counts, natively_run, use_native_ops, wrapper_options
 from .direct_call import GuardedGraph
 
 
 def fused_node_names() -> set:
-    """The targets of the fused ops' nodes in a traced graph, every declared op and its backward,
-    and their native twins (native.py)."""
-    return {f"painnfx.{name}.default" for name in dispatch.operator_names()} | set(NATIVE_FUSED)
+    """The targets of the fused ops' nodes in a traced graph: every declared op and its backward."""
+    return {f"painnfx.{name}.default" for name in dispatch.operator_names()}
 
 
 def trace(fn: Callable, *tensors, backend: Optional[str] = None) -> fx.GraphModule:
@@ -50,12 +49,13 @@ def trace(fn: Callable, *tensors, backend: Optional[str] = None) -> fx.GraphModu
     fusion marks ``joint_inlined`` (the update block: Inductor's code for its dense products and
     pointwise steps beat the opaque op there, docs/rewriter.md) are traced as their reference torch
     ops, which autograd differentiates at trace time (saving, not recomputing, their activations).
-    On the CPU the matrix products, and the fused ops where ``backend`` (the optimized model's)
-    runs the C++ kernels, become native ops (native.py): no Python per call."""
+    On the CPU the matrix products become the library's (``painnfx::dense``), and the fused ops
+    kept as ops run their C++ kernels where ``backend`` (the optimized model's) is the "cpp" one
+    (cpp_ops.py): no Python per call."""
     inlined = set(JOINT_INLINED) - natively_run(backend)  # an op run natively is traced as the op
     with inline_reference(inlined):
         gm = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*tensors)
-    use_native_ops(gm, backend)
+    use_native_ops(gm)
     return gm
 
 
@@ -75,14 +75,15 @@ def trace_example(positions, numbers, edge_index, shifts, *rest) -> tuple:
     return (pos, numbers[:1].expand(n).clone(), ei, torch.zeros(e, 3, dtype=shifts.dtype, device=shifts.device), *rest)
 
 
-def node_counts(gm: fx.GraphModule) -> dict:
-    """{"nodes": all, "fused": {op: count}, "native": {op: count}} of a joint graph."""
+def node_counts(gm: fx.GraphModule, backend: Optional[str] = None) -> dict:
+    """{"nodes": all, "fused": {op: count}, "native": {op: count}} of a joint graph traced for
+    ``backend`` ("native": the nodes that run the C++ library's kernels)."""
     fused: dict = {}
     names = fused_node_names()
     for n in gm.graph.nodes:
         if n.op == "call_function" and str(n.target) in names:
             fused[str(n.target)] = fused.get(str(n.target), 0) + 1
-    return {"nodes": len(gm.graph.nodes), "fused": fused, "native": native_counts(gm)}
+    return {"nodes": len(gm.graph.nodes), "fused": fused, "native": native_counts(gm, backend)}
 
 
 def _on_cpu(tensors) -> bool:
@@ -124,7 +125,7 @@ class JointGraphs:
         start = time.perf_counter()
         example = trace_example(*tensors) if example is None else example
         gm = trace(fn, *example, backend=self.backend)
-        options = wrapper_options(gm) if self.compile else {}
+        options = wrapper_options(gm, self.backend) if self.compile else {}
         try:
             runner = self._compiled(gm, options, example)
         except InputError:

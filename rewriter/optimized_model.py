@@ -391,7 +391,7 @@ class OptimizedModel(nn.Module):
         if self._pending is None:
             return
         if self._on_cpu():
-            if not prebuild.ready("kernels"):
+            if not prebuild.ready():
                 due = self._due("build")
                 # a planned job knows at its second call whether it builds now (in the foreground)
                 start = self._rate is not None and not due if self._planned else self._job_seconds() >= BUILD_AFTER_S
@@ -407,7 +407,7 @@ class OptimizedModel(nn.Module):
                 if why is not None:  # the fused graph would run the reference ops: slower than the plain model
                     with self._lock:
                         self._give_up(why)
-                if not prebuild.ready("kernels"):
+                if not prebuild.ready():
                     return
         if not self._due("rewrite"):
             return
@@ -420,9 +420,8 @@ class OptimizedModel(nn.Module):
         builder (which runs at the lowest priority and on a busy machine gets little of it; objects it
         compiled already are kept). ``alongside``: the pending rewrite, run in this thread while the
         compilers run (its capture needs no kernels; its first fused op waits for them). Returns
-        (why the kernels cannot be built or None, (rewrite result, seconds) or None). The native
-        ops (for the compiled forces graphs) go on building in the background."""
-        if prebuild.ready("kernels"):
+        (why the kernels cannot be built or None, (rewrite result, seconds) or None)."""
+        if prebuild.ready():
             return None, None
         prebuild.stop()
         self._setup_ran = True
@@ -449,7 +448,6 @@ class OptimizedModel(nn.Module):
         if key is not None and not cpu_backend.info().get("cached"):
             costs.record(key, timing["build"])
         prebuild.refresh()
-        prebuild.start()  # the native ops
         return None, done
 
     def _give_up(self, why: str) -> None:
@@ -503,7 +501,7 @@ class OptimizedModel(nn.Module):
         """Whether compiling forces graph ``graph_key`` may happen now."""
         if self.setup == "now" or graph_key in self.joint_graphs.graphs:
             return True
-        if self._on_cpu() and not prebuild.ready("all"):
+        if self._on_cpu() and not prebuild.ready():
             return False
         return self._due("compile", graph_key)
 
@@ -626,7 +624,7 @@ class OptimizedModel(nn.Module):
             if record_key is not None:
                 costs.record(record_key, seconds)
             self.report.joint.setdefault("graphs", {})[key] = {
-                **node_counts(graphs.graphs[key]),
+                **node_counts(graphs.graphs[key], graphs.backend),
                 "wrapper": "C++" if graphs.options[key].get("cpp_wrapper") else "Python",
                 "dynamo": not graphs.calls(key),  # direct_call.py
                 "compile_seconds": round(seconds, 2)}

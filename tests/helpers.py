@@ -88,49 +88,47 @@ def assert_kernels(calls, backend: str, forward: int, backward: int = None, upda
 
 
 def native_ops_expected() -> bool:
-    """Whether joint graphs on the CPU run the native ops (painnfx_native: a C++ compiler built
-    them; PAINNFX_NATIVE is not 0); under --require-env they must."""
-    from painnfx.ops.cpu import native
+    """Whether joint graphs on the CPU run the C++ library's ops (a C++ compiler built it;
+    PAINNFX_NATIVE is not 0); under --require-env they must."""
+    from painnfx.ops.cpu import backend
     from painnfx.rewriter.cpp_ops import enabled
 
     if REQUIRE_ENV and os.environ.get("PAINNFX_NATIVE", "1") != "0":
-        assert native.available(), f"--require-env, but the native ops cannot be built: {native.info()}"
+        assert backend.library() is not None, f"--require-env, but the C++ library cannot be built: {backend.info()}"
     return enabled()
 
 
 def fused_target(name: str) -> str:
-    """The node target of fused op ``name`` in a CPU joint graph: its native twin where those run."""
-    return f"painnfx_native.{name}.default" if native_ops_expected() else f"painnfx.{name}.default"
+    """The node target of fused op ``name`` in a traced graph."""
+    return f"painnfx.{name}.default"
 
 
 class JointKernels:
-    """What ran during a block: the fused ops through Python (``dispatch.record_calls``) and the
-    native ops (the profiler sees each dispatcher call, also from Inductor's C++ wrapper)."""
+    """What ran during a block: the fused ops per backend (``dispatch.record_calls``: the C++
+    kernels counted in C++, also calls from Inductor's C++ wrapper) and ``native``, the C++
+    library's own counts of every op it registers (``dense`` included)."""
 
     def __enter__(self):
+        from painnfx.ops.cpu import backend
         from painnfx.ops.dispatch import record_calls
 
+        self._before = backend.call_counts()
         self._record = record_calls()
         self.calls = self._record.__enter__()
-        self._profile = torch.profiler.profile()
-        self._profile.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._profile.__exit__(*exc)
+        from painnfx.ops.cpu import backend
+
         self._record.__exit__(*exc)
-        self.native = {e.key: e.count for e in self._profile.key_averages() if e.key.startswith("painnfx_native::")}
+        self.native = {op: n - self._before.get(op, 0) for op, n in backend.call_counts().items()
+                       if n > self._before.get(op, 0)}
         return False
 
     def assert_message_kernels(self, layers: int) -> None:
-        """Each layer's message forward and backward ran on the C++ kernels: natively where the
-        native ops are expected (and then not through Python), else through the "cpp" backend."""
-        if native_ops_expected():
-            for op in ("painn_message", "painn_message_backward"):
-                assert self.native.get(f"painnfx_native::{op}") == layers, (op, self.native)
-            assert not any(k for (o, _), k in self.calls.items() if o.startswith("painn_message")), self.calls
-        else:
-            assert_kernels(self.calls, CPU_KERNELS, layers, updates=0)
+        """Each layer's message forward and backward ran on the C++ kernels, and nothing else ran
+        them."""
+        assert_kernels(self.calls, CPU_KERNELS, layers, updates=None)
 
 
 def corrupt_replacements(monkeypatch, corrupt) -> None:

@@ -30,13 +30,13 @@ def test_md_text_output(capsys):
     assert "path from call 1" in out  # which path answered (the plain model while set-up is under way)
 
 
-def test_md_reports_the_native_ops_of_its_joint_graph(capsys, monkeypatch):
+def test_md_reports_the_cpp_ops_of_its_joint_graph(capsys, monkeypatch):
     """With the joint graphs on, `painnfx md` runs a compiled joint graph after the first step and
-    reports the native ops it ran (counted in C++), next to the fused ops' Python calls."""
+    reports the C++ library's ops it ran (counted in C++): its matrix products and fused ops."""
     from helpers import native_ops_expected
 
     if not native_ops_expected():
-        pytest.skip("the native ops are off here")
+        pytest.skip("the C++ library's products are off here")
     monkeypatch.setenv("PAINNFX_JOINT", "1")
     main(["md", "--steps", "3", "--compare-steps", "0", "--size", "1", "--json", "--quiet", "--dtype", "float64",
           "--setup", "now"])
@@ -45,7 +45,8 @@ def test_md_reports_the_native_ops_of_its_joint_graph(capsys, monkeypatch):
     assert [p["path"] for p in summary["paths"]] == ["compiled forces graph"] and summary["final_path"] == \
         "compiled forces graph"
     assert summary["setup_s"] > 0 and summary["first_result_s"] > 0 and summary["job_s"] > summary["md_s"]
-    assert summary["kernels"]["dense"]["native"] >= 3 * 10  # 4 calls after the policy's, ~30 products each
+    assert summary["kernels"]["dense"]["cpp"] >= 3 * 10  # 4 calls after the policy's, ~30 products each
+    assert summary["kernels"]["painn_message"]["cpp"] >= 3 * 2
 
 
 def test_md_json_summary_fused_path(capsys):

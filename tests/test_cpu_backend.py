@@ -25,7 +25,7 @@ def test_cache_hit_and_corruption_recovery(tmp_path, monkeypatch):
     first_path.write_bytes(b"not a library")
     rebuilt_path, rebuilt = build.build()
     assert not rebuilt["cached"] and rebuilt["sha256"] == first["sha256"]
-    build.load(rebuilt_path, rebuilt)
+    assert rebuilt_path.read_bytes()[:4] == b"\x7fELF"  # the library again, not the corrupt file
 
 
 BASELINE_SCRIPT = r"""
@@ -48,7 +48,7 @@ with dispatch.record_calls() as calls:
     a = compute_properties(fast, *args, stress=True)
 b = compute_properties(model, *args, stress=True)
 err = max(float((x - y).abs().max() / y.abs().max()) for x, y in ((a.forces, b.forces), (a.stress, b.stress)))
-print(json.dumps({"flags": backend.info()["flags"], "path": str(backend.library().path), "error": err,
+print(json.dumps({"flags": backend.info()["flags"], "path": str(backend.library()), "error": err,
                   "calls": calls[("painn_message", "cpp")]}))
 """
 
@@ -77,43 +77,58 @@ def test_a_baseline_isa_build_runs_correct_kernels(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_kernels_transpose_weights_as_aten_does(dtype):
-    """The C++ library's tiled transpose (the kernels' weight layout) equals ``w.t().contiguous()``
-    bitwise, for contiguous, transposed and strided inputs of sizes that are and are not
-    multiples of its 16 x 16 tile."""
-    gen = torch.Generator().manual_seed(0)
-    for rows, cols in ((384, 20), (128, 384), (17, 33), (1, 5), (16, 16)):
-        w = torch.randn(rows, cols, generator=gen, dtype=dtype)
-        for view in (w, w.t(), torch.randn(rows, 2 * cols, generator=gen, dtype=dtype)[:, ::2]):
-            out = backend._transpose(view)
-            assert out.is_contiguous() and torch.equal(out, view.t().contiguous())
+def test_the_kernels_take_weights_in_any_layout(dtype):
+    """The C++ kernels transpose the weights into their own layout (a tiled loop, operators.cpp):
+    the same results, bitwise, for a contiguous, a transposed and a strided filter weight, at sizes
+    that are and are not multiples of the 16 x 16 tile."""
+    from painnfx.ops import radial_filter
 
-
-def test_the_update_weights_are_transposed_from_24_atoms():
-    """The ctypes backend asks the library (cpu_common.h, the crossover the native ops use too)
-    from how many atoms the update kernels take transposed weights: 24."""
     if backend.library() is None:
         env_skip(f"the C++ kernels cannot be built here: {backend.info().get('error')}")
-    w = [torch.randn(4, 3, dtype=torch.float64) for _ in range(3)]
-    assert backend._transposed(23, w) == [None, None, None]
-    assert all(torch.equal(t, u.t()) for t, u in zip(backend._transposed(24, w), w))
+    gen = torch.Generator().manual_seed(0)
+    d = torch.rand(11, generator=gen, dtype=dtype) * 2 + 0.5
+    for rows, k in ((384, 20), (17, 33), (2, 5), (16, 16)):
+        params = torch.stack([torch.linspace(0, 3, k), torch.ones(k)]).to(dtype)
+        w = torch.randn(rows, k, generator=gen, dtype=dtype)
+        b = torch.randn(rows, generator=gen, dtype=dtype)
+        want = radial_filter(d, w, b, params, "gaussian", "cosine", [3.0])
+        strided = torch.zeros(rows, 2 * k, dtype=dtype)
+        strided[:, ::2] = w
+        for view in (w.t().contiguous().t(), strided[:, ::2]):
+            assert not view.is_contiguous()
+            assert torch.equal(radial_filter(d, view, b, params, "gaussian", "cosine", [3.0]), want)
+
+
+@pytest.mark.parametrize("n", [23, 24, 25])
+def test_the_update_kernels_agree_on_both_sides_of_the_transposed_weights(n):
+    """From 24 atoms on the update kernels take their weights transposed (cpu_common.h): both forms
+    equal the reference, forward and backward."""
+    from painnfx.ops import reference
+    from strategies import update_inputs
+
+    if backend.library() is None:
+        env_skip(f"the C++ kernels cannot be built here: {backend.info().get('error')}")
+    args = update_inputs(n, 12, seed=n)
+    gq, gmu = torch.randn(n, 12, dtype=torch.float64), torch.randn(n, 3, 12, dtype=torch.float64)
+    for got, want in ((torch.ops.painnfx.painn_update(*args), reference.update_forward(*args)),
+                      (torch.ops.painnfx.painn_update_backward(gq, gmu, *args, True),
+                       reference.update_backward(gq, gmu, *args, True))):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
 
 
 def test_the_basis_loops_call_glibc_vector_exponentials():
-    """Where glibc's libmvec is installed (x86-64 glibc), both C++ libraries are linked to it and
-    their radial-basis loops call its vector exp (a _ZGV... symbol), not only the scalar one."""
+    """Where glibc's libmvec is installed (x86-64 glibc), the C++ library is linked to it and its
+    radial-basis loops call its vector exp (a _ZGV... symbol), not only the scalar one."""
     import shutil
     import subprocess
-
-    from painnfx.ops.cpu import native
 
     if not build.vector_maths():
         env_skip("no libmvec here (not x86-64 glibc)")
     nm = shutil.which("nm")
     if nm is None:  # binutils comes with g++
         env_skip("no nm to read the libraries' symbols")
-    libraries = [build.build()[0]] + ([native.library()] if native.available() else [])
-    for path in libraries:
+    for path in [build.build()[0]]:
         undefined = subprocess.run([nm, "-D", "--undefined-only", str(path)], capture_output=True, text=True,
                                    timeout=60).stdout
         vector_exp = [ln.split()[-1] for ln in undefined.splitlines() if "_ZGV" in ln and "exp" in ln]
@@ -229,3 +244,27 @@ def test_calculator_optimize_true_always_fuses():
     with dispatch.record_calls() as calls:
         atoms.get_forces()
     assert_kernels(calls, CPU_KERNELS, 3)
+
+
+def test_the_cpp_kernels_take_every_radial_spec_with_a_kernel_case():
+    """operators.cpp names radial.cuh's cases (the specs' names and kernel ids of ops/radial): every
+    basis and cutoff with a kernel case runs on the C++ kernels and equals the reference."""
+    from painnfx.ops import radial_filter, reference
+    from painnfx.ops.radial import BASES, CUTOFFS, kernel_cases
+
+    if backend.library() is None:
+        env_skip(f"the C++ kernels cannot be built here: {backend.info().get('error')}")
+    cases = kernel_cases()
+    d = torch.linspace(0.3, 2.9, 9, dtype=torch.float64)
+    for basis in BASES.values():
+        for cutoff in CUTOFFS.values():
+            assert cases["basis"][basis.kernel_id] == basis.name and cases["cutoff"][cutoff.kernel_id] == cutoff.name
+            k = 4
+            params = torch.stack([torch.linspace(0.5, 3.0, k)] + [torch.full((k,), 0.4)] * (len(basis.param_rows) - 1))
+            cparams = [3.0] + [0.2] * (len(cutoff.param_names) - 1)
+            w, b = torch.randn(5, k, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+            with dispatch.record_calls() as calls:
+                got = radial_filter(d, w, b, params.double(), basis.name, cutoff.name, cparams)
+            assert calls[("radial_filter", "cpp")] == 1
+            want = reference.radial_filter_forward(d, w, b, params.double(), basis.name, cutoff.name, cparams)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

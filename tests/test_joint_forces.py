@@ -285,14 +285,14 @@ def test_a_joint_graph_that_fails_to_compile_leaves_the_call_to_autograd(monkeyp
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_the_compiled_forces_graph_runs_native_ops_under_the_cpp_wrapper(dtype):
-    """The compiled forces graph calls its matrix products as ``painnfx_native::dense`` and its fused
-    ops as their native twins from Inductor's C++ wrapper (no Python between kernels; the profiler
-    sees each product reach the native op), and equals eager on a 3-atom and a 12-atom molecule and
-    a periodic cell, compiled once."""
-    from painnfx.ops.cpu import native
+    """The compiled forces graph calls its matrix products as ``painnfx::dense`` and its fused ops'
+    CPU kernels from Inductor's C++ wrapper (no Python between kernels; the library counts each
+    call in C++), and equals eager on a 3-atom and a 12-atom molecule and a periodic cell, compiled
+    once."""
+    from helpers import JointKernels, native_ops_expected
 
-    if not native.available():
-        pytest.skip("no C++ compiler for the native ops")
+    if not native_ops_expected():
+        pytest.skip("no C++ compiler for the library")
     model, fast = _joint_model("auto", dtype, compiled=True)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
@@ -300,16 +300,16 @@ def test_the_compiled_forces_graph_runs_native_ops_under_the_cpp_wrapper(dtype):
     for atoms in (molecule("H2O"), molecule("C6H6"), _cu_cell()):
         atoms.rattle(0.02, seed=3)
         evaluate(fast, atoms, dtype=dtype)  # the first call of a size class checks (and compiles)
-        with torch.profiler.profile() as prof:
+        with JointKernels() as ran:
             out = evaluate(fast, atoms, dtype=dtype)
-        ran = sum(e.count for e in prof.key_averages() if e.key == "painnfx_native::dense")
         ref = evaluate(model, atoms, dtype=dtype)
         torch.testing.assert_close(out.forces, ref.forces, rtol=tol, atol=tol)
         torch.testing.assert_close(out.energy, ref.energy, rtol=tol, atol=tol)
         assert out.forces.is_inference()
         graph = fast.report.joint["graphs"]["energy+forces"]
-        assert graph["wrapper"] == "C++" and ran == graph["native"]["painnfx_native.dense.default"] > 10
-    assert set(graph["fused"]) <= set(graph["native"])  # its fused ops are native too
+        assert graph["wrapper"] == "C++" and ran.native["dense"] == graph["native"]["painnfx.dense.default"] > 10
+        ran.assert_message_kernels(2)
+    assert set(graph["fused"]) <= set(graph["native"])  # its fused ops run their C++ kernels too
     assert [c["path"] for c in fast.report.paths] == ["compiled forces graph"]
     assert fast.joint_graphs.calls("energy+forces")["dynamo"] == 0  # compiled once, no Dynamo
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
@@ -321,7 +321,7 @@ def test_a_cpp_wrapper_that_fails_leaves_the_python_wrapper(monkeypatch):
     one warning, and still runs the native products."""
     import painnfx.rewriter.joint as joint
 
-    monkeypatch.setattr(joint, "wrapper_options", lambda gm: {"cpp_wrapper": True, "no_such_inductor_option": 1})
+    monkeypatch.setattr(joint, "wrapper_options", lambda gm, backend=None: {"cpp_wrapper": True, "no_such_inductor_option": 1})
     model, fast = _joint_model("auto", compiled=True)
     atoms = molecule("CH4")
     with pytest.warns(RuntimeWarning, match="C\\+\\+ wrapper failed for the energy\\+forces graph"):
@@ -331,10 +331,9 @@ def test_a_cpp_wrapper_that_fails_leaves_the_python_wrapper(monkeypatch):
     assert fast.report.joint["graphs"]["energy+forces"]["wrapper"] == "Python"
 
 
-def test_without_the_native_ops_the_joint_graph_calls_the_fused_ops_through_python(monkeypatch):
-    """``PAINNFX_NATIVE=0`` (or no C++ compiler for the native library): the joint graph keeps the
-    ``painnfx::`` ops, run through Python on the C++ kernels, ATen's products and Inductor's Python
-    wrapper, and still equals eager."""
+def test_without_the_native_products_the_joint_graph_keeps_atens_and_the_python_wrapper(monkeypatch):
+    """``PAINNFX_NATIVE=0``: the joint graph keeps ATen's products and Inductor's Python wrapper; its
+    ``painnfx::`` ops still run their C++ kernels (the dispatcher's), and it equals eager."""
     from helpers import CPU_KERNELS, assert_kernels
     from painnfx.rewriter.cpp_ops import wrapper_options
 
@@ -352,21 +351,21 @@ def test_without_the_native_ops_the_joint_graph_calls_the_fused_ops_through_pyth
     assert "aten.mm.default" in _targets(gm) and wrapper_options(gm) == {}
 
 
-def test_a_native_library_that_cannot_be_built_leaves_the_python_path(monkeypatch):
-    """A failed build of the native library: one warning saying why, ``enabled()`` false, and the
-    joint graphs are traced as before (the Python ops)."""
-    from painnfx.ops.cpu import native
+def test_a_library_that_cannot_be_built_leaves_the_python_path(monkeypatch):
+    """A failed build of the C++ library: one warning saying why, ``enabled()`` false, and the
+    joint graphs are traced as before (the ``painnfx::`` ops, their reference implementation)."""
+    from painnfx.ops.cpu import backend
     from painnfx.ops.cpu.build import CpuBuildError
     from painnfx.rewriter.cpp_ops import enabled
 
     def broken(use_cache=True):
-        raise CpuBuildError("g++ failed to build the native ops:\nsimulated")
+        raise CpuBuildError("g++ failed to build the CPU kernels:\nsimulated")
 
-    monkeypatch.setattr(native, "_state", {})
-    monkeypatch.setattr(native, "build", broken)
-    with pytest.warns(UserWarning, match="the native CPU ops are unavailable .g\\+\\+ failed to build the native ops"):
-        assert native.library() is None
-    assert not enabled() and "simulated" in native.info()["error"] and native.call_counts() == {}
+    monkeypatch.setattr(backend, "_state", {})
+    monkeypatch.setattr(backend, "build", broken)
+    with pytest.warns(UserWarning, match="the CPU kernels are unavailable .g\\+\\+ failed to build the CPU kernels"):
+        assert backend.library() is None
+    assert not enabled() and "simulated" in backend.info()["error"] and backend.call_counts() == {}
     model, fast = _joint_model("auto")
     atoms = molecule("H2O")
     out = evaluate(fast, atoms)

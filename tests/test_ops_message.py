@@ -190,8 +190,34 @@ def test_bad_inputs_raise_clear_errors(corrupt, match):
         cutoff="cosine", cutoff_params=[2.0],
     )
     corrupt(inp)
-    with pytest.raises(InputError, match=match):
+    with pytest.raises(ValueError, match=match):
         _call(fused, inp)
+
+
+@pytest.mark.parametrize("corrupt, match", BAD[:3] + BAD[7:8] + BAD[9:10])
+def test_eager_calls_raise_input_errors(corrupt, match):
+    """What the rewritten graph calls (``FusedOp.call``, eagerly): the same checks, as ``InputError``
+    on every backend (the C++ kernels' own checks, translated)."""
+    from painnfx.ops.message import message
+
+    n, e, f, k = 4, 6, 2, 3
+    inp = dict(
+        r=torch.randn(e, 3, dtype=torch.float64), idx_i=torch.randint(0, n, (e,)), idx_j=torch.randint(0, n, (e,)),
+        x=torch.randn(n, 3 * f, dtype=torch.float64), mu=torch.randn(n, 3, f, dtype=torch.float64),
+        weight=torch.randn(3 * f, k, dtype=torch.float64), bias=torch.randn(3 * f, dtype=torch.float64),
+        basis_params=torch.stack([torch.linspace(0, 2, k), torch.ones(k)]).double(), basis="gaussian",
+        cutoff="cosine", cutoff_params=[2.0],
+    )
+    edges = list(prepare_edges(inp["r"], inp["idx_i"], inp["idx_j"], n))
+    corrupt(inp)
+    with pytest.raises(InputError, match=match):
+        message(*[inp[k] for k in ORDER[:3]], edges, *[inp[k] for k in ORDER[3:]])
+
+
+def test_prepare_edges_refuses_a_negative_atom_count():
+    empty = torch.zeros(0, dtype=torch.long)
+    with pytest.raises(ValueError, match="n_atoms must be >= 0, got -1"):
+        prepare_edges(torch.zeros(0, 3), empty, empty, -1)
 
 
 def test_edge_plan_of_another_edge_list_is_refused():
@@ -201,7 +227,7 @@ def test_edge_plan_of_another_edge_list_is_refused():
     other = list(prepare_edges(r[:-1], idx[:-1], idx[:-1], n))
     x, w = torch.randn(n, 6, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
     params = torch.stack([torch.linspace(0, 2, 3), torch.ones(3)]).double()
-    with pytest.raises(InputError, match="edges.dst_perm must be int64 of shape"):
+    with pytest.raises(ValueError, match="edges.dst_perm must be int64 of shape"):
         painn_message(r, idx, idx, other, x, None, w, w[:, 0], params, "gaussian", "cosine", [2.0])
 
 

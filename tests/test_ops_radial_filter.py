@@ -102,5 +102,5 @@ def test_bad_inputs(change, match):
     args = dict(d=torch.ones(2, dtype=torch.float64), w=torch.ones(2, 3, dtype=torch.float64), b=torch.ones(2, dtype=torch.float64))
     args.update(change)
     params = torch.stack([torch.linspace(0, 3, 3), torch.ones(3)]).double()
-    with pytest.raises(InputError, match=match):
+    with pytest.raises(ValueError, match=match):
         radial_filter(args["d"], args["w"], args["b"], params, "gaussian", "cosine", [3.0])

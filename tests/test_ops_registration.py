@@ -95,7 +95,8 @@ def test_schemas_have_no_backend_argument():
 
 @pytest.fixture
 def counting_cpu_backend():
-    """A backend registered for "cpu" that counts its calls and runs the reference maths."""
+    """A backend registered for "cpu" that counts its calls and runs the reference maths (below the
+    C++ kernels: a Python backend runs on the CPU where it is forced)."""
     calls = []
 
     def wrap(name, fn):
@@ -104,12 +105,12 @@ def counting_cpu_backend():
             return fn(*args)
         return impl
 
-    dispatch.register_backend("counting", {"cpu"}, priority=5)
+    dispatch.register_backend("counting", {"cpu"}, priority=-5)
     dispatch.implement("painn_message", "counting", wrap("forward", reference.message_forward))
     dispatch.implement("painn_message_backward", "counting", wrap("backward", reference.message_backward))
     yield calls
     dispatch.remove_backend("counting")
-    assert dispatch.chosen("painn_message", "cpu") == "cpp"  # the previous device backend takes over again
+    assert dispatch.chosen("painn_message", "cpu") == "cpp"
 
 
 def _energy_and_force(inp):
@@ -124,20 +125,25 @@ def test_dispatcher_picks_the_device_backend_and_the_override_reaches_backward(c
     calls = counting_cpu_backend
     assert "counting" in available_backends()
     inp = _inputs()
-    dq, dmu, r = _energy_and_force(inp)
-    torch.autograd.grad(dq.sum() + dmu.sum(), r)
-    assert calls == ["forward", "backward"]  # chosen by the dispatcher from the tensors' device
-    calls.clear()
-    with use_backend("reference"):
+    with dispatch.record_calls() as ran:
+        dq, dmu, r = _energy_and_force(inp)
+        torch.autograd.grad(dq.sum() + dmu.sum(), r)
+    # chosen by the dispatcher from the tensors' device: the C++ kernels, counted in C++
+    assert ran[("painn_message", "cpp")] == 1 and ran[("painn_message_backward", "cpp")] == 1
+    assert calls == []
+    with use_backend("counting"):
         dq2, dmu2, r2 = _energy_and_force(inp)
     torch.autograd.grad(dq2.sum() + dmu2.sum(), r2)  # backward outside the block: the override was recorded
-    assert calls == []
+    assert calls == ["forward", "backward"]
     torch.testing.assert_close(dq2, dq)
+    calls.clear()
     with use_backend("counting"):  # double backward runs the differentiable reference path
         dq3, dmu3, r3 = _energy_and_force(inp)
         (g,) = torch.autograd.grad(dq3.sum() + dmu3.sum(), r3, create_graph=True)
     assert calls == ["forward"]
     assert g.requires_grad
+    with pytest.raises(ValueError, match="would outrank"):
+        dispatch.register_backend("bold", {"cpu"}, priority=5)
 
 
 def test_unknown_or_unusable_backend_is_refused():

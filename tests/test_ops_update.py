@@ -68,13 +68,13 @@ def test_double_backward_is_differentiable(each_backend):
 
 def test_bad_inputs_are_named(each_backend):
     q, mu, u, w1, b1, w2, b2, eps = update_inputs(3, 4, 0)
-    with pytest.raises(InputError, match="mu must have shape"):
+    with pytest.raises(ValueError, match="mu must have shape"):
         painn_update(q, mu[:, :2], u, w1, b1, w2, b2, eps)
-    with pytest.raises(InputError, match="w2 must have shape"):
+    with pytest.raises(ValueError, match="w2 must have shape"):
         painn_update(q, mu, u, w1, b1, w2.t(), b2, eps)
-    with pytest.raises(InputError, match="mix_weight has dtype"):
+    with pytest.raises(ValueError, match="mix_weight has dtype"):
         painn_update(q, mu, u.float(), w1, b1, w2, b2, eps)
-    with pytest.raises(InputError, match="q must be a floating tensor"):
+    with pytest.raises(ValueError, match="q must be a floating tensor"):
         painn_update(q[0], mu, u, w1, b1, w2, b2, eps)
 
 

@@ -121,10 +121,11 @@ def test_a_module_that_is_no_energy_model_is_refused(module, why):
         optimize(module)
 
 
-def test_edges_are_prepared_and_validated_once_per_evaluation(monkeypatch):
+def test_edges_are_prepared_and_validated_once_per_evaluation():
     """One prepare_edges node feeds every layer; the value checks (host syncs) run once per
     energy+forces evaluation, never in the per-layer message ops."""
-    import painnfx.ops.edges as edges
+    from helpers import CPU_KERNELS
+    from painnfx.ops.dispatch import backends_that_ran, record_calls
 
     model = PaiNN(PaiNNConfig(n_atom_basis=8, n_interactions=3, n_rbf=5, cutoff=3.0, seed=2)).double()
     fast = optimize(model)
@@ -132,8 +133,6 @@ def test_edges_are_prepared_and_validated_once_per_evaluation(monkeypatch):
     messages = [n for n in fast.runner.graph_module.graph.nodes
                 if n.op == "call_function" and getattr(n.target, "__name__", "") == "fused_painn_message"]
     assert len(plans) == 1 and len(messages) == 3 and all(m.args[3] is plans[0] for m in messages)
-    calls = []
-    original = edges.check_values
-    monkeypatch.setattr(edges, "check_values", lambda *a: calls.append(1) or original(*a))
-    evaluate(fast, molecule("CH3CH2OH"))
-    assert calls == [1]
+    with record_calls() as calls:
+        evaluate(fast, molecule("CH3CH2OH"))
+    assert backends_that_ran(calls)["prepare_edges"] == {CPU_KERNELS: 1}  # its value checks: once

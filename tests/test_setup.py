@@ -31,14 +31,10 @@ SESSION_CACHE = cache_root()
 
 
 def _kernels_here():
-    """The C++ kernels, and the native ops where wanted, built in the session's cache (which the tests'
-    linked caches share), or a skip (a failure under --require-env)."""
-    from painnfx.ops.cpu import native
-
+    """The C++ library built in the session's cache (which the tests' linked caches share), or a
+    skip (a failure under --require-env)."""
     if backend.library() is None:
         env_skip(f"the C++ kernels cannot be built here: {backend.info().get('error')}")
-    if native.wanted() and native.library() is None:
-        env_skip(f"the native ops cannot be built here: {native.info().get('error')}")
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +49,7 @@ def fresh_rewrites(monkeypatch):
 def fresh_builder(monkeypatch):
     """prebuild's per-process state as a new process has it (restored afterwards)."""
     monkeypatch.setattr(prebuild, "_process", None)
-    monkeypatch.setattr(prebuild, "_ready", {"kernels": False, "native": False})
+    monkeypatch.setattr(prebuild, "_ready", [False])
     monkeypatch.setattr(prebuild, "_last_look", [0.0])
     yield
     if isinstance(prebuild._process, subprocess.Popen) and prebuild._process.poll() is None:
@@ -68,7 +64,7 @@ def _linked_cache(tmp_path, monkeypatch, built: bool):
     folder = tmp_path / "cache"
     folder.mkdir()
     if built:
-        for kind in ("cpu", "cpu-native", "cpu-obj"):
+        for kind in ("cpu", "cpu-obj"):
             if (real / kind).exists():
                 (folder / kind).symlink_to(real / kind)
     monkeypatch.setenv("PAINNFX_CACHE_DIR", str(folder))
@@ -152,7 +148,7 @@ def test_a_build_in_the_foreground_runs_the_rewrite_alongside(tmp_path, monkeypa
 
     monkeypatch.setattr(backend, "_state", {})
     monkeypatch.setattr(backend, "_build_and_load", slow_build)
-    monkeypatch.setattr(prebuild, "start", lambda: False)  # no native build in the background here
+    monkeypatch.setattr(prebuild, "start", lambda: False)  # no build in the background here
     model = random_model(5, n_atom_basis=16, n_interactions=2, n_rbf=6).double()
     fast = optimize(model, setup="background")
     rewrite = fast._pending
@@ -303,7 +299,7 @@ def test_no_compiler_keeps_the_plain_model_with_one_warning(monkeypatch, fresh_b
     """No C++ compiler: the calculator's default warns once, on the first call, and keeps the plain
     model (the fused graph would run the reference ops, slower)."""
     monkeypatch.setenv("CXX", "/nonexistent/c++")
-    monkeypatch.setattr(prebuild, "_ready", {"kernels": False, "native": False})
+    monkeypatch.setattr(prebuild, "_ready", [False])
     calc = PaiNNCalculator(random_model(0, n_atom_basis=8, n_interactions=1, n_rbf=4))
     assert calc.evaluator.report.setup["kernel_build_started"] is False  # (nothing to start it with, either)
     atoms = molecule("H2O")

@@ -93,39 +93,18 @@ def test_fused_results_equal_the_flushed_reference(kernels, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_floating_point_state_is_unchanged_on_the_caller_and_the_pool(lib, dtype, user_flush):
     threads = max(2, torch.get_num_threads())
-    pool = (lambda: _pool_state(lib, threads))
+    pool = (lambda: backend.pool_mxcsr(threads))
     previous = backend.flush_denormal_state()
     torch.set_flush_denormal(user_flush)
     try:
-        caller, workers = lib.painnfx_mxcsr(), pool()
+        caller, workers = backend.mxcsr(), pool()
         with dispatch.record_calls() as calls:
             _run("cpp", dtype, flush=user_flush)
         assert calls[("painn_message", "cpp")] == 1 and calls[("painn_message_backward", "cpp")] == 1
-        assert lib.painnfx_mxcsr() == caller
+        assert backend.mxcsr() == caller
         assert pool() == workers
         assert backend.flush_denormal_state() == user_flush  # torch's setting, as the user left it
     finally:
         torch.set_flush_denormal(previous)
     if caller:  # x86: the flags the kernels set are not left behind on the pool's threads
         assert bool(caller & backend.FTZ_DAZ) == user_flush and not any(w & backend.FTZ_DAZ for w in workers[1:])
-
-
-def _pool_state(lib, threads: int) -> list:
-    import ctypes
-
-    out = (ctypes.c_uint * threads)()
-    lib.painnfx_pool_mxcsr(out, threads)
-    return list(out)
-
-
-def test_entry_points_are_checked_against_the_kernel_signatures(lib):
-    import ctypes
-
-    forward = lib.painn_message_forward_f32
-    assert forward.params[-3:] == ["float *", "float *", "int"]
-    with pytest.raises(TypeError, match=r"painn_message_forward_f32 takes 20 arguments \(const float \*, .*got 19"):
-        forward(*([None] * 19))
-    args = [None] * 10 + [0, 0, ctypes.c_float(1.0), ctypes.c_float(1.0), 0, 1, 1, None, None, 1]
-    args[14] = "three atoms"  # a string where the kernel takes std::int64_t
-    with pytest.raises(ctypes.ArgumentError):
-        forward(*args)

@@ -356,13 +356,13 @@ def environment(device: str, threads: int, dtype: str) -> dict:
 
 
 def _native_state() -> str:
-    """Whether the joint graphs run the native ops and Inductor's C++ wrapper (rewriter/cpp_ops.py)."""
-    from painnfx.ops.cpu import native
-    from painnfx.rewriter.cpp_ops import enabled
+    """Whether the joint graphs run the C++ library's products and Inductor's C++ wrapper (rewriter/cpp_ops.py)."""
+    from painnfx.ops.cpu import backend
+    from painnfx.rewriter.cpp_ops import enabled, wanted
 
     if enabled():
         return "on"
-    return "off (PAINNFX_NATIVE=0)" if native.available() else f"unavailable: {native.info().get('error', '')[:200]}"
+    return "off (PAINNFX_NATIVE=0)" if not wanted() else f"unavailable: {backend.info().get('error', '')[:200]}"
 
 
 def _run_case(args, system: str, variant: str, largest: bool = False, memory: bool = False) -> dict:

@@ -112,7 +112,7 @@ def trace_joint_graphs(fast, model) -> None:
             out = derive_properties(energy, positions, numbers, edge_index, shifts, None, False, False, None, 1)
             return out.energy, out.forces
 
-        return node_counts(trace(fn, *example, backend=fast.runner.backend))
+        return node_counts(trace(fn, *example, backend=fast.runner.backend), fast.runner.backend)
 
     plain = graph_of(model)
     fused = graph_of(lambda *a: fast._fused(*a, None, 1))

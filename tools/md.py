@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from painnfx.ops.cpu import native
+from painnfx.ops.cpu import backend as cpu_backend
 from painnfx.ops.dispatch import backends_that_ran, record_calls
 
 from .dtypes import DTYPES
@@ -169,12 +169,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
 
 
-def _with_native(kernels: dict, native_ran: dict) -> dict:
-    """{op: {backend: calls}} with the native ops' calls added as backend "native"."""
+def _with_products(kernels: dict, dense_calls: int) -> dict:
+    """{op: {backend: calls}} with the C++ library's matrix products (``painnfx::dense``, counted in C++)."""
     out = {op: dict(v) for op, v in kernels.items()}
-    for op, k in native_ran.items():
-        if k:
-            out.setdefault(op, {})["native"] = k
+    if dense_calls:
+        out["dense"] = {"cpp": dense_calls}
     return out
 
 
@@ -218,10 +217,10 @@ def main_md(args) -> int:
         calc.evaluator.plan(args.steps + 1 + min(args.compare_steps, args.steps))
     if not args.quiet and not args.checkpoint and not is_trained_default():
         print("note: no trained default checkpoint is installed; using the deterministic random model (seed 0)")
-    native_before = native.call_counts()
+    dense_before = cpu_backend.call_counts().get("dense", 0)
     with record_calls() as calls:
         energies, positions, seconds = run_md(atoms, calc, args, args.steps, not args.quiet, args.trajectory)
-    native_ran = {op: k - native_before.get(op, 0) for op, k in native.call_counts().items()}
+    dense_calls = cpu_backend.call_counts().get("dense", 0) - dense_before
     n = len(atoms)
     report = getattr(calc.evaluator, "report", None)
     paths = list(report.paths) if report is not None else []
@@ -244,8 +243,8 @@ def main_md(args) -> int:
         "energy_drift_eV_per_atom": float(drift[-1] / n),
         "max_energy_deviation_eV_per_atom": float(np.abs(drift).max() / n),
         "fused_nodes": report.fused_nodes if calc.optimized else 0,
-        # which implementation ran each fused op, and how often (the native ops counted in C++)
-        "kernels": _with_native(backends_that_ran(calls), native_ran),
+        # which implementation ran each fused op, and how often (the C++ kernels counted in C++)
+        "kernels": _with_products(backends_that_ran(calls), dense_calls),
         # the first step's one-off cost of the compiled joint graph (trace + Inductor), not in steps_per_s
         "joint_compile_s": {k: g["compile_seconds"] for k, g in report.joint.get("graphs", {}).items()}
         if calc.optimized else {},

@@ -59,11 +59,9 @@ constexpr int VECTOR_BYTES = 32;
 constexpr int VECTOR_BYTES = 16;
 #endif
 
-// An integer setting from the environment (read by the caller once), or ``fallback`` when unset.
 // From this many atoms on the update kernels take their weights transposed (three copies per
 // call) for the register-blocked products; below, dot products with the weights as given (measured
-// crossover, docs/ops.md). Both libraries ask here (the ctypes backend through
-// painnfx_update_transpose_atoms, painn_update.cpp).
+// crossover, docs/ops.md).
 inline std::int64_t update_transpose_atoms() { return 24; }
 
 // dst (cols, rows) = the transpose of src (rows, cols; strides rs, cs), in 16 x 16 tiles: the

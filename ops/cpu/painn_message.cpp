@@ -379,10 +379,6 @@ void filter_backward(const T* grad, const T* d, const T* wt, const T* bias, cons
                                                                       wt, bias, p0, p1, basis, cutoff, c0, c1, N, F, \
                                                                       K, gr, gx, gmu_in, partial, P, threads);       \
     }                                                                                                              \
-    extern "C" void transpose_##S(const T* src, std::int64_t rows, std::int64_t cols, std::int64_t rs,           \
-                                  std::int64_t cs, T* dst) {                                                       \
-        transpose_tiles<T>(src, rows, cols, rs, cs, dst);                                                          \
-    }                                                                                                              \
     extern "C" void radial_filter_forward_##S(const T* d, const T* wt, const T* bias, const T* p0, const T* p1,     \
                                               int basis, int cutoff, T c0, T c1, std::int64_t E, int C, int K,     \
                                               T* out, int threads) {                                               \
@@ -401,16 +397,4 @@ EXPORT(float, f32)
 #endif
 #if !defined(PAINNFX_EXPORT) || PAINNFX_EXPORT == 64
 EXPORT(double, f64)
-#endif
-
-#if !defined(PAINNFX_EXPORT) || PAINNFX_EXPORT == 64
-// the floating-point control state of the calling thread (MXCSR on x86; 0 elsewhere), and of each
-// of ``threads`` OpenMP threads (into out[thread number]): the tests check that no kernel call
-// changes either
-extern "C" unsigned painnfx_mxcsr() { return read_mxcsr(); }
-
-extern "C" void painnfx_pool_mxcsr(unsigned* out, int threads) {
-#pragma omp parallel num_threads(threads)
-    out[omp_get_thread_num()] = read_mxcsr();
-}
 #endif

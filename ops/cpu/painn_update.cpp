@@ -241,10 +241,6 @@ void update_backward(const T* gq, const T* gmu, const T* q, const T* mu, const T
 
 }  // namespace
 
-// from how many atoms on the kernels take their weights transposed (cpu_common.h): the ctypes
-// backend asks here, so both libraries read one setting
-extern "C" std::int64_t painnfx_update_transpose_atoms() { return update_transpose_atoms(); }
-
 // ut, w1t, w2t: the transposed weights, or all null (see UpdateTile::forward)
 #define EXPORT_UPDATE(T, S)                                                                                        \
     extern "C" void painn_update_forward_##S(const T* q, const T* mu, const T* u, const T* w1, const T* b1,          \

@@ -1,7 +1,6 @@
 """Building the CPU kernels in a process of their own, so that no call waits for the compiler.
 
-On an empty cache the two C++ libraries (the kernels, build.py, and the native ops, native.py)
-take tens of seconds to compile. ``start()`` hands that to a process of its own
+On an empty cache the C++ library (build.py) takes ~10 s of two cores to compile. ``start()`` hands that to a process of its own
 (``python -m painnfx.ops.cpu.prebuild``, through ``BOOTSTRAP``) and returns at once; an optimized model run with
 ``setup="background"`` (what ``PaiNNCalculator`` does) keeps answering with the plain model
 meanwhile and switches when ``ready()``. The builder:
@@ -36,34 +35,29 @@ POLL_S = 0.5
 
 _lock = threading.Lock()
 _process: Optional[subprocess.Popen] = None
-_ready = {"kernels": False, "native": False}
+_ready = [False]
 _last_look = [0.0]
 
 
 def _look() -> None:
-    from . import native
-
-    if not _ready["kernels"]:
-        _ready["kernels"] = build.cached()
-    if not _ready["native"]:
-        _ready["native"] = not native.wanted() or native.cached()
+    if not _ready[0]:
+        _ready[0] = build.cached()
 
 
-def ready(what: str = "kernels") -> bool:
-    """Whether the kernels ("kernels") or the native ops too ("all") are built in the cache. While a
-    build is under way this looks at the cache at most every ``POLL_S`` seconds."""
-    done = _ready["kernels"] and (what == "kernels" or _ready["native"])
-    if done:
+def ready() -> bool:
+    """Whether the library is built in the cache. While a build is under way this looks at the
+    cache at most every ``POLL_S`` seconds."""
+    if _ready[0]:
         return True
     now = time.monotonic()
     if now - _last_look[0] >= POLL_S:
         _last_look[0] = now
         _look()
-    return _ready["kernels"] and (what == "kernels" or _ready["native"])
+    return _ready[0]
 
 
 def unavailable() -> Optional[str]:
-    """Why the libraries will not be built by a builder, or None: no compiler, or this process's
+    """Why the library will not be built by a builder, or None: no compiler, or this process's
     builder ended without them (its output is in ``<cache>/cpu-build.log``)."""
     try:
         build.compiler()
@@ -71,8 +65,8 @@ def unavailable() -> Optional[str]:
         return str(exc)
     if _process is not None and _process.poll() is not None:
         _last_look[0] = 0.0
-        if not ready("kernels"):
-            return f"their build failed (exit status {_process.returncode}; see {cache_root() / 'cpu-build.log'})"
+        if not ready():
+            return f"its build failed (exit status {_process.returncode}; see {cache_root() / 'cpu-build.log'})"
     return None
 
 
@@ -82,12 +76,12 @@ def building() -> bool:
 
 
 def start() -> bool:
-    """Start the builder unless the libraries are built or this process's builder runs; True when
-    one was started. Without a compiler there is nothing to start (False)."""
+    """Start the builder unless the library is built or this process's builder runs; True when one
+    was started. Without a compiler there is nothing to start (False)."""
     global _process
     with _lock:
         _look()
-        if (_ready["kernels"] and _ready["native"]) or building():
+        if _ready[0] or building():
             return False
         try:
             build.compiler()
@@ -141,10 +135,8 @@ def lowest_priority() -> None:
 
 
 def main(argv: list) -> int:
-    """``python -m painnfx.ops.cpu.prebuild [JOBS]``: build both libraries, JOBS compiler processes at a
+    """``python -m painnfx.ops.cpu.prebuild [JOBS]``: build the library, JOBS compiler processes at a
     time (what ``start`` runs, through ``BOOTSTRAP``)."""
-    from . import native
-
     jobs = int(argv[0]) if argv else 1
     lowest_priority()
     folder = cache_root()
@@ -155,11 +147,6 @@ def main(argv: list) -> int:
         _, info = build.build(jobs=jobs)
         print(f"painnfx: CPU kernels {'cached' if info['cached'] else 'built'} in {time.perf_counter() - start:.1f} s",
               flush=True)
-        if native.wanted():
-            start = time.perf_counter()
-            _, info = native.build(jobs=jobs)
-            print(f"painnfx: native ops {'cached' if info['cached'] else 'built'} in "
-                  f"{time.perf_counter() - start:.1f} s", flush=True)
     return 0
 
 

@@ -1,4 +1,4 @@
-// Matrix products with few rows, for painnfx_native::dense (native_ops.cpp): out (M, N) = a (M, K)
+// Matrix products with few rows, for painnfx::dense (operators.cpp): out (M, N) = a (M, K)
 // x b (K, N) (+ bias) where M is a small molecule's atom count. There a BLAS call spends more on
 // packing b than on arithmetic (MKL: ~13 us for 3 x 128 x 384 on an AMD EPYC, ~3 us of FMAs).
 // Two forms, by b's layout, neither copying b:

@@ -1,4 +1,4 @@
-"""``painnfx_native::dense`` (ops/cpu/native_ops.cpp): a @ b (+ bias) with small-row kernels, against
+"""``painnfx::dense`` (ops/cpu/operators.cpp, ops/cpu/dense.py): a @ b (+ bias) with small-row kernels, against
 float64 ``torch.addmm``/``torch.mm``, on hypothesis-drawn shapes and layouts, with the path
 that ran asserted (``dense_form``: "dot", "axpy" or "blas"), subnormal inputs, the caller's
 floating-point state untouched, and ``torch.library.opcheck``."""
@@ -9,18 +9,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import env_skip
-from painnfx.ops.cpu import native
+from painnfx.ops.cpu import backend
+from painnfx.ops.cpu import dense as products
 
 
 @pytest.fixture(autouse=True)
 def _library():
-    if not native.available():
-        env_skip(f"the native ops cannot be built here: {native.info().get('error')}")
+    if not products.available():
+        env_skip(f"the C++ library cannot be built here: {backend.info().get('error')}")
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
 
 
 def dense(a, b, bias=None):
-    return torch.ops.painnfx_native.dense(a, b, bias)
+    return torch.ops.painnfx.dense(a, b, bias)
 
 
 def _operands(m, k, n, layout, dtype, with_bias, seed):
@@ -41,7 +42,7 @@ def _operands(m, k, n, layout, dtype, with_bias, seed):
 def _expected_form(m, k, n, layout):
     """Up to dense_rows() rows (16) the kernels: the dot form where b's columns are contiguous (a transposed weight;
     also any b of one row or one column), the axpy form where its rows are; BLAS otherwise."""
-    max_rows = native.dense_rows()
+    max_rows = products.dense_rows()
     assert max_rows == {"dot": 16, "axpy": 16}
     if m > max_rows[layout if layout != "strided" else "axpy"] or (layout == "strided" and k > 1):
         return "blas"
@@ -54,7 +55,7 @@ def _expected_form(m, k, n, layout):
        with_bias=st.booleans(), seed=st.integers(0, 2**16))
 def test_dense_equals_addmm(m, k, n, layout, dtype, with_bias, seed):
     a, b, bias = _operands(m, k, n, layout, dtype, with_bias, seed)
-    assert native.dense_form(a, b, bias) == _expected_form(m, k, n, layout)
+    assert products.dense_form(a, b, bias) == _expected_form(m, k, n, layout)
     got = dense(a, b, bias)
     a64, b64 = a.double(), b.double()
     want = torch.addmm(bias.double(), a64, b64) if bias is not None else a64 @ b64
@@ -70,36 +71,36 @@ def test_the_small_row_kernels_run_at_the_sizes_of_a_small_molecule(layout, dtyp
     channels (3 rows an atom: 15 at CH4) take the kernels."""
     for m, n in ((3, 128), (3, 384), (15, 256), (5, 64), (3, 1)):
         a, b, bias = _operands(m, 128, n, layout, dtype, True, n)
-        assert native.dense_form(a, b, bias) == ("dot" if n == 1 else layout)
+        assert products.dense_form(a, b, bias) == ("dot" if n == 1 else layout)
         torch.testing.assert_close(dense(a, b, bias), torch.addmm(bias, a, b), rtol=TOL[dtype], atol=TOL[dtype] * 30)
 
 
 def test_many_rows_and_other_dtypes_take_atens_product():
     a, b, bias = _operands(40, 16, 8, "dot", torch.float64, True, 0)
-    assert native.dense_form(a, b, bias) == "blas"
+    assert products.dense_form(a, b, bias) == "blas"
     torch.testing.assert_close(dense(a, b, bias), torch.addmm(bias, a, b))
     half = torch.randn(2, 3, dtype=torch.bfloat16), torch.randn(3, 4, dtype=torch.bfloat16)
-    assert native.dense_form(*half) == "blas"
+    assert products.dense_form(*half) == "blas"
     torch.testing.assert_close(dense(*half), half[0] @ half[1])
     a, b, _ = _operands(3, 5, 6, "axpy", torch.float64, False, 1)
     bias2d = torch.randn(3, 6, dtype=torch.float64)  # a 2-D bias is addmm's business
-    assert native.dense_form(a, b, bias2d) == "blas"
+    assert products.dense_form(a, b, bias2d) == "blas"
     torch.testing.assert_close(dense(a, b, bias2d), torch.addmm(bias2d, a, b))
 
 
 def test_the_row_limits_can_be_set_for_a_block():
     a, b, bias = _operands(6, 8, 5, "dot", torch.float64, True, 0)
-    before = native.dense_rows()
-    with native.dense_rows_set(5, 5):
-        assert native.dense_form(a, b, bias) == "blas"
+    before = products.dense_rows()
+    with products.dense_rows_set(5, 5):
+        assert products.dense_form(a, b, bias) == "blas"
         torch.testing.assert_close(dense(a, b, bias), torch.addmm(bias, a, b))
-    assert native.dense_rows() == before and native.dense_form(a, b, bias) == "dot"
+    assert products.dense_rows() == before and products.dense_form(a, b, bias) == "dot"
 
 
 def test_empty_inner_dimension_gives_the_bias():
     a, b = torch.zeros(3, 0), torch.zeros(0, 5)
     bias = torch.arange(5.0)
-    assert native.dense_form(a, b, bias) == "dot"
+    assert products.dense_form(a, b, bias) == "dot"
     torch.testing.assert_close(dense(a, b, bias), bias.expand(3, 5))
     torch.testing.assert_close(dense(a, b), torch.zeros(3, 5))
 
@@ -119,7 +120,7 @@ def test_subnormal_inputs_flush_and_leave_the_callers_state(layout):
 
 
 def test_bad_shapes_are_refused():
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match=r"dense: a \(M, K\) @ b \(K, N\) expected, got \(3, 4\) @ \(5, 6\)"):
         dense(torch.zeros(3, 4), torch.zeros(5, 6))
 
 
@@ -128,7 +129,7 @@ def test_bad_shapes_are_refused():
 def test_opcheck(layout, dtype):
     a, b, bias = _operands(3, 7, 5, layout, dtype, True, 5)
     args = (a.requires_grad_(), b.detach().requires_grad_(), bias.requires_grad_())
-    result = torch.library.opcheck(torch.ops.painnfx_native.dense.default, args, raise_exception=False)
+    result = torch.library.opcheck(torch.ops.painnfx.dense.default, args, raise_exception=False)
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
@@ -145,16 +146,16 @@ def test_one_node_under_compile_and_export():
             return dense(a, b, bias).relu()
 
     ep = torch.export.export(M(), (a, b, bias))
-    assert sum(n.target == torch.ops.painnfx_native.dense.default for n in ep.graph.nodes) == 1
+    assert sum(n.target == torch.ops.painnfx.dense.default for n in ep.graph.nodes) == 1
     torch.testing.assert_close(torch.compile(M(), fullgraph=True)(a, b, bias), torch.addmm(bias, a, b).relu())
 
 
 def test_the_library_counts_each_call():
-    """``native.call_counts``: what ran natively, counted in C++ (what `painnfx md` reports)."""
+    """``backend.call_counts``: what ran in C++, counted there (what `painnfx md` reports)."""
     a, b, bias = _operands(3, 5, 4, "dot", torch.float64, True, 11)
-    before = native.call_counts()
+    before = backend.call_counts()
     for _ in range(3):
         dense(a, b, bias)
-    after = native.call_counts()
+    after = backend.call_counts()
     assert after["dense"] - before["dense"] == 3
-    assert all(after[op] == before[op] for op in native.COUNTED if op != "dense")
+    assert all(after[op] == before[op] for op in backend.COUNTED if op != "dense")

@@ -1,0 +1,781 @@
+// The fused ops' CPU kernels registered with torch's dispatcher: the CPU implementation of each
+// painnfx:: op that ops/*.py declares (FusedOp: schema, fake, autograd, reference), so eager calls
+// (ops/cpu/backend.py), Inductor's C++ and Python wrappers and torch.compile all reach these
+// functions, with no Python in between for the compiled ones. Also defined here: dense (small-row
+// matrix products, swapped into joint graphs for aten::mm/addmm) and the library's bookkeeping
+// (call counts, the floating-point control state).
+//
+// Built on torch's stable ABI (torch/csrc/stable): the unit compiles in ~1.5 s against ~10 s
+// with torch/library.h, and the library does not depend on torch's C++ ABI. Tensors are
+// allocated through the AOTI shim (aoti_torch_empty_strided, ~0.2 us; the boxed stable ops cost
+// ~0.8 us each, several per call on a 3-atom molecule).
+//
+// Argument checks: what each kernel needs to read and write in bounds (shapes, dtypes, devices,
+// the radial kernel cases); a failed check throws std::invalid_argument, which reaches Python as
+// ValueError naming the op and the argument (ops/cpu/backend.py raises it as InputError).
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <initializer_list>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "radial.cuh"
+#include "small_products.h"
+
+using torch::stable::Tensor;
+using torch::headeronly::ScalarType;
+
+// the kernels' entry points (painn_message.cpp, painn_update.cpp: units of this library)
+#define PAINNFX_DECLARE(T, S)                                                                                       \
+    extern "C" void painn_message_forward_##S(const T*, const std::int64_t*, const std::int64_t*,                   \
+                                              const std::int64_t*, const T*, const T*, const T*, const T*,          \
+                                              const T*, const T*, int, int, T, T, std::int64_t, int, int, T*, T*,   \
+                                              int);                                                                 \
+    extern "C" void painn_message_backward_##S(const T*, const T*, const T*, const std::int64_t*,                  \
+                                               const std::int64_t*, const std::int64_t*, const T*, const T*,        \
+                                               const T*, const T*, const T*, const T*, int, int, T, T,              \
+                                               std::int64_t, int, int, T*, T*, T*, T*, int, int);                   \
+    extern "C" void radial_filter_forward_##S(const T*, const T*, const T*, const T*, const T*, int, int, T, T,    \
+                                              std::int64_t, int, int, T*, int);                                     \
+    extern "C" void radial_filter_backward_##S(const T*, const T*, const T*, const T*, const T*, const T*, int,    \
+                                               int, T, T, std::int64_t, int, int, T*, T*, int, int);                \
+    extern "C" void painn_update_forward_##S(const T*, const T*, const T*, const T*, const T*, const T*, const T*,   \
+                                             const T*, const T*, const T*, T, std::int64_t, int, T*, T*, int);       \
+    extern "C" void painn_update_backward_##S(const T*, const T*, const T*, const T*, const T*, const T*, const T*,  \
+                                              const T*, const T*, const T*, const T*, const T*, T, std::int64_t,    \
+                                              int, T*, T*, T*, T*, T*, T*, T*, int);
+PAINNFX_DECLARE(float, f32)
+PAINNFX_DECLARE(double, f64)
+#undef PAINNFX_DECLARE
+
+namespace {
+
+// ---- bookkeeping ---------------------------------------------------------------------------------
+
+// How often each op ran since the library was loaded (relaxed atomic increments: free next to a
+// call): the record of what ran in C++, whoever called it (backend.call_counts).
+enum Op {
+    DENSE,
+    PREPARE_EDGES,
+    MESSAGE,
+    MESSAGE_BACKWARD,
+    FILTER,
+    FILTER_BACKWARD,
+    UPDATE,
+    UPDATE_BACKWARD,
+    N_OPS
+};
+std::atomic<std::int64_t> calls[N_OPS];
+
+void count(Op op) { calls[op].fetch_add(1, std::memory_order_relaxed); }
+
+std::vector<std::int64_t> call_counts() {
+    std::vector<std::int64_t> out(N_OPS);
+    for (int k = 0; k < N_OPS; ++k) out[k] = calls[k].load(std::memory_order_relaxed);
+    return out;
+}
+
+// the floating-point control state of the calling thread (MXCSR on x86; 0 elsewhere), and of each of
+// `threads` OpenMP threads: the tests check that no kernel call changes either
+std::int64_t mxcsr() { return read_mxcsr(); }
+
+std::vector<std::int64_t> pool_mxcsr(std::int64_t threads) {
+    std::vector<std::int64_t> out(std::max<std::int64_t>(threads, 1));
+#pragma omp parallel num_threads(int(out.size()))
+    out[omp_get_thread_num()] = read_mxcsr();
+    return out;
+}
+
+// ---- tensors -------------------------------------------------------------------------------------
+
+template <typename... Parts>
+[[noreturn]] void fail(const char* op, const Parts&... parts) {
+    std::ostringstream text;
+    text << op << ": ";
+    (text << ... << parts);
+    throw std::invalid_argument(text.str());
+}
+
+std::string shape(const Tensor& t) {
+    std::ostringstream text;
+    text << "(";
+    for (std::int64_t d = 0; d < t.dim(); ++d) text << (d ? ", " : "") << t.size(d);
+    text << (t.dim() == 1 ? ",)" : ")");
+    return text.str();
+}
+
+std::string shape(std::initializer_list<std::int64_t> sizes) {
+    std::ostringstream text;
+    text << "(";
+    int d = 0;
+    for (std::int64_t s : sizes) text << (d++ ? ", " : "") << s;
+    text << (sizes.size() == 1 ? ",)" : ")");
+    return text.str();
+}
+
+bool has_shape(const Tensor& t, std::initializer_list<std::int64_t> sizes) {
+    if (t.dim() != std::int64_t(sizes.size())) return false;
+    int d = 0;
+    for (std::int64_t s : sizes)
+        if (t.size(d++) != s) return false;
+    return true;
+}
+
+std::int32_t dtype_code(const Tensor& t) {
+    std::int32_t code;
+    aoti_torch_get_dtype(t.get(), &code);
+    return code;
+}
+
+// a new contiguous CPU tensor of dtype `code` (no initialisation)
+Tensor empty(std::int32_t code, std::initializer_list<std::int64_t> sizes) {
+    std::int64_t dims[4], strides[4];
+    int n = 0;
+    for (std::int64_t s : sizes) dims[n++] = s;
+    std::int64_t step = 1;
+    for (int d = n - 1; d >= 0; --d) {
+        strides[d] = step;
+        step *= std::max<std::int64_t>(dims[d], 1);
+    }
+    AtenTensorHandle handle = nullptr;
+    if (aoti_torch_empty_strided(n, dims, strides, code, aoti_torch_device_type_cpu(), 0, &handle))
+        throw std::runtime_error("painnfx: allocating a CPU tensor failed");
+    return Tensor(handle);
+}
+
+Tensor empty_like(const Tensor& t, std::initializer_list<std::int64_t> sizes) { return empty(dtype_code(t), sizes); }
+
+Tensor zeros(const Tensor& like, std::initializer_list<std::int64_t> sizes) {
+    Tensor out = empty_like(like, sizes);
+    std::memset(out.mutable_data_ptr(), 0, out.numel() * out.element_size());
+    return out;
+}
+
+Tensor zeros_shaped(const Tensor& t) {
+    std::int64_t dims[4] = {0, 0, 0, 0};
+    for (std::int64_t d = 0; d < t.dim(); ++d) dims[d] = t.size(d);
+    Tensor out = t.dim() == 1   ? zeros(t, {dims[0]})
+                 : t.dim() == 2 ? zeros(t, {dims[0], dims[1]})
+                                : zeros(t, {dims[0], dims[1], dims[2]});
+    return out;
+}
+
+Tensor row_major(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
+
+template <typename T>
+const T* ptr(const Tensor& t) {
+    return t.defined() ? static_cast<const T*>(t.const_data_ptr()) : nullptr;
+}
+
+template <typename T>
+const T* ptr(const std::optional<Tensor>& t) {
+    return t ? static_cast<const T*>(t->const_data_ptr()) : nullptr;
+}
+
+template <typename T>
+T* out_ptr(const Tensor& t) {
+    return t.defined() ? static_cast<T*>(t.mutable_data_ptr()) : nullptr;
+}
+
+const std::int64_t* index_ptr(const Tensor& t) { return static_cast<const std::int64_t*>(t.const_data_ptr()); }
+
+// A 2-D tensor's transpose as a new contiguous tensor: the layout the kernels read weights in, by
+// cpu_common.h's tiled loop (~1-2 us for a 384 x 20 filter weight; ATen's strided copy ~18 us).
+Tensor transposed(const Tensor& t) {
+    Tensor out = empty_like(t, {t.size(1), t.size(0)});
+    if (t.scalar_type() == ScalarType::Float)
+        transpose_tiles(ptr<float>(t), t.size(0), t.size(1), t.stride(0), t.stride(1), out_ptr<float>(out));
+    else
+        transpose_tiles(ptr<double>(t), t.size(0), t.size(1), t.stride(0), t.stride(1), out_ptr<double>(out));
+    return out;
+}
+
+// ---- argument checks -----------------------------------------------------------------------------
+//
+// The op's contract as its Python declaration states it (ops/checks.py, ops/edges.py, ops/radial):
+// the same conditions, in the same words, so a call fails alike whichever kernel it reaches.
+
+bool is_float(const Tensor& t) { return t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::Double; }
+
+std::string dtype_name(const Tensor& t) {
+    switch (t.scalar_type()) {
+        case ScalarType::Float: return "torch.float32";
+        case ScalarType::Double: return "torch.float64";
+        case ScalarType::Half: return "torch.float16";
+        case ScalarType::BFloat16: return "torch.bfloat16";
+        case ScalarType::Long: return "torch.int64";
+        case ScalarType::Int: return "torch.int32";
+        case ScalarType::Bool: return "torch.bool";
+        default: return "dtype code " + std::to_string(int(t.scalar_type()));
+    }
+}
+
+// the tensors `others` have `ref`'s dtype (when `dtype`) and are on the CPU, as `ref` is
+void check_same(const char* op, const char* ref_name, const Tensor& ref,
+                std::initializer_list<std::pair<const char*, const Tensor*>> others, bool dtype = true) {
+    if (!ref.is_cpu()) fail(op, ref_name, " is not on the CPU");
+    for (const auto& [name, t] : others) {
+        if (dtype && t->scalar_type() != ref.scalar_type())
+            fail(op, name, " has dtype ", dtype_name(*t), " but ", ref_name, " has ", dtype_name(ref));
+        if (!t->is_cpu()) fail(op, name, " is not on the CPU but ", ref_name, " is");
+    }
+}
+
+void check_shape(const char* op, const char* name, const Tensor& t, std::initializer_list<std::int64_t> sizes) {
+    if (!has_shape(t, sizes)) fail(op, name, " must have shape ", shape(sizes), ", got ", shape(t));
+}
+
+void check_index(const char* op, const char* name, const Tensor& t, std::int64_t size, const char* hint = "") {
+    if (t.scalar_type() != ScalarType::Long || !has_shape(t, {size}))
+        fail(op, name, " must be int64 of shape (", size, ",), got ", dtype_name(t), " ", shape(t), hint);
+}
+
+// The radial specs as the kernels take them: radial.cuh's cases, by the names ops/radial gives them
+// (ops.radial.kernel_cases() reads the same cases from radial.cuh; a test compares the two).
+struct Radial {
+    int basis, cutoff;
+    double c0, c1;
+    std::int64_t k;
+};
+
+struct RadialCase {
+    const char* name;
+    int id;
+    std::size_t params;  // basis: rows of basis_params; cutoff: constants
+};
+constexpr RadialCase BASES[] = {{"bessel", PAINNFX_BASIS_BESSEL, 1}, {"gaussian", PAINNFX_BASIS_GAUSSIAN, 2}};
+constexpr RadialCase CUTOFFS[] = {{"cosine", PAINNFX_CUTOFF_COSINE, 1}, {"mollifier", PAINNFX_CUTOFF_MOLLIFIER, 2}};
+
+template <std::size_t N>
+const RadialCase& find_case(const char* op, const char* kind, const RadialCase (&cases)[N], const std::string& name) {
+    for (const RadialCase& c : cases)
+        if (name == c.name) return c;
+    std::string known;
+    for (const RadialCase& c : cases) known += std::string(known.empty() ? "'" : ", '") + c.name + "'";
+    fail(op, "unknown ", kind, " '", name, "'; expected one of [", known, "]");
+}
+
+Radial radial(const char* op, const Tensor& basis_params, const std::string& basis, const std::string& cutoff,
+              const std::vector<double>& cutoff_params) {
+    const RadialCase& b = find_case(op, "radial basis", BASES, basis);
+    const RadialCase& c = find_case(op, "cutoff function", CUTOFFS, cutoff);
+    if (basis_params.dim() != 2 || basis_params.size(0) != std::int64_t(b.params))
+        fail(op, "basis_params for '", basis, "' must have shape (", b.params, ", K), got ", shape(basis_params));
+    if (cutoff_params.size() != c.params)
+        fail(op, "cutoff '", cutoff, "' takes ", c.params, " parameters, got ", cutoff_params.size());
+    if (!(cutoff_params[0] > 0)) fail(op, "cutoff radius must be positive, got ", cutoff_params[0]);
+    const std::int64_t k = basis_params.size(1);
+    if (k > MAX_K) fail(op, "K = ", k, " radial functions exceed the kernel's maximum ", MAX_K);
+    return {b.id, c.id, cutoff_params[0], c.params > 1 ? cutoff_params[1] : 0.0, k};
+}
+
+// basis_params in the kernels' dtype, contiguous (a model may keep them in another dtype)
+Tensor kernel_params(const Tensor& basis_params, const Tensor& like) {
+    const Tensor p = basis_params.scalar_type() == like.scalar_type()
+                         ? basis_params
+                         : torch::stable::to(basis_params, like.scalar_type());
+    return row_major(p);
+}
+
+void check_filter_weights(const char* op, const Tensor& weight, const Tensor& bias, const Radial& rad,
+                          std::int64_t rows) {
+    if (weight.dim() != 2 || weight.size(1) != rad.k || (rows >= 0 && weight.size(0) != rows)) {
+        if (rows >= 0) fail(op, "weight must have shape (", rows, ", K=", rad.k, "), got ", shape(weight));
+        fail(op, "weight must have shape (out, K=", rad.k, "), got ", shape(weight));
+    }
+    check_shape(op, "bias", bias, {weight.size(0)});
+}
+
+void check_message(const char* op, const Tensor& r, const Tensor& idx_i, const Tensor& idx_j,
+                   const std::vector<Tensor>& edges, const Tensor& x, const std::optional<Tensor>& mu,
+                   const Tensor& weight, const Tensor& bias, const Tensor& basis_params, const Radial& rad) {
+    if (r.dim() != 2 || r.size(1) != 3) fail(op, "r must have shape (E, 3), got ", shape(r));
+    if (!is_float(r)) fail(op, "r must be floating point, got ", dtype_name(r));
+    const std::int64_t e = r.size(0);
+    check_index(op, "idx_i", idx_i, e);
+    check_index(op, "idx_j", idx_j, e);
+    if (x.dim() != 2 || x.size(1) % 3) fail(op, "x must have shape (N, 3F), got ", shape(x));
+    const std::int64_t n = x.size(0), f = x.size(1) / 3;
+    if (mu) check_shape(op, "mu", *mu, {n, 3, f});
+    check_filter_weights(op, weight, bias, rad, 3 * f);
+    check_same(op, "r", r, {{"x", &x}, {"weight", &weight}, {"bias", &bias}});
+    if (mu) check_same(op, "r", r, {{"mu", &*mu}});
+    check_same(op, "r", r, {{"idx_i", &idx_i}, {"idx_j", &idx_j}, {"basis_params", &basis_params}}, false);
+    if (edges.size() != 4) fail(op, "edges must be the 4 tensors prepare_edges returns, got ", edges.size());
+    const char* hint = "; pass the result of prepare_edges for this edge list";
+    check_index(op, "edges.dst_ptr", edges[0], n + 1, hint);
+    check_index(op, "edges.dst_perm", edges[1], e, hint);
+    check_index(op, "edges.src_ptr", edges[2], n + 1, hint);
+    check_index(op, "edges.src_perm", edges[3], e, hint);
+    for (const Tensor& t : edges)
+        if (!t.is_cpu()) fail(op, "edges are not on the CPU but r is");
+}
+
+void check_update(const char* op, const Tensor& q, const Tensor& mu, const Tensor& mix_weight, const Tensor& w1,
+                  const Tensor& b1, const Tensor& w2, const Tensor& b2) {
+    if (q.dim() != 2 || !is_float(q))
+        fail(op, "q must be a floating tensor of shape (N, F), got ", dtype_name(q), " ", shape(q));
+    const std::int64_t n = q.size(0), f = q.size(1);
+    check_shape(op, "mu", mu, {n, 3, f});
+    check_shape(op, "mix_weight", mix_weight, {2 * f, f});
+    check_shape(op, "w1", w1, {f, 2 * f});
+    check_shape(op, "b1", b1, {f});
+    check_shape(op, "w2", w2, {3 * f, f});
+    check_shape(op, "b2", b2, {3 * f});
+    check_same(op, "q", q, {{"mu", &mu}, {"mix_weight", &mix_weight}, {"w1", &w1}, {"b1", &b1}, {"w2", &w2},
+                            {"b2", &b2}});
+}
+
+void check_grads(const char* op, const Tensor& ref, std::initializer_list<std::pair<const char*, const Tensor*>> grads) {
+    check_same(op, "the inputs", ref, grads);
+}
+
+// ---- dense: small-row matrix products ------------------------------------------------------------
+//
+// dense(a, b, bias?) = a @ b (+ bias), what aten::mm / aten::addmm compute. At most DOT_MAX_ROWS /
+// AXPY_MAX_ROWS rows (small_products.h: which form b's layout allows) it runs the small-row
+// kernels; otherwise, or for any layout or dtype they do not take, ATen's own mm/addmm (MKL).
+// Per call on an AMD EPYC, 1 thread, from Python: 3 x 128 x 384 fp32 dot 9 us / axpy 6 us against
+// MKL 13 us; in compiled joint graphs 16 rows beat 4 and 8 at H2O, CH4 and benzene, fp32 and fp64,
+// and 32 was no better (docs/ops.md, "Small-row products").
+
+std::atomic<std::int64_t> DOT_MAX_ROWS{16};
+std::atomic<std::int64_t> AXPY_MAX_ROWS{16};
+// columns per parallel chunk: at least this many multiply-adds each (a thread's wake-up costs more
+// than a smaller share of the arithmetic)
+constexpr std::int64_t CHUNK_FMAS = 1 << 17;
+
+enum class Form { blas, dot, axpy };
+
+Form form_of(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias) {
+    const auto dtype = a.scalar_type();
+    if (a.dim() != 2 || b.dim() != 2 || !is_float(a) || b.scalar_type() != dtype || !a.is_cpu() || !b.is_cpu() ||
+        a.size(0) == 0 || a.size(1) != b.size(0))
+        return Form::blas;
+    if (a.size(1) > 1 && a.stride(1) != 1) return Form::blas;
+    if (bias && (bias->dim() != 1 || bias->size(0) != b.size(1) || bias->scalar_type() != dtype ||
+                 (bias->size(0) > 1 && bias->stride(0) != 1) || !bias->is_cpu()))
+        return Form::blas;
+    const std::int64_t m = a.size(0), k = b.size(0), n = b.size(1);
+    if ((k <= 1 || b.stride(0) == 1) && m <= DOT_MAX_ROWS.load(std::memory_order_relaxed)) return Form::dot;
+    if ((n <= 1 || b.stride(1) == 1) && m <= AXPY_MAX_ROWS.load(std::memory_order_relaxed)) return Form::axpy;
+    return Form::blas;
+}
+
+template <typename T>
+void small_product(Form form, const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias, Tensor& out) {
+    const std::int64_t M = a.size(0), K = a.size(1), N = b.size(1), lda = a.stride(0);
+    const T* pa = ptr<T>(a);
+    const T* pb = ptr<T>(b);
+    const T* pbias = ptr<T>(bias);
+    T* po = out_ptr<T>(out);
+    const std::int64_t ldw = b.stride(1), ldb = b.stride(0);
+    const std::int64_t grain = std::max<std::int64_t>(16, CHUNK_FMAS / std::max<std::int64_t>(1, M * K));
+    torch::stable::parallel_for(0, N, grain, [&](std::int64_t c0, std::int64_t c1) {
+        FlushDenormals flush;
+        if (form == Form::dot)
+            dot_product<T>(pa, lda, pb, ldw, pbias, int(M), int(K), po, N, c0, c1);
+        else
+            axpy_product<T>(pa, lda, pb, ldb, pbias, int(M), int(K), po, N, c0, c1);
+    });
+}
+
+Tensor dense(Tensor a, Tensor b, std::optional<Tensor> bias) {
+    count(DENSE);
+    const Form form = form_of(a, b, bias);
+    if (form == Form::blas) {
+        if (a.dim() != 2 || b.dim() != 2 || a.size(1) != b.size(0))
+            fail("dense", "a (M, K) @ b (K, N) expected, got ", shape(a), " @ ", shape(b));
+        Tensor out = empty_like(a, {a.size(0), b.size(1)});
+        const AOTITorchError err = bias ? aoti_torch_cpu_addmm_out(out.get(), bias->get(), a.get(), b.get(), 1.0, 1.0)
+                                        : aoti_torch_cpu_mm_out(out.get(), a.get(), b.get());
+        if (err) throw std::runtime_error("dense: ATen's matrix product failed");
+        return out;
+    }
+    Tensor out = empty_like(a, {a.size(0), b.size(1)});
+    if (a.scalar_type() == ScalarType::Float)
+        small_product<float>(form, a, b, bias, out);
+    else
+        small_product<double>(form, a, b, bias, out);
+    return out;
+}
+
+// the most rows of each form: {dot, axpy}, and setting them (backend.dense_rows_set: for measuring
+// the crossover on another CPU in one process)
+std::vector<std::int64_t> dense_rows() { return {DOT_MAX_ROWS.load(), AXPY_MAX_ROWS.load()}; }
+
+void set_dense_rows(std::int64_t dot, std::int64_t axpy) {
+    DOT_MAX_ROWS.store(dot);
+    AXPY_MAX_ROWS.store(axpy);
+}
+
+// which path dense takes for these arguments: 0 BLAS, 1 dot, 2 axpy
+std::int64_t dense_form(Tensor a, Tensor b, std::optional<Tensor> bias) {
+    return static_cast<std::int64_t>(form_of(a, b, bias));
+}
+
+// ---- prepare_edges -------------------------------------------------------------------------------
+
+// Stable counting sort of edges by atom: (row pointers (N+1), permutation (E)).
+std::tuple<Tensor, Tensor> order(const Tensor& idx, std::int64_t n) {
+    const std::int64_t e = idx.size(0);
+    Tensor row = zeros(idx, {n + 1}), perm = empty_like(idx, {e});
+    std::int64_t* p = out_ptr<std::int64_t>(row);
+    std::int64_t* q = out_ptr<std::int64_t>(perm);
+    const std::int64_t* a = index_ptr(idx);
+    for (std::int64_t k = 0; k < e; ++k) ++p[a[k] + 1];
+    for (std::int64_t i = 0; i < n; ++i) p[i + 1] += p[i];
+    std::vector<std::int64_t> next(p, p + n);
+    for (std::int64_t k = 0; k < e; ++k) q[next[a[k]]++] = k;
+    return {row, perm};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> prepare_edges(Tensor r_in, Tensor idx_i_in, Tensor idx_j_in,
+                                                         std::int64_t n_atoms) {
+    count(PREPARE_EDGES);
+    const char* op = "prepare_edges";
+    if (r_in.dim() != 2 || r_in.size(1) != 3) fail(op, "r must have shape (E, 3), got ", shape(r_in));
+    if (!is_float(r_in)) fail(op, "r must be floating point, got ", dtype_name(r_in));
+    if (n_atoms < 0) fail(op, "n_atoms must be >= 0, got ", n_atoms);
+    const std::int64_t e = r_in.size(0);
+    check_index(op, "idx_i", idx_i_in, e);
+    check_index(op, "idx_j", idx_j_in, e);
+    check_same(op, "r", r_in, {{"idx_i", &idx_i_in}, {"idx_j", &idx_j_in}}, false);
+    const Tensor r = row_major(r_in), idx_i = row_major(idx_i_in), idx_j = row_major(idx_j_in);
+    // the values a message kernel cannot take (the reference op checks the same)
+    const std::int64_t* ii = index_ptr(idx_i);
+    const std::int64_t* jj = index_ptr(idx_j);
+    auto values = [&](auto zero) {
+        using T = decltype(zero);
+        const T* pr = ptr<T>(r);
+        for (std::int64_t k = 0; k < e; ++k) {
+            const T x = pr[3 * k], y = pr[3 * k + 1], z = pr[3 * k + 2];
+            if (!(std::isfinite(x) && std::isfinite(y) && std::isfinite(z)))
+                fail(op, "edge vectors r contain NaN or inf");
+            if (x == T(0) && y == T(0) && z == T(0))
+                fail(op, "an edge has zero length (overlapping atoms); its direction is undefined");
+            if (ii[k] < 0 || ii[k] >= n_atoms || jj[k] < 0 || jj[k] >= n_atoms)
+                fail(op, "edge indices outside 0..", n_atoms - 1);
+        }
+    };
+    if (r.scalar_type() == ScalarType::Float)
+        values(0.0f);
+    else
+        values(0.0);
+    auto [dst_ptr, dst_perm] = order(idx_i, n_atoms);
+    auto [src_ptr, src_perm] = order(idx_j, n_atoms);
+    return std::make_tuple(dst_ptr, dst_perm, src_ptr, src_perm);
+}
+
+// ---- painn_message -------------------------------------------------------------------------------
+
+// fixed number of atom or edge chunks whose weight-gradient partials are added in order
+constexpr std::int64_t PARTS = 64;
+
+// partial (P, C, K + 1) summed over P in chunk order (deterministic) into weight (C, K) and bias (C,)
+template <typename T>
+void add_partials(const Tensor& partial, std::int64_t parts, std::int64_t c, std::int64_t k, Tensor& gw,
+                  Tensor& gb) {
+    const T* p = ptr<T>(partial);
+    T* w = out_ptr<T>(gw);
+    T* b = out_ptr<T>(gb);
+    const std::int64_t row = k + 1;
+    for (std::int64_t i = 0; i < c; ++i)
+        for (std::int64_t j = 0; j <= k; ++j) {
+            T total = p[i * row + j];
+            for (std::int64_t q = 1; q < parts; ++q) total += p[(q * c + i) * row + j];
+            (j < k ? w[i * k + j] : b[i]) = total;
+        }
+}
+
+std::tuple<Tensor, Tensor> painn_message(Tensor r_in, Tensor idx_i, Tensor idx_j_in, std::vector<Tensor> edges,
+                                         Tensor x_in, std::optional<Tensor> mu_in, Tensor weight, Tensor bias_in,
+                                         Tensor basis_params, std::string basis, std::string cutoff,
+                                         std::vector<double> cutoff_params, std::int64_t chunk_size) {
+    count(MESSAGE);
+    const char* op = "painn_message";
+    const Radial rad = radial(op, basis_params, basis, cutoff, cutoff_params);
+    check_message(op, r_in, idx_i, idx_j_in, edges, x_in, mu_in, weight, bias_in, basis_params, rad);
+    const std::int64_t n = x_in.size(0), f = x_in.size(1) / 3, k = rad.k, e = r_in.size(0);
+    if (n == 0 || e == 0) return {zeros(x_in, {n, f}), zeros(x_in, {n, 3, f})};
+    // the kernel writes every atom's row: no zero fill
+    Tensor dq = empty_like(x_in, {n, f}), dmu = empty_like(x_in, {n, 3, f});
+    const Tensor r = row_major(r_in), j = row_major(idx_j_in), x = row_major(x_in);
+    const Tensor dp = row_major(edges[0]), d_perm = row_major(edges[1]);
+    const Tensor wt = transposed(weight), b = row_major(bias_in), p = kernel_params(basis_params, x);
+    std::optional<Tensor> mu;
+    if (mu_in) mu = row_major(*mu_in);
+    const int threads = int(torch::stable::get_num_threads());
+    auto run = [&](auto zero, auto kernel) {
+        using T = decltype(zero);
+        kernel(ptr<T>(r), index_ptr(dp), index_ptr(d_perm), index_ptr(j), ptr<T>(x), ptr<T>(mu), ptr<T>(wt),
+               ptr<T>(b), ptr<T>(p), p.size(0) > 1 ? ptr<T>(p) + k : nullptr, rad.basis, rad.cutoff, T(rad.c0),
+               T(rad.c1), n, int(f), int(k), out_ptr<T>(dq), out_ptr<T>(dmu), threads);
+    };
+    if (x.scalar_type() == ScalarType::Float)
+        run(0.0f, painn_message_forward_f32);
+    else
+        run(0.0, painn_message_forward_f64);
+    return {dq, dmu};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> painn_message_backward(
+    Tensor gq_in, Tensor gmu_in, Tensor r_in, Tensor idx_i_in, Tensor idx_j, std::vector<Tensor> edges, Tensor x_in,
+    std::optional<Tensor> mu_in, Tensor weight, Tensor bias_in, Tensor basis_params, std::string basis,
+    std::string cutoff, std::vector<double> cutoff_params, std::int64_t chunk_size, bool weight_grad) {
+    count(MESSAGE_BACKWARD);
+    const char* op = "painn_message_backward";
+    const Radial rad = radial(op, basis_params, basis, cutoff, cutoff_params);
+    check_message(op, r_in, idx_i_in, idx_j, edges, x_in, mu_in, weight, bias_in, basis_params, rad);
+    const std::int64_t n = x_in.size(0), f = x_in.size(1) / 3, k = rad.k, e = r_in.size(0);
+    check_shape(op, "grad_0", gq_in, {n, f});
+    check_shape(op, "grad_1", gmu_in, {n, 3, f});
+    check_grads(op, x_in, {{"grad_0", &gq_in}, {"grad_1", &gmu_in}});
+    // an empty tensor where a gradient is not computed (each its own: outputs must not alias)
+    auto none = [&] { return empty_like(x_in, {0}); };
+    if (n == 0 || e == 0) {
+        Tensor gmu = mu_in ? zeros_shaped(*mu_in) : none();
+        if (!weight_grad) return {zeros_shaped(r_in), zeros_shaped(x_in), gmu, none(), none()};
+        return {zeros_shaped(r_in), zeros_shaped(x_in), gmu, zeros_shaped(weight), zeros_shaped(bias_in)};
+    }
+    // the kernel writes every edge's and every atom's row: no zero fill
+    Tensor gr = empty_like(r_in, {e, 3}), gx = empty_like(x_in, {n, 3 * f});
+    Tensor gmu = mu_in ? empty_like(x_in, {n, 3, f}) : none();
+    const std::int64_t parts = std::min(PARTS, n);
+    Tensor partial = weight_grad ? empty_like(x_in, {parts, 3 * f, k + 1}) : Tensor();
+    const Tensor gq = row_major(gq_in), gm = row_major(gmu_in), r = row_major(r_in), i = row_major(idx_i_in);
+    const Tensor sp = row_major(edges[2]), s_perm = row_major(edges[3]);
+    const Tensor x = row_major(x_in), wt = transposed(weight), b = row_major(bias_in);
+    const Tensor p = kernel_params(basis_params, x);
+    std::optional<Tensor> mu;
+    if (mu_in) mu = row_major(*mu_in);
+    const int threads = int(torch::stable::get_num_threads());
+    auto run = [&](auto zero, auto kernel) {
+        using T = decltype(zero);
+        kernel(ptr<T>(gq), ptr<T>(gm), ptr<T>(r), index_ptr(sp), index_ptr(s_perm), index_ptr(i), ptr<T>(x),
+               ptr<T>(mu), ptr<T>(wt), ptr<T>(b), ptr<T>(p), p.size(0) > 1 ? ptr<T>(p) + k : nullptr, rad.basis,
+               rad.cutoff, T(rad.c0), T(rad.c1), n, int(f), int(k), out_ptr<T>(gr), out_ptr<T>(gx),
+               mu ? out_ptr<T>(gmu) : nullptr, weight_grad ? out_ptr<T>(partial) : nullptr, int(parts), threads);
+    };
+    if (x.scalar_type() == ScalarType::Float)
+        run(0.0f, painn_message_backward_f32);
+    else
+        run(0.0, painn_message_backward_f64);
+    if (!weight_grad) return {gr, gx, gmu, none(), none()};
+    Tensor gw = empty_like(x_in, {3 * f, k}), gb = empty_like(x_in, {3 * f});
+    if (x.scalar_type() == ScalarType::Float)
+        add_partials<float>(partial, parts, 3 * f, k, gw, gb);
+    else
+        add_partials<double>(partial, parts, 3 * f, k, gw, gb);
+    return {gr, gx, gmu, gw, gb};
+}
+
+// ---- radial_filter -------------------------------------------------------------------------------
+
+void check_filter(const char* op, const Tensor& d, const Tensor& weight, const Tensor& bias,
+                  const Tensor& basis_params, const Radial& rad) {
+    if (d.dim() != 1 || !is_float(d))
+        fail(op, "distances must be a floating tensor of shape (E,), got ", dtype_name(d), " ", shape(d));
+    check_filter_weights(op, weight, bias, rad, -1);
+    check_same(op, "distances", d, {{"weight", &weight}, {"bias", &bias}});
+    check_same(op, "distances", d, {{"basis_params", &basis_params}}, false);
+}
+
+Tensor radial_filter(Tensor d_in, Tensor weight, Tensor bias_in, Tensor basis_params, std::string basis,
+                     std::string cutoff, std::vector<double> cutoff_params) {
+    count(FILTER);
+    const char* op = "radial_filter";
+    const Radial rad = radial(op, basis_params, basis, cutoff, cutoff_params);
+    check_filter(op, d_in, weight, bias_in, basis_params, rad);
+    const std::int64_t e = d_in.size(0), c = weight.size(0), k = rad.k;
+    Tensor out = empty_like(d_in, {e, c});
+    if (e == 0) return out;
+    const Tensor d = row_major(d_in), wt = transposed(weight), b = row_major(bias_in), p = kernel_params(basis_params, d);
+    // once per evaluation (one filter for all layers): the distances' values are checked here
+    auto finite = [&](auto zero) {
+        using T = decltype(zero);
+        const T* pd = ptr<T>(d);
+        for (std::int64_t i = 0; i < e; ++i)
+            if (!std::isfinite(pd[i])) fail(op, "distances contain NaN or inf");
+    };
+    if (d.scalar_type() == ScalarType::Float)
+        finite(0.0f);
+    else
+        finite(0.0);
+    const int threads = int(torch::stable::get_num_threads());
+    auto run = [&](auto zero, auto kernel) {
+        using T = decltype(zero);
+        kernel(ptr<T>(d), ptr<T>(wt), ptr<T>(b), ptr<T>(p), p.size(0) > 1 ? ptr<T>(p) + k : nullptr, rad.basis,
+               rad.cutoff, T(rad.c0), T(rad.c1), e, int(c), int(k), out_ptr<T>(out), threads);
+    };
+    if (d.scalar_type() == ScalarType::Float)
+        run(0.0f, radial_filter_forward_f32);
+    else
+        run(0.0, radial_filter_forward_f64);
+    return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> radial_filter_backward(Tensor grad_in, Tensor d_in, Tensor weight, Tensor bias_in,
+                                                          Tensor basis_params, std::string basis, std::string cutoff,
+                                                          std::vector<double> cutoff_params) {
+    count(FILTER_BACKWARD);
+    const char* op = "radial_filter_backward";
+    const Radial rad = radial(op, basis_params, basis, cutoff, cutoff_params);
+    check_filter(op, d_in, weight, bias_in, basis_params, rad);
+    const std::int64_t e = d_in.size(0), c = weight.size(0), k = rad.k;
+    check_shape(op, "grad_0", grad_in, {e, c});
+    check_grads(op, d_in, {{"grad_0", &grad_in}});
+    Tensor gd = zeros(d_in, {e});
+    if (e == 0) return {gd, zeros_shaped(weight), zeros_shaped(bias_in)};
+    const std::int64_t parts = std::min(PARTS, e);
+    Tensor partial = empty_like(d_in, {parts, c, k + 1});
+    const Tensor g = row_major(grad_in), d = row_major(d_in), wt = transposed(weight), b = row_major(bias_in);
+    const Tensor p = kernel_params(basis_params, d);
+    const int threads = int(torch::stable::get_num_threads());
+    auto run = [&](auto zero, auto kernel) {
+        using T = decltype(zero);
+        kernel(ptr<T>(g), ptr<T>(d), ptr<T>(wt), ptr<T>(b), ptr<T>(p), p.size(0) > 1 ? ptr<T>(p) + k : nullptr,
+               rad.basis, rad.cutoff, T(rad.c0), T(rad.c1), e, int(c), int(k), out_ptr<T>(gd), out_ptr<T>(partial),
+               int(parts), threads);
+    };
+    Tensor gw = empty_like(d_in, {c, k}), gb = empty_like(d_in, {c});
+    if (d.scalar_type() == ScalarType::Float) {
+        run(0.0f, radial_filter_backward_f32);
+        add_partials<float>(partial, parts, c, k, gw, gb);
+    } else {
+        run(0.0, radial_filter_backward_f64);
+        add_partials<double>(partial, parts, c, k, gw, gb);
+    }
+    return {gd, gw, gb};
+}
+
+// ---- painn_update --------------------------------------------------------------------------------
+
+struct UpdateWeights {
+    Tensor u, w1, b1, w2, b2, ut, w1t, w2t;  // as given (contiguous), and transposed or undefined
+    UpdateWeights(std::int64_t n, const Tensor& mix, const Tensor& w1_, const Tensor& b1_, const Tensor& w2_,
+                  const Tensor& b2_)
+        : u(row_major(mix)), w1(row_major(w1_)), b1(row_major(b1_)), w2(row_major(w2_)), b2(row_major(b2_)) {
+        if (n >= update_transpose_atoms()) {
+            ut = transposed(u);
+            w1t = transposed(w1);
+            w2t = transposed(w2);
+        }
+    }
+};
+
+std::tuple<Tensor, Tensor> painn_update(Tensor q_in, Tensor mu_in, Tensor mix_weight, Tensor w1, Tensor b1, Tensor w2,
+                                        Tensor b2, double epsilon) {
+    count(UPDATE);
+    check_update("painn_update", q_in, mu_in, mix_weight, w1, b1, w2, b2);
+    const std::int64_t n = q_in.size(0), f = q_in.size(1);
+    Tensor q_out = empty_like(q_in, {n, f}), mu_out = empty_like(q_in, {n, 3, f});
+    if (n == 0) return {q_out, mu_out};
+    const Tensor q = row_major(q_in), mu = row_major(mu_in);
+    const UpdateWeights w(n, mix_weight, w1, b1, w2, b2);
+    const int threads = int(torch::stable::get_num_threads());
+    auto run = [&](auto zero, auto kernel) {
+        using T = decltype(zero);
+        kernel(ptr<T>(q), ptr<T>(mu), ptr<T>(w.u), ptr<T>(w.w1), ptr<T>(w.b1), ptr<T>(w.w2), ptr<T>(w.b2),
+               ptr<T>(w.ut), ptr<T>(w.w1t), ptr<T>(w.w2t), T(epsilon), n, int(f), out_ptr<T>(q_out),
+               out_ptr<T>(mu_out), threads);
+    };
+    if (q.scalar_type() == ScalarType::Float)
+        run(0.0f, painn_update_forward_f32);
+    else
+        run(0.0, painn_update_forward_f64);
+    return {q_out, mu_out};
+}
+
+// a^T b for a (R, M) and b (R, N) (weight gradients: sums over atoms as one product)
+Tensor at_b(const Tensor& a, const Tensor& b) { return torch::stable::matmul(torch::stable::transpose(a, 0, 1), b); }
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> painn_update_backward(
+    Tensor gq_in, Tensor gmu_in, Tensor q_in, Tensor mu_in, Tensor mix_weight, Tensor w1, Tensor b1, Tensor w2,
+    Tensor b2, double epsilon, bool weight_grad) {
+    count(UPDATE_BACKWARD);
+    const char* op = "painn_update_backward";
+    check_update(op, q_in, mu_in, mix_weight, w1, b1, w2, b2);
+    const std::int64_t n = q_in.size(0), f = q_in.size(1);
+    check_shape(op, "grad_0", gq_in, {n, f});
+    check_shape(op, "grad_1", gmu_in, {n, 3, f});
+    check_grads(op, q_in, {{"grad_0", &gq_in}, {"grad_1", &gmu_in}});
+    Tensor gq = empty_like(q_in, {n, f}), gmu = empty_like(q_in, {n, 3, f});
+    // the per-atom factors of the weight gradients: dL/d[V, W], dL/dpre, dL/dx, [q, |V|], h
+    Tensor gvw, gpre, gx, ctx, h;
+    if (weight_grad) {
+        gvw = empty_like(q_in, {n, 3, 2 * f});
+        gpre = empty_like(q_in, {n, f});
+        gx = empty_like(q_in, {n, 3 * f});
+        ctx = empty_like(q_in, {n, 2 * f});
+        h = empty_like(q_in, {n, f});
+    }
+    if (n) {
+        const Tensor g1 = row_major(gq_in), g2 = row_major(gmu_in), q = row_major(q_in), mu = row_major(mu_in);
+        const UpdateWeights w(n, mix_weight, w1, b1, w2, b2);
+        const int threads = int(torch::stable::get_num_threads());
+        auto run = [&](auto zero, auto kernel) {
+            using T = decltype(zero);
+            kernel(ptr<T>(g1), ptr<T>(g2), ptr<T>(q), ptr<T>(mu), ptr<T>(w.u), ptr<T>(w.w1), ptr<T>(w.b1),
+                   ptr<T>(w.w2), ptr<T>(w.b2), ptr<T>(w.ut), ptr<T>(w.w1t), ptr<T>(w.w2t), T(epsilon), n, int(f),
+                   out_ptr<T>(gq), out_ptr<T>(gmu), out_ptr<T>(gvw), out_ptr<T>(gpre), out_ptr<T>(gx),
+                   out_ptr<T>(ctx), out_ptr<T>(h), threads);
+        };
+        if (q.scalar_type() == ScalarType::Float)
+            run(0.0f, painn_update_backward_f32);
+        else
+            run(0.0, painn_update_backward_f64);
+    }
+    auto none = [&] { return empty_like(q_in, {0}); };
+    if (!weight_grad) return {gq, gmu, none(), none(), none(), none(), none()};
+    // sums over atoms as matrix products (reference.update_weight_gradients)
+    const Tensor g_mix = at_b(torch::stable::reshape(gvw, {3 * n, 2 * f}), torch::stable::reshape(row_major(mu_in), {3 * n, f}));
+    const std::vector<std::int64_t> atoms{0};
+    return {gq, gmu, g_mix, at_b(gpre, ctx), torch::stable::sum(gpre, atoms), at_b(gx, h), torch::stable::sum(gx, atoms)};
+}
+
+}  // namespace
+
+// The fused ops are declared in Python (ops/fused_op.py, the schemas); these are their CPU kernels.
+STABLE_TORCH_LIBRARY_IMPL(painnfx, CPU, m) {
+    m.impl("prepare_edges", TORCH_BOX(&prepare_edges));
+    m.impl("painn_message", TORCH_BOX(&painn_message));
+    m.impl("painn_message_backward", TORCH_BOX(&painn_message_backward));
+    m.impl("radial_filter", TORCH_BOX(&radial_filter));
+    m.impl("radial_filter_backward", TORCH_BOX(&radial_filter_backward));
+    m.impl("painn_update", TORCH_BOX(&painn_update));
+    m.impl("painn_update_backward", TORCH_BOX(&painn_update_backward));
+    m.impl("dense", TORCH_BOX(&dense));
+    m.impl("dense_form", TORCH_BOX(&dense_form));
+}
+
+// The library's own ops (their fakes and dense's autograd: ops/cpu/backend.py).
+STABLE_TORCH_LIBRARY_FRAGMENT(painnfx, m) {
+    m.def("dense(Tensor a, Tensor b, Tensor? bias=None) -> Tensor");
+    m.def("dense_form(Tensor a, Tensor b, Tensor? bias=None) -> int");
+    m.def("dense_rows() -> int[]");
+    m.def("set_dense_rows(int dot, int axpy) -> ()");
+    m.def("cpu_call_counts() -> int[]");
+    m.def("cpu_mxcsr() -> int");
+    m.def("cpu_pool_mxcsr(int threads) -> int[]");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(painnfx, CompositeExplicitAutograd, m) {
+    m.impl("dense_rows", TORCH_BOX(&dense_rows));
+    m.impl("set_dense_rows", TORCH_BOX(&set_dense_rows));
+    m.impl("cpu_call_counts", TORCH_BOX(&call_counts));
+    m.impl("cpu_mxcsr", TORCH_BOX(&mxcsr));
+    m.impl("cpu_pool_mxcsr", TORCH_BOX(&pool_mxcsr));
+}
