@@ -10,7 +10,7 @@
   SHA-256; both are written atomically (temporary file + rename), and an entry whose hash does
   not match (corrupt, half-written) is built again.
 * ``load_once``: a built product loaded on first use, once per process, or None with one
-  warning that says why (the ctypes kernels and the native ops).
+  warning that says why (the C++ library, the CUDA emulator).
 """
 
 from __future__ import annotations

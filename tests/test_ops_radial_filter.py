@@ -7,7 +7,7 @@ pytestmark = pytest.mark.usefixtures("each_backend")
 from hypothesis import given
 from hypothesis import strategies as st
 
-from painnfx.ops import InputError, dispatch, radial_filter
+from painnfx.ops import dispatch, radial_filter
 from painnfx.ops.unfused import radial_filter_unfused
 from strategies import message_inputs
 
