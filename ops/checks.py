@@ -55,7 +55,7 @@ def check_finite(op: str, t: torch.Tensor) -> None:
         raise InputError(f"{op}: distances contain NaN or inf")
 
 
-def _same(op: str, ref_name: str, ref: torch.Tensor, tensors, dtype: bool = True) -> None:
+def same(op: str, ref_name: str, ref: torch.Tensor, tensors, dtype: bool = True) -> None:
     for name, t in tensors:
         if dtype and t.dtype != ref.dtype:
             raise InputError(f"{op}: {name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")
@@ -79,8 +79,8 @@ def check_radial(op: str, d, weight, bias, basis_params, basis, cutoff, cutoff_p
     if d.ndim != 1 or not d.is_floating_point():
         raise InputError(f"{op}: distances must be a floating tensor of shape (E,), got {d.dtype} {tuple(d.shape)}")
     check_filter_weights(op, weight, bias, basis_params, basis, cutoff, cutoff_params)
-    _same(op, "distances", d, [("weight", weight), ("bias", bias)])
-    _same(op, "distances", d, [("basis_params", basis_params)], dtype=False)
+    same(op, "distances", d, [("weight", weight), ("bias", bias)])
+    same(op, "distances", d, [("basis_params", basis_params)], dtype=False)
 
 
 def check_message(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cutoff, cutoff_params) -> None:
@@ -100,18 +100,5 @@ def check_message(r, idx_i, idx_j, x, mu, weight, bias, basis_params, basis, cut
         raise InputError(f"{op}: mu must have shape ({n}, 3, {f}), got {tuple(mu.shape)}")
     check_filter_weights(op, weight, bias, basis_params, basis, cutoff, cutoff_params, rows=3 * f)
     floats = [("x", x), ("weight", weight), ("bias", bias)] + ([("mu", mu)] if mu is not None else [])
-    _same(op, "r", r, floats)
-    _same(op, "r", r, [("idx_i", idx_i), ("idx_j", idx_j), ("basis_params", basis_params)], dtype=False)
-
-
-def check_update(q, mu, mix_weight, w1, b1, w2, b2) -> None:
-    op = "painn_update"
-    if q.ndim != 2 or not q.is_floating_point():
-        raise InputError(f"{op}: q must be a floating tensor of shape (N, F), got {q.dtype} {tuple(q.shape)}")
-    n, f = q.shape
-    shapes = {"mu": (mu, (n, 3, f)), "mix_weight": (mix_weight, (2 * f, f)), "w1": (w1, (f, 2 * f)), "b1": (b1, (f,)),
-              "w2": (w2, (3 * f, f)), "b2": (b2, (3 * f,))}
-    for name, (t, shape) in shapes.items():
-        if tuple(t.shape) != shape:
-            raise InputError(f"{op}: {name} must have shape {shape}, got {tuple(t.shape)}")
-    _same(op, "q", q, [(name, t) for name, (t, _) in shapes.items()])
+    same(op, "r", r, floats)
+    same(op, "r", r, [("idx_i", idx_i), ("idx_j", idx_j), ("basis_params", basis_params)], dtype=False)

@@ -64,6 +64,11 @@ def inline_reference(names):
         _inlined.names = previous
 
 
+def declared() -> list:
+    """Every ``FusedOp`` declared so far, in declaration order (backends implement them by this list)."""
+    return list(_DECLARED.values())
+
+
 def transformed() -> bool:
     """A torch.func transform (grad, vmap, jacrev) is active on this thread."""
     return torch._C._are_functorch_transforms_active()

@@ -32,16 +32,3 @@ def painn_message_unfused(r, idx_i, idx_j, x, mu, weight, bias, basis_params, ba
     dmu_e = mvr[:, None, :] * u[:, :, None] + mvv[:, None, :] * mu[idx_j]
     dmu = torch.zeros(n_atoms, 3, f, dtype=x.dtype, device=x.device).index_add(0, idx_i, dmu_e)
     return dq, dmu
-
-
-def painn_update_unfused(q, mu, mix_weight, w1, b1, w2, b2, epsilon: float):
-    """q' (N, F), mu' (N, 3, F) of one PaiNN update block, written the way the model writes it
-    (with q as the model's (N, 1, F))."""
-    f = q.shape[1]
-    lin = torch.nn.functional.linear
-    mu_v, mu_w = torch.split(lin(mu, mix_weight), f, dim=-1)
-    mu_vn = torch.sqrt(torch.sum(mu_v ** 2, dim=-2, keepdim=True) + epsilon)
-    ctx = torch.cat([q[:, None, :], mu_vn], dim=-1)
-    dq, dmu, dqmu = torch.split(lin(torch.nn.functional.silu(lin(ctx, w1, b1)), w2, b2), f, dim=-1)
-    q_out = q[:, None, :] + dq + dqmu * torch.sum(mu_v * mu_w, dim=1, keepdim=True)
-    return q_out[:, 0, :], mu + dmu * mu_w

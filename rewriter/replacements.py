@@ -16,7 +16,6 @@ import torch
 from painnfx.ops import radial_filter
 from painnfx.ops.edges import prepare
 from painnfx.ops.message import message
-from painnfx.ops.update import update
 
 
 def fused_radial_filter(d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, basis_params: torch.Tensor,
@@ -43,11 +42,3 @@ def fused_painn_message(r: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tenso
     dq, dmu = message(r, idx_i, idx_j, edges, x2, mu, weight, bias, basis_params.to(r.dtype), basis, cutoff,
                       cutoff_params)
     return dq.reshape(*x.shape[:-1], f), dmu
-
-
-def fused_painn_update(q: torch.Tensor, mu: torch.Tensor, mix_weight: torch.Tensor, w1: torch.Tensor,
-                       b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, epsilon: float):
-    """(q', mu') of one update block; q keeps its shape ((N, 1, F) in both PaiNN spellings)."""
-    n, f = mu.shape[0], mu.shape[-1]
-    q_out, mu_out = update(q.reshape(n, f), mu, mix_weight, w1, b1, w2, b2, epsilon)
-    return q_out.reshape(q.shape), mu_out

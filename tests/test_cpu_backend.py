@@ -103,16 +103,16 @@ def test_the_kernels_take_weights_in_any_layout(dtype):
 def test_the_update_kernels_agree_on_both_sides_of_the_transposed_weights(n):
     """From 24 atoms on the update kernels take their weights transposed (cpu_common.h): both forms
     equal the reference, forward and backward."""
-    from painnfx.ops import reference
+    from painnfx.ops.update import update_backward, update_forward
     from strategies import update_inputs
 
     if backend.library() is None:
         env_skip(f"the C++ kernels cannot be built here: {backend.info().get('error')}")
     args = update_inputs(n, 12, seed=n)
     gq, gmu = torch.randn(n, 12, dtype=torch.float64), torch.randn(n, 3, 12, dtype=torch.float64)
-    for got, want in ((torch.ops.painnfx.painn_update(*args), reference.update_forward(*args)),
+    for got, want in ((torch.ops.painnfx.painn_update(*args), update_forward(*args)),
                       (torch.ops.painnfx.painn_update_backward(gq, gmu, *args, True),
-                       reference.update_backward(gq, gmu, *args, True))):
+                       update_backward(gq, gmu, *args, True))):
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from painnfx.ops import reference
+from painnfx.ops.update import update_backward, update_forward
 from painnfx.ops.cuda import update as cuda_update
 from painnfx.ops.cuda.nvrtc import kernel_source
 
@@ -38,7 +38,7 @@ def _emulated(emu, args, gq, gmu, weight_grad, schedule, seed=0):
 
 
 def _reference(args, gq, gmu, weight_grad):
-    return (*reference.update_forward(*args), *reference.update_backward(gq, gmu, *args, weight_grad))
+    return (*update_forward(*args), *update_backward(gq, gmu, *args, weight_grad))
 
 
 def _case(n, f, seed, dtype, scale=1.0):

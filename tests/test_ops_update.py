@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from painnfx.ops import dispatch, painn_update
-from painnfx.ops.unfused import painn_update_unfused
+from painnfx.ops.update import painn_update_unfused
 from painnfx.ops.update import UPDATE
 from strategies import update_inputs
 

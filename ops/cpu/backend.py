@@ -23,18 +23,11 @@ import torch
 
 from .. import dispatch
 from ..build_cache import load_once
-from ..edges import PREPARE_EDGES
 from ..errors import InputError
-from ..message import MESSAGE
-from ..radial_filter import RADIAL_FILTER
-from ..update import UPDATE
+from ..fused_op import declared
 from .build import CpuBuildError, build
 
 NAME = "cpp"
-#: the ops whose CPU kernels the library registers, in the order of ``call_counts``' entries
-#: (operators.cpp's enum Op)
-COUNTED = ("dense", PREPARE_EDGES.name, MESSAGE.name, MESSAGE.backward_name, RADIAL_FILTER.name,
-           RADIAL_FILTER.backward_name, UPDATE.name, UPDATE.backward_name)
 _DTYPES = (torch.float32, torch.float64)
 _CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 _state: dict = {}
@@ -47,6 +40,7 @@ def _build_and_load() -> tuple:
     from . import dense
 
     dense.register_python_parts()
+    _state["ops"] = tuple(torch.ops.painnfx.cpu_counted_ops())  # the ops with a C++ kernel, dense first
     return path, info
 
 
@@ -74,7 +68,7 @@ def call_counts() -> dict:
     nothing."""
     if not loaded():
         return {}
-    return dict(zip(COUNTED, torch.ops.painnfx.cpu_call_counts()))
+    return dict(zip(_state["ops"], torch.ops.painnfx.cpu_call_counts()))
 
 
 def _fused_op_counts() -> dict:
@@ -119,13 +113,16 @@ def _kernel(declared_op):
 
 
 def usable(op_name: str, *args) -> bool:
-    """The kernels are built (or buildable) here and take this dtype (float32, float64)."""
+    """The library is built (or buildable) here, has a kernel for this op and takes this dtype
+    (float32, float64)."""
     dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
-    return dtype in _DTYPES and library() is not None
+    return dtype in _DTYPES and library() is not None and op_name in _state["ops"]
 
 
 def register() -> None:
+    """The "cpp" backend, implementing every declared op (a call of one the library has no kernel
+    for runs the reference: ``usable``)."""
     dispatch.register_backend(NAME, {"cpu"}, priority=1, usable=usable, counts=_fused_op_counts)
-    for declared in (PREPARE_EDGES, MESSAGE, RADIAL_FILTER, UPDATE):
-        backward = declared.backward_op
-        dispatch.implement_op(declared, NAME, _kernel(declared.op), None if backward is None else _kernel(backward))
+    for op in declared():
+        backward = op.backward_op
+        dispatch.implement_op(op, NAME, _kernel(op.op), None if backward is None else _kernel(backward))

@@ -31,12 +31,15 @@ from ..errors import PainnfxError
 
 HERE = Path(__file__).parent
 INCLUDE = HERE.parent / "cuda"  # radial.cuh, shared with the CUDA kernels
-#: the one list of the CPU sources: the kernels (compiled as the units of ``units()``), their
-#: registrations with torch's dispatcher (against torch's stable headers), and every header any of
-#: them includes (every cache key reads them all)
-SOURCES = (HERE / "painn_message.cpp", HERE / "painn_update.cpp")
+#: the CPU sources, found here: the registrations with torch's dispatcher (against torch's stable
+#: headers), every other ``*.cpp`` a kernel (compiled as the units of ``units()``), and every header
+#: any of them includes (every cache key reads them all)
 OPERATORS = HERE / "operators.cpp"
-HEADERS = (HERE / "cpu_common.h", HERE / "small_products.h", INCLUDE / "radial.cuh")
+SOURCES = tuple(sorted(p for p in HERE.glob("*.cpp") if p != OPERATORS))
+HEADERS = (*sorted(HERE.glob("*.h")), INCLUDE / "radial.cuh")
+#: a kernel source that compiles one dtype's entry points per unit when given ``-DPAINNFX_EXPORT=32``
+#: or ``=64`` (its units then compile side by side)
+PER_DTYPE = "PAINNFX_EXPORT"
 FLAGS = ("-O3", "-fopenmp", "-std=c++20", "-fPIC", "-fno-math-errno", "-w")
 #: the torch release whose stable ABI operators.cpp is written against (its minimum: later torch
 #: releases load the library unchanged)
@@ -158,11 +161,12 @@ def build(use_cache: bool = True, jobs: Optional[int] = None) -> tuple[Path, dic
 
 def units() -> tuple:
     """The library's compilation units (source, flags of its own), longest first (they compile
-    side by side): painn_message.cpp once per dtype (~4-5 s each on the 2-core AMD EPYC VM, against
-    ~9 s for one unit of both), painn_update.cpp (~3 s), operators.cpp (~1.5 s)."""
-    message, update = SOURCES
-    return ((message, ("-DPAINNFX_EXPORT=64",)), (message, ("-DPAINNFX_EXPORT=32",)), (update, ()),
-            (OPERATORS, _torch_includes()))
+    side by side): a source that reads ``PER_DTYPE`` once per dtype (painn_message.cpp: ~4-5 s each
+    on the 2-core AMD EPYC VM, against ~9 s for one unit of both), the other kernels once
+    (painn_update.cpp ~3 s), operators.cpp (~1.5 s) last."""
+    split = [s for s in SOURCES if PER_DTYPE in s.read_text()]
+    return (*((s, (f"-D{PER_DTYPE}={bits}",)) for s in split for bits in (64, 32)),
+            *((s, ()) for s in SOURCES if s not in split), (OPERATORS, _torch_includes()))
 
 
 def default_jobs() -> int:
@@ -188,7 +192,7 @@ def compile_units(cxx: str, units, jobs: Optional[int] = None) -> list:
         options = [*flags(), *own, f"-I{HERE}", f"-I{INCLUDE}"]
         k = digest([source.read_text(), *(p.read_text() for p in sorted(HEADERS)), " ".join(options), version,
                     _cpu_identity()])
-        tag = "".join(d.split("=")[-1] for d in own if d.startswith("-DPAINNFX_EXPORT"))
+        tag = "".join(d.split("=")[-1] for d in own if d.startswith(f"-D{PER_DTYPE}"))
         name = f"{source.stem}{tag}_{k[:24]}.o"
         if OBJECTS.lookup(name) is None:
             def compile_to(out: Path) -> dict:

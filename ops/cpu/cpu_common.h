@@ -59,10 +59,6 @@ constexpr int VECTOR_BYTES = 32;
 constexpr int VECTOR_BYTES = 16;
 #endif
 
-// From this many atoms on the update kernels take their weights transposed (three copies per
-// call) for the register-blocked products; below, dot products with the weights as given (measured
-// crossover, docs/ops.md).
-inline std::int64_t update_transpose_atoms() { return 24; }
 
 // dst (cols, rows) = the transpose of src (rows, cols; strides rs, cs), in 16 x 16 tiles: the
 // kernels' transposed weights. ATen's t().contiguous() of such a weight is a strided copy through

@@ -78,6 +78,10 @@ enum Op {
     N_OPS
 };
 std::atomic<std::int64_t> calls[N_OPS];
+// the ops' names, in the order of Op (backend.call_counts pairs them with the counts)
+const char* const OP_NAMES[N_OPS] = {"dense",         "prepare_edges", "painn_message", "painn_message_backward",
+                                     "radial_filter", "radial_filter_backward", "painn_update",
+                                     "painn_update_backward"};
 
 void count(Op op) { calls[op].fetch_add(1, std::memory_order_relaxed); }
 
@@ -86,6 +90,8 @@ std::vector<std::int64_t> call_counts() {
     for (int k = 0; k < N_OPS; ++k) out[k] = calls[k].load(std::memory_order_relaxed);
     return out;
 }
+
+std::vector<std::string> counted_ops() { return std::vector<std::string>(OP_NAMES, OP_NAMES + N_OPS); }
 
 // the floating-point control state of the calling thread (MXCSR on x86; 0 elsewhere), and of each of
 // `threads` OpenMP threads: the tests check that no kernel call changes either
@@ -663,12 +669,17 @@ std::tuple<Tensor, Tensor, Tensor> radial_filter_backward(Tensor grad_in, Tensor
 
 // ---- painn_update --------------------------------------------------------------------------------
 
+// From this many atoms on the update kernels take their weights transposed (three copies per
+// call) for the register-blocked products; below, dot products with the weights as given (measured
+// crossover, docs/ops.md).
+constexpr std::int64_t UPDATE_TRANSPOSE_ATOMS = 24;
+
 struct UpdateWeights {
     Tensor u, w1, b1, w2, b2, ut, w1t, w2t;  // as given (contiguous), and transposed or undefined
     UpdateWeights(std::int64_t n, const Tensor& mix, const Tensor& w1_, const Tensor& b1_, const Tensor& w2_,
                   const Tensor& b2_)
         : u(row_major(mix)), w1(row_major(w1_)), b1(row_major(b1_)), w2(row_major(w2_)), b2(row_major(b2_)) {
-        if (n >= update_transpose_atoms()) {
+        if (n >= UPDATE_TRANSPOSE_ATOMS) {
             ut = transposed(u);
             w1t = transposed(w1);
             w2t = transposed(w2);
@@ -768,6 +779,7 @@ STABLE_TORCH_LIBRARY_FRAGMENT(painnfx, m) {
     m.def("dense_rows() -> int[]");
     m.def("set_dense_rows(int dot, int axpy) -> ()");
     m.def("cpu_call_counts() -> int[]");
+    m.def("cpu_counted_ops() -> str[]");
     m.def("cpu_mxcsr() -> int");
     m.def("cpu_pool_mxcsr(int threads) -> int[]");
 }
@@ -776,6 +788,7 @@ STABLE_TORCH_LIBRARY_IMPL(painnfx, CompositeExplicitAutograd, m) {
     m.impl("dense_rows", TORCH_BOX(&dense_rows));
     m.impl("set_dense_rows", TORCH_BOX(&set_dense_rows));
     m.impl("cpu_call_counts", TORCH_BOX(&call_counts));
+    m.impl("cpu_counted_ops", TORCH_BOX(&counted_ops));
     m.impl("cpu_mxcsr", TORCH_BOX(&mxcsr));
     m.impl("cpu_pool_mxcsr", TORCH_BOX(&pool_mxcsr));
 }

@@ -17,20 +17,18 @@ import functools
 import warnings
 
 from .. import dispatch
-from ..message import MESSAGE
-from ..update import UPDATE
-from . import message, update
+from . import kernels, message
 
 NAME = "cuda"
 _unavailable: list = []  # the reason, once cuda-python failed to import
 
 
 def _usable(op_name: str = "", *args) -> bool:
-    """cuda-python imports (else the reference runs, after one warning), and for the update op
-    the kernels take its feature count (``update.MAX_F``)."""
+    """cuda-python imports (else the reference runs, after one warning), and the kernels take the
+    call (``kernels.takes``: the update kernels bound the feature count)."""
     if _unavailable:
         return False
-    if not update.takes(op_name, *args):
+    if not kernels.takes(op_name, *args):
         return False
     try:
         import cuda.core  # noqa: F401
@@ -48,13 +46,8 @@ def _launch(launch: message.Launch) -> None:
     run(launch, launch.keep[0].device)  # keep[0]: the edge vectors, on the op's device
 
 
-message_forward = functools.partial(message.run_forward, _launch)
-message_backward = functools.partial(message.run_backward, _launch)
-update_forward = functools.partial(update.run_forward, _launch)
-update_backward = functools.partial(update.run_backward, _launch)
-
-
 def register() -> None:
     dispatch.register_backend(NAME, {"cuda"}, priority=1, usable=_usable)
-    dispatch.implement_op(MESSAGE, NAME, message_forward, message_backward)
-    dispatch.implement_op(UPDATE, NAME, update_forward, update_backward)
+    for op in kernels.KERNELS:
+        dispatch.implement_op(op.DECLARED, NAME, functools.partial(op.run_forward, _launch),
+                              functools.partial(op.run_backward, _launch))

@@ -20,10 +20,10 @@ import threading
 
 import torch
 
+from .kernels import SOURCES
 from .launch import kernel_args, launch_values
 from .nvrtc import compile_cubin, kernel_source
 
-SOURCES = ("painn_message.cu", "painn_message_backward.cu", "painn_update.cu")
 OPTIONS = ("-lineinfo", "--ftz=true")
 _modules: dict = {}  # (device index, file) -> cuda.core ObjectCode
 _kernels: dict = {}  # (device index, kernel name) -> cuda.core Kernel

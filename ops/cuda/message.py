@@ -14,11 +14,15 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..message import MESSAGE
 from ..radial import MAX_KERNEL_K as MAX_K  # noqa: F401  (re-exported for the tests)
 from ..radial import kernel_radial
 
 #: the largest F: one thread per feature channel, at most 1024 threads per block
 MAX_F = 1024
+#: the op these launches serve, and the kernel sources they launch (kernels.py)
+DECLARED = MESSAGE
+SOURCES = ("painn_message.cu", "painn_message_backward.cu")
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _SCALAR = {torch.float32: np.float32, torch.float64: np.float64}
 

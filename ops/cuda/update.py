@@ -13,11 +13,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import reference
-from ..update import UPDATE
+from ..update import UPDATE, update_weight_gradients
 from .message import _SCALAR, _SUFFIX, Launch, _feature_block
 
 MAX_F = {torch.float32: 256, torch.float64: 128}
+#: the op these launches serve, and the kernel source they launch (kernels.py)
+DECLARED = UPDATE
+SOURCES = ("painn_update.cu",)
 
 
 def usable(q) -> bool:
@@ -86,4 +88,4 @@ def run_backward(launch: Callable[[Launch], None], gq, gmu, q, mu, mix_weight, w
         launch(one)
     if not weight_grad:
         return gq_in, gmu_in, None, None, None, None, None
-    return gq_in, gmu_in, *reference.update_weight_gradients(mu, *factors)
+    return gq_in, gmu_in, *update_weight_gradients(mu, *factors)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from painnfx.ops.update import UPDATE
 
-from ..replacements import edge_plan, fused_painn_message, fused_painn_update, fused_radial_filter
+from ..replacements import edge_plan, fused_painn_message, fused_radial_filter
 from . import message, radial_filter, update
 
 
@@ -35,7 +35,7 @@ class Fusion:
 FUSIONS = (
     Fusion(radial_filter.NAME, tuple(radial_filter.PASSES), (fused_radial_filter,)),
     Fusion(message.NAME, tuple(message.PASSES), (fused_painn_message,), plans=(edge_plan,)),
-    Fusion(update.NAME, tuple(update.PASSES), (fused_painn_update,), joint_inlined=(UPDATE,)),
+    Fusion(update.NAME, tuple(update.PASSES), (update.fused_painn_update,), joint_inlined=(UPDATE,)),
 )
 PASSES = [p for fusion in FUSIONS for p in fusion.passes]
 #: the functions a traced replacement keeps as single nodes (``RewriteState.splice``)

@@ -16,11 +16,13 @@ import operator
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 import torch.fx as fx
+
+from painnfx.ops.update import update
 
 from ..pattern import Lit, Var, add, any_of, cat, covered_nodes, find_all, getitem, linear, match_at, mul, pow_, silu, \
     split, sqrt, sum_
-from ..replacements import fused_painn_update
 from ..report import PassResult
 from ..state import Replacement, RewriteState
 
@@ -37,6 +39,14 @@ _x = split(linear(silu(linear(cat([Var("q"), _norm], _features), Var("w1"), Var(
            Lit(name="f2", pred=lambda v: isinstance(v, int)), _features, name="x")
 Q_OUT = add(add(Var("q"), getitem(_x, 0)), mul(getitem(_x, 2), sum_(mul(_v, _w), _vector_axis, True)))
 MU_OUT = add(Var("mu_in"), mul(getitem(Var("x_split"), 1), getitem(Var("vw_split"), 1)))
+
+
+def fused_painn_update(q: torch.Tensor, mu: torch.Tensor, mix_weight: torch.Tensor, w1: torch.Tensor,
+                       b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, epsilon: float):
+    """(q', mu') of one update block; q keeps its shape ((N, 1, F) in both PaiNN spellings)."""
+    n, f = mu.shape[0], mu.shape[-1]
+    q_out, mu_out = update(q.reshape(n, f), mu, mix_weight, w1, b1, w2, b2, epsilon)
+    return q_out.reshape(q.shape), mu_out
 
 
 @dataclass

@@ -13,15 +13,15 @@ Slow (fibers): for systems of a few atoms in tests, never a real backend.
 
 from __future__ import annotations
 
+import functools
+
 from painnfx.ops import dispatch
-from painnfx.ops.cuda import message, update
-from painnfx.ops.message import MESSAGE
-from painnfx.ops.update import UPDATE
+from painnfx.ops.cuda import kernels
 
 from . import Emulator, build
 
 NAME = "emulated"
-SOURCES = ["painn_message.cu", "painn_message_backward.cu", "painn_update.cu"]
+SOURCES = list(kernels.SOURCES)
 _state: dict = {"schedule": "forward", "seed": 0}
 
 
@@ -37,30 +37,15 @@ def _launch(launch) -> None:
                       seed=_state["seed"])
 
 
-def message_forward(*args):
-    return message.run_forward(_launch, *args)
-
-
-def message_backward(*args):
-    return message.run_backward(_launch, *args)
-
-
-def update_forward(*args):
-    return update.run_forward(_launch, *args)
-
-
-def update_backward(*args):
-    return update.run_backward(_launch, *args)
-
-
 def register(schedule: str = "forward", seed: int = 0, sources=None) -> None:
     """Register (or re-register) the backend; ``sources`` replaces kernel files (mutation tests)."""
     _state.pop("emu", None)
     _state.update(schedule=schedule, seed=seed)
     emulator(sources)
-    dispatch.register_backend(NAME, {"cpu"}, priority=-1, usable=update.takes)  # F bound as on a GPU
-    dispatch.implement_op(MESSAGE, NAME, message_forward, message_backward)
-    dispatch.implement_op(UPDATE, NAME, update_forward, update_backward)
+    dispatch.register_backend(NAME, {"cpu"}, priority=-1, usable=kernels.takes)  # F bound as on a GPU
+    for op in kernels.KERNELS:
+        dispatch.implement_op(op.DECLARED, NAME, functools.partial(op.run_forward, _launch),
+                              functools.partial(op.run_backward, _launch))
 
 
 def unregister() -> None:
