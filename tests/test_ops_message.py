@@ -179,16 +179,19 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("corrupt, match", BAD)
-def test_bad_inputs_raise_clear_errors(corrupt, match):
-    n, e, f, k = 4, 6, 2, 3
-    inp = dict(
+def _small_inputs(n: int = 4, e: int = 6, f: int = 2, k: int = 3) -> dict:
+    return dict(
         r=torch.randn(e, 3, dtype=torch.float64), idx_i=torch.randint(0, n, (e,)), idx_j=torch.randint(0, n, (e,)),
         x=torch.randn(n, 3 * f, dtype=torch.float64), mu=torch.randn(n, 3, f, dtype=torch.float64),
         weight=torch.randn(3 * f, k, dtype=torch.float64), bias=torch.randn(3 * f, dtype=torch.float64),
         basis_params=torch.stack([torch.linspace(0, 2, k), torch.ones(k)]).double(), basis="gaussian",
         cutoff="cosine", cutoff_params=[2.0],
     )
+
+
+@pytest.mark.parametrize("corrupt, match", BAD)
+def test_bad_inputs_raise_clear_errors(corrupt, match):
+    inp = _small_inputs()
     corrupt(inp)
     with pytest.raises(ValueError, match=match):
         _call(fused, inp)
@@ -200,15 +203,8 @@ def test_eager_calls_raise_input_errors(corrupt, match):
     on every backend (the C++ kernels' own checks, translated)."""
     from painnfx.ops.message import message
 
-    n, e, f, k = 4, 6, 2, 3
-    inp = dict(
-        r=torch.randn(e, 3, dtype=torch.float64), idx_i=torch.randint(0, n, (e,)), idx_j=torch.randint(0, n, (e,)),
-        x=torch.randn(n, 3 * f, dtype=torch.float64), mu=torch.randn(n, 3, f, dtype=torch.float64),
-        weight=torch.randn(3 * f, k, dtype=torch.float64), bias=torch.randn(3 * f, dtype=torch.float64),
-        basis_params=torch.stack([torch.linspace(0, 2, k), torch.ones(k)]).double(), basis="gaussian",
-        cutoff="cosine", cutoff_params=[2.0],
-    )
-    edges = list(prepare_edges(inp["r"], inp["idx_i"], inp["idx_j"], n))
+    inp = _small_inputs()
+    edges = list(prepare_edges(inp["r"], inp["idx_i"], inp["idx_j"], inp["x"].shape[0]))
     corrupt(inp)
     with pytest.raises(InputError, match=match):
         message(*[inp[k] for k in ORDER[:3]], edges, *[inp[k] for k in ORDER[3:]])

@@ -16,6 +16,7 @@ reference backward, as on every backend.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Optional
 
@@ -40,7 +41,6 @@ def _build_and_load() -> tuple:
     from . import dense
 
     dense.register_python_parts()
-    _state["ops"] = tuple(torch.ops.painnfx.cpu_counted_ops())  # the ops with a C++ kernel, dense first
     return path, info
 
 
@@ -49,6 +49,12 @@ def library():
     per op call: after the first, one dict lookup)."""
     return load_once(_state, _lock, _build_and_load, (CpuBuildError, OSError, RuntimeError),
                      "the CPU kernels are unavailable ({reason}); the fused ops run their reference implementation")
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_ops() -> tuple:
+    """The ops the loaded library has kernels for, in the order of its call counts (``dense`` first)."""
+    return tuple(torch.ops.painnfx.cpu_counted_ops())
 
 
 def loaded() -> bool:
@@ -68,7 +74,7 @@ def call_counts() -> dict:
     nothing."""
     if not loaded():
         return {}
-    return dict(zip(_state["ops"], torch.ops.painnfx.cpu_call_counts()))
+    return dict(zip(kernel_ops(), torch.ops.painnfx.cpu_call_counts()))
 
 
 def _fused_op_counts() -> dict:
@@ -116,7 +122,7 @@ def usable(op_name: str, *args) -> bool:
     """The library is built (or buildable) here, has a kernel for this op and takes this dtype
     (float32, float64)."""
     dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
-    return dtype in _DTYPES and library() is not None and op_name in _state["ops"]
+    return dtype in _DTYPES and library() is not None and op_name in kernel_ops()
 
 
 def register() -> None:
