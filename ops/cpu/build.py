@@ -2,7 +2,7 @@
 
 Sources: ``painn_message.cpp`` (twice: one unit per dtype, so the units compile side by side),
 ``painn_update.cpp`` and ``operators.cpp`` (the ops' CPU kernels registered with torch's dispatcher,
-on torch's stable ABI). The host C++ compiler (``$CXX``, else g++ or c++) builds with ``-O3
+against the installed torch's headers). The host C++ compiler (``$CXX``, else g++ or c++) builds with ``-O3
 -march=native -fopenmp``: the library is built on, and for, the machine that runs it, so targeting
 its own instruction set costs nothing in portability and gives the feature loops AVX2/AVX-512 where
 the CPU has them. ``PAINNFX_CPU_ARCH`` chooses another ``-march`` (e.g. ``x86-64-v2``: no AVX) for a
@@ -41,9 +41,6 @@ HEADERS = (*sorted(HERE.glob("*.h")), INCLUDE / "radial.cuh")
 #: or ``=64`` (its units then compile side by side)
 PER_DTYPE = "PAINNFX_EXPORT"
 FLAGS = ("-O3", "-fopenmp", "-std=c++20", "-fPIC", "-fno-math-errno", "-w")
-#: the torch release whose stable ABI operators.cpp is written against (its minimum: later torch
-#: releases load the library unchanged)
-TORCH_TARGET = "0x020a000000000000"
 #: ``$PAINNFX_CPU_ARCH``: the instruction set the kernels are built for (g++ ``-march``). "native"
 #: (default) is this machine's own (AVX2, AVX-512 where it has them); a named level such as
 #: "x86-64-v2" (SSE4.2, no AVX) gives a library that runs on any x86-64 CPU of that level: for an
@@ -110,7 +107,10 @@ def _cpu_identity() -> str:
 def _torch_includes() -> tuple:
     from torch.utils import cpp_extension
 
-    return (*(f"-I{p}" for p in cpp_extension.include_paths()), f"-DTORCH_TARGET_VERSION={TORCH_TARGET}")
+    import torch
+
+    return (*(f"-I{p}" for p in cpp_extension.include_paths()),
+            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}")
 
 
 def _torch_links() -> tuple:
@@ -161,12 +161,12 @@ def build(use_cache: bool = True, jobs: Optional[int] = None) -> tuple[Path, dic
 
 def units() -> tuple:
     """The library's compilation units (source, flags of its own), longest first (they compile
-    side by side): a source that reads ``PER_DTYPE`` once per dtype (painn_message.cpp: ~4-5 s each
-    on the 2-core AMD EPYC VM, against ~9 s for one unit of both), the other kernels once
-    (painn_update.cpp ~3 s), operators.cpp (~1.5 s) last."""
+    side by side): operators.cpp (~8 s on the 2-core AMD EPYC VM: torch's headers), a source that
+    reads ``PER_DTYPE`` once per dtype (painn_message.cpp: ~4-5 s each, against ~9 s for one unit of
+    both), the other kernels once (painn_update.cpp ~3 s)."""
     split = [s for s in SOURCES if PER_DTYPE in s.read_text()]
-    return (*((s, (f"-D{PER_DTYPE}={bits}",)) for s in split for bits in (64, 32)),
-            *((s, ()) for s in SOURCES if s not in split), (OPERATORS, _torch_includes()))
+    return ((OPERATORS, _torch_includes()), *((s, (f"-D{PER_DTYPE}={bits}",)) for s in split for bits in (64, 32)),
+            *((s, ()) for s in SOURCES if s not in split))
 
 
 def default_jobs() -> int:

@@ -5,19 +5,21 @@
 // matrix products, swapped into joint graphs for aten::mm/addmm) and the library's bookkeeping
 // (call counts, the floating-point control state).
 //
-// Built on torch's stable ABI (torch/csrc/stable): the unit compiles in ~1.5 s against ~10 s
-// with torch/library.h, and the library does not depend on torch's C++ ABI. Tensors are
-// allocated through the AOTI shim (aoti_torch_empty_strided, ~0.2 us; the boxed stable ops cost
-// ~0.8 us each, several per call on a 3-atom molecule).
+// Built against the installed torch's headers (torch/library.h): the kernels are unboxed, so a
+// compiled graph's C++ wrapper calls them with no boxing of arguments. (On torch's stable ABI the
+// unit compiled in ~1.5 s instead of ~8 s, but every call went through boxed argument
+// conversions and shim calls: 1.4 us more per small-row product and ~5 us per message op, 10-25%
+// of a 3-5 atom energy+forces call. Measured, and not kept.)
 //
 // Argument checks: what each kernel needs to read and write in bounds (shapes, dtypes, devices,
-// the radial kernel cases); a failed check throws std::invalid_argument, which reaches Python as
-// ValueError naming the op and the argument (ops/cpu/backend.py raises it as InputError).
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
-#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
-#include <torch/csrc/stable/library.h>
-#include <torch/csrc/stable/ops.h>
-#include <torch/csrc/stable/tensor.h>
+// the radial kernel cases); a failed check is a c10::ValueError, which reaches Python as ValueError
+// naming the op and the argument (ops/cpu/backend.py raises it as InputError).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -34,8 +36,9 @@
 #include "radial.cuh"
 #include "small_products.h"
 
-using torch::stable::Tensor;
-using torch::headeronly::ScalarType;
+using at::Tensor;
+using TensorList = at::ArrayRef<Tensor>;
+using Floats = at::ArrayRef<double>;
 
 // the kernels' entry points (painn_message.cpp, painn_update.cpp: units of this library)
 #define PAINNFX_DECLARE(T, S)                                                                                       \
@@ -111,7 +114,8 @@ template <typename... Parts>
     std::ostringstream text;
     text << op << ": ";
     (text << ... << parts);
-    throw std::invalid_argument(text.str());
+    TORCH_CHECK_VALUE(false, text.str());
+    throw;  // (not reached)
 }
 
 std::string shape(const Tensor& t) {
@@ -139,46 +143,18 @@ bool has_shape(const Tensor& t, std::initializer_list<std::int64_t> sizes) {
     return true;
 }
 
-std::int32_t dtype_code(const Tensor& t) {
-    std::int32_t code;
-    aoti_torch_get_dtype(t.get(), &code);
-    return code;
-}
+// a new contiguous CPU tensor of `like`'s dtype (no initialisation)
+Tensor empty_like(const Tensor& like, at::IntArrayRef sizes) { return at::empty(sizes, like.options()); }
 
-// a new contiguous CPU tensor of dtype `code` (no initialisation)
-Tensor empty(std::int32_t code, std::initializer_list<std::int64_t> sizes) {
-    std::int64_t dims[4], strides[4];
-    int n = 0;
-    for (std::int64_t s : sizes) dims[n++] = s;
-    std::int64_t step = 1;
-    for (int d = n - 1; d >= 0; --d) {
-        strides[d] = step;
-        step *= std::max<std::int64_t>(dims[d], 1);
-    }
-    AtenTensorHandle handle = nullptr;
-    if (aoti_torch_empty_strided(n, dims, strides, code, aoti_torch_device_type_cpu(), 0, &handle))
-        throw std::runtime_error("painnfx: allocating a CPU tensor failed");
-    return Tensor(handle);
-}
-
-Tensor empty_like(const Tensor& t, std::initializer_list<std::int64_t> sizes) { return empty(dtype_code(t), sizes); }
-
-Tensor zeros(const Tensor& like, std::initializer_list<std::int64_t> sizes) {
+Tensor zeros(const Tensor& like, at::IntArrayRef sizes) {
     Tensor out = empty_like(like, sizes);
-    std::memset(out.mutable_data_ptr(), 0, out.numel() * out.element_size());
+    if (out.numel()) std::memset(out.mutable_data_ptr(), 0, out.numel() * out.element_size());
     return out;
 }
 
-Tensor zeros_shaped(const Tensor& t) {
-    std::int64_t dims[4] = {0, 0, 0, 0};
-    for (std::int64_t d = 0; d < t.dim(); ++d) dims[d] = t.size(d);
-    Tensor out = t.dim() == 1   ? zeros(t, {dims[0]})
-                 : t.dim() == 2 ? zeros(t, {dims[0], dims[1]})
-                                : zeros(t, {dims[0], dims[1], dims[2]});
-    return out;
-}
+Tensor zeros_shaped(const Tensor& t) { return zeros(t, t.sizes()); }
 
-Tensor row_major(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
+Tensor row_major(const Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
 
 template <typename T>
 const T* ptr(const Tensor& t) {
@@ -201,7 +177,7 @@ const std::int64_t* index_ptr(const Tensor& t) { return static_cast<const std::i
 // cpu_common.h's tiled loop (~1-2 us for a 384 x 20 filter weight; ATen's strided copy ~18 us).
 Tensor transposed(const Tensor& t) {
     Tensor out = empty_like(t, {t.size(1), t.size(0)});
-    if (t.scalar_type() == ScalarType::Float)
+    if (t.scalar_type() == at::kFloat)
         transpose_tiles(ptr<float>(t), t.size(0), t.size(1), t.stride(0), t.stride(1), out_ptr<float>(out));
     else
         transpose_tiles(ptr<double>(t), t.size(0), t.size(1), t.stride(0), t.stride(1), out_ptr<double>(out));
@@ -213,17 +189,17 @@ Tensor transposed(const Tensor& t) {
 // The op's contract as its Python declaration states it (ops/checks.py, ops/edges.py, ops/radial):
 // the same conditions, in the same words, so a call fails alike whichever kernel it reaches.
 
-bool is_float(const Tensor& t) { return t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::Double; }
+bool is_float(const Tensor& t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble; }
 
 std::string dtype_name(const Tensor& t) {
     switch (t.scalar_type()) {
-        case ScalarType::Float: return "torch.float32";
-        case ScalarType::Double: return "torch.float64";
-        case ScalarType::Half: return "torch.float16";
-        case ScalarType::BFloat16: return "torch.bfloat16";
-        case ScalarType::Long: return "torch.int64";
-        case ScalarType::Int: return "torch.int32";
-        case ScalarType::Bool: return "torch.bool";
+        case at::kFloat: return "torch.float32";
+        case at::kDouble: return "torch.float64";
+        case at::kHalf: return "torch.float16";
+        case at::kBFloat16: return "torch.bfloat16";
+        case at::kLong: return "torch.int64";
+        case at::kInt: return "torch.int32";
+        case at::kBool: return "torch.bool";
         default: return "dtype code " + std::to_string(int(t.scalar_type()));
     }
 }
@@ -231,11 +207,11 @@ std::string dtype_name(const Tensor& t) {
 // the tensors `others` have `ref`'s dtype (when `dtype`) and are on the CPU, as `ref` is
 void check_same(const char* op, const char* ref_name, const Tensor& ref,
                 std::initializer_list<std::pair<const char*, const Tensor*>> others, bool dtype = true) {
-    if (!ref.is_cpu()) fail(op, ref_name, " is not on the CPU");
+    if (!ref.device().is_cpu()) fail(op, ref_name, " is not on the CPU");
     for (const auto& [name, t] : others) {
         if (dtype && t->scalar_type() != ref.scalar_type())
             fail(op, name, " has dtype ", dtype_name(*t), " but ", ref_name, " has ", dtype_name(ref));
-        if (!t->is_cpu()) fail(op, name, " is not on the CPU but ", ref_name, " is");
+        if (!t->device().is_cpu()) fail(op, name, " is not on the CPU but ", ref_name, " is");
     }
 }
 
@@ -244,7 +220,7 @@ void check_shape(const char* op, const char* name, const Tensor& t, std::initial
 }
 
 void check_index(const char* op, const char* name, const Tensor& t, std::int64_t size, const char* hint = "") {
-    if (t.scalar_type() != ScalarType::Long || !has_shape(t, {size}))
+    if (t.scalar_type() != at::kLong || !has_shape(t, {size}))
         fail(op, name, " must be int64 of shape (", size, ",), got ", dtype_name(t), " ", shape(t), hint);
 }
 
@@ -265,7 +241,7 @@ constexpr RadialCase BASES[] = {{"bessel", PAINNFX_BASIS_BESSEL, 1}, {"gaussian"
 constexpr RadialCase CUTOFFS[] = {{"cosine", PAINNFX_CUTOFF_COSINE, 1}, {"mollifier", PAINNFX_CUTOFF_MOLLIFIER, 2}};
 
 template <std::size_t N>
-const RadialCase& find_case(const char* op, const char* kind, const RadialCase (&cases)[N], const std::string& name) {
+const RadialCase& find_case(const char* op, const char* kind, const RadialCase (&cases)[N], c10::string_view name) {
     for (const RadialCase& c : cases)
         if (name == c.name) return c;
     std::string known;
@@ -273,8 +249,8 @@ const RadialCase& find_case(const char* op, const char* kind, const RadialCase (
     fail(op, "unknown ", kind, " '", name, "'; expected one of [", known, "]");
 }
 
-Radial radial(const char* op, const Tensor& basis_params, const std::string& basis, const std::string& cutoff,
-              const std::vector<double>& cutoff_params) {
+Radial radial(const char* op, const Tensor& basis_params, c10::string_view basis, c10::string_view cutoff,
+              Floats cutoff_params) {
     const RadialCase& b = find_case(op, "radial basis", BASES, basis);
     const RadialCase& c = find_case(op, "cutoff function", CUTOFFS, cutoff);
     if (basis_params.dim() != 2 || basis_params.size(0) != std::int64_t(b.params))
@@ -291,7 +267,7 @@ Radial radial(const char* op, const Tensor& basis_params, const std::string& bas
 Tensor kernel_params(const Tensor& basis_params, const Tensor& like) {
     const Tensor p = basis_params.scalar_type() == like.scalar_type()
                          ? basis_params
-                         : torch::stable::to(basis_params, like.scalar_type());
+                         : basis_params.to(like.scalar_type());
     return row_major(p);
 }
 
@@ -305,7 +281,7 @@ void check_filter_weights(const char* op, const Tensor& weight, const Tensor& bi
 }
 
 void check_message(const char* op, const Tensor& r, const Tensor& idx_i, const Tensor& idx_j,
-                   const std::vector<Tensor>& edges, const Tensor& x, const std::optional<Tensor>& mu,
+                   TensorList edges, const Tensor& x, const std::optional<Tensor>& mu,
                    const Tensor& weight, const Tensor& bias, const Tensor& basis_params, const Radial& rad) {
     if (r.dim() != 2 || r.size(1) != 3) fail(op, "r must have shape (E, 3), got ", shape(r));
     if (!is_float(r)) fail(op, "r must be floating point, got ", dtype_name(r));
@@ -326,7 +302,7 @@ void check_message(const char* op, const Tensor& r, const Tensor& idx_i, const T
     check_index(op, "edges.src_ptr", edges[2], n + 1, hint);
     check_index(op, "edges.src_perm", edges[3], e, hint);
     for (const Tensor& t : edges)
-        if (!t.is_cpu()) fail(op, "edges are not on the CPU but r is");
+        if (!t.device().is_cpu()) fail(op, "edges are not on the CPU but r is");
 }
 
 void check_update(const char* op, const Tensor& q, const Tensor& mu, const Tensor& mix_weight, const Tensor& w1,
@@ -367,12 +343,12 @@ enum class Form { blas, dot, axpy };
 
 Form form_of(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias) {
     const auto dtype = a.scalar_type();
-    if (a.dim() != 2 || b.dim() != 2 || !is_float(a) || b.scalar_type() != dtype || !a.is_cpu() || !b.is_cpu() ||
+    if (a.dim() != 2 || b.dim() != 2 || !is_float(a) || b.scalar_type() != dtype || !a.device().is_cpu() || !b.device().is_cpu() ||
         a.size(0) == 0 || a.size(1) != b.size(0))
         return Form::blas;
     if (a.size(1) > 1 && a.stride(1) != 1) return Form::blas;
     if (bias && (bias->dim() != 1 || bias->size(0) != b.size(1) || bias->scalar_type() != dtype ||
-                 (bias->size(0) > 1 && bias->stride(0) != 1) || !bias->is_cpu()))
+                 (bias->size(0) > 1 && bias->stride(0) != 1) || !bias->device().is_cpu()))
         return Form::blas;
     const std::int64_t m = a.size(0), k = b.size(0), n = b.size(1);
     if ((k <= 1 || b.stride(0) == 1) && m <= DOT_MAX_ROWS.load(std::memory_order_relaxed)) return Form::dot;
@@ -389,7 +365,7 @@ void small_product(Form form, const Tensor& a, const Tensor& b, const std::optio
     T* po = out_ptr<T>(out);
     const std::int64_t ldw = b.stride(1), ldb = b.stride(0);
     const std::int64_t grain = std::max<std::int64_t>(16, CHUNK_FMAS / std::max<std::int64_t>(1, M * K));
-    torch::stable::parallel_for(0, N, grain, [&](std::int64_t c0, std::int64_t c1) {
+    at::parallel_for(0, N, grain, [&](std::int64_t c0, std::int64_t c1) {
         FlushDenormals flush;
         if (form == Form::dot)
             dot_product<T>(pa, lda, pb, ldw, pbias, int(M), int(K), po, N, c0, c1);
@@ -398,20 +374,16 @@ void small_product(Form form, const Tensor& a, const Tensor& b, const std::optio
     });
 }
 
-Tensor dense(Tensor a, Tensor b, std::optional<Tensor> bias) {
+Tensor dense(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias) {
     count(DENSE);
     const Form form = form_of(a, b, bias);
     if (form == Form::blas) {
         if (a.dim() != 2 || b.dim() != 2 || a.size(1) != b.size(0))
             fail("dense", "a (M, K) @ b (K, N) expected, got ", shape(a), " @ ", shape(b));
-        Tensor out = empty_like(a, {a.size(0), b.size(1)});
-        const AOTITorchError err = bias ? aoti_torch_cpu_addmm_out(out.get(), bias->get(), a.get(), b.get(), 1.0, 1.0)
-                                        : aoti_torch_cpu_mm_out(out.get(), a.get(), b.get());
-        if (err) throw std::runtime_error("dense: ATen's matrix product failed");
-        return out;
+        return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
     }
     Tensor out = empty_like(a, {a.size(0), b.size(1)});
-    if (a.scalar_type() == ScalarType::Float)
+    if (a.scalar_type() == at::kFloat)
         small_product<float>(form, a, b, bias, out);
     else
         small_product<double>(form, a, b, bias, out);
@@ -428,7 +400,7 @@ void set_dense_rows(std::int64_t dot, std::int64_t axpy) {
 }
 
 // which path dense takes for these arguments: 0 BLAS, 1 dot, 2 axpy
-std::int64_t dense_form(Tensor a, Tensor b, std::optional<Tensor> bias) {
+std::int64_t dense_form(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias) {
     return static_cast<std::int64_t>(form_of(a, b, bias));
 }
 
@@ -448,7 +420,7 @@ std::tuple<Tensor, Tensor> order(const Tensor& idx, std::int64_t n) {
     return {row, perm};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> prepare_edges(Tensor r_in, Tensor idx_i_in, Tensor idx_j_in,
+std::tuple<Tensor, Tensor, Tensor, Tensor> prepare_edges(const Tensor& r_in, const Tensor& idx_i_in, const Tensor& idx_j_in,
                                                          std::int64_t n_atoms) {
     count(PREPARE_EDGES);
     const char* op = "prepare_edges";
@@ -476,7 +448,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> prepare_edges(Tensor r_in, Tensor idx
                 fail(op, "edge indices outside 0..", n_atoms - 1);
         }
     };
-    if (r.scalar_type() == ScalarType::Float)
+    if (r.scalar_type() == at::kFloat)
         values(0.0f);
     else
         values(0.0);
@@ -506,10 +478,10 @@ void add_partials(const Tensor& partial, std::int64_t parts, std::int64_t c, std
         }
 }
 
-std::tuple<Tensor, Tensor> painn_message(Tensor r_in, Tensor idx_i, Tensor idx_j_in, std::vector<Tensor> edges,
-                                         Tensor x_in, std::optional<Tensor> mu_in, Tensor weight, Tensor bias_in,
-                                         Tensor basis_params, std::string basis, std::string cutoff,
-                                         std::vector<double> cutoff_params, std::int64_t chunk_size) {
+std::tuple<Tensor, Tensor> painn_message(const Tensor& r_in, const Tensor& idx_i, const Tensor& idx_j_in, TensorList edges,
+                                         const Tensor& x_in, const std::optional<Tensor>& mu_in, const Tensor& weight, const Tensor& bias_in,
+                                         const Tensor& basis_params, c10::string_view basis, c10::string_view cutoff,
+                                         Floats cutoff_params, std::int64_t chunk_size) {
     count(MESSAGE);
     const char* op = "painn_message";
     const Radial rad = radial(op, basis_params, basis, cutoff, cutoff_params);
@@ -523,14 +495,14 @@ std::tuple<Tensor, Tensor> painn_message(Tensor r_in, Tensor idx_i, Tensor idx_j
     const Tensor wt = transposed(weight), b = row_major(bias_in), p = kernel_params(basis_params, x);
     std::optional<Tensor> mu;
     if (mu_in) mu = row_major(*mu_in);
-    const int threads = int(torch::stable::get_num_threads());
+    const int threads = at::get_num_threads();
     auto run = [&](auto zero, auto kernel) {
         using T = decltype(zero);
         kernel(ptr<T>(r), index_ptr(dp), index_ptr(d_perm), index_ptr(j), ptr<T>(x), ptr<T>(mu), ptr<T>(wt),
                ptr<T>(b), ptr<T>(p), p.size(0) > 1 ? ptr<T>(p) + k : nullptr, rad.basis, rad.cutoff, T(rad.c0),
                T(rad.c1), n, int(f), int(k), out_ptr<T>(dq), out_ptr<T>(dmu), threads);
     };
-    if (x.scalar_type() == ScalarType::Float)
+    if (x.scalar_type() == at::kFloat)
         run(0.0f, painn_message_forward_f32);
     else
         run(0.0, painn_message_forward_f64);
@@ -538,9 +510,9 @@ std::tuple<Tensor, Tensor> painn_message(Tensor r_in, Tensor idx_i, Tensor idx_j
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> painn_message_backward(
-    Tensor gq_in, Tensor gmu_in, Tensor r_in, Tensor idx_i_in, Tensor idx_j, std::vector<Tensor> edges, Tensor x_in,
-    std::optional<Tensor> mu_in, Tensor weight, Tensor bias_in, Tensor basis_params, std::string basis,
-    std::string cutoff, std::vector<double> cutoff_params, std::int64_t chunk_size, bool weight_grad) {
+    Tensor gq_in, const Tensor& gmu_in, const Tensor& r_in, const Tensor& idx_i_in, const Tensor& idx_j, TensorList edges, const Tensor& x_in,
+    const std::optional<Tensor>& mu_in, const Tensor& weight, const Tensor& bias_in, const Tensor& basis_params, std::string basis,
+    std::string cutoff, Floats cutoff_params, std::int64_t chunk_size, bool weight_grad) {
     count(MESSAGE_BACKWARD);
     const char* op = "painn_message_backward";
     const Radial rad = radial(op, basis_params, basis, cutoff, cutoff_params);
@@ -567,7 +539,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> painn_message_backward(
     const Tensor p = kernel_params(basis_params, x);
     std::optional<Tensor> mu;
     if (mu_in) mu = row_major(*mu_in);
-    const int threads = int(torch::stable::get_num_threads());
+    const int threads = at::get_num_threads();
     auto run = [&](auto zero, auto kernel) {
         using T = decltype(zero);
         kernel(ptr<T>(gq), ptr<T>(gm), ptr<T>(r), index_ptr(sp), index_ptr(s_perm), index_ptr(i), ptr<T>(x),
@@ -575,13 +547,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> painn_message_backward(
                rad.cutoff, T(rad.c0), T(rad.c1), n, int(f), int(k), out_ptr<T>(gr), out_ptr<T>(gx),
                mu ? out_ptr<T>(gmu) : nullptr, weight_grad ? out_ptr<T>(partial) : nullptr, int(parts), threads);
     };
-    if (x.scalar_type() == ScalarType::Float)
+    if (x.scalar_type() == at::kFloat)
         run(0.0f, painn_message_backward_f32);
     else
         run(0.0, painn_message_backward_f64);
     if (!weight_grad) return {gr, gx, gmu, none(), none()};
     Tensor gw = empty_like(x_in, {3 * f, k}), gb = empty_like(x_in, {3 * f});
-    if (x.scalar_type() == ScalarType::Float)
+    if (x.scalar_type() == at::kFloat)
         add_partials<float>(partial, parts, 3 * f, k, gw, gb);
     else
         add_partials<double>(partial, parts, 3 * f, k, gw, gb);
@@ -599,8 +571,8 @@ void check_filter(const char* op, const Tensor& d, const Tensor& weight, const T
     check_same(op, "distances", d, {{"basis_params", &basis_params}}, false);
 }
 
-Tensor radial_filter(Tensor d_in, Tensor weight, Tensor bias_in, Tensor basis_params, std::string basis,
-                     std::string cutoff, std::vector<double> cutoff_params) {
+Tensor radial_filter(const Tensor& d_in, const Tensor& weight, const Tensor& bias_in, const Tensor& basis_params, c10::string_view basis,
+                     c10::string_view cutoff, Floats cutoff_params) {
     count(FILTER);
     const char* op = "radial_filter";
     const Radial rad = radial(op, basis_params, basis, cutoff, cutoff_params);
@@ -616,26 +588,26 @@ Tensor radial_filter(Tensor d_in, Tensor weight, Tensor bias_in, Tensor basis_pa
         for (std::int64_t i = 0; i < e; ++i)
             if (!std::isfinite(pd[i])) fail(op, "distances contain NaN or inf");
     };
-    if (d.scalar_type() == ScalarType::Float)
+    if (d.scalar_type() == at::kFloat)
         finite(0.0f);
     else
         finite(0.0);
-    const int threads = int(torch::stable::get_num_threads());
+    const int threads = at::get_num_threads();
     auto run = [&](auto zero, auto kernel) {
         using T = decltype(zero);
         kernel(ptr<T>(d), ptr<T>(wt), ptr<T>(b), ptr<T>(p), p.size(0) > 1 ? ptr<T>(p) + k : nullptr, rad.basis,
                rad.cutoff, T(rad.c0), T(rad.c1), e, int(c), int(k), out_ptr<T>(out), threads);
     };
-    if (d.scalar_type() == ScalarType::Float)
+    if (d.scalar_type() == at::kFloat)
         run(0.0f, radial_filter_forward_f32);
     else
         run(0.0, radial_filter_forward_f64);
     return out;
 }
 
-std::tuple<Tensor, Tensor, Tensor> radial_filter_backward(Tensor grad_in, Tensor d_in, Tensor weight, Tensor bias_in,
-                                                          Tensor basis_params, std::string basis, std::string cutoff,
-                                                          std::vector<double> cutoff_params) {
+std::tuple<Tensor, Tensor, Tensor> radial_filter_backward(const Tensor& grad_in, const Tensor& d_in, const Tensor& weight, const Tensor& bias_in,
+                                                          const Tensor& basis_params, c10::string_view basis, c10::string_view cutoff,
+                                                          Floats cutoff_params) {
     count(FILTER_BACKWARD);
     const char* op = "radial_filter_backward";
     const Radial rad = radial(op, basis_params, basis, cutoff, cutoff_params);
@@ -649,7 +621,7 @@ std::tuple<Tensor, Tensor, Tensor> radial_filter_backward(Tensor grad_in, Tensor
     Tensor partial = empty_like(d_in, {parts, c, k + 1});
     const Tensor g = row_major(grad_in), d = row_major(d_in), wt = transposed(weight), b = row_major(bias_in);
     const Tensor p = kernel_params(basis_params, d);
-    const int threads = int(torch::stable::get_num_threads());
+    const int threads = at::get_num_threads();
     auto run = [&](auto zero, auto kernel) {
         using T = decltype(zero);
         kernel(ptr<T>(g), ptr<T>(d), ptr<T>(wt), ptr<T>(b), ptr<T>(p), p.size(0) > 1 ? ptr<T>(p) + k : nullptr,
@@ -657,7 +629,7 @@ std::tuple<Tensor, Tensor, Tensor> radial_filter_backward(Tensor grad_in, Tensor
                int(parts), threads);
     };
     Tensor gw = empty_like(d_in, {c, k}), gb = empty_like(d_in, {c});
-    if (d.scalar_type() == ScalarType::Float) {
+    if (d.scalar_type() == at::kFloat) {
         run(0.0f, radial_filter_backward_f32);
         add_partials<float>(partial, parts, c, k, gw, gb);
     } else {
@@ -687,8 +659,8 @@ struct UpdateWeights {
     }
 };
 
-std::tuple<Tensor, Tensor> painn_update(Tensor q_in, Tensor mu_in, Tensor mix_weight, Tensor w1, Tensor b1, Tensor w2,
-                                        Tensor b2, double epsilon) {
+std::tuple<Tensor, Tensor> painn_update(const Tensor& q_in, const Tensor& mu_in, const Tensor& mix_weight, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                                        const Tensor& b2, double epsilon) {
     count(UPDATE);
     check_update("painn_update", q_in, mu_in, mix_weight, w1, b1, w2, b2);
     const std::int64_t n = q_in.size(0), f = q_in.size(1);
@@ -696,14 +668,14 @@ std::tuple<Tensor, Tensor> painn_update(Tensor q_in, Tensor mu_in, Tensor mix_we
     if (n == 0) return {q_out, mu_out};
     const Tensor q = row_major(q_in), mu = row_major(mu_in);
     const UpdateWeights w(n, mix_weight, w1, b1, w2, b2);
-    const int threads = int(torch::stable::get_num_threads());
+    const int threads = at::get_num_threads();
     auto run = [&](auto zero, auto kernel) {
         using T = decltype(zero);
         kernel(ptr<T>(q), ptr<T>(mu), ptr<T>(w.u), ptr<T>(w.w1), ptr<T>(w.b1), ptr<T>(w.w2), ptr<T>(w.b2),
                ptr<T>(w.ut), ptr<T>(w.w1t), ptr<T>(w.w2t), T(epsilon), n, int(f), out_ptr<T>(q_out),
                out_ptr<T>(mu_out), threads);
     };
-    if (q.scalar_type() == ScalarType::Float)
+    if (q.scalar_type() == at::kFloat)
         run(0.0f, painn_update_forward_f32);
     else
         run(0.0, painn_update_forward_f64);
@@ -711,11 +683,11 @@ std::tuple<Tensor, Tensor> painn_update(Tensor q_in, Tensor mu_in, Tensor mix_we
 }
 
 // a^T b for a (R, M) and b (R, N) (weight gradients: sums over atoms as one product)
-Tensor at_b(const Tensor& a, const Tensor& b) { return torch::stable::matmul(torch::stable::transpose(a, 0, 1), b); }
+Tensor at_b(const Tensor& a, const Tensor& b) { return a.t().mm(b); }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> painn_update_backward(
-    Tensor gq_in, Tensor gmu_in, Tensor q_in, Tensor mu_in, Tensor mix_weight, Tensor w1, Tensor b1, Tensor w2,
-    Tensor b2, double epsilon, bool weight_grad) {
+    Tensor gq_in, const Tensor& gmu_in, const Tensor& q_in, const Tensor& mu_in, const Tensor& mix_weight, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+    const Tensor& b2, double epsilon, bool weight_grad) {
     count(UPDATE_BACKWARD);
     const char* op = "painn_update_backward";
     check_update(op, q_in, mu_in, mix_weight, w1, b1, w2, b2);
@@ -736,7 +708,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> painn_update_
     if (n) {
         const Tensor g1 = row_major(gq_in), g2 = row_major(gmu_in), q = row_major(q_in), mu = row_major(mu_in);
         const UpdateWeights w(n, mix_weight, w1, b1, w2, b2);
-        const int threads = int(torch::stable::get_num_threads());
+        const int threads = at::get_num_threads();
         auto run = [&](auto zero, auto kernel) {
             using T = decltype(zero);
             kernel(ptr<T>(g1), ptr<T>(g2), ptr<T>(q), ptr<T>(mu), ptr<T>(w.u), ptr<T>(w.w1), ptr<T>(w.b1),
@@ -744,7 +716,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> painn_update_
                    out_ptr<T>(gq), out_ptr<T>(gmu), out_ptr<T>(gvw), out_ptr<T>(gpre), out_ptr<T>(gx),
                    out_ptr<T>(ctx), out_ptr<T>(h), threads);
         };
-        if (q.scalar_type() == ScalarType::Float)
+        if (q.scalar_type() == at::kFloat)
             run(0.0f, painn_update_backward_f32);
         else
             run(0.0, painn_update_backward_f64);
@@ -752,43 +724,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> painn_update_
     auto none = [&] { return empty_like(q_in, {0}); };
     if (!weight_grad) return {gq, gmu, none(), none(), none(), none(), none()};
     // sums over atoms as matrix products (reference.update_weight_gradients)
-    const Tensor g_mix = at_b(torch::stable::reshape(gvw, {3 * n, 2 * f}), torch::stable::reshape(row_major(mu_in), {3 * n, f}));
-    const std::vector<std::int64_t> atoms{0};
-    return {gq, gmu, g_mix, at_b(gpre, ctx), torch::stable::sum(gpre, atoms), at_b(gx, h), torch::stable::sum(gx, atoms)};
+    const Tensor g_mix = at_b(gvw.reshape({3 * n, 2 * f}), mu_in.reshape({3 * n, f}));
+    return {gq, gmu, g_mix, at_b(gpre, ctx), gpre.sum(0), at_b(gx, h), gx.sum(0)};
 }
 
 }  // namespace
 
 // The fused ops are declared in Python (ops/fused_op.py, the schemas); these are their CPU kernels.
-STABLE_TORCH_LIBRARY_IMPL(painnfx, CPU, m) {
-    m.impl("prepare_edges", TORCH_BOX(&prepare_edges));
-    m.impl("painn_message", TORCH_BOX(&painn_message));
-    m.impl("painn_message_backward", TORCH_BOX(&painn_message_backward));
-    m.impl("radial_filter", TORCH_BOX(&radial_filter));
-    m.impl("radial_filter_backward", TORCH_BOX(&radial_filter_backward));
-    m.impl("painn_update", TORCH_BOX(&painn_update));
-    m.impl("painn_update_backward", TORCH_BOX(&painn_update_backward));
-    m.impl("dense", TORCH_BOX(&dense));
-    m.impl("dense_form", TORCH_BOX(&dense_form));
+TORCH_LIBRARY_IMPL(painnfx, CPU, m) {
+    m.impl("prepare_edges", &prepare_edges);
+    m.impl("painn_message", &painn_message);
+    m.impl("painn_message_backward", &painn_message_backward);
+    m.impl("radial_filter", &radial_filter);
+    m.impl("radial_filter_backward", &radial_filter_backward);
+    m.impl("painn_update", &painn_update);
+    m.impl("painn_update_backward", &painn_update_backward);
+    m.impl("dense", &dense);
+    m.impl("dense_form", &dense_form);
 }
 
-// The library's own ops (their fakes and dense's autograd: ops/cpu/backend.py).
-STABLE_TORCH_LIBRARY_FRAGMENT(painnfx, m) {
+// The library's own ops (their fakes and dense's autograd: ops/cpu/dense.py), the bookkeeping ones
+// with a kernel for any dispatch key (they take no tensor).
+TORCH_LIBRARY_FRAGMENT(painnfx, m) {
     m.def("dense(Tensor a, Tensor b, Tensor? bias=None) -> Tensor");
     m.def("dense_form(Tensor a, Tensor b, Tensor? bias=None) -> int");
-    m.def("dense_rows() -> int[]");
-    m.def("set_dense_rows(int dot, int axpy) -> ()");
-    m.def("cpu_call_counts() -> int[]");
-    m.def("cpu_counted_ops() -> str[]");
-    m.def("cpu_mxcsr() -> int");
-    m.def("cpu_pool_mxcsr(int threads) -> int[]");
-}
-
-STABLE_TORCH_LIBRARY_IMPL(painnfx, CompositeExplicitAutograd, m) {
-    m.impl("dense_rows", TORCH_BOX(&dense_rows));
-    m.impl("set_dense_rows", TORCH_BOX(&set_dense_rows));
-    m.impl("cpu_call_counts", TORCH_BOX(&call_counts));
-    m.impl("cpu_counted_ops", TORCH_BOX(&counted_ops));
-    m.impl("cpu_mxcsr", TORCH_BOX(&mxcsr));
-    m.impl("cpu_pool_mxcsr", TORCH_BOX(&pool_mxcsr));
+    m.def("dense_rows() -> int[]", &dense_rows);
+    m.def("set_dense_rows(int dot, int axpy) -> ()", &set_dense_rows);
+    m.def("cpu_call_counts() -> int[]", &call_counts);
+    m.def("cpu_counted_ops() -> str[]", &counted_ops);
+    m.def("cpu_mxcsr() -> int", &mxcsr);
+    m.def("cpu_pool_mxcsr(int threads) -> int[]", &pool_mxcsr);
 }
