@@ -307,8 +307,12 @@ def output_stem(out: str, throughput: bool, device: str, dtype: str) -> str:
     return f"docs/perf/{kind}_{dtype}"
 
 
+#: the folders of the painnfx sources, next to tools/ (docs, such as the bench's own outputs, do not count)
+SOURCE_FOLDERS = ("../ops", "../rewriter", "../model", "../tools", "../pyproject.toml")
+
+
 def source_commit():
-    """The git commit of the painnfx sources that run (with "+changes" when the tree differs from it),
+    """The git commit of the painnfx sources that run (with "+changes" when they differ from it),
     or None when they are not files of a git checkout (an installed copy, even inside some other
     repository): what every result names beside its CPU and date."""
     here = Path(__file__).resolve().parent
@@ -321,8 +325,8 @@ def source_commit():
                               text=True, timeout=10)
         if head.returncode:
             return None
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", ".."],
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--",
+                                *SOURCE_FOLDERS], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")

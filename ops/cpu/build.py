@@ -31,7 +31,7 @@ from ..errors import PainnfxError
 
 HERE = Path(__file__).parent
 INCLUDE = HERE.parent / "cuda"  # radial.cuh, shared with the CUDA kernels
-#: the CPU sources, found here: the registrations with torch's dispatcher (against torch's stable
+#: the CPU sources, found here: the registrations with torch's dispatcher (against torch's
 #: headers), every other ``*.cpp`` a kernel (compiled as the units of ``units()``), and every header
 #: any of them includes (every cache key reads them all)
 OPERATORS = HERE / "operators.cpp"
