@@ -4,7 +4,7 @@
 and the rest, declared in ``ops/*.py``), so the dispatcher runs C++ for CPU tensors whoever calls:
 a compiled graph (Inductor's C++ wrapper with no Python in between), ``torch.compile``, export,
 ``opcheck``. An eager call of the fused graph (``FusedOp.call``) reaches the same function through
-``dispatch.run``: its implementations here redispatch straight to the CPU kernel (~2 us), below
+``dispatch.select``: its implementations here redispatch straight to the CPU kernel (~2 us), below
 torch.library's Python layers. ``record_calls`` counts those; ``call_counts()`` counts in C++ every
 call of every op of the library, whoever made it.
 
