@@ -19,6 +19,8 @@
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -118,43 +120,21 @@ template <typename... Parts>
     throw;  // (not reached)
 }
 
-std::string shape(const Tensor& t) {
+std::string shape(at::IntArrayRef sizes) {
     std::ostringstream text;
     text << "(";
-    for (std::int64_t d = 0; d < t.dim(); ++d) text << (d ? ", " : "") << t.size(d);
-    text << (t.dim() == 1 ? ",)" : ")");
-    return text.str();
-}
-
-std::string shape(std::initializer_list<std::int64_t> sizes) {
-    std::ostringstream text;
-    text << "(";
-    int d = 0;
-    for (std::int64_t s : sizes) text << (d++ ? ", " : "") << s;
+    for (std::size_t d = 0; d < sizes.size(); ++d) text << (d ? ", " : "") << sizes[d];
     text << (sizes.size() == 1 ? ",)" : ")");
     return text.str();
 }
 
-bool has_shape(const Tensor& t, std::initializer_list<std::int64_t> sizes) {
-    if (t.dim() != std::int64_t(sizes.size())) return false;
-    int d = 0;
-    for (std::int64_t s : sizes)
-        if (t.size(d++) != s) return false;
-    return true;
-}
+std::string shape(const Tensor& t) { return shape(t.sizes()); }
 
 // a new contiguous CPU tensor of `like`'s dtype (no initialisation)
 Tensor empty_like(const Tensor& like, at::IntArrayRef sizes) { return at::empty(sizes, like.options()); }
 
-Tensor zeros(const Tensor& like, at::IntArrayRef sizes) {
-    Tensor out = empty_like(like, sizes);
-    if (out.numel()) std::memset(out.mutable_data_ptr(), 0, out.numel() * out.element_size());
-    return out;
-}
-
-Tensor zeros_shaped(const Tensor& t) { return zeros(t, t.sizes()); }
-
-Tensor row_major(const Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
+// zeros of t's shape and dtype, contiguous (a gradient where there is nothing to differentiate)
+Tensor zeros_of(const Tensor& t) { return at::zeros_like(t, at::MemoryFormat::Contiguous); }
 
 template <typename T>
 const T* ptr(const Tensor& t) {
@@ -215,12 +195,12 @@ void check_same(const char* op, const char* ref_name, const Tensor& ref,
     }
 }
 
-void check_shape(const char* op, const char* name, const Tensor& t, std::initializer_list<std::int64_t> sizes) {
-    if (!has_shape(t, sizes)) fail(op, name, " must have shape ", shape(sizes), ", got ", shape(t));
+void check_shape(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes) {
+    if (!t.sizes().equals(sizes)) fail(op, name, " must have shape ", shape(sizes), ", got ", shape(t));
 }
 
 void check_index(const char* op, const char* name, const Tensor& t, std::int64_t size, const char* hint = "") {
-    if (t.scalar_type() != at::kLong || !has_shape(t, {size}))
+    if (t.scalar_type() != at::kLong || t.dim() != 1 || t.size(0) != size)
         fail(op, name, " must be int64 of shape (", size, ",), got ", dtype_name(t), " ", shape(t), hint);
 }
 
@@ -265,10 +245,7 @@ Radial radial(const char* op, const Tensor& basis_params, c10::string_view basis
 
 // basis_params in the kernels' dtype, contiguous (a model may keep them in another dtype)
 Tensor kernel_params(const Tensor& basis_params, const Tensor& like) {
-    const Tensor p = basis_params.scalar_type() == like.scalar_type()
-                         ? basis_params
-                         : basis_params.to(like.scalar_type());
-    return row_major(p);
+    return basis_params.to(like.scalar_type()).contiguous();
 }
 
 void check_filter_weights(const char* op, const Tensor& weight, const Tensor& bias, const Radial& rad,
@@ -318,10 +295,6 @@ void check_update(const char* op, const Tensor& q, const Tensor& mu, const Tenso
     check_shape(op, "b2", b2, {3 * f});
     check_same(op, "q", q, {{"mu", &mu}, {"mix_weight", &mix_weight}, {"w1", &w1}, {"b1", &b1}, {"w2", &w2},
                             {"b2", &b2}});
-}
-
-void check_grads(const char* op, const Tensor& ref, std::initializer_list<std::pair<const char*, const Tensor*>> grads) {
-    check_same(op, "the inputs", ref, grads);
 }
 
 // ---- dense: small-row matrix products ------------------------------------------------------------
@@ -409,7 +382,7 @@ std::int64_t dense_form(const Tensor& a, const Tensor& b, const std::optional<Te
 // Stable counting sort of edges by atom: (row pointers (N+1), permutation (E)).
 std::tuple<Tensor, Tensor> order(const Tensor& idx, std::int64_t n) {
     const std::int64_t e = idx.size(0);
-    Tensor row = zeros(idx, {n + 1}), perm = empty_like(idx, {e});
+    Tensor row = at::zeros({n + 1}, idx.options()), perm = empty_like(idx, {e});
     std::int64_t* p = out_ptr<std::int64_t>(row);
     std::int64_t* q = out_ptr<std::int64_t>(perm);
     const std::int64_t* a = index_ptr(idx);
@@ -431,7 +404,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> prepare_edges(const Tensor& r_in, con
     check_index(op, "idx_i", idx_i_in, e);
     check_index(op, "idx_j", idx_j_in, e);
     check_same(op, "r", r_in, {{"idx_i", &idx_i_in}, {"idx_j", &idx_j_in}}, false);
-    const Tensor r = row_major(r_in), idx_i = row_major(idx_i_in), idx_j = row_major(idx_j_in);
+    const Tensor r = r_in.contiguous(), idx_i = idx_i_in.contiguous(), idx_j = idx_j_in.contiguous();
     // the values a message kernel cannot take (the reference op checks the same)
     const std::int64_t* ii = index_ptr(idx_i);
     const std::int64_t* jj = index_ptr(idx_j);
@@ -487,14 +460,14 @@ std::tuple<Tensor, Tensor> painn_message(const Tensor& r_in, const Tensor& idx_i
     const Radial rad = radial(op, basis_params, basis, cutoff, cutoff_params);
     check_message(op, r_in, idx_i, idx_j_in, edges, x_in, mu_in, weight, bias_in, basis_params, rad);
     const std::int64_t n = x_in.size(0), f = x_in.size(1) / 3, k = rad.k, e = r_in.size(0);
-    if (n == 0 || e == 0) return {zeros(x_in, {n, f}), zeros(x_in, {n, 3, f})};
+    if (n == 0 || e == 0) return {at::zeros({n, f}, x_in.options()), at::zeros({n, 3, f}, x_in.options())};
     // the kernel writes every atom's row: no zero fill
     Tensor dq = empty_like(x_in, {n, f}), dmu = empty_like(x_in, {n, 3, f});
-    const Tensor r = row_major(r_in), j = row_major(idx_j_in), x = row_major(x_in);
-    const Tensor dp = row_major(edges[0]), d_perm = row_major(edges[1]);
-    const Tensor wt = transposed(weight), b = row_major(bias_in), p = kernel_params(basis_params, x);
+    const Tensor r = r_in.contiguous(), j = idx_j_in.contiguous(), x = x_in.contiguous();
+    const Tensor dp = edges[0].contiguous(), d_perm = edges[1].contiguous();
+    const Tensor wt = transposed(weight), b = bias_in.contiguous(), p = kernel_params(basis_params, x);
     std::optional<Tensor> mu;
-    if (mu_in) mu = row_major(*mu_in);
+    if (mu_in) mu = mu_in->contiguous();
     const int threads = at::get_num_threads();
     auto run = [&](auto zero, auto kernel) {
         using T = decltype(zero);
@@ -520,25 +493,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> painn_message_backward(
     const std::int64_t n = x_in.size(0), f = x_in.size(1) / 3, k = rad.k, e = r_in.size(0);
     check_shape(op, "grad_0", gq_in, {n, f});
     check_shape(op, "grad_1", gmu_in, {n, 3, f});
-    check_grads(op, x_in, {{"grad_0", &gq_in}, {"grad_1", &gmu_in}});
+    check_same(op, "the inputs", x_in, {{"grad_0", &gq_in}, {"grad_1", &gmu_in}});
     // an empty tensor where a gradient is not computed (each its own: outputs must not alias)
     auto none = [&] { return empty_like(x_in, {0}); };
     if (n == 0 || e == 0) {
-        Tensor gmu = mu_in ? zeros_shaped(*mu_in) : none();
-        if (!weight_grad) return {zeros_shaped(r_in), zeros_shaped(x_in), gmu, none(), none()};
-        return {zeros_shaped(r_in), zeros_shaped(x_in), gmu, zeros_shaped(weight), zeros_shaped(bias_in)};
+        Tensor gmu = mu_in ? zeros_of(*mu_in) : none();
+        if (!weight_grad) return {zeros_of(r_in), zeros_of(x_in), gmu, none(), none()};
+        return {zeros_of(r_in), zeros_of(x_in), gmu, zeros_of(weight), zeros_of(bias_in)};
     }
     // the kernel writes every edge's and every atom's row: no zero fill
     Tensor gr = empty_like(r_in, {e, 3}), gx = empty_like(x_in, {n, 3 * f});
     Tensor gmu = mu_in ? empty_like(x_in, {n, 3, f}) : none();
     const std::int64_t parts = std::min(PARTS, n);
     Tensor partial = weight_grad ? empty_like(x_in, {parts, 3 * f, k + 1}) : Tensor();
-    const Tensor gq = row_major(gq_in), gm = row_major(gmu_in), r = row_major(r_in), i = row_major(idx_i_in);
-    const Tensor sp = row_major(edges[2]), s_perm = row_major(edges[3]);
-    const Tensor x = row_major(x_in), wt = transposed(weight), b = row_major(bias_in);
+    const Tensor gq = gq_in.contiguous(), gm = gmu_in.contiguous(), r = r_in.contiguous(), i = idx_i_in.contiguous();
+    const Tensor sp = edges[2].contiguous(), s_perm = edges[3].contiguous();
+    const Tensor x = x_in.contiguous(), wt = transposed(weight), b = bias_in.contiguous();
     const Tensor p = kernel_params(basis_params, x);
     std::optional<Tensor> mu;
-    if (mu_in) mu = row_major(*mu_in);
+    if (mu_in) mu = mu_in->contiguous();
     const int threads = at::get_num_threads();
     auto run = [&](auto zero, auto kernel) {
         using T = decltype(zero);
@@ -580,7 +553,7 @@ Tensor radial_filter(const Tensor& d_in, const Tensor& weight, const Tensor& bia
     const std::int64_t e = d_in.size(0), c = weight.size(0), k = rad.k;
     Tensor out = empty_like(d_in, {e, c});
     if (e == 0) return out;
-    const Tensor d = row_major(d_in), wt = transposed(weight), b = row_major(bias_in), p = kernel_params(basis_params, d);
+    const Tensor d = d_in.contiguous(), wt = transposed(weight), b = bias_in.contiguous(), p = kernel_params(basis_params, d);
     // once per evaluation (one filter for all layers): the distances' values are checked here
     auto finite = [&](auto zero) {
         using T = decltype(zero);
@@ -614,12 +587,12 @@ std::tuple<Tensor, Tensor, Tensor> radial_filter_backward(const Tensor& grad_in,
     check_filter(op, d_in, weight, bias_in, basis_params, rad);
     const std::int64_t e = d_in.size(0), c = weight.size(0), k = rad.k;
     check_shape(op, "grad_0", grad_in, {e, c});
-    check_grads(op, d_in, {{"grad_0", &grad_in}});
-    Tensor gd = zeros(d_in, {e});
-    if (e == 0) return {gd, zeros_shaped(weight), zeros_shaped(bias_in)};
+    check_same(op, "the inputs", d_in, {{"grad_0", &grad_in}});
+    Tensor gd = at::zeros({e}, d_in.options());
+    if (e == 0) return {gd, zeros_of(weight), zeros_of(bias_in)};
     const std::int64_t parts = std::min(PARTS, e);
     Tensor partial = empty_like(d_in, {parts, c, k + 1});
-    const Tensor g = row_major(grad_in), d = row_major(d_in), wt = transposed(weight), b = row_major(bias_in);
+    const Tensor g = grad_in.contiguous(), d = d_in.contiguous(), wt = transposed(weight), b = bias_in.contiguous();
     const Tensor p = kernel_params(basis_params, d);
     const int threads = at::get_num_threads();
     auto run = [&](auto zero, auto kernel) {
@@ -650,7 +623,7 @@ struct UpdateWeights {
     Tensor u, w1, b1, w2, b2, ut, w1t, w2t;  // as given (contiguous), and transposed or undefined
     UpdateWeights(std::int64_t n, const Tensor& mix, const Tensor& w1_, const Tensor& b1_, const Tensor& w2_,
                   const Tensor& b2_)
-        : u(row_major(mix)), w1(row_major(w1_)), b1(row_major(b1_)), w2(row_major(w2_)), b2(row_major(b2_)) {
+        : u(mix.contiguous()), w1(w1_.contiguous()), b1(b1_.contiguous()), w2(w2_.contiguous()), b2(b2_.contiguous()) {
         if (n >= UPDATE_TRANSPOSE_ATOMS) {
             ut = transposed(u);
             w1t = transposed(w1);
@@ -666,7 +639,7 @@ std::tuple<Tensor, Tensor> painn_update(const Tensor& q_in, const Tensor& mu_in,
     const std::int64_t n = q_in.size(0), f = q_in.size(1);
     Tensor q_out = empty_like(q_in, {n, f}), mu_out = empty_like(q_in, {n, 3, f});
     if (n == 0) return {q_out, mu_out};
-    const Tensor q = row_major(q_in), mu = row_major(mu_in);
+    const Tensor q = q_in.contiguous(), mu = mu_in.contiguous();
     const UpdateWeights w(n, mix_weight, w1, b1, w2, b2);
     const int threads = at::get_num_threads();
     auto run = [&](auto zero, auto kernel) {
@@ -694,7 +667,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> painn_update_
     const std::int64_t n = q_in.size(0), f = q_in.size(1);
     check_shape(op, "grad_0", gq_in, {n, f});
     check_shape(op, "grad_1", gmu_in, {n, 3, f});
-    check_grads(op, q_in, {{"grad_0", &gq_in}, {"grad_1", &gmu_in}});
+    check_same(op, "the inputs", q_in, {{"grad_0", &gq_in}, {"grad_1", &gmu_in}});
     Tensor gq = empty_like(q_in, {n, f}), gmu = empty_like(q_in, {n, 3, f});
     // the per-atom factors of the weight gradients: dL/d[V, W], dL/dpre, dL/dx, [q, |V|], h
     Tensor gvw, gpre, gx, ctx, h;
@@ -706,7 +679,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> painn_update_
         h = empty_like(q_in, {n, f});
     }
     if (n) {
-        const Tensor g1 = row_major(gq_in), g2 = row_major(gmu_in), q = row_major(q_in), mu = row_major(mu_in);
+        const Tensor g1 = gq_in.contiguous(), g2 = gmu_in.contiguous(), q = q_in.contiguous(), mu = mu_in.contiguous();
         const UpdateWeights w(n, mix_weight, w1, b1, w2, b2);
         const int threads = at::get_num_threads();
         auto run = [&](auto zero, auto kernel) {
