@@ -28,15 +28,9 @@ class FusedPaiNN(nn.Module):
         self.config = model.config
         self.chunk_size = chunk_size
 
-    def forward(
-        self,
-        positions: torch.Tensor,
-        numbers: torch.Tensor,
-        edge_index: torch.Tensor,
-        shifts: torch.Tensor,
-        batch: Optional[torch.Tensor] = None,
-        n_systems: int = 1,
-    ) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, numbers: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor,
+                batch: Optional[torch.Tensor] = None, n_systems: int = 1) -> torch.Tensor:
+        """PaiNN.forward's energies, each interaction's edge work in one painn_message call."""
         m = self.model
         f = m.n_atom_basis
         idx_i, idx_j = edge_index[0], edge_index[1]

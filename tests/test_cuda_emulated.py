@@ -94,7 +94,7 @@ def _mutant(old, new, count=1):
 def test_a_removed_barrier_is_caught_in_some_schedule():
     """Drop the barrier that separates a tile's cooperative geometry/basis from its use: the
     forward order may still pass, reverse or random must not."""
-    mutated = _mutant("        __syncthreads();\n        if (f < F) {", "        if (f < F) {")
+    mutated = _mutant("        __syncthreads();\n        if (f >= F) continue;", "        if (f >= F) continue;")
     emu = emulator.build(["painn_message.cu"], sources={"painn_message.cu": mutated})
     inp = _big_inputs()
     want = _reference(inp)
@@ -106,7 +106,7 @@ def test_a_removed_barrier_is_caught_in_some_schedule():
 
 
 def test_an_early_return_before_a_barrier_is_an_error_naming_the_line():
-    mutated = _mutant("        const int n = end - t0 < TILE", "        if (f >= F) return;\n        const int n = end - t0 < TILE")
+    mutated = _mutant("    for_each_filtered_edge<scalar_t>(", "    if (f >= F) return;\n    for_each_filtered_edge<scalar_t>(")
     emu = emulator.build(["painn_message.cu"], sources={"painn_message.cu": mutated})
     with pytest.raises(emulator.EmulatorError, match=r"__syncthreads at .*painn_message.cu:\d+.*has exited"):
         _forward(emu, _big_inputs(f=20), "forward")

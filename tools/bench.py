@@ -616,8 +616,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-repeats", type=positive_int, default=5, help="timed calls per case at least")
     p.add_argument("--max-repeats", type=positive_int, default=1000, help="timed calls per case at most")
     p.add_argument("--max-time", type=non_negative_float, default=3.0, help="seconds of timed calls per case (after min-repeats)")
-    p.add_argument("--case-timeout", type=positive_float, default=1800.0,
-                   help="seconds after which a case's worker process is stopped and the case recorded as failed")
     p.add_argument("--out", default=DEFAULT_OUT,
                    help="output stem: writes STEM.json, STEM.png, STEM.md (default: docs/perf/cpu_bench_DTYPE, "
                         "gpu_bench_DTYPE on a GPU, throughput_DTYPE with --throughput)")
@@ -625,6 +623,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--isolated", action="store_true",
                    help="time each (system, variant) in its own process, one after another, instead of each "
                         "system's variants interleaved in one process (the default)")
+    p.add_argument("--case-timeout", type=positive_float, default=1800.0,
+                   help="seconds after which a case's worker process is stopped and the case recorded as failed")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--largest", action="store_true",
                    help="instead of timing the set: find the largest Cu cell each variant evaluates (writes STEM.json)")

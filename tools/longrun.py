@@ -23,15 +23,15 @@ from .usage import non_negative_int, positive_float, positive_int, write_text
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--steps", type=positive_int, default=20000, help="NVE steps of each calculator")
+    p.add_argument("--checkpoint", help="model checkpoint (default: the built-in default model)")
     p.add_argument("--size", type=positive_int, default=2, help="n x n x n cubic Cu cells of the structure (4 n^3 atoms)")
+    p.add_argument("--steps", type=positive_int, default=20000, help="NVE steps of each calculator")
     p.add_argument("--timestep", type=positive_float, default=1.0, help="fs")
     p.add_argument("--temperature", type=positive_float, default=300.0, help="K of the initial velocities")
-    p.add_argument("--every", type=positive_int, default=1000,
-                   help="record energy, memory and compiled graphs every N steps")
-    p.add_argument("--checkpoint", help="model checkpoint (default: the built-in default model)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the initial velocities")
     p.add_argument("--out", help="write the JSON summary here (replaced when complete)")
+    p.add_argument("--every", type=positive_int, default=1000,
+                   help="record energy, memory and compiled graphs every N steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

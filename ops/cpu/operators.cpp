@@ -706,25 +706,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> painn_update_
 // The fused ops are declared in Python (ops/fused_op.py, the schemas); these are their CPU kernels.
 TORCH_LIBRARY_IMPL(painnfx, CPU, m) {
     m.impl("prepare_edges", &prepare_edges);
-    m.impl("painn_message", &painn_message);
-    m.impl("painn_message_backward", &painn_message_backward);
-    m.impl("radial_filter", &radial_filter);
-    m.impl("radial_filter_backward", &radial_filter_backward);
-    m.impl("painn_update", &painn_update);
-    m.impl("painn_update_backward", &painn_update_backward);
-    m.impl("dense", &dense);
-    m.impl("dense_form", &dense_form);
+    m.impl("painn_message", &painn_message).impl("painn_message_backward", &painn_message_backward);
+    m.impl("radial_filter", &radial_filter).impl("radial_filter_backward", &radial_filter_backward);
+    m.impl("painn_update", &painn_update).impl("painn_update_backward", &painn_update_backward);
+    m.impl("dense", &dense).impl("dense_form", &dense_form);
 }
 
 // The library's own ops (their fakes and dense's autograd: ops/cpu/dense.py), the bookkeeping ones
 // with a kernel for any dispatch key (they take no tensor).
 TORCH_LIBRARY_FRAGMENT(painnfx, m) {
-    m.def("dense(Tensor a, Tensor b, Tensor? bias=None) -> Tensor");
-    m.def("dense_form(Tensor a, Tensor b, Tensor? bias=None) -> int");
-    m.def("dense_rows() -> int[]", &dense_rows);
-    m.def("set_dense_rows(int dot, int axpy) -> ()", &set_dense_rows);
-    m.def("cpu_call_counts() -> int[]", &call_counts);
-    m.def("cpu_counted_ops() -> str[]", &counted_ops);
-    m.def("cpu_mxcsr() -> int", &mxcsr);
-    m.def("cpu_pool_mxcsr(int threads) -> int[]", &pool_mxcsr);
+    m.def("dense(Tensor a, Tensor b, Tensor? bias=None) -> Tensor")
+        .def("dense_form(Tensor a, Tensor b, Tensor? bias=None) -> int");
+    m.def("dense_rows() -> int[]", &dense_rows).def("set_dense_rows(int dot, int axpy) -> ()", &set_dense_rows);
+    m.def("cpu_call_counts() -> int[]", &call_counts).def("cpu_counted_ops() -> str[]", &counted_ops);
+    m.def("cpu_mxcsr() -> int", &mxcsr).def("cpu_pool_mxcsr(int threads) -> int[]", &pool_mxcsr);
 }

@@ -15,10 +15,6 @@
 
 #include "edge_tile.cuh"
 
-#ifndef TILE
-#define TILE 32
-#endif
-
 template <typename scalar_t>
 __device__ void painn_message_forward(
     const scalar_t* __restrict__ r,          // (E, 3) edge vectors, any order
@@ -35,42 +31,28 @@ __device__ void painn_message_forward(
     scalar_t* __restrict__ dq,               // (N, F)
     scalar_t* __restrict__ dmu)              // (N, 3, F)
 {
-    __shared__ scalar_t s_phi[TILE * MAX_K];
-    __shared__ scalar_t s_geo[TILE * 4];     // u0, u1, u2, fc
-    __shared__ long long s_j[TILE];
     const long long i = blockIdx.x;
     const int f = threadIdx.x;
     const int F3 = 3 * F;
     const long long begin = dst_ptr[i], end = dst_ptr[i + 1];
     scalar_t acc_q = 0, acc_0 = 0, acc_1 = 0, acc_2 = 0;
-    for (long long t0 = begin; t0 < end; t0 += TILE) {
-        const int n = end - t0 < TILE ? int(end - t0) : TILE;
-        __syncthreads();                      // the previous tile has been consumed
-        load_edge_tile<scalar_t>(r, dst_perm, idx_j, t0, n, K, p0, p1, basis, cutoff, c0, c1, s_geo, s_j, s_phi);
-        __syncthreads();
-        if (f < F) {
-            for (int t = 0; t < n; ++t) {
-                const scalar_t fc = s_geo[4 * t + 3];
-                if (fc == scalar_t(0)) continue;
-                scalar_t ws, wr, wv;
-                filter_values<scalar_t>(wt, bias, s_phi + t * K, K, F, f, ws, wr, wv);
-                const long long j = s_j[t];
-                const scalar_t* xj = x + j * F3;
-                acc_q += fc * ws * xj[f];
-                const scalar_t mr = fc * wr * xj[F + f];
-                acc_0 += mr * s_geo[4 * t];
-                acc_1 += mr * s_geo[4 * t + 1];
-                acc_2 += mr * s_geo[4 * t + 2];
-                if (mu != nullptr) {
-                    const scalar_t mv = fc * wv * xj[2 * F + f];
-                    const scalar_t* muj = mu + j * F3;
-                    acc_0 += mv * muj[f];
-                    acc_1 += mv * muj[F + f];
-                    acc_2 += mv * muj[2 * F + f];
-                }
+    for_each_filtered_edge<scalar_t>(
+        r, dst_perm, idx_j, begin, end, K, p0, p1, basis, cutoff, c0, c1, wt, bias, F,
+        [&](long long j, const scalar_t* u, scalar_t fc, scalar_t ws, scalar_t wr, scalar_t wv) {
+            const scalar_t* xj = x + j * F3;
+            acc_q += fc * ws * xj[f];
+            const scalar_t mr = fc * wr * xj[F + f];
+            acc_0 += mr * u[0];
+            acc_1 += mr * u[1];
+            acc_2 += mr * u[2];
+            if (mu != nullptr) {
+                const scalar_t mv = fc * wv * xj[2 * F + f];
+                const scalar_t* muj = mu + j * F3;
+                acc_0 += mv * muj[f];
+                acc_1 += mv * muj[F + f];
+                acc_2 += mv * muj[2 * F + f];
             }
-        }
-    }
+        });
     if (f < F) {
         dq[i * F + f] = acc_q;
         dmu[i * F3 + f] = acc_0;

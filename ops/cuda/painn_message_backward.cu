@@ -20,9 +20,6 @@
 
 #include "edge_tile.cuh"
 
-#ifndef TILE
-#define TILE 32
-#endif
 #define EDGE_WARPS 4
 #define FULL_MASK 0xffffffffu
 
@@ -34,9 +31,6 @@ __device__ void painn_message_backward_nodes(
     const T* __restrict__ p0, const T* __restrict__ p1, int basis, int cutoff, T c0, T c1, int F, int K,
     T* __restrict__ gx, T* __restrict__ gmu_in)
 {
-    __shared__ T s_phi[TILE * MAX_K];
-    __shared__ T s_geo[TILE * 4];            // u0, u1, u2, fc
-    __shared__ long long s_i[TILE];
     const long long j = blockIdx.x;
     const int f = threadIdx.x;
     const int F3 = 3 * F;
@@ -53,34 +47,23 @@ __device__ void painn_message_backward_nodes(
     }
     (void)xs;
     T g_s = 0, g_vr = 0, g_vv = 0, g_m0 = 0, g_m1 = 0, g_m2 = 0;
-    for (long long t0 = begin; t0 < end; t0 += TILE) {
-        const int n = end - t0 < TILE ? int(end - t0) : TILE;
-        __syncthreads();
-        load_edge_tile<T>(r, src_perm, idx_i, t0, n, K, p0, p1, basis, cutoff, c0, c1, s_geo, s_i, s_phi);
-        __syncthreads();
-        if (f < F) {
-            for (int t = 0; t < n; ++t) {
-                const T fc = s_geo[4 * t + 3];
-                if (fc == T(0)) continue;
-                T ws, wr, wv;
-                filter_values<T>(wt, bias, s_phi + t * K, K, F, f, ws, wr, wv);
-                ws *= fc;
-                wr *= fc;
-                wv *= fc;
-                const long long i = s_i[t];
-                const T q0 = gmu[i * F3 + f], q1 = gmu[i * F3 + F + f], q2 = gmu[i * F3 + 2 * F + f];
-                g_s += gq[i * F + f] * ws;
-                g_vr += (s_geo[4 * t] * q0 + s_geo[4 * t + 1] * q1 + s_geo[4 * t + 2] * q2) * wr;
-                if (mu != nullptr) {
-                    g_vv += (q0 * m0 + q1 * m1 + q2 * m2) * wv;
-                    const T wx = wv * xvv;
-                    g_m0 += q0 * wx;
-                    g_m1 += q1 * wx;
-                    g_m2 += q2 * wx;
-                }
+    for_each_filtered_edge<T>(
+        r, src_perm, idx_i, begin, end, K, p0, p1, basis, cutoff, c0, c1, wt, bias, F,
+        [&](long long i, const T* u, T fc, T ws, T wr, T wv) {
+            ws *= fc;
+            wr *= fc;
+            wv *= fc;
+            const T q0 = gmu[i * F3 + f], q1 = gmu[i * F3 + F + f], q2 = gmu[i * F3 + 2 * F + f];
+            g_s += gq[i * F + f] * ws;
+            g_vr += (u[0] * q0 + u[1] * q1 + u[2] * q2) * wr;
+            if (mu != nullptr) {
+                g_vv += (q0 * m0 + q1 * m1 + q2 * m2) * wv;
+                const T wx = wv * xvv;
+                g_m0 += q0 * wx;
+                g_m1 += q1 * wx;
+                g_m2 += q2 * wx;
             }
-        }
-    }
+        });
     if (f < F) {
         gx[j * F3 + f] = g_s;
         gx[j * F3 + F + f] = g_vr;
