@@ -16,11 +16,6 @@
 // naming the op and the argument (ops/cpu/backend.py raises it as InputError).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/addmm.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -131,10 +126,10 @@ std::string shape(at::IntArrayRef sizes) {
 std::string shape(const Tensor& t) { return shape(t.sizes()); }
 
 // a new contiguous CPU tensor of `like`'s dtype (no initialisation)
-Tensor empty_like(const Tensor& like, at::IntArrayRef sizes) { return at::empty(sizes, like.options()); }
+Tensor empty_like(const Tensor& like, at::IntArrayRef sizes) { return like.new_empty(sizes); }
 
 // zeros of t's shape and dtype, contiguous (a gradient where there is nothing to differentiate)
-Tensor zeros_of(const Tensor& t) { return at::zeros_like(t, at::MemoryFormat::Contiguous); }
+Tensor zeros_of(const Tensor& t) { return t.new_zeros(t.sizes()); }
 
 template <typename T>
 const T* ptr(const Tensor& t) {
@@ -353,7 +348,7 @@ Tensor dense(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias
     if (form == Form::blas) {
         if (a.dim() != 2 || b.dim() != 2 || a.size(1) != b.size(0))
             fail("dense", "a (M, K) @ b (K, N) expected, got ", shape(a), " @ ", shape(b));
-        return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
+        return bias ? bias->addmm(a, b) : a.mm(b);
     }
     Tensor out = empty_like(a, {a.size(0), b.size(1)});
     if (a.scalar_type() == at::kFloat)
@@ -382,7 +377,7 @@ std::int64_t dense_form(const Tensor& a, const Tensor& b, const std::optional<Te
 // Stable counting sort of edges by atom: (row pointers (N+1), permutation (E)).
 std::tuple<Tensor, Tensor> order(const Tensor& idx, std::int64_t n) {
     const std::int64_t e = idx.size(0);
-    Tensor row = at::zeros({n + 1}, idx.options()), perm = empty_like(idx, {e});
+    Tensor row = idx.new_zeros({n + 1}), perm = empty_like(idx, {e});
     std::int64_t* p = out_ptr<std::int64_t>(row);
     std::int64_t* q = out_ptr<std::int64_t>(perm);
     const std::int64_t* a = index_ptr(idx);
@@ -460,7 +455,7 @@ std::tuple<Tensor, Tensor> painn_message(const Tensor& r_in, const Tensor& idx_i
     const Radial rad = radial(op, basis_params, basis, cutoff, cutoff_params);
     check_message(op, r_in, idx_i, idx_j_in, edges, x_in, mu_in, weight, bias_in, basis_params, rad);
     const std::int64_t n = x_in.size(0), f = x_in.size(1) / 3, k = rad.k, e = r_in.size(0);
-    if (n == 0 || e == 0) return {at::zeros({n, f}, x_in.options()), at::zeros({n, 3, f}, x_in.options())};
+    if (n == 0 || e == 0) return {x_in.new_zeros({n, f}), x_in.new_zeros({n, 3, f})};
     // the kernel writes every atom's row: no zero fill
     Tensor dq = empty_like(x_in, {n, f}), dmu = empty_like(x_in, {n, 3, f});
     const Tensor r = r_in.contiguous(), j = idx_j_in.contiguous(), x = x_in.contiguous();
@@ -588,7 +583,7 @@ std::tuple<Tensor, Tensor, Tensor> radial_filter_backward(const Tensor& grad_in,
     const std::int64_t e = d_in.size(0), c = weight.size(0), k = rad.k;
     check_shape(op, "grad_0", grad_in, {e, c});
     check_same(op, "the inputs", d_in, {{"grad_0", &grad_in}});
-    Tensor gd = at::zeros({e}, d_in.options());
+    Tensor gd = d_in.new_zeros({e});
     if (e == 0) return {gd, zeros_of(weight), zeros_of(bias_in)};
     const std::int64_t parts = std::min(PARTS, e);
     Tensor partial = empty_like(d_in, {parts, c, k + 1});
