@@ -37,10 +37,10 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .neighbors import neighbor_list
+from .neighbors import cluster_neighbor_lists, neighbor_list
 from .properties import compute_properties, voigt
 from .validation import (MAX_NEIGHBORS, MIN_DISTANCE, NON_FINITE, InputError, NonFiniteError, check_numbers,
-                         check_overlaps)
+                         check_overlaps, check_positions, check_span)
 
 #: default bounds of one batch. The edge bound depends on the path: the fused graph keeps no
 #: per-edge feature tensors (51 MB peak for 37,000 edges at F=128, L=3, float32) and gains from
@@ -52,6 +52,9 @@ DEFAULT_MAX_EDGES = 65536
 DEFAULT_MAX_EDGES_PLAIN = 8192
 #: how many input structures are read, checked and packed at a time by iter_evaluate
 DEFAULT_WINDOW = 1024
+#: structures without a periodic direction and with at most this many atoms share one neighbor
+#: search per window (``neighbors.cluster_neighbor_lists``); others are searched one by one
+SHARED_SEARCH_MAX_ATOMS = 128
 
 
 def atom_offsets(sizes: Sequence[int]) -> np.ndarray:
@@ -144,6 +147,37 @@ class BatchEvaluator:
         r = torch.from_numpy(pos)
         check_overlaps(ei, r[ei[1]] - r[ei[0]] + nl.shifts, calc.min_distance)
         return _System(index, pos, numbers, cell, ei, nl.shifts.numpy(), bool(self.stress and pbc.all()), atoms)
+
+    def shares_search(self, atoms) -> bool:
+        """Whether ``atoms`` joins the window's shared neighbor search (``prepare_clusters``): an
+        ``ase.Atoms`` with no periodic direction and few enough atoms that none can have more than
+        ``max_neighbors`` neighbors."""
+        from ase import Atoms
+
+        return (isinstance(atoms, Atoms) and not atoms.pbc.any()
+                and len(atoms) <= min(SHARED_SEARCH_MAX_ATOMS, self.calc.max_neighbors + 1))
+
+    def prepare_clusters(self, items: Sequence[tuple]) -> List[_System]:
+        """``prepare`` of many (index, ase.Atoms) pairs that ``shares_search`` admits, with one
+        neighbor search and each check run once over all of them. Raises InputError if any fails a
+        check (the caller then prepares each alone, to name it)."""
+        calc = self.calc
+        positions = [np.asarray(a.positions, dtype=np.float64).reshape(-1, 3) for _, a in items]
+        numbers = [np.asarray(a.numbers, dtype=np.int64).reshape(-1) for _, a in items]
+        cells = [np.asarray(a.cell.array, dtype=np.float64) for _, a in items]
+        every = np.concatenate(positions)
+        check_numbers(np.concatenate(numbers), calc.elements, calc.max_z)
+        check_positions(every)
+        check_span(every, calc.cutoff, np.zeros((3, 3)), np.zeros(3, dtype=bool))
+        if not np.isfinite(np.stack(cells)).all():
+            raise InputError("cell contains NaN or inf")
+        lists = cluster_neighbor_lists(positions, calc.cutoff)
+        offsets = atom_offsets([len(p) for p in positions])
+        edges = torch.cat([nl.edge_index + int(o) for nl, o in zip(lists, offsets)], dim=1)
+        r = torch.from_numpy(every)
+        check_overlaps(edges, r[edges[1]] - r[edges[0]], calc.min_distance)
+        return [_System(index, p, z, cell, nl.edge_index, np.zeros((nl.n_edges, 3)), False, atoms)
+                for (index, atoms), p, z, cell, nl in zip(items, positions, numbers, cells, lists)]
 
     def run_packed(self, systems: Sequence[_System]):
         """Evaluate ``systems`` as one batch, in the order given: ``Properties`` with energy
@@ -246,13 +280,26 @@ def pack(systems: Sequence[_System], max_atoms: int, max_edges: int) -> List[Lis
 
 def _prepare(evaluator: BatchEvaluator, chunk) -> tuple:
     """(checked systems, {index: Failed}) of ``chunk``'s (index, item) pairs: every check runs before
-    the model does."""
-    ready, failed = [], {}
+    the model does. Small molecules and clusters share one neighbor search; if one of them fails a
+    check, each is prepared alone, so that the message names it and the others still run."""
+    ready, failed, shared = [], {}, []
     for index, atoms in chunk:
+        if evaluator.shares_search(atoms):
+            shared.append((index, atoms))
+            continue
         try:
             ready.append(evaluator.prepare(index, atoms))
         except InputError as exc:
             failed[index] = Failed(index, str(exc))
+    if shared:
+        try:
+            ready += evaluator.prepare_clusters(shared)
+        except InputError:
+            for index, atoms in shared:
+                try:
+                    ready.append(evaluator.prepare(index, atoms))
+                except InputError as exc:
+                    failed[index] = Failed(index, str(exc))
     return ready, failed
 
 

@@ -4,6 +4,8 @@ the batch boundaries; bad structures are named; memory bounds are respected."""
 import numpy as np
 import pytest
 import torch
+
+import painnfx.model.batch as batch_module
 from ase import Atoms
 from ase.build import bulk, molecule
 from hypothesis import given, settings
@@ -224,3 +226,22 @@ def test_evaluate_prepares_its_evaluator_once_and_reuses_it(tmp_path):
 
     os.utime(path, ns=(1, 1))
     assert batch.evaluator_for(str(path), optimize=False) is not before
+
+
+def test_small_molecules_share_one_neighbor_search(monkeypatch):
+    """The non-periodic structures of a window are searched together (one vesin search), the
+    periodic ones alone; the results are the calculator's one by one."""
+    searches = []
+    shared = batch_module.cluster_neighbor_lists
+
+    def spy(positions, cutoff, **kw):
+        searches.append(len(positions))
+        return shared(positions, cutoff, **kw)
+
+    monkeypatch.setattr(batch_module, "cluster_neighbor_lists", spy)
+    model = random_model(2, **CONFIG)
+    frames = [molecule("H2O"), molecule("CH4"), bulk("C", "diamond", a=3.57), Atoms("H", positions=[[0, 0, 0]]),
+              molecule("C6H6"), Atoms()]
+    results = list(iter_evaluate(frames, model, optimize=False, window=4))
+    assert searches == [3, 2]  # windows [H2O, CH4, diamond, H] and [benzene, empty]
+    _compare(results, _one_by_one(model, frames, torch.float64), torch.float64)

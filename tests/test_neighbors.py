@@ -8,7 +8,7 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 from hypothesis import given
 from hypothesis import strategies as st
 
-from painnfx.model.neighbors import neighbor_list
+from painnfx.model.neighbors import cluster_neighbor_lists, neighbor_list
 from painnfx.model.validation import InputError
 from strategies import molecules, periodic_cells
 
@@ -96,3 +96,26 @@ def test_bad_inputs_raise(pos, cell, pbc, match):
 
 def test_input_error_is_value_error():
     assert issubclass(InputError, ValueError)
+
+
+@given(st.lists(molecules(max_atoms=13), min_size=1, max_size=40), st.floats(0.5, 5.0),
+       st.lists(st.floats(-300.0, 300.0), min_size=3, max_size=3))
+def test_one_search_for_many_clusters_equals_each_alone(clusters, cutoff, offset):
+    """The shared search of many non-periodic structures (each moved to its own place on a grid)
+    gives each one the edges, order and zero shifts of its own search, wherever the structures
+    sit; empty structures and pairs exactly at the cutoff included."""
+    positions = [a.positions + np.array(offset) for a in clusters]
+    positions += [np.zeros((0, 3)), np.array([[0.0, 0, 0], [cutoff, 0, 0], [0, cutoff - 1e-9, 0]])]
+    for alone, shared in zip([neighbor_list(p, cutoff) for p in positions],
+                             cluster_neighbor_lists(positions, cutoff), strict=True):
+        assert torch.equal(shared.edge_index, alone.edge_index)
+        assert torch.equal(shared.cell_shifts, alone.cell_shifts) and torch.equal(shared.shifts, alone.shifts)
+    assert cluster_neighbor_lists(positions[-1:], cutoff)[0].edge_index.tolist() == [[0, 2], [2, 0]]
+
+
+def test_a_shared_search_beyond_the_span_is_refused():
+    """Structures that side by side would span more than the neighbor search handles are refused
+    (the batch then searches each alone)."""
+    far = [np.array([[0.0, 0, 0], [2e4, 0, 0]])] * 8  # each within the span alone, not on a 2 x 2 x 2 grid
+    with pytest.raises(InputError, match="search each alone"):
+        cluster_neighbor_lists(far, 1.0)
