@@ -102,7 +102,8 @@ def use_native_ops(gm: fx.GraphModule) -> int:
     return count
 
 
-def _fused_nodes(gm: fx.GraphModule) -> list:
+def fused_nodes(gm: fx.GraphModule) -> list:
+    """The graph's nodes of the declared fused ops and their backwards (``painnfx.<op>.default``)."""
     declared = {f"painnfx.{name}.default" for name in dispatch.operator_names()}
     return [n for n in gm.graph.nodes if n.op == "call_function" and str(n.target) in declared]
 
@@ -115,7 +116,7 @@ def _on_cpu_graph(gm: fx.GraphModule) -> bool:
 def wrapper_options(gm: fx.GraphModule, backend: Optional[str] = None) -> dict:
     """Inductor options for compiling ``gm``: the C++ wrapper for a CPU graph whose fused ops (if
     any) run their C++ kernels under ``backend``."""
-    if enabled() and _on_cpu_graph(gm) and (not _fused_nodes(gm) or _fused_ops_run_on_cpp(backend)):
+    if enabled() and _on_cpu_graph(gm) and (not fused_nodes(gm) or _fused_ops_run_on_cpp(backend)):
         return {"cpp_wrapper": True}
     return {}
 
@@ -125,7 +126,7 @@ def native_counts(gm: fx.GraphModule, backend: Optional[str] = None) -> dict:
     its products, and its fused ops where the "cpp" backend runs them."""
     nodes = [n for n in gm.graph.nodes if n.op == "call_function" and str(n.target) == DENSE]
     if _on_cpu_graph(gm) and enabled() and _fused_ops_run_on_cpp(backend):
-        nodes += _fused_nodes(gm)
+        nodes += fused_nodes(gm)
     found: dict = {}
     for n in nodes:
         found[str(n.target)] = found.get(str(n.target), 0) + 1

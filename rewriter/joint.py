@@ -31,17 +31,12 @@ import torch
 import torch.fx as fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from painnfx.ops import InputError, dispatch
+from painnfx.ops import InputError
 from painnfx.ops.fused_op import inline_reference
 
 from .fusions import JOINT_INLINED
-from .cpp_ops import native_counts, natively_run, use_native_ops, wrapper_options
+from .cpp_ops import fused_nodes, native_counts, natively_run, use_native_ops, wrapper_options
 from .direct_call import GuardedGraph
-
-
-def fused_node_names() -> set:
-    """The targets of the fused ops' nodes in a traced graph: every declared op and its backward."""
-    return {f"painnfx.{name}.default" for name in dispatch.operator_names()}
 
 
 def trace(fn: Callable, *tensors, backend: Optional[str] = None) -> fx.GraphModule:
@@ -79,10 +74,8 @@ def node_counts(gm: fx.GraphModule, backend: Optional[str] = None) -> dict:
     """{"nodes": all, "fused": {op: count}, "native": {op: count}} of a joint graph traced for
     ``backend`` ("native": the nodes that run the C++ library's kernels)."""
     fused: dict = {}
-    names = fused_node_names()
-    for n in gm.graph.nodes:
-        if n.op == "call_function" and str(n.target) in names:
-            fused[str(n.target)] = fused.get(str(n.target), 0) + 1
+    for n in fused_nodes(gm):
+        fused[str(n.target)] = fused.get(str(n.target), 0) + 1
     return {"nodes": len(gm.graph.nodes), "fused": fused, "native": native_counts(gm, backend)}
 
 
