@@ -176,7 +176,7 @@ class BatchEvaluator:
         edges = torch.cat([nl.edge_index + int(o) for nl, o in zip(lists, offsets)], dim=1)
         r = torch.from_numpy(every)
         check_overlaps(edges, r[edges[1]] - r[edges[0]], calc.min_distance)
-        return [_System(index, p, z, cell, nl.edge_index, np.zeros((nl.n_edges, 3)), False, atoms)
+        return [_System(index, p, z, cell, nl.edge_index, nl.shifts.numpy(), False, atoms)
                 for (index, atoms), p, z, cell, nl in zip(items, positions, numbers, cells, lists)]
 
     def run_packed(self, systems: Sequence[_System]):
@@ -282,24 +282,24 @@ def _prepare(evaluator: BatchEvaluator, chunk) -> tuple:
     """(checked systems, {index: Failed}) of ``chunk``'s (index, item) pairs: every check runs before
     the model does. Small molecules and clusters share one neighbor search; if one of them fails a
     check, each is prepared alone, so that the message names it and the others still run."""
-    ready, failed, shared = [], {}, []
-    for index, atoms in chunk:
-        if evaluator.shares_search(atoms):
-            shared.append((index, atoms))
-            continue
-        try:
-            ready.append(evaluator.prepare(index, atoms))
-        except InputError as exc:
-            failed[index] = Failed(index, str(exc))
+    ready, failed = [], {}
+
+    def each_alone(items) -> None:
+        for index, atoms in items:
+            try:
+                ready.append(evaluator.prepare(index, atoms))
+            except InputError as exc:
+                failed[index] = Failed(index, str(exc))
+
+    chunk = list(chunk)
+    joins = [evaluator.shares_search(atoms) for _, atoms in chunk]
+    each_alone(item for item, joined in zip(chunk, joins) if not joined)
+    shared = [item for item, joined in zip(chunk, joins) if joined]
     if shared:
         try:
             ready += evaluator.prepare_clusters(shared)
         except InputError:
-            for index, atoms in shared:
-                try:
-                    ready.append(evaluator.prepare(index, atoms))
-                except InputError as exc:
-                    failed[index] = Failed(index, str(exc))
+            each_alone(shared)
     return ready, failed
 
 

@@ -73,16 +73,10 @@ def neighbor_list(
     else:
         nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
         i, j, s = nl.compute(points=pos, box=cell, periodic=pbc.tolist(), quantities="ijS")
-        i, j, s = i.astype(np.int64), j.astype(np.int64), s.astype(np.int64)
-        # vesin includes d <= cutoff; keep the strict rule d < cutoff.
-        r = pos[j] - pos[i] + s @ cell
-        keep = np.einsum("ij,ij->i", r, r) < cutoff * cutoff
-        i, j, s = i[keep], j[keep], s[keep]
+        i, j, s = _within(pos, i.astype(np.int64), j.astype(np.int64), s.astype(np.int64), cell, cutoff)
         most = int(np.bincount(i).max()) if len(i) else 0
         if most > max_neighbors:
             raise InputError(_too_many(str(most), len(pos), cutoff, max_neighbors))
-        order = np.lexsort((j, i))
-        i, j, s = i[order], j[order], s[order]
 
     edge_index = torch.from_numpy(np.stack([i, j])).to(device)
     cell_shifts = torch.from_numpy(s).to(device)
@@ -132,16 +126,22 @@ def cluster_neighbor_lists(positions: list, cutoff: float, *, dtype: torch.dtype
     i, j = i.astype(np.int64), j.astype(np.int64)
     if (owner[i] != owner[j]).any():
         raise RuntimeError("cluster_neighbor_lists: a pair crosses two structures (the grid spacing is wrong)")
-    r = pos[j] - pos[i]
-    keep = np.einsum("ij,ij->i", r, r) < cutoff * cutoff
-    i, j = i[keep], j[keep]
-    order = np.lexsort((j, i))
-    i, j = i[order], j[order]
+    i, j, _ = _within(pos, i, j, np.zeros((len(i), 3), dtype=np.int64), np.zeros((3, 3)), cutoff)
     bounds = np.searchsorted(i, offsets)
     for n, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         local = torch.from_numpy(np.stack([i[a:b], j[a:b]]) - offsets[n])
         lists[n] = NeighborList(local, torch.zeros((b - a, 3), dtype=torch.long), torch.zeros((b - a, 3), dtype=dtype))
     return lists
+
+
+def _within(pos: np.ndarray, i: np.ndarray, j: np.ndarray, s: np.ndarray, cell: np.ndarray, cutoff: float) -> tuple:
+    """The pairs (i, j, integer shift s) a search found, kept by the strict rule d < cutoff (vesin
+    includes d <= its radius), computed on ``pos`` as given, sorted by (i, j)."""
+    r = pos[j] - pos[i] + s @ cell
+    keep = np.einsum("ij,ij->i", r, r) < cutoff * cutoff
+    i, j, s = i[keep], j[keep], s[keep]
+    order = np.lexsort((j, i))
+    return i[order], j[order], s[order]
 
 
 def _too_many(count: str, n_atoms: int, cutoff: float, limit: int) -> str:
