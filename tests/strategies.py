@@ -89,9 +89,9 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 @st.composite
 def message_inputs(draw, dtype=None, max_atoms: int = 7, max_edges: int = 40):
-    """Random arguments of painn_message: unsorted and repeated edges, isolated atoms, edges
-    at exactly the cutoff, tiny edges, E = 0, one atom, mu = None (first layer), every basis
-    and cutoff of the spec registry."""
+    """Random arguments of painn_message: unsorted and repeated edges, none, half or all of them
+    with their reverse (j <- i, -r), isolated atoms, edges at exactly the cutoff, tiny edges,
+    E = 0, one atom, mu = None (first layer), every basis and cutoff of the spec registry."""
     import torch
 
     dtype = dtype or torch.float64
@@ -116,6 +116,13 @@ def message_inputs(draw, dtype=None, max_atoms: int = 7, max_edges: int = 40):
     hi = n - 1 if (n > 1 and draw(st.booleans())) else n
     idx_i = torch.randint(0, hi, (e,), generator=gen)
     idx_j = torch.randint(0, hi, (e,), generator=gen)
+    # the reverse (j <- i, -r) of some edges, as a full neighbor list has (and of its self-images)
+    reversed_share = draw(st.sampled_from([0.0, 0.5, 1.0]))
+    if e and reversed_share:
+        pick = torch.rand(e, generator=gen) < reversed_share
+        order = torch.randperm(e + int(pick.sum()), generator=gen)
+        r, idx_i, idx_j = (torch.cat([r, -r[pick]])[order], torch.cat([idx_i, idx_j[pick]])[order],
+                           torch.cat([idx_j, idx_i[pick]])[order])
     x = torch.randn(n, 3 * f, generator=gen, dtype=torch.float64)
     mu = None if draw(st.booleans()) else torch.randn(n, 3, f, generator=gen, dtype=torch.float64)
     weight = torch.randn(3 * f, k, generator=gen, dtype=torch.float64) / k**0.5

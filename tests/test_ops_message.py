@@ -232,10 +232,13 @@ def test_prepared_edges_are_sorted_csr_and_csc():
     n, e = 6, 40
     idx_i, idx_j = torch.randint(0, n - 1, (e,), generator=gen), torch.randint(0, n, (e,), generator=gen)
     r = torch.randn(e, 3, generator=gen, dtype=torch.float64)
-    dst_ptr, dst_perm, src_ptr, src_perm = prepare_edges(r, idx_i, idx_j, n)
-    for ptr, perm, idx in ((dst_ptr, dst_perm, idx_i), (src_ptr, src_perm, idx_j)):
+    dst_ptr, dst_perm, src_ptr, src_perm, reverse = prepare_edges(r, idx_i, idx_j, n)
+    assert reverse.tolist() == [-1] * e  # random vectors: no edge has a reverse
+    for ptr, perm, idx, other in ((dst_ptr, dst_perm, idx_i, idx_j), (src_ptr, src_perm, idx_j, idx_i)):
         assert sorted(perm.tolist()) == list(range(e))
-        assert idx[perm].tolist() == sorted(idx.tolist())
+        # by atom, then the other atom, then edge index
+        assert list(zip(idx[perm].tolist(), other[perm].tolist(), perm.tolist())) == sorted(
+            zip(idx.tolist(), other.tolist(), range(e)))
         for a in range(n):
             assert (idx[perm[ptr[a]:ptr[a + 1]]] == a).all() and int(ptr[a + 1] - ptr[a]) == int((idx == a).sum())
     # the per-layer ops read no values: a device->host sync happens only in prepare_edges

@@ -40,13 +40,13 @@ using Floats = at::ArrayRef<double>;
 // the kernels' entry points (painn_message.cpp, painn_update.cpp: units of this library)
 #define PAINNFX_DECLARE(T, S)                                                                                       \
     extern "C" void painn_message_forward_##S(const T*, const std::int64_t*, const std::int64_t*,                   \
-                                              const std::int64_t*, const T*, const T*, const T*, const T*,          \
-                                              const T*, const T*, int, int, T, T, std::int64_t, int, int, T*, T*,   \
-                                              int);                                                                 \
+                                              const std::int64_t*, const std::int64_t*, const T*, const T*,         \
+                                              const T*, const T*, const T*, const T*, int, int, T, T,               \
+                                              std::int64_t, int, int, T*, T*, int);                                 \
     extern "C" void painn_message_backward_##S(const T*, const T*, const T*, const std::int64_t*,                  \
-                                               const std::int64_t*, const std::int64_t*, const T*, const T*,        \
-                                               const T*, const T*, const T*, const T*, int, int, T, T,              \
-                                               std::int64_t, int, int, T*, T*, T*, T*, int, int);                   \
+                                               const std::int64_t*, const std::int64_t*, const std::int64_t*,       \
+                                               const T*, const T*, const T*, const T*, const T*, const T*, int,     \
+                                               int, T, T, std::int64_t, int, int, T*, T*, T*, T*, int, int);        \
     extern "C" void radial_filter_forward_##S(const T*, const T*, const T*, const T*, const T*, int, int, T, T,    \
                                               std::int64_t, int, int, T*, int);                                     \
     extern "C" void radial_filter_backward_##S(const T*, const T*, const T*, const T*, const T*, const T*, int,    \
@@ -267,12 +267,13 @@ void check_message(const char* op, const Tensor& r, const Tensor& idx_i, const T
     check_same(op, "r", r, {{"x", &x}, {"weight", &weight}, {"bias", &bias}});
     if (mu) check_same(op, "r", r, {{"mu", &*mu}});
     check_same(op, "r", r, {{"idx_i", &idx_i}, {"idx_j", &idx_j}, {"basis_params", &basis_params}}, false);
-    if (edges.size() != 4) fail(op, "edges must be the 4 tensors prepare_edges returns, got ", edges.size());
+    if (edges.size() != 5) fail(op, "edges must be the 5 tensors prepare_edges returns, got ", edges.size());
     const char* hint = "; pass the result of prepare_edges for this edge list";
     check_index(op, "edges.dst_ptr", edges[0], n + 1, hint);
     check_index(op, "edges.dst_perm", edges[1], e, hint);
     check_index(op, "edges.src_ptr", edges[2], n + 1, hint);
     check_index(op, "edges.src_perm", edges[3], e, hint);
+    check_index(op, "edges.reverse", edges[4], e, hint);
     for (const Tensor& t : edges)
         if (!t.device().is_cpu()) fail(op, "edges are not on the CPU but r is");
 }
@@ -374,22 +375,57 @@ std::int64_t dense_form(const Tensor& a, const Tensor& b, const std::optional<Te
 
 // ---- prepare_edges -------------------------------------------------------------------------------
 
-// Stable counting sort of edges by atom: (row pointers (N+1), permutation (E)).
-std::tuple<Tensor, Tensor> order(const Tensor& idx, std::int64_t n) {
+// Stable counting sort of the edges in `perm` by idx: (row pointers (N+1), permutation (E)). Over a
+// permutation already sorted by another key, the result is sorted by idx, then by that key.
+std::tuple<Tensor, Tensor> order(const Tensor& idx, const std::int64_t* perm, std::int64_t n) {
     const std::int64_t e = idx.size(0);
-    Tensor row = idx.new_zeros({n + 1}), perm = empty_like(idx, {e});
+    Tensor row = idx.new_zeros({n + 1}), out = empty_like(idx, {e});
     std::int64_t* p = out_ptr<std::int64_t>(row);
-    std::int64_t* q = out_ptr<std::int64_t>(perm);
+    std::int64_t* q = out_ptr<std::int64_t>(out);
     const std::int64_t* a = index_ptr(idx);
     for (std::int64_t k = 0; k < e; ++k) ++p[a[k] + 1];
     for (std::int64_t i = 0; i < n; ++i) p[i + 1] += p[i];
     std::vector<std::int64_t> next(p, p + n);
-    for (std::int64_t k = 0; k < e; ++k) q[next[a[k]]++] = k;
-    return {row, perm};
+    for (std::int64_t k = 0; k < e; ++k) {
+        const std::int64_t edge = perm ? perm[k] : k;
+        q[next[a[edge]]++] = edge;
+    }
+    return {row, out};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> prepare_edges(const Tensor& r_in, const Tensor& idx_i_in, const Tensor& idx_j_in,
-                                                         std::int64_t n_atoms) {
+// reverse[e] of prepare_edges (ops/edges.py states the rule): the edge (j <- i) with r = -r_e, found in
+// j's run of the CSR, which is ordered by source atom, then edge index. The k-th edge (i <- j) with
+// vector r pairs with the k-th edge (j <- i) with vector -r.
+template <typename T>
+void reverse_edges(const T* r, const std::int64_t* idx_j, const std::int64_t* dst_ptr, const std::int64_t* dst_perm,
+                   std::int64_t n, std::int64_t* rev) {
+    auto equal = [r](std::int64_t a, std::int64_t b, T sign) {
+        return r[3 * a] == sign * r[3 * b] && r[3 * a + 1] == sign * r[3 * b + 1] && r[3 * a + 2] == sign * r[3 * b + 2];
+    };
+    for (std::int64_t i = 0; i < n; ++i) {
+        std::int64_t run = dst_ptr[i];  // first edge of the current source's run
+        for (std::int64_t p = dst_ptr[i]; p < dst_ptr[i + 1]; ++p) {
+            const std::int64_t e = dst_perm[p], j = idx_j[e];
+            if (idx_j[dst_perm[run]] != j) run = p;
+            std::int64_t k = 0;  // earlier edges of this run with the same vector
+            for (std::int64_t q = run; q < p; ++q) k += equal(dst_perm[q], e, T(1));
+            rev[e] = -1;
+            const std::int64_t* begin = dst_perm + dst_ptr[j];
+            const std::int64_t* end = dst_perm + dst_ptr[j + 1];
+            const std::int64_t* q = std::lower_bound(begin, end, i, [idx_j](std::int64_t edge, std::int64_t atom) {
+                return idx_j[edge] < atom;
+            });
+            for (; q < end && idx_j[*q] == i; ++q)
+                if (equal(*q, e, T(-1)) && k-- == 0) {
+                    rev[e] = *q;
+                    break;
+                }
+        }
+    }
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> prepare_edges(const Tensor& r_in, const Tensor& idx_i_in,
+                                                                 const Tensor& idx_j_in, std::int64_t n_atoms) {
     count(PREPARE_EDGES);
     const char* op = "prepare_edges";
     if (r_in.dim() != 2 || r_in.size(1) != 3) fail(op, "r must have shape (E, 3), got ", shape(r_in));
@@ -420,9 +456,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> prepare_edges(const Tensor& r_in, con
         values(0.0f);
     else
         values(0.0);
-    auto [dst_ptr, dst_perm] = order(idx_i, n_atoms);
-    auto [src_ptr, src_perm] = order(idx_j, n_atoms);
-    return std::make_tuple(dst_ptr, dst_perm, src_ptr, src_perm);
+    // by destination then source, and by source then destination (counting sorts over each other)
+    const Tensor by_src = std::get<1>(order(idx_j, nullptr, n_atoms));
+    const Tensor by_dst = std::get<1>(order(idx_i, nullptr, n_atoms));
+    auto [dst_ptr, dst_perm] = order(idx_i, index_ptr(by_src), n_atoms);
+    auto [src_ptr, src_perm] = order(idx_j, index_ptr(by_dst), n_atoms);
+    Tensor rev = empty_like(idx_i, {e});
+    if (r.scalar_type() == at::kFloat)
+        reverse_edges(ptr<float>(r), jj, index_ptr(dst_ptr), index_ptr(dst_perm), n_atoms, out_ptr<std::int64_t>(rev));
+    else
+        reverse_edges(ptr<double>(r), jj, index_ptr(dst_ptr), index_ptr(dst_perm), n_atoms, out_ptr<std::int64_t>(rev));
+    return std::make_tuple(dst_ptr, dst_perm, src_ptr, src_perm, rev);
 }
 
 // ---- painn_message -------------------------------------------------------------------------------
@@ -459,14 +503,14 @@ std::tuple<Tensor, Tensor> painn_message(const Tensor& r_in, const Tensor& idx_i
     // the kernel writes every atom's row: no zero fill
     Tensor dq = empty_like(x_in, {n, f}), dmu = empty_like(x_in, {n, 3, f});
     const Tensor r = r_in.contiguous(), j = idx_j_in.contiguous(), x = x_in.contiguous();
-    const Tensor dp = edges[0].contiguous(), d_perm = edges[1].contiguous();
+    const Tensor dp = edges[0].contiguous(), d_perm = edges[1].contiguous(), rev = edges[4].contiguous();
     const Tensor wt = transposed(weight), b = bias_in.contiguous(), p = kernel_params(basis_params, x);
     std::optional<Tensor> mu;
     if (mu_in) mu = mu_in->contiguous();
     const int threads = at::get_num_threads();
     auto run = [&](auto zero, auto kernel) {
         using T = decltype(zero);
-        kernel(ptr<T>(r), index_ptr(dp), index_ptr(d_perm), index_ptr(j), ptr<T>(x), ptr<T>(mu), ptr<T>(wt),
+        kernel(ptr<T>(r), index_ptr(dp), index_ptr(d_perm), index_ptr(j), index_ptr(rev), ptr<T>(x), ptr<T>(mu), ptr<T>(wt),
                ptr<T>(b), ptr<T>(p), p.size(0) > 1 ? ptr<T>(p) + k : nullptr, rad.basis, rad.cutoff, T(rad.c0),
                T(rad.c1), n, int(f), int(k), out_ptr<T>(dq), out_ptr<T>(dmu), threads);
     };
@@ -502,7 +546,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> painn_message_backward(
     const std::int64_t parts = std::min(PARTS, n);
     Tensor partial = weight_grad ? empty_like(x_in, {parts, 3 * f, k + 1}) : Tensor();
     const Tensor gq = gq_in.contiguous(), gm = gmu_in.contiguous(), r = r_in.contiguous(), i = idx_i_in.contiguous();
-    const Tensor sp = edges[2].contiguous(), s_perm = edges[3].contiguous();
+    const Tensor sp = edges[2].contiguous(), s_perm = edges[3].contiguous(), rev = edges[4].contiguous();
     const Tensor x = x_in.contiguous(), wt = transposed(weight), b = bias_in.contiguous();
     const Tensor p = kernel_params(basis_params, x);
     std::optional<Tensor> mu;
@@ -510,7 +554,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> painn_message_backward(
     const int threads = at::get_num_threads();
     auto run = [&](auto zero, auto kernel) {
         using T = decltype(zero);
-        kernel(ptr<T>(gq), ptr<T>(gm), ptr<T>(r), index_ptr(sp), index_ptr(s_perm), index_ptr(i), ptr<T>(x),
+        kernel(ptr<T>(gq), ptr<T>(gm), ptr<T>(r), index_ptr(sp), index_ptr(s_perm), index_ptr(i), index_ptr(rev), ptr<T>(x),
                ptr<T>(mu), ptr<T>(wt), ptr<T>(b), ptr<T>(p), p.size(0) > 1 ? ptr<T>(p) + k : nullptr, rad.basis,
                rad.cutoff, T(rad.c0), T(rad.c1), n, int(f), int(k), out_ptr<T>(gr), out_ptr<T>(gx),
                mu ? out_ptr<T>(gmu) : nullptr, weight_grad ? out_ptr<T>(partial) : nullptr, int(parts), threads);
