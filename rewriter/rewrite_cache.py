@@ -5,7 +5,7 @@ model's weights and structure, the options, torch and painnfx's own code. After 
 rewrite, its graph (as a plain ``torch.fx.GraphModule``: code and constants), the graph's inputs
 and its report are written to ``<cache>/rewrites/`` under a key of all of those
 (``weights_digest``, ``structure_digest``, the options, torch's version and a digest of the
-rewriter's and the ops' source files); a later process with the same key loads it (~30 ms) and,
+rewriter's and the ops' source files, the kernels' C++ and CUDA sources included); a later process with the same key loads it (~30 ms) and,
 like the in-process reuse, checks it on a probe system against its own model before using it.
 
 The entries are pickles, read only from painnfx's own cache folder, which is as trusted as the
@@ -42,10 +42,16 @@ class LeafTracer(fx.Tracer):
         super().__init__(autowrap_functions=LEAVES)
 
 
+#: the ops' sources that decide a rewrite: Python, and the kernels' C++ and CUDA (the verification
+#: runs the kernels: a rewrite verified against other kernels is another rewrite)
+OPS_SOURCES = ("*.py", "*.cpp", "*.h", "*.cu", "*.cuh")
+
+
 @functools.lru_cache(maxsize=1)
 def source_digest() -> str:
-    """SHA-256 of painnfx's rewriter and ops Python sources: another painnfx, another key."""
-    files = sorted([*HERE.rglob("*.py"), *(HERE.parent / "ops").rglob("*.py")])
+    """SHA-256 of painnfx's rewriter sources and the ops' sources and kernels: another painnfx, another key."""
+    ops = HERE.parent / "ops"
+    files = sorted({*HERE.rglob("*.py"), *(p for pattern in OPS_SOURCES for p in ops.rglob(pattern))})
     return digest([f"{p.relative_to(HERE.parent)}\n{p.read_text()}" for p in files])
 
 

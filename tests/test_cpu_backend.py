@@ -208,18 +208,31 @@ def test_registered_for_cpu_tensors_and_built_here():
 
 
 def test_results_do_not_depend_on_the_thread_count():
+    """A molecule (fewer edges than one thread's range) gives bitwise the same results on 1 and 2
+    threads; a 108-atom cell (4536 edges: one range per thread, so the pairs computed once differ)
+    the same to 1e-12, and bitwise the same again at the same thread count."""
+    from ase.build import bulk
+
     model = random_model(1).double()
     fast = optimize(model)
-    atoms = molecule("C6H6")
+    cell = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
+    cell.rattle(0.05, seed=3)
     threads = torch.get_num_threads()
+    out = {}
     try:
-        torch.set_num_threads(1)
-        one = evaluate(fast, atoms)
-        torch.set_num_threads(2)
-        two = evaluate(fast, atoms)
+        for n in (1, 2, 3, 2):
+            torch.set_num_threads(n)
+            out.setdefault(n, []).append((evaluate(fast, molecule("C6H6")), evaluate(fast, cell)))
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one.forces, two.forces) and torch.equal(one.energy, two.energy)
+    (mol1, cell1), = out[1]
+    (mol2, cell2), (mol2b, cell2b) = out[2]
+    assert torch.equal(mol1.forces, mol2.forces) and torch.equal(mol1.energy, mol2.energy)
+    assert torch.equal(cell2.forces, cell2b.forces) and torch.equal(cell2.energy, cell2b.energy)
+    for other in (cell2, out[3][0][1]):
+        scale = float(cell1.forces.abs().max())
+        assert float((other.forces - cell1.forces).abs().max()) <= 1e-12 * scale
+        assert float((other.energy - cell1.energy).abs().max()) <= 1e-12 * float(cell1.energy.abs().max())
 
 
 def test_calculator_auto_runs_the_fused_kernels_without_measuring():

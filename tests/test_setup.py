@@ -6,11 +6,13 @@ reused, and importing painnfx leaves torch's compiler stack alone."""
 
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -397,3 +399,31 @@ def test_a_rewrite_on_disk_serves_a_second_process_and_not_other_weights_or_torc
     optimize_mod._REWRITES.clear()  # as a new process has it
     optimize(random_model(21, n_atom_basis=16, n_interactions=2, n_rbf=6).double())
     assert optimize_mod.reuse_count["rewritten"] == before["rewritten"] + 2
+
+
+def test_a_rewrite_on_disk_is_keyed_by_the_kernels_sources(tmp_path, monkeypatch):
+    """The verification runs the kernels: a rewrite verified against other kernels (a changed C++ or
+    CUDA source, Python unchanged) is another key, so a fallback recorded with broken kernels never
+    outlives them."""
+    from painnfx.rewriter import rewrite_cache
+
+    ops = tmp_path / "ops"
+    shutil.copytree(Path(rewrite_cache.__file__).parents[1] / "ops", ops, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "rewriter").mkdir()
+    monkeypatch.setattr(rewrite_cache, "HERE", tmp_path / "rewriter")  # digests tmp_path's ops
+
+    def digest():
+        rewrite_cache.source_digest.cache_clear()
+        try:
+            return rewrite_cache.source_digest()
+        finally:
+            rewrite_cache.source_digest.cache_clear()
+
+    before = digest()
+    for name in ("cpu/painn_message.cpp", "cpu/cpu_common.h", "cuda/painn_message.cu", "cuda/edge_tile.cuh"):
+        source = ops / name
+        text = source.read_text()
+        source.write_text(text + "\n// changed\n")
+        assert digest() != before, name
+        source.write_text(text)
+    assert digest() == before

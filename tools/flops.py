@@ -13,6 +13,12 @@ functions, L layers, N atoms, E directed edges:
                                     recompute the rows instead of storing (E, 3F)
                        + 70 F       gathers, products, scatters (19F forward, ~51F backward)
 
+The paired algorithm (the C++ message kernels): the two directed edges of a pair (i <- j, r) and
+(j <- i, -r) have the same filter rows, computed once; 18 F K per pair instead of per edge
+(``pairs``: the number of such pairs, each two edges of E). It counts every pair of the plan as
+paired: where a pair's atoms fall into two threads' ranges the kernels compute its rows twice, so
+this is a lower bound of the work that ran.
+
 Elementwise work (silu, norms, the radial functions) is a few percent at F = 128 and is left out.
 """
 
@@ -24,10 +30,12 @@ from pathlib import Path
 from typing import Optional
 
 
-def energy_forces_flops(n_atoms: int, n_edges: int, features: int = 128, n_rbf: int = 20, layers: int = 3) -> dict:
+def energy_forces_flops(n_atoms: int, n_edges: int, features: int = 128, n_rbf: int = 20, layers: int = 3,
+                        pairs: int = 0) -> dict:
+    """FLOP of one energy + forces call; ``pairs`` > 0: by the paired algorithm (module docstring)."""
     f, k = features, n_rbf
     atoms = layers * 60 * f * f * n_atoms + 2 * f * f * n_atoms
-    edges = layers * (18 * f * k + 70 * f) * n_edges
+    edges = layers * (18 * f * k * (n_edges - pairs) + 70 * f * n_edges)
     return {"atoms": atoms, "edges": edges, "total": atoms + edges}
 
 

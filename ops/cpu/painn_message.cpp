@@ -89,7 +89,7 @@ inline T geometry(const T* r, std::int64_t e, T* u) {
 // A range writes only its own atoms' rows, so the two edges of a pair whose atoms both lie in one range
 // are that range's alone: the edge with the smaller index computes the pair's filter rows once and
 // adds both directions' terms. A pair across two ranges is computed once by each, per edge.
-constexpr std::int64_t RANGE_EDGES = 1024;
+constexpr std::int64_t RANGE_EDGES = 256;
 
 inline std::vector<std::int64_t> atom_ranges(const std::int64_t* ptr, std::int64_t N, int threads) {
     const std::int64_t E = ptr[N];
