@@ -465,3 +465,15 @@ def test_longrun_short_version(tmp_path, capsys):
         assert abs(s["drift_eV_per_atom"]) < 1e-3
     assert abs(fast["drift_eV_per_atom"] - plain["drift_eV_per_atom"]) < 1e-8  # 4 atoms: one trajectory for 300 steps
     assert "optimized:" in capsys.readouterr().out
+
+
+def test_precision_measures_the_bf16_filter_gate(tmp_path):
+    """``painnfx precision``: float32 and bf16 filter products against float64, with the gate; bf16's
+    error is that of 8-bit mantissas, far above float32's, and the JSON is written whole."""
+    out = tmp_path / "precision.json"
+    assert main(["precision", "--systems", "H2O", "--held-out", "1", "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["gate"] == {"max_meV_A": 1.0, "mean_meV_A": 0.2}
+    for res in report["sets"].values():
+        assert res["float32"]["max_meV_A"] < 0.1 and res["float32"]["passes_gate"]
+        assert res["bf16-filters"]["max_meV_A"] > 10 * res["float32"]["max_meV_A"]

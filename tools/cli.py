@@ -18,7 +18,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, distill, eval_cmd, inspect_cmd, lammps_cmd, longrun, md
+    from . import bench, distill, eval_cmd, inspect_cmd, lammps_cmd, longrun, md, precision
 
     parser = argparse.ArgumentParser(
         prog="painnfx",
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("inspect", inspect_cmd, "show what optimize() matches, fuses and rejects in a model"),
         ("longrun", longrun, "long NVE of the optimized and the plain calculator: drift, memory, compiles"),
         ("lammps", lammps_cmd, "run painnfx models in LAMMPS on MPI ranks (ML-IAP)"),
+        ("precision", precision, "force error of bf16 filter products against float64 (the accuracy gate)"),
     ):
         p = sub.add_parser(name, help=summary, description=module.__doc__, formatter_class=HelpFormatter)
         module.add_arguments(p)  # each sets its own ``func`` where it has one handler, else its subcommands do
