@@ -405,26 +405,26 @@ void reverse_edges(const T* r, const std::int64_t* idx_j, const std::int64_t* ds
     // atoms in parallel (each writes only the reverse of its own edges): the searches read r and
     // the CSR at random, ~3x slower than the sorts when the caches are cold, as in a model's call
     at::parallel_for(0, n, 256, [&](std::int64_t first, std::int64_t last) {
-    for (std::int64_t i = first; i < last; ++i) {
-        std::int64_t run = dst_ptr[i];  // first edge of the current source's run
-        for (std::int64_t p = dst_ptr[i]; p < dst_ptr[i + 1]; ++p) {
-            const std::int64_t e = dst_perm[p], j = idx_j[e];
-            if (idx_j[dst_perm[run]] != j) run = p;
-            std::int64_t k = 0;  // earlier edges of this run with the same vector
-            for (std::int64_t q = run; q < p; ++q) k += equal(dst_perm[q], e, T(1));
-            rev[e] = -1;
-            const std::int64_t* begin = dst_perm + dst_ptr[j];
-            const std::int64_t* end = dst_perm + dst_ptr[j + 1];
-            const std::int64_t* q = std::lower_bound(begin, end, i, [idx_j](std::int64_t edge, std::int64_t atom) {
-                return idx_j[edge] < atom;
-            });
-            for (; q < end && idx_j[*q] == i; ++q)
-                if (equal(*q, e, T(-1)) && k-- == 0) {
-                    rev[e] = *q;
-                    break;
-                }
+        for (std::int64_t i = first; i < last; ++i) {
+            std::int64_t run = dst_ptr[i];  // first edge of the current source's run
+            for (std::int64_t p = dst_ptr[i]; p < dst_ptr[i + 1]; ++p) {
+                const std::int64_t e = dst_perm[p], j = idx_j[e];
+                if (idx_j[dst_perm[run]] != j) run = p;
+                std::int64_t k = 0;  // earlier edges of this run with the same vector
+                for (std::int64_t q = run; q < p; ++q) k += equal(dst_perm[q], e, T(1));
+                rev[e] = -1;
+                const std::int64_t* begin = dst_perm + dst_ptr[j];
+                const std::int64_t* end = dst_perm + dst_ptr[j + 1];
+                const std::int64_t* q = std::lower_bound(begin, end, i, [idx_j](std::int64_t edge, std::int64_t atom) {
+                    return idx_j[edge] < atom;
+                });
+                for (; q < end && idx_j[*q] == i; ++q)
+                    if (equal(*q, e, T(-1)) && k-- == 0) {
+                        rev[e] = *q;
+                        break;
+                    }
+            }
         }
-    }
     });
 }
 
