@@ -61,8 +61,10 @@ struct EdgeTile {
     int n = 0;
     std::int64_t e[TILE];
     T d[TILE], fc[TILE], dfc[TILE], u[TILE][3];
+    bool paired[TILE];  // the edge leads a pair: its partner's terms are added with it
 
-    void add(std::int64_t edge, T dist, T cut, T dcut, const T* dir) {
+    void add(std::int64_t edge, T dist, T cut, T dcut, const T* dir, bool pair = false) {
+        paired[n] = pair;
         e[n] = edge;
         d[n] = dist;
         fc[n] = cut;
@@ -147,6 +149,25 @@ inline Pairing pairing(const std::int64_t* rev, std::int64_t e, std::int64_t oth
     return {paired, paired && partner < e};
 }
 
+// Fills `tile` from the edges perm[s .. end) of one atom (s moves past every edge looked at) until it
+// holds TILE: an edge whose partner leads its pair is skipped, and for the others
+// keep(edge, distance, direction, leads a pair) adds what the kernel needs to the tile, or nothing
+// (an edge with nothing to contribute).
+template <typename T, typename Keep>
+inline void gather_tile(EdgeTile<T>& tile, const T* r, const std::int64_t* perm, std::int64_t& s, std::int64_t end,
+                        const std::int64_t* rev, const std::int64_t* other, std::int64_t lo, std::int64_t hi,
+                        std::int64_t E, Keep&& keep) {
+    tile.n = 0;
+    for (; s < end && tile.n < TILE; ++s) {
+        const std::int64_t e = perm[s];
+        const Pairing pair = pairing(rev, e, other[e], lo, hi, E);
+        if (pair.skip) continue;
+        T u[3];
+        const T d = geometry(r, e, u);
+        keep(e, d, u, pair.paired);
+    }
+}
+
 template <typename T>
 void message_forward(const T* r, const std::int64_t* dst_ptr, const std::int64_t* dst_perm, const std::int64_t* idx_j,
                      const std::int64_t* rev, const T* x, const T* mu, const T* wt, const T* bias, const T* p0,
@@ -161,7 +182,6 @@ void message_forward(const T* r, const std::int64_t* dst_ptr, const std::int64_t
         const FlushDenormals flush;
         std::vector<T> w((std::size_t)TILE * F3), aq(F), am(F3), phi((std::size_t)TILE * K, T(0));
         EdgeTile<T> tile;
-        bool paired[TILE];
 #pragma omp for schedule(static, 1)
         for (int range = 0; range < R; ++range) {
             const std::int64_t lo = bounds[range], hi = bounds[range + 1];
@@ -176,19 +196,14 @@ void message_forward(const T* r, const std::int64_t* dst_ptr, const std::int64_t
                 const T* mui = mu ? mu + i * F3 : nullptr;
                 std::int64_t s = dst_ptr[i];
                 while (s < dst_ptr[i + 1]) {
-                    tile.n = 0;  // gather up to TILE edges that are inside the cutoff and not led by their partner
-                    for (; s < dst_ptr[i + 1] && tile.n < TILE; ++s) {
-                        const std::int64_t e = dst_perm[s];
-                        const Pairing pair = pairing(rev, e, idx_j[e], lo, hi, E);
-                        if (pair.skip) continue;
-                        T u[3];
-                        const T d = geometry(r, e, u);
-                        const T fc = cutoff_fn<T>(cutoff, d, c0, c1, (T*)nullptr);
-                        if (fc == T(0)) continue;
-                        basis_row(basis, d, p0, p1, K, phi.data() + tile.n * K, (T*)nullptr);
-                        paired[tile.n] = pair.paired;
-                        tile.add(e, d, fc, T(0), u);
-                    }
+                    // the edges inside the cutoff
+                    gather_tile(tile, r, dst_perm, s, dst_ptr[i + 1], rev, idx_j, lo, hi, E,
+                                [&](std::int64_t e, T d, const T* u, bool paired) {
+                                    const T fc = cutoff_fn<T>(cutoff, d, c0, c1, (T*)nullptr);
+                                    if (fc == T(0)) return;
+                                    basis_row(basis, d, p0, p1, K, phi.data() + tile.n * K, (T*)nullptr);
+                                    tile.add(e, d, fc, T(0), u, paired);
+                                });
                     if (tile.n == 0) break;
                     filter_tile(wt, bias, phi.data(), K, F3, tile.n, w.data());
                     for (int t = 0; t < tile.n; ++t) {
@@ -196,7 +211,7 @@ void message_forward(const T* r, const std::int64_t* dst_ptr, const std::int64_t
                         const T* u = tile.u[t];
                         const T* wv = w.data() + (std::int64_t)t * F3;
                         add_message(wv, tile.fc[t], u, x + j * F3, mu ? mu + j * F3 : nullptr, F, q, m);
-                        if (!paired[t]) continue;
+                        if (!tile.paired[t]) continue;
                         const T back[3] = {-u[0], -u[1], -u[2]};  // the partner (j <- i): same rows, -u
                         if (j == i)  // an atom's edges to two opposite images of itself
                             add_message(wv, tile.fc[t], back, xi, mui, F, q, m);
@@ -280,7 +295,6 @@ void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t*
         std::vector<T> a((std::size_t)TILE * F3), b((std::size_t)TILE * F3), gw(F3), ax(F3), am(F3);
         std::vector<T> phi((std::size_t)TILE * K, T(0)), dphi((std::size_t)TILE * K, T(0));
         EdgeTile<T> tile;
-        bool paired[TILE];
 #pragma omp for schedule(dynamic, 1)
         for (int range = 0; range < R; ++range) {
             const std::int64_t lo = bounds[range], hi = bounds[range + 1];
@@ -297,25 +311,20 @@ void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t*
                 const T* __restrict muj = MU ? mu + j * F3 : nullptr;
                 std::int64_t s = src_ptr[j];
                 while (s < src_ptr[j + 1]) {
-                    tile.n = 0;  // gather up to TILE edges with a non-zero cutoff or cutoff slope
-                    for (; s < src_ptr[j + 1] && tile.n < TILE; ++s) {
-                        const std::int64_t e = src_perm[s];
-                        const Pairing pair = pairing(rev, e, idx_i[e], lo, hi, E);
-                        if (pair.skip) continue;
-                        T u[3];
-                        const T d = geometry(r, e, u);
-                        T dfc;
-                        const T fc = cutoff_fn<T>(cutoff, d, c0, c1, &dfc);
-                        if (fc == T(0) && dfc == T(0)) {
-                            std::fill(gr + 3 * e, gr + 3 * e + 3, T(0));
-                            if (pair.paired) std::fill(gr + 3 * rev[e], gr + 3 * rev[e] + 3, T(0));
-                            continue;
-                        }
-                        const int row = tile.n * K;
-                        basis_row(basis, d, p0, p1, K, phi.data() + row, dphi.data() + row);
-                        paired[tile.n] = pair.paired;
-                        tile.add(e, d, fc, dfc, u);
-                    }
+                    // the edges with a non-zero cutoff or cutoff slope (the others' dL/dr is 0)
+                    gather_tile(tile, r, src_perm, s, src_ptr[j + 1], rev, idx_i, lo, hi, E,
+                                [&](std::int64_t e, T d, const T* u, bool paired) {
+                                    T dfc;
+                                    const T fc = cutoff_fn<T>(cutoff, d, c0, c1, &dfc);
+                                    if (fc == T(0) && dfc == T(0)) {
+                                        std::fill(gr + 3 * e, gr + 3 * e + 3, T(0));
+                                        if (paired) std::fill(gr + 3 * rev[e], gr + 3 * rev[e] + 3, T(0));
+                                        return;
+                                    }
+                                    const int row = tile.n * K;
+                                    basis_row(basis, d, p0, p1, K, phi.data() + row, dphi.data() + row);
+                                    tile.add(e, d, fc, dfc, u, paired);
+                                });
                     if (tile.n == 0) break;
                     filter_tile(wt, bias, phi.data(), K, F3, tile.n, a.data());  // a = bias + wt^T phi
                     filter_tile(wt, (const T*)nullptr, dphi.data(), K, F3, tile.n, b.data());  // b = wt^T phi'
@@ -340,7 +349,7 @@ void message_backward(const T* gq, const T* gmu, const T* r, const std::int64_t*
                         }
                         edge_backward<T, MU, false>(gq + i * F, gmu + i * F3, xj, muj, av, bv, d, fc, dfc, u, F,
                                                     nullptr, xa, ma, gr + 3 * e);
-                        if (!paired[t]) continue;
+                        if (!tile.paired[t]) continue;
                         // the partner (j <- i): the same rows, direction -u, source i, destination j
                         const T back[3] = {-u[0], -u[1], -u[2]};
                         const T* xi = x + i * F3;
