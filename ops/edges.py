@@ -102,7 +102,7 @@ def reverse_edges(r: Tensor, idx_i: Tensor, idx_j: Tensor) -> Tensor:
     a, b = torch.minimum(idx_i, idx_j), torch.maximum(idx_i, idx_j)
     keys = (a, b, canon[:, 0], canon[:, 1], canon[:, 2])
     order = torch.arange(e, device=r.device)
-    for key in (back, *reversed(keys)):  # least significant first; stable, so ties keep edge order
+    for key in (back.long(), *reversed(keys)):  # least significant first; stable, so ties keep edge order
         order = order[torch.sort(key[order], stable=True).indices]
     sorted_keys = [k[order] for k in keys]
     new_group = torch.zeros(e, dtype=torch.bool, device=r.device)

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from helpers import fused_target
+from helpers import CPU_KERNELS, fused_target
 from painnfx.ops import dispatch
 from painnfx.tools.bench import markdown_table, measure, speedups
 from painnfx.tools.cli import build_parser, main
@@ -106,7 +106,7 @@ def test_bench_measure_one_case(variant):
     assert rec["repeats"] == 2 and rec["median_s"] > 0 and rec["n_atoms"] == 3
     # the FLOP model (tools/flops.py): ~10 MFLOP; the C++ kernels' paired algorithm computes the
     # filter rows of H2O's 3 edge pairs once each (3 x 3 layers x 18FK = 0.41 MFLOP less)
-    paired = variant == "optimized" and dispatch.chosen("painn_message", "cpu") == "cpp"
+    paired = variant == "optimized" and dispatch.chosen("painn_message", "cpu") == CPU_KERNELS
     assert rec["flop_model"] == ("paired" if paired else "per-edge") and rec["pairs"] == 3
     assert rec["gflop"] == pytest.approx(0.00953 if paired else 0.00994, rel=0.002)
     assert rec["gflops_per_s"] == pytest.approx(rec["gflop"] / rec["median_s"])

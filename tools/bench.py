@@ -122,11 +122,12 @@ def _pairs(p) -> int:
 FUSED_VARIANTS = ("optimized", "auto")
 
 
-def _cpp_messages(record: dict) -> bool:
+def _cpp_messages() -> bool:
     """Whether the message ops of this process run the C++ kernels (not the reference)."""
     from painnfx.ops import dispatch
+    from painnfx.ops.cpu import backend
 
-    return dispatch.chosen("painn_message", "cpu") == "cpp"
+    return dispatch.chosen("painn_message", "cpu") == backend.NAME
 
 
 def _finish(record: dict, step, model, prepared) -> dict:
@@ -136,7 +137,7 @@ def _finish(record: dict, step, model, prepared) -> dict:
     if paths:  # which path answered from which call on (the path rule, optimized_model.py)
         record["paths"] = [{k: c[k] for k in ("path", "call", "why")} for c in paths]
     paired = record.pop("gflop_paired", None)
-    if paired is not None and record.get("variant") in FUSED_VARIANTS and _cpp_messages(record):
+    if paired is not None and record.get("variant") in FUSED_VARIANTS and _cpp_messages():
         record["gflop"], record["flop_model"] = paired, "paired"
     else:
         record["flop_model"] = "per-edge"
