@@ -2,14 +2,17 @@
 // compiler with OpenMP. The per-edge radial maths is radial.cuh, the header the CUDA kernels
 // compile too, so the CPU and CUDA kernels cannot drift apart.
 //
-// * message forward: OpenMP over destination atoms (the CSR of prepare_edges); the filter rows
-//   W = (bias + wt^T phi) fc of a tile of up to 8 edges are one small (8, K) x (K, 3F) product
-//   with register-blocked accumulators (filter_tile), used at once and dropped: no (E, 3F) array.
-// * message backward: one pass over source atoms (the CSC), the rows a = bias + wt^T phi and
-//   b = wt^T phi' tiled the same way: dL/dx_j, dL/dmu_j accumulate per
-//   atom, dL/dr is written per edge (each edge has one source), and, when the filter weights
-//   need gradients, each of P fixed chunks of atoms sums dL/dWf, dL/dbf into its own partial,
-//   added in chunk order afterwards. No atomics; the result does not depend on the thread count.
+// * message forward: one range of consecutive destination atoms per thread (the CSR of prepare_edges);
+//   the filter rows W = (bias + wt^T phi) fc of a tile of up to 8 edges are one small (8, K) x (K, 3F)
+//   product with register-blocked accumulators (filter_tile), used at once and dropped: no (E, 3F) array.
+//   Each pair's filter once: where an edge's reverse (prepare_edges' `reverse`) has both atoms in the
+//   thread's range, the edge with the smaller index computes the rows for both directions and adds the
+//   partner's terms (direction -u) into the other atom's row, which only this thread writes.
+// * message backward: one range of source atoms per thread (the CSC), the rows a = bias + wt^T phi and
+//   b = wt^T phi' tiled the same way and shared by a pair the same way: dL/dx_j, dL/dmu_j accumulate per
+//   atom, dL/dr is written per edge. When the filter weights need gradients, each of P fixed chunks of
+//   atoms sums dL/dWf, dL/dbf into its own partial, added in chunk order afterwards, every edge alone
+//   (those then do not depend on the thread count). No atomics anywhere.
 // * radial filter forward/backward: OpenMP over tiles of consecutive edges through the same
 //   filter_tile product (fixed chunks of edges for the weight gradient).
 // * subnormals: every thread that runs a kernel (the caller and the OpenMP workers) flushes
