@@ -57,35 +57,52 @@ def bf16_basis():
         reference.basis_values = plain
 
 
-def _forces(model, atoms, dtype, bf16_filters=False):
-    from painnfx.model.neighbors import neighbor_list
-    from painnfx.model.properties import compute_properties
-    from painnfx.ops import use_backend
-    from painnfx.rewriter import optimize
-
+def _copy(model, dtype):
+    """``model`` in ``dtype``, a copy of its own (the bf16 variant rounds its filter weights)."""
     m = type(model)(model.config)
     m.load_state_dict(model.state_dict())
     m = m.to(dtype).eval()
     for p in m.parameters():
         p.requires_grad_(False)
-    nl = neighbor_list(atoms.positions, m.cutoff, atoms.cell.array, atoms.pbc)
-    args = (torch.tensor(atoms.positions, dtype=dtype), torch.tensor(atoms.numbers), nl.edge_index,
-            nl.shifts.to(dtype))
-    if not bf16_filters:
-        return compute_properties(optimize(m) if dtype == torch.float32 else m, *args).forces.double()
-    m.filter_net.weight.copy_(_bf16(m.filter_net.weight))
-    fast = optimize(m, verify=False)  # verification would compare against the unrounded model
-    with bf16_basis(), use_backend("reference"):
-        return compute_properties(fast, *args).forces.double()
+    return m
+
+
+def _variants(model) -> dict:
+    """{name: (dtype, forces(positions, numbers, edge_index, shifts))}: the float64 reference, float32 on
+    the C++ kernels, and the bf16 filters; each model built once for all structures."""
+    from painnfx.model.properties import compute_properties
+    from painnfx.ops import use_backend
+    from painnfx.rewriter import optimize
+
+    plain = _copy(model, torch.float64)
+    fp32 = optimize(_copy(model, torch.float32))
+    rounded = _copy(model, torch.float32)
+    rounded.filter_net.weight.copy_(_bf16(rounded.filter_net.weight))
+    bf16 = optimize(rounded, verify=False)  # verification would compare against the unrounded model
+
+    def bf16_forces(*args):
+        with bf16_basis(), use_backend("reference"):
+            return compute_properties(bf16, *args).forces
+
+    return {"float64": (torch.float64, lambda *args: compute_properties(plain, *args).forces),
+            "float32": (torch.float32, lambda *args: compute_properties(fp32, *args).forces),
+            "bf16-filters": (torch.float32, bf16_forces)}
 
 
 def errors(model, structures) -> dict:
     """{variant: {max_meV_A, mean_meV_A}} of float32 and bf16 filters against float64."""
+    from painnfx.model.neighbors import neighbor_list
+
+    variants = _variants(model)
     diffs = {"float32": [], "bf16-filters": []}
     for atoms in structures:
-        ref = _forces(model, atoms, torch.float64)
-        diffs["float32"].append((_forces(model, atoms, torch.float32) - ref).abs().flatten())
-        diffs["bf16-filters"].append((_forces(model, atoms, torch.float32, bf16_filters=True) - ref).abs().flatten())
+        nl = neighbor_list(atoms.positions, model.cutoff, atoms.cell.array, atoms.pbc)
+        forces = {}
+        for name, (dtype, run) in variants.items():
+            forces[name] = run(torch.tensor(atoms.positions, dtype=dtype), torch.tensor(atoms.numbers),
+                               nl.edge_index, nl.shifts.to(dtype)).double()
+        for name in diffs:
+            diffs[name].append((forces[name] - forces["float64"]).abs().flatten())
     out = {}
     for name, d in diffs.items():
         d = torch.cat(d)
