@@ -34,7 +34,7 @@ done
 python=${PYTHON:-$(command -v python3 || command -v python)}
 pytag=$("$python" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')
 root=${PAINNFX_CACHE_DIR:-$HOME/.cache/painnfx}/lammps
-patchlevel=p1   # bump when the patch below changes: a new cache directory, a new build
+patchlevel=p2   # bump when the patch below changes: a new cache directory, a new build
 prefix="$root/${version%%+*}-$patchlevel-$pytag"
 pylibdir=$("$python" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
 log() { echo "[lammps_build] $*" >&2; }
@@ -115,7 +115,7 @@ PYEOF
         -D CMAKE_INSTALL_PREFIX="$prefix" -D CMAKE_INSTALL_RPATH="$prefix/lib:$pylibdir" \
         -D BUILD_MPI=yes -D MPI_CXX_COMPILER=mpicxx.mpich -D MPI_C_COMPILER=mpicc.mpich \
         -D BUILD_OMP=yes -D BUILD_SHARED_LIBS=yes -D LAMMPS_EXCEPTIONS=yes \
-        -D PKG_ML-IAP=yes -D PKG_ML-SNAP=yes -D PKG_PYTHON=yes -D MLIAP_ENABLE_PYTHON=yes \
+        -D PKG_ML-IAP=yes -D PKG_ML-SNAP=yes -D PKG_PYTHON=yes -D MLIAP_ENABLE_PYTHON=yes -D PKG_PLUGIN=yes \
         -D Python_EXECUTABLE="$python" \
         -D FFT=KISS -D WITH_JPEG=no -D WITH_PNG=no -D WITH_FFMPEG=no -D WITH_GZIP=no \
         -D BUILD_DOC=no -D BUILD_TOOLS=no -D ENABLE_TESTING=no >build.log 2>&1 \
@@ -123,6 +123,10 @@ PYEOF
     cmake --build build -j "$jobs" >>build.log 2>&1 || { tail -n 40 build.log >&2; exit 1; }
     cmake --install build >>build.log 2>&1 || { tail -n 40 build.log >&2; exit 1; }
     cp -r "$srcdir/python" "$prefix/python-src"
+    # the headers a plugin (painnfx's pair style) compiles against: the core's and fmt's
+    mkdir -p "$prefix/include/lammps-src"
+    cp "$srcdir"/src/*.h "$prefix/include/lammps-src/"
+    cp -r "$srcdir/src/fmt" "$prefix/include/lammps-src/fmt"
     rm -rf "$prefix/src/build/CMakeFiles" "$srcdir"
     echo "$(( $(date +%s) - start ))" > "$prefix/.complete"
     log "built in $(cat "$prefix/.complete") s with $jobs jobs"
