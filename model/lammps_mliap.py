@@ -173,7 +173,9 @@ class PaiNNMLIAP(EngineModel):
                                         np.asarray(data.pair_j)[:npairs], np.asarray(data.rij)[:npairs],
                                         int(data.nlocal), tags)
         if not self._summarised:
-            write_line_atomically(self.run_summary(calls))
+            owned, ghosts, edges = self._counts
+            write_line_atomically(f"{self.run_summary(calls)}; computed per layer: {owned} owned + {ghosts} ghost "
+                                  f"atoms, {edges} edges")
             self._summarised = True
         data.update_pair_forces(fij)
         data.energy = float(eatoms.sum())
@@ -197,6 +199,7 @@ class PaiNNMLIAP(EngineModel):
         self._check_numbers(z[mapped])
         z[~mapped] = self.elements[0] if self.elements else 1  # unmapped ("NULL") atoms have no pairs
         n = len(graph.atoms)
+        self._counts = (nlocal, n - nlocal, len(graph.pairs))  # atoms and edges the model runs on
         owner = np.where((graph.atoms < nlocal) & mapped, np.arange(n), nlocal)  # ghosts' energies: dropped
 
         dev, dt = self.device, self.dtype

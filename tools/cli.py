@@ -18,7 +18,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, distill, eval_cmd, inspect_cmd, lammps_cmd, longrun, md, precision
+    from . import bench, distill, eval_cmd, export_cmd, inspect_cmd, lammps_cmd, longrun, md, precision
 
     parser = argparse.ArgumentParser(
         prog="painnfx",
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("distill", distill, "train a PaiNN student on an EMT teacher (energies, forces)"),
         ("inspect", inspect_cmd, "show what optimize() matches, fuses and rejects in a model"),
         ("longrun", longrun, "long NVE of the optimized and the plain calculator: drift, memory, compiles"),
-        ("lammps", lammps_cmd, "run painnfx models in LAMMPS on MPI ranks (ML-IAP)"),
+        ("lammps", lammps_cmd, "run painnfx models in LAMMPS on MPI ranks (pair_style painnfx or ML-IAP)"),
+        ("export", export_cmd, "write the model file of LAMMPS's C++ pair style painnfx"),
         ("precision", precision, "force error of bf16 filter products against float64 (the accuracy gate)"),
     ):
         p = sub.add_parser(name, help=summary, description=module.__doc__, formatter_class=HelpFormatter)

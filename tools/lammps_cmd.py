@@ -1,8 +1,11 @@
-"""``painnfx lammps``: run painnfx models inside LAMMPS (ML-IAP, ``pair_style mliap unified``).
+"""``painnfx lammps``: run painnfx models inside LAMMPS, through either pair style:
+``painnfx`` (C++ plugin, per-layer ghost exchange, no Python in the MD process; the default) or
+``mliap`` (ML-IAP's ``pair_style mliap unified``, the model in LAMMPS's embedded Python).
 
-  painnfx lammps build                 build LAMMPS with ML-IAP + PYTHON + MPI into a cache, once
-  painnfx lammps export --out cu.pkl   write the model file and the input lines that load it
+  painnfx lammps build                 build LAMMPS (ML-IAP + PYTHON + PLUGIN + MPI) into a cache, once
+  painnfx lammps export --out cu.pfx   write the model file and the input lines that load it
   painnfx lammps run -np 2             NVE MD of Cu with the default model on 2 MPI ranks
+  painnfx lammps bench                 both pair styles side by side on 1 and 2 ranks
 
 Which LAMMPS: $PAINNFX_LMP (your own build: ML-IAP, PYTHON, MLIAP_ENABLE_PYTHON=yes, MPI), else
 the one ``painnfx lammps build`` cached for this Python, else ``lmp`` on PATH. The ``lammps``
@@ -25,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .dtypes import DTYPES
-from .usage import MissingProgram, check_device, non_negative_float, positive_int, write_text
+from .usage import MissingProgram, UsageError, check_device, non_negative_float, positive_int, write_text
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE / "lammps" / "in.cu_nve.lammps"
@@ -93,10 +96,18 @@ def lammps_env(threads: int | None = None) -> dict:
     return env
 
 
+PAIR_STYLES = ("painnfx", "mliap")
+
+
 def export(out: str, checkpoint=None, types=("Cu",), dtype=torch.float64, device="cpu", optimize="auto",
-           skin: float = 2.0) -> tuple:
+           skin: float = 2.0, pair_style: str = "mliap") -> tuple:
     """Write the model file ``out`` and ``out + '.lammps'`` (the lines to ``include``);
-    returns (model file, lines file, lines). ``optimize``: "auto", "fused" (or True), "off" (or False)."""
+    returns (model file, lines file, lines). ``pair_style``: "mliap" (``optimize``: "auto", "fused"
+    (or True), "off" (or False)) or "painnfx" (the C++ plugin, built here if it is not yet; CPU)."""
+    if pair_style == "painnfx":
+        return export_pair(out, checkpoint, types, dtype, device, skin)
+    if pair_style != "mliap":
+        raise ValueError(f"pair_style must be one of {PAIR_STYLES}, got {pair_style!r}")
     from painnfx.model.lammps_mliap import PaiNNMLIAP
 
     optimize = {"fused": True, "off": False}.get(optimize, optimize) if isinstance(optimize, str) else optimize
@@ -106,6 +117,26 @@ def export(out: str, checkpoint=None, types=("Cu",), dtype=torch.float64, device
     lines = adapter.lammps_lines(list(types), out)
     header = [f"# painnfx PaiNN for LAMMPS: {adapter.n_layers} message layers, cutoff {adapter.cutoff:g} A,",
               f"# ghost shell {adapter.comm_cutoff:g} A (L * r_c + skin); include after the box is created."]
+    lines_file = out + ".lammps"
+    write_text(Path(lines_file), "\n".join(header + lines) + "\n")
+    return out, lines_file, lines
+
+
+def export_pair(out: str, checkpoint=None, types=("Cu",), dtype=torch.float64, device="cpu",
+                skin: float = 2.0) -> tuple:
+    """``export`` for ``pair_style painnfx``: the model file, the plugin (built for the LAMMPS
+    ``find_lmp`` finds, cached) and the lines."""
+    from painnfx.model.lammps_pair import build_plugin, export_model, lammps_lines
+
+    if str(device) != "cpu":
+        raise UsageError("pair_style painnfx runs on the CPU (its CUDA build is not written yet); "
+                         "use --pair-style mliap for CUDA")
+    out = os.path.abspath(out)
+    meta = export_model(out, checkpoint, dtype)
+    plugin, _ = build_plugin(find_lmp())
+    lines = [f"neighbor {skin:g} bin", *lammps_lines(out, str(plugin), list(types))]
+    header = [f"# painnfx PaiNN for LAMMPS (pair_style painnfx): {meta['n_layers']} message layers, cutoff "
+              f"{meta['cutoff']:g} A, ghost shell r_c + skin; include after the box is created."]
     lines_file = out + ".lammps"
     write_text(Path(lines_file), "\n".join(header + lines) + "\n")
     return out, lines_file, lines
@@ -139,12 +170,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     kind = dict(formatter_class=p.formatter_class)  # the command line's (defaults shown)
     b = sub.add_parser("build", **kind, help="build LAMMPS with ML-IAP + PYTHON + MPI into a cache (once)")
     b.set_defaults(func=main_build)
-    e = sub.add_parser("export", **kind, help="write a model file for pair_style mliap unified, and its input lines")
+    e = sub.add_parser("export", **kind, help="write a model file for a pair style, and its input lines")
     _model_arguments(e)
-    e.add_argument("--out", default="painnfx_out/lammps/model.pkl", help="model file (the lines go to OUT.lammps)")
+    _pair_style_argument(e)
+    e.add_argument("--out", default="painnfx_out/lammps/model.pfx", help="model file (the lines go to OUT.lammps)")
     e.set_defaults(func=main_export)
     r = sub.add_parser("run", **kind, help="MD in LAMMPS on N MPI ranks (default: the Cu NVE example)")
     _model_arguments(r)
+    _pair_style_argument(r)
     r.add_argument("-np", "--nprocs", type=positive_int, default=2, help="MPI ranks")
     r.add_argument("--input", help="LAMMPS input (default: the Cu NVE example, tools/lammps/in.cu_nve.lammps); "
                                    "it must `include ${model_lines}`")
@@ -154,14 +187,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--workdir", default="painnfx_out/lammps", help="where the model file and log go")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=main_run)
-    bn = sub.add_parser("bench", **kind, help="steps/s of the Cu NVE example on 1, 2, ... MPI ranks, side by side")
+    bn = sub.add_parser("bench", **kind, help="steps/s of the Cu NVE example, both pair styles on 1, 2, ... MPI ranks, "
+                                              "side by side")
     _model_arguments(bn)
+    bn.add_argument("--pair-styles", nargs="+", choices=PAIR_STYLES, default=list(PAIR_STYLES),
+                    help="pair styles to time")
     bn.add_argument("--ranks", type=positive_int, nargs="+", default=[1, 2], help="MPI rank counts to time")
-    bn.add_argument("--sizes", type=positive_int, nargs="+", default=[3, 6], help="cubic cells per side (4 n^3 atoms)")
+    bn.add_argument("--sizes", type=positive_int, nargs="+", default=[3, 6, 10],
+                    help="cubic cells per side (4 n^3 atoms: 108, 864, 4000)")
     bn.add_argument("--steps", type=positive_int, default=50, help="timed MD steps (after a 5-step warm-up run)")
     bn.add_argument("--out", default="docs/perf/lammps_bench", help="writes OUT.json and OUT.md")
     bn.add_argument("--workdir", default="painnfx_out/lammps_bench", help="where the model file and LAMMPS logs go")
     bn.set_defaults(func=main_bench)
+
+
+def _pair_style_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pair-style", choices=PAIR_STYLES, default="painnfx",
+                   help="painnfx: the C++ plugin (per-layer ghost exchange, no Python; CPU); mliap: ML-IAP with the "
+                        "model in LAMMPS's Python (CUDA too)")
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
@@ -170,8 +213,8 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float64", help="floating-point precision of the model")
     p.add_argument("--device", default="cpu", help="torch device of each rank's model")
     p.add_argument("--optimize", choices=["auto", "fused", "off"], default="auto",
-                   help="auto: optimize() and the path rule (set up while the run goes); fused: always the fused graph; "
-                        "off: plain")
+                   help="mliap only (pair_style painnfx always runs the fused C++ ops): auto: optimize() and the "
+                        "path rule (set up while the run goes); fused: always the fused graph; off: plain")
     p.add_argument("--skin", type=non_negative_float, default=2.0, help="LAMMPS neighbor skin, Angstrom (sets `neighbor`)")
 
 
@@ -182,9 +225,14 @@ def main_build(args) -> int:
 def main_export(args) -> int:
     check_device(args.device)
     out, lines_file, lines = export(args.out, args.checkpoint, args.types, DTYPES[args.dtype], args.device,
-                                    args.optimize, args.skin)
+                                    args.optimize, args.skin, args.pair_style)
     print(f"model file: {out}\ninput lines: {lines_file}\n")
     print("\n".join(lines))
+    if args.pair_style == "painnfx":
+        print(f"\nin your input, after the box is created:\n  include {lines_file}\n"
+              f"run (no Python in the MD process; OMP_NUM_THREADS = cores / ranks):\n"
+              f"  OMP_NUM_THREADS=1 mpirun -np 2 {find_lmp_or('lmp')} -in in.your_input")
+        return 0
     print(f"\nin your input, after the box is created:\n  include {lines_file}\n"
           f"run (LAMMPS's embedded Python must import painnfx, torch and lammps from this environment):\n"
           f"  PYTHONPATH={lammps_env()['PYTHONPATH']} \\\n  mpirun -np 2 {find_lmp_or('lmp')} -in in.your_input")
@@ -195,8 +243,9 @@ def main_run(args) -> int:
     check_device(args.device)
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    _, lines_file, _ = export(str(work / "model.pkl"), args.checkpoint, args.types, DTYPES[args.dtype],
-                              args.device, args.optimize, args.skin)
+    suffix = "pfx" if args.pair_style == "painnfx" else "pkl"
+    _, lines_file, _ = export(str(work / f"model.{suffix}"), args.checkpoint, args.types, DTYPES[args.dtype],
+                              args.device, args.optimize, args.skin, args.pair_style)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.nprocs)
     variables = {"model_lines": lines_file, **dict(args.var)}
     input_file = Path(args.input).resolve() if args.input else EXAMPLE
@@ -207,59 +256,93 @@ def main_run(args) -> int:
         print(f"LAMMPS failed (exit {proc.returncode}); full output in {work / 'lammps.out'}", file=sys.stderr)
         return proc.returncode or 1
     perf = loop_performance(proc.stdout) or {}
-    summary = {"input": str(input_file), "ranks": args.nprocs, "threads_per_rank": threads,
-               "dtype": args.dtype, "optimize": args.optimize, **perf, "log": str(work / "lammps.out")}
+    summary = {"input": str(input_file), "pair_style": args.pair_style, "ranks": args.nprocs,
+               "threads_per_rank": threads, "dtype": args.dtype, "optimize": args.optimize, **perf, "log": str(work / "lammps.out")}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         thermo = _thermo_block(proc.stdout)
         print(thermo)
-        print(f"{perf.get('atoms')} atoms, {args.nprocs} MPI ranks x {threads} threads: "
+        print(f"{perf.get('atoms')} atoms, pair_style {args.pair_style}, {args.nprocs} MPI ranks x {threads} threads: "
               f"{perf.get('steps_per_s', float('nan')):.3g} steps/s; log in {work / 'lammps.out'}")
     return 0
 
 
+PAIR_COUNTS = re.compile(r"painnfx pair rank (\d+)/\d+: owned (\d+), ghosts (\d+) \(of (\d+) in the shell.*?edges (\d+)")
+MLIAP_COUNTS = re.compile(r"computed per layer: (\d+) owned \+ (\d+) ghost atoms, (\d+) edges")
+
+
+def rank_counts(output: str, pair_style: str) -> list:
+    """Per rank, what its first evaluation computed per layer: owned atoms, ghost atoms whose
+    features were computed (mliap) or received (painnfx), edges; painnfx also the ghosts LAMMPS
+    holds (``shell``)."""
+    if pair_style == "painnfx":
+        found = sorted(PAIR_COUNTS.findall(output), key=lambda m: int(m[0]))
+        return [{"owned": int(o), "ghosts": int(g), "shell": int(sh), "edges": int(e)} for _, o, g, sh, e in found]
+    return [{"owned": int(o), "ghosts": int(g), "edges": int(e)} for o, g, e in MLIAP_COUNTS.findall(output)]
+
+
 def main_bench(args) -> int:
-    """Each (size, ranks) in its own LAMMPS run; threads per rank = cores / ranks, so every row
-    uses the whole machine. The example input's loop time covers the MD steps only (not start-up)."""
+    """Each (size, pair style, ranks) in its own LAMMPS run; threads per rank = cores / ranks, so
+    every row uses the whole machine. The example input's loop time covers the MD steps only (not
+    start-up)."""
     import platform
+
+    from .flops import cpuinfo
 
     check_device(args.device)
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    _, lines_file, _ = export(str(work / "model.pkl"), args.checkpoint, args.types, DTYPES[args.dtype],
-                              args.device, args.optimize, args.skin)
+    lines = {}
+    for style in args.pair_styles:
+        suffix = "pfx" if style == "painnfx" else "pkl"
+        lines[style] = export(str(work / f"model.{suffix}"), args.checkpoint, args.types, DTYPES[args.dtype],
+                              args.device, args.optimize, args.skin, style)[1]
     cores = os.cpu_count() or 1
     rows = []
     for size in args.sizes:
-        for ranks in args.ranks:
-            threads = max(1, cores // ranks)
-            proc = run_lammps(str(EXAMPLE), {"model_lines": lines_file, "nx": size, "steps": args.steps,
-                                             "thermo": args.steps}, ranks, cwd=str(work), threads=threads)
-            if proc.returncode != 0:
-                sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-                return proc.returncode or 1
-            perf = loop_performance(proc.stdout)
-            rows.append({"cells": size, "atoms": perf["atoms"], "ranks": ranks, "threads_per_rank": threads,
-                         "steps": perf["steps"], "seconds": perf["seconds"], "steps_per_s": perf["steps_per_s"]})
-            print(f"{perf['atoms']:6d} atoms  {ranks} ranks x {threads} threads  {perf['steps_per_s']:.3g} steps/s",
-                  flush=True)
+        for style in args.pair_styles:
+            for ranks in args.ranks:
+                threads = max(1, cores // ranks)
+                proc = run_lammps(str(EXAMPLE), {"model_lines": lines[style], "nx": size, "steps": args.steps,
+                                                 "thermo": args.steps}, ranks, cwd=str(work), threads=threads)
+                if proc.returncode != 0:
+                    sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+                    return proc.returncode or 1
+                perf = loop_performance(proc.stdout)
+                counts = rank_counts(proc.stderr, style)
+                rows.append({"cells": size, "atoms": perf["atoms"], "pair_style": style, "ranks": ranks,
+                             "threads_per_rank": threads, "steps": perf["steps"], "seconds": perf["seconds"],
+                             "steps_per_s": perf["steps_per_s"], "per_rank": counts})
+                worst = max(counts, key=lambda c: c["owned"] + c["ghosts"]) if counts else {}
+                print(f"{perf['atoms']:6d} atoms  {style:8s} {ranks} ranks x {threads} threads  "
+                      f"{perf['steps_per_s']:.3g} steps/s  (busiest rank: {worst.get('owned')} owned + "
+                      f"{worst.get('ghosts')} ghost atoms, {worst.get('edges')} edges)", flush=True)
     for row in rows:
-        base = next(r for r in rows if r["cells"] == row["cells"] and r["ranks"] == args.ranks[0])
+        base = next(r for r in rows if r["cells"] == row["cells"] and r["pair_style"] == row["pair_style"]
+                    and r["ranks"] == args.ranks[0])
         row["speedup_vs_first"] = row["steps_per_s"] / base["steps_per_s"]
-    meta = {"machine": f"{platform.processor() or platform.machine()}, {cores} cores", "torch": torch.__version__,
-            "dtype": args.dtype, "optimize": args.optimize, "device": args.device, "model": args.checkpoint or "default Cu",
-            "input": "tools/lammps/in.cu_nve.lammps (NVE, 1 fs)", "lammps": find_lmp()}
+    meta = {"cpu": cpuinfo("model name") or platform.processor() or "unknown CPU", "machine": f"{platform.machine()}, {cores} cores", "torch": torch.__version__,
+            "dtype": args.dtype, "optimize_mliap": args.optimize, "device": args.device,
+            "model": args.checkpoint or "default Cu", "input": "tools/lammps/in.cu_nve.lammps (NVE, 1 fs)",
+            "lammps": find_lmp(), "steps": args.steps}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    table = ["| atoms | MPI ranks x threads | steps/s | vs " + f"{args.ranks[0]} rank(s) |", "|---|---|---|---|"]
-    table += [f"| {r['atoms']} | {r['ranks']} x {r['threads_per_rank']} | {r['steps_per_s']:.3g} | "
-              f"{r['speedup_vs_first']:.2f}x |" for r in rows]
-    write_text(out.with_suffix(".md"), 
-        f"LAMMPS MD, painnfx {meta['model']} model ({args.dtype}, optimize={args.optimize}), {meta['machine']}, "
-        f"torch {meta['torch']}; {args.steps} steps per row after LAMMPS set-up, one process layout per row.\n\n"
-        + "\n".join(table) + "\n")
+    table = ["| atoms | pair style | MPI ranks x threads | steps/s | vs " + f"{args.ranks[0]} rank(s) | "
+             "per rank: owned + ghost atoms computed, edges (busiest rank) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        c = max(r["per_rank"], key=lambda c: c["owned"] + c["ghosts"]) if r["per_rank"] else None
+        how = "received" if r["pair_style"] == "painnfx" else "computed"
+        what = "n/a" if c is None else f"{c['owned']} + {c['ghosts']} ({how}), {c['edges']}"
+        table.append(f"| {r['atoms']} | {r['pair_style']} | {r['ranks']} x {r['threads_per_rank']} | "
+                     f"{r['steps_per_s']:.3g} | {r['speedup_vs_first']:.2f}x | {what} |")
+    write_text(out.with_suffix(".md"),
+        f"LAMMPS MD, painnfx {meta['model']} model ({args.dtype}; mliap with optimize={args.optimize}), "
+        f"{meta['cpu']} ({meta['machine']}), torch {meta['torch']}; {args.steps} steps per row after LAMMPS set-up, "
+        "one process layout per row. painnfx: ghost atoms whose features were received per layer (their "
+        "messages are computed with the pair on one rank only); mliap: ghost atoms whose features were "
+        "computed.\n\n" + "\n".join(table) + "\n")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
 

@@ -1,0 +1,292 @@
+"""LAMMPS's C++ pair style ``painnfx`` (per-layer ghost exchange, no Python in the MD process)
+against the ASE calculator on 1-4 MPI ranks, with ML-IAP run the same way beside it; its model
+file and its clear errors.
+
+Needs the LAMMPS ``tools/lammps_build.sh`` builds (PLUGIN, its headers kept); without one these
+tests skip, unless ``--require-env`` (CI) makes that a failure. Ranks are oversubscribed on the
+2-core CI machine (one thread each).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.io import write
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from painnfx.model.default import default_model
+from painnfx.model.lammps_pair import FORMAT_VERSION, export_model, model_file_payload, read_model_file
+from painnfx.model.neighbors import neighbor_list
+from painnfx.tools.lammps_cmd import export
+
+from test_lammps import (NKTV2P, ase_reference, cuni_checkpoint, cuni_cluster, lmp, periodic_cu, read_dump, rel,  # noqa: F401
+                         run, thermo_rows, triclinic_cu)
+
+pytestmark = pytest.mark.lammps
+
+COUNTS = re.compile(r"painnfx pair rank (\d+)/(\d+): owned (\d+), ghosts (\d+) \(of (\d+) in the shell.*?edges (\d+), "
+                    r"exchanges (\d+), ghost shell ([0-9.]+) A")
+
+
+def rank_lines(out: str) -> list:
+    """Per rank: (rank, ranks, owned, ghost rows received, ghosts in LAMMPS's shell, edges, exchanges, shell)."""
+    return sorted((int(a), int(b), int(c), int(d), int(e), int(f), int(g), float(h)) for a, b, c, d, e, f, g, h
+                  in COUNTS.findall(out))
+
+
+def static(tmp_path, atoms, types, nprocs, pair_style="painnfx", checkpoint=None, dtype=torch.float64, grid=None,
+           peratom=False):
+    """Energy, forces (sorted by ID), pressure (6) and the output of one `run 0`."""
+    data = tmp_path / "system.data"
+    write(data, atoms, format="lammps-data", specorder=types, masses=True, units="metal")
+    name = "model.pfx" if pair_style == "painnfx" else "model.pkl"
+    _, lines, _ = export(str(tmp_path / name), checkpoint, types, dtype=dtype, optimize="fused", pair_style=pair_style)
+    grid = dict(zip(("px", "py", "pz"), map(str, grid))) if grid else {}
+    bnd = "p" if atoms.pbc.all() else "f"
+    code, out = run(tmp_path, None, "in.static.lammps", lines, nprocs, data=data, bnd=bnd, peratom=int(peratom), **grid)
+    assert code == 0, out[-4000:]
+    step, pe, *press = thermo_rows(out)[0]
+    return pe, read_dump(tmp_path / "forces.dump")[0], np.array(press), out
+
+
+def assert_one_cutoff_and_owned_only(out: str, nprocs: int, n_atoms: int, shell: float = 7.0) -> list:
+    """Every rank reported; the owned atoms of all ranks are the system (each atom's features
+    computed once per layer, by its owner); the ghost shell is r_c + skin."""
+    ranks = rank_lines(out)
+    assert [r[0] for r in ranks] == list(range(nprocs)) and all(r[1] == nprocs for r in ranks), out[-3000:]
+    assert sum(r[2] for r in ranks) == n_atoms
+    assert all(r[7] == pytest.approx(shell) for r in ranks)
+    return ranks
+
+
+def assert_matches(pe, forces, press, ref, tol=1e-10):
+    e_ref, f_ref, s_ref = ref
+    assert abs(pe - e_ref) <= tol * max(abs(e_ref), 1.0)
+    assert rel(forces, f_ref) <= tol
+    if s_ref is not None:
+        assert rel(-press / NKTV2P, s_ref) <= tol
+
+
+@pytest.mark.parametrize("nprocs", [1, 2, 3, 4])
+def test_periodic_cu_matches_ase_on_1_to_4_ranks(tmp_path, lmp, nprocs):
+    atoms = periodic_cu()
+    pe, forces, press, out = static(tmp_path, atoms, ["Cu"], nprocs)
+    assert_matches(pe, forces, press, ase_reference(atoms))
+    ranks = assert_one_cutoff_and_owned_only(out, nprocs, len(atoms))
+    # every pair once over all ranks, both directions: the full periodic graph's edge count
+    n_edges = neighbor_list(torch.tensor(atoms.positions), 5.0, torch.tensor(atoms.cell.array), True).edge_index.shape[1]
+    assert sum(r[5] for r in ranks) == n_edges
+    assert all(r[6] == 2 * 3 - 1 for r in ranks)  # exchanges each way per evaluation: 2L - 1
+    if nprocs == 1:  # one rank: every ghost is an image of an owned atom, nothing is exchanged
+        assert ranks[0][3] == 0
+
+
+@pytest.mark.parametrize("nprocs", [3, 4])
+def test_mliap_matches_ase_on_3_and_4_ranks(tmp_path, lmp, nprocs):
+    """The same comparison for the ML-IAP path (1 and 2 ranks: test_lammps.py)."""
+    atoms = periodic_cu()
+    pe, forces, press, _ = static(tmp_path, atoms, ["Cu"], nprocs, pair_style="mliap")
+    assert_matches(pe, forces, press, ase_reference(atoms))
+
+
+@pytest.mark.parametrize("grid", [(1, 1, 3), (1, 3, 1)])
+def test_triclinic_cell_on_3_ranks(tmp_path, lmp, grid):
+    atoms = triclinic_cu()
+    pe, forces, press, out = static(tmp_path, atoms, ["Cu"], 3, grid=grid)
+    assert_matches(pe, forces, press, ase_reference(atoms))
+    assert_one_cutoff_and_owned_only(out, 3, len(atoms))
+
+
+def test_subdomains_thinner_than_the_cutoff(tmp_path, lmp):
+    """4 ranks along x of a 10.8 A cell: slabs 2.7 A thick (r_c = 5 A), so a rank's ghosts hold
+    several images of the other ranks' atoms and of its own."""
+    atoms = periodic_cu()
+    pe, forces, press, out = static(tmp_path, atoms, ["Cu"], 4, grid=(4, 1, 1))
+    assert_matches(pe, forces, press, ase_reference(atoms))
+    ranks = assert_one_cutoff_and_owned_only(out, 4, len(atoms))
+    assert all(r[4] > 4 * r[2] for r in ranks)  # the shell holds many more atoms than the slab
+
+
+def test_two_elements_cluster_with_empty_ranks(tmp_path, lmp, cuni_checkpoint):
+    """A 55-atom CuNi cluster in vacuum on 4 ranks along x: the outer slabs own no atom, yet they
+    take part in every exchange."""
+    atoms = cuni_cluster()
+    pe, forces, _, out = static(tmp_path, atoms, ["Ni", "Cu"], 4, checkpoint=cuni_checkpoint, grid=(4, 1, 1))
+    assert_matches(pe, forces, None, ase_reference(atoms, cuni_checkpoint))
+    ranks = assert_one_cutoff_and_owned_only(out, 4, len(atoms), shell=6.0)
+    assert any(r[2] == 0 for r in ranks), ranks
+
+
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_float32_matches_ase_float32(tmp_path, lmp, nprocs):
+    """float32: against the ASE calculator in float32; they differ by float32 rounding of sums
+    taken in another order (bounds as for ML-IAP, test_lammps.py)."""
+    atoms = periodic_cu()
+    pe, forces, press, _ = static(tmp_path, atoms, ["Cu"], nprocs, dtype=torch.float32)
+    e_ref, f_ref, s_ref = ase_reference(atoms, dtype=torch.float32)
+    assert abs(pe - e_ref) <= 3e-6 * abs(e_ref)
+    assert rel(forces, f_ref) <= 1.5e-5
+    assert rel(-press / NKTV2P, s_ref) <= 2e-5
+
+
+def test_per_atom_energy_and_virial(tmp_path, lmp):
+    """`compute pe/atom` gives the model's per-atom energies; `compute stress/atom` sums to the
+    virial (3 ranks)."""
+    atoms = periodic_cu()
+    pe, _, press, _ = static(tmp_path, atoms, ["Cu"], 3, peratom=True)
+    per_atom = read_dump(tmp_path / "peratom.dump")[0]
+    model = default_model().double()
+    nl = neighbor_list(torch.tensor(atoms.positions), model.cutoff, torch.tensor(atoms.cell.array), True)
+    with torch.no_grad():
+        e_ref = model.atomic_energies(torch.tensor(atoms.positions), torch.tensor(atoms.numbers), nl.edge_index,
+                                      nl.shifts).numpy()
+    assert rel(per_atom[:, 0], e_ref) <= 1e-10
+    assert per_atom[:, 0].sum() == pytest.approx(pe, rel=1e-12)
+    # stress/atom: xx yy zz xy xz yz (bar A^3); the thermo row: pxx pyy pzz pyz pxz pxy; at rest, no kinetic part
+    virial = -per_atom[:, [1, 2, 3, 6, 5, 4]].sum(0) / atoms.get_volume()
+    assert rel(virial, press) <= 1e-10
+
+
+def test_nve_identical_on_1_and_4_ranks(tmp_path, lmp):
+    """100 NVE steps of hot Cu: the same trajectory on 1 and 4 ranks (<= 1e-9 A), atoms crossing
+    between subdomains."""
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms = periodic_cu()
+    MaxwellBoltzmannDistribution(atoms, temperature_K=2000, rng=np.random.default_rng(5))
+    data = tmp_path / "hot.data"
+    write(data, atoms, format="lammps-data", specorder=["Cu"], masses=True, velocities=True, units="metal")
+    trajs = {}
+    for nprocs in (1, 4):
+        work = tmp_path / f"np{nprocs}"
+        work.mkdir()
+        _, lines, _ = export(str(work / "model.pfx"), None, ["Cu"], pair_style="painnfx")
+        code, out = run(work, None, "in.nve.lammps", lines, nprocs, data=data, steps=100)
+        assert code == 0, out[-3000:]
+        assert len(rank_lines(out)) == nprocs
+        frames = read_dump(work / "traj.dump")
+        trajs[nprocs] = np.array([f[:, :3] + f[:, 3:6] @ atoms.cell.array for f in frames])
+    assert len(trajs[1]) == 101
+    assert np.abs(trajs[1] - trajs[4]).max() <= 1e-9
+    assert np.abs(trajs[1][-1] - trajs[1][0]).max() > 0.3  # the atoms moved
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(grid=st.sampled_from([(2, 1, 1), (1, 2, 1), (1, 1, 2), (3, 1, 1), (1, 1, 3), (2, 2, 1), (1, 2, 2), (4, 1, 1)]),
+       reps=st.tuples(st.integers(2, 3), st.integers(2, 3), st.integers(2, 3)), seed=st.integers(0, 2**16),
+       triclinic=st.booleans())
+def test_drawn_decompositions_match_ase(tmp_path_factory, lmp, grid, reps, seed, triclinic):
+    """Hypothesis draws the processor grid, the cell and the structure: exact on every one."""
+    if triclinic:
+        atoms = bulk("Cu", "fcc", a=3.61) * tuple(r + 1 for r in reps)
+        cell, _ = atoms.cell.standard_form()
+        atoms.set_cell(cell, scale_atoms=True)
+    else:
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * reps
+    atoms.rattle(0.1, seed=seed)
+    atoms.wrap()
+    nprocs = grid[0] * grid[1] * grid[2]
+    tmp = tmp_path_factory.mktemp("drawn")
+    pe, forces, press, out = static(tmp, atoms, ["Cu"], nprocs, grid=grid)
+    assert_matches(pe, forces, press, ase_reference(atoms))
+    assert_one_cutoff_and_owned_only(out, nprocs, len(atoms))
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def failing(tmp_path, text, nprocs=1, units="metal") -> str:
+    bad = tmp_path / "bad.lammps"
+    bad.write_text(text)
+    data = tmp_path / "system.data"
+    write(data, periodic_cu(), format="lammps-data", specorder=["Cu"], masses=True, units="metal")
+    code, out = run(tmp_path, None, "in.static.lammps", bad, nprocs, data=data, bnd="p", units=units)
+    assert code != 0, "LAMMPS ran with bad settings"
+    return out
+
+
+def lines_text(tmp_path) -> str:
+    _, lines, _ = export(str(tmp_path / "model.pfx"), None, ["Cu"], pair_style="painnfx")
+    return Path(lines).read_text()
+
+
+def test_unknown_element_is_named(tmp_path, lmp):
+    out = failing(tmp_path, lines_text(tmp_path).replace("pair_coeff * * Cu", "pair_coeff * * Ni"))
+    assert "element Ni (atom type 1) is not in the model; it knows: Cu" in out
+
+
+def test_newton_off_is_refused(tmp_path, lmp):
+    out = failing(tmp_path, lines_text(tmp_path) + "newton off on\n")
+    assert "pair_style painnfx requires `newton on`" in out
+
+
+def test_units_other_than_metal_are_refused(tmp_path, lmp):
+    out = failing(tmp_path, lines_text(tmp_path), units="real")
+    assert "pair_style painnfx requires `units metal`" in out
+
+
+def test_missing_and_corrupt_model_files_are_named(tmp_path, lmp):
+    text = lines_text(tmp_path)
+    out = failing(tmp_path, text.replace(str(tmp_path / "model.pfx"), str(tmp_path / "nothere.pfx")))
+    assert f"painnfx model file {tmp_path / 'nothere.pfx'}: cannot be opened" in out
+    (tmp_path / "model.pfx").write_bytes(b"\x00 not a zip at all" * 50)
+    out = failing(tmp_path, text)
+    assert "not a painnfx model file (unreadable" in out
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("format_version", FORMAT_VERSION + 1, f"format version {FORMAT_VERSION + 1}, this pair style reads {FORMAT_VERSION}"),
+    ("torch_version", "1.13.0", "written with torch 1.13.0, this pair style is built against torch"),
+    ("cpu_library_bytes", 1, "is not the one this file was exported with"),
+    ("format", "something else", "not a painnfx model file for the pair style"),
+])
+def test_mismatched_model_file_is_refused(tmp_path, lmp, field, value, message):
+    text = lines_text(tmp_path)
+    payload = torch.load(tmp_path / "model.pfx", weights_only=True)
+    payload[field] = value
+    torch.save(payload, tmp_path / "model.pfx")
+    assert message in failing(tmp_path, text)
+
+
+# --- the model file (no LAMMPS) -----------------------------------------------------------------
+
+
+def test_model_file_reads_back_with_weights_only(tmp_path):
+    meta = export_model(tmp_path / "m.pfx", None, torch.float32)
+    payload = read_model_file(tmp_path / "m.pfx")
+    assert payload["dtype"] == meta["dtype"] == "float32" and payload["n_layers"] == 3 and payload["symbols"] == ["Cu"]
+    assert all(t.dtype == torch.float32 for t in payload["weights"].values())
+    assert set(payload["schemas"][0].split("(")[:1]) == {"prepare_edges"}
+    assert Path(payload["cpu_library"]).stat().st_size == payload["cpu_library_bytes"]
+    with pytest.raises(Exception, match="not a painnfx model file"):
+        read_model_file(__file__)
+
+
+def test_export_keeps_the_old_file_until_the_new_one_is_complete(tmp_path, monkeypatch):
+    out = tmp_path / "m.pfx"
+    out.write_bytes(b"previous")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        export_model(out, None)
+    assert out.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pfx"]
+
+
+def test_per_layer_weights_are_the_models(tmp_path):
+    """The file splits the filter network per layer and folds shift + atomref per element."""
+    model = default_model()
+    payload = model_file_payload(model)
+    f = model.n_atom_basis
+    w = payload["weights"]
+    assert torch.equal(w["layer1.filter.w"], model.filter_net.weight[3 * f:6 * f].double())
+    assert torch.equal(w["atom_shift"], (model.atomref[[29]] + model.energy_shift).double())
