@@ -132,6 +132,14 @@ def read_model_file(path: str | os.PathLike) -> dict:
     return payload
 
 
+def check_types(meta: dict, types: Sequence[str]) -> None:
+    """Every atom type maps to an element of the model (or NULL), as ``pair_coeff`` will check."""
+    for t, name in enumerate(types, 1):
+        if name != "NULL" and name not in meta["symbols"]:
+            raise InputError(f"pair_coeff for painnfx: element {name} (atom type {t}) is not in the model; "
+                             f"it knows: {' '.join(meta['symbols'])}")
+
+
 def lammps_lines(model_file: str, plugin: str, types: Sequence[str]) -> list:
     """Input-script lines that load the pair style and the model for atom types ``types``
     (element names in type order). Put them after the box is created."""

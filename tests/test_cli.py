@@ -272,16 +272,30 @@ def test_lammps_export_writes_model_and_lines(tmp_path, capsys):
     from painnfx.model.validation import InputError
 
     out = tmp_path / "cu.pkl"
-    assert main(["lammps", "export", "--out", str(out), "--optimize", "off"]) == 0
+    assert main(["lammps", "export", "--pair-style", "mliap", "--out", str(out), "--optimize", "off"]) == 0
     text = capsys.readouterr().out
     lines = (tmp_path / "cu.pkl.lammps").read_text()
     assert f"pair_style mliap unified {out} ${{painnfx_ghost_lists}}" in lines and "pair_coeff * * Cu" in lines
     assert "comm_modify cutoff ${painnfx_comm_cutoff}" in lines and "include" in text
     model = load(out)
     assert model.comm_cutoff == 3 * 5.0 + 2.0 and model.rcutfac == 2.5
-    assert main(["lammps", "export", "--out", str(tmp_path / "ni.pkl"), "--types", "Ni", "--optimize", "off"]) == 2
+    assert main(["lammps", "export", "--pair-style", "mliap", "--out", str(tmp_path / "ni.pkl"), "--types", "Ni",
+                 "--optimize", "off"]) == 2
     assert "unknown element(s) ['Ni']" in capsys.readouterr().err
     assert issubclass(InputError, ValueError)
+
+
+def test_export_writes_the_pair_style_model_file(tmp_path, capsys):
+    """`painnfx export` (no LAMMPS needed): the file, its metadata printed; `painnfx lammps export`
+    for the pair style refuses a type the model lacks before it builds the plugin."""
+    from painnfx.model.lammps_pair import read_model_file
+
+    assert main(["export", "default", str(tmp_path / "cu.pfx"), "--dtype", "float32"]) == 0
+    assert '"n_layers": 3' in capsys.readouterr().out
+    assert read_model_file(tmp_path / "cu.pfx")["dtype"] == "float32"
+    assert main(["lammps", "export", "--out", str(tmp_path / "ni.pfx"), "--types", "Cu", "Ni"]) == 2
+    assert "element Ni (atom type 2) is not in the model; it knows: Cu" in capsys.readouterr().err
+    assert main(["lammps", "export", "--out", str(tmp_path / "gpu.pfx"), "--device", "cuda:0"]) != 0
 
 
 BAD_INPUT = [
