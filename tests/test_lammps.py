@@ -182,7 +182,9 @@ def test_cuni_cluster_matches_ase(tmp_path, lmp, cuni_checkpoint, nprocs, optimi
     assert rel(forces, f_ref) <= 1e-10
 
 
-def test_nve_same_trajectory_on_1_and_2_ranks(tmp_path, lmp):
+def hot_cu_md(tmp_path, ranks, steps, pair_style="mliap", check=None) -> tuple:
+    """(atoms, {ranks: unwrapped positions per step}, {ranks: pe ke etotal per step}) of NVE from
+    the same hot Cu cell on each rank count; ``check(output, nprocs)`` looks at each run's output."""
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     atoms = periodic_cu()
@@ -190,16 +192,22 @@ def test_nve_same_trajectory_on_1_and_2_ranks(tmp_path, lmp):
     data = tmp_path / "hot.data"
     write(data, atoms, format="lammps-data", specorder=["Cu"], masses=True, velocities=True, units="metal")
     trajs, energies = {}, {}
-    for nprocs in (1, 2):
+    for nprocs in ranks:
         work = tmp_path / f"np{nprocs}"
         work.mkdir()
-        _, lines, _ = export(str(work / "model.pkl"), None, ["Cu"], optimize="fused")
-        code, out = run(work, lmp, "in.nve.lammps", lines, nprocs, data=data, steps=20)
+        _, lines, _ = export(str(work / "model.file"), None, ["Cu"], optimize="fused", pair_style=pair_style)
+        code, out = run(work, None, "in.nve.lammps", lines, nprocs, data=data, steps=steps)
         assert code == 0, out[-3000:]
-        assert_ran(out, nprocs, "fused", 3)
+        if check:
+            check(out, nprocs)
         frames = read_dump(work / "traj.dump")
         trajs[nprocs] = np.array([f[:, :3] + f[:, 3:6] @ atoms.cell.array for f in frames])  # unwrapped
         energies[nprocs] = np.array(thermo_rows(out))[:, 1:4]  # pe ke etotal
+    return atoms, trajs, energies
+
+
+def test_nve_same_trajectory_on_1_and_2_ranks(tmp_path, lmp):
+    atoms, trajs, energies = hot_cu_md(tmp_path, (1, 2), 20, check=lambda out, n: assert_ran(out, n, "fused", 3))
     assert len(trajs[1]) == 21
     assert np.abs(trajs[1] - trajs[2]).max() <= 1e-8
     assert np.abs(energies[1] - energies[2]).max() <= 1e-8

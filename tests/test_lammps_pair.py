@@ -25,8 +25,8 @@ from painnfx.model.lammps_pair import FORMAT_VERSION, export_model, model_file_p
 from painnfx.model.neighbors import neighbor_list
 from painnfx.tools.lammps_cmd import export
 
-from test_lammps import (NKTV2P, ase_reference, cuni_checkpoint, cuni_cluster, lmp, periodic_cu, read_dump, rel,  # noqa: F401
-                         run, thermo_rows, triclinic_cu)
+from test_lammps import (NKTV2P, ase_reference, cuni_checkpoint, cuni_cluster, failing_run, hot_cu_md, lmp, periodic_cu,  # noqa: F401
+                         read_dump, rel, run, thermo_rows, triclinic_cu)
 
 pytestmark = pytest.mark.lammps
 
@@ -156,22 +156,10 @@ def test_per_atom_energy_and_virial(tmp_path, lmp):
 def test_nve_identical_on_1_and_4_ranks(tmp_path, lmp):
     """100 NVE steps of hot Cu: the same trajectory on 1 and 4 ranks (<= 1e-9 A), atoms crossing
     between subdomains."""
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-    atoms = periodic_cu()
-    MaxwellBoltzmannDistribution(atoms, temperature_K=2000, rng=np.random.default_rng(5))
-    data = tmp_path / "hot.data"
-    write(data, atoms, format="lammps-data", specorder=["Cu"], masses=True, velocities=True, units="metal")
-    trajs = {}
-    for nprocs in (1, 4):
-        work = tmp_path / f"np{nprocs}"
-        work.mkdir()
-        _, lines, _ = export(str(work / "model.pfx"), None, ["Cu"], pair_style="painnfx")
-        code, out = run(work, None, "in.nve.lammps", lines, nprocs, data=data, steps=100)
-        assert code == 0, out[-3000:]
+    def check(out, nprocs):
         assert len(rank_lines(out)) == nprocs
-        frames = read_dump(work / "traj.dump")
-        trajs[nprocs] = np.array([f[:, :3] + f[:, 3:6] @ atoms.cell.array for f in frames])
+
+    _, trajs, _ = hot_cu_md(tmp_path, (1, 4), 100, pair_style="painnfx", check=check)
     assert len(trajs[1]) == 101
     assert np.abs(trajs[1] - trajs[4]).max() <= 1e-9
     assert np.abs(trajs[1][-1] - trajs[1][0]).max() > 0.3  # the atoms moved
@@ -201,14 +189,8 @@ def test_drawn_decompositions_match_ase(tmp_path_factory, lmp, grid, reps, seed,
 # --- errors -------------------------------------------------------------------------------------
 
 
-def failing(tmp_path, text, nprocs=1, units="metal") -> str:
-    bad = tmp_path / "bad.lammps"
-    bad.write_text(text)
-    data = tmp_path / "system.data"
-    write(data, periodic_cu(), format="lammps-data", specorder=["Cu"], masses=True, units="metal")
-    code, out = run(tmp_path, None, "in.static.lammps", bad, nprocs, data=data, bnd="p", units=units)
-    assert code != 0, "LAMMPS ran with bad settings"
-    return out
+def failing(tmp_path, text, units="metal") -> str:
+    return failing_run(tmp_path, None, text, units=units)
 
 
 def lines_text(tmp_path) -> str:
