@@ -12,6 +12,8 @@
 
 #include "painnfx_model.h"
 
+#include <mpi.h>
+
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -24,70 +26,72 @@ using namespace LAMMPS_NS;
 
 namespace {
 
-// values exchanged per atom and layer: x (3F) and mu (3 x F)
-int per_atom(const painnfx::PerLayerModel& model) { return 6 * model.features(); }
-
-// Rows of the exchange: LAMMPS's atom k is the model's row rows[k]. A ghost folded onto an owned
-// atom (a periodic image of it) shares the owned atom's row: forward, nothing is written to it
-// (the owner's row is the truth); in reverse it sends nothing (its gradient is already there).
 template <typename T>
-void pack_rows(const at::Tensor& a, const at::Tensor& b, int n, const int* list, int first, double* buf,
-               const std::vector<std::int64_t>& row_of, std::int64_t n_owned, bool skip_folded) {
-    const std::int64_t wa = a.size(1), wb = b.size(1);
-    const T* pa = a.const_data_ptr<T>();
-    const T* pb = b.const_data_ptr<T>();
-    for (int k = 0; k < n; ++k) {
-        const std::int64_t atom = list ? list[k] : first + k;
-        const std::int64_t row = row_of[atom];
-        if (skip_folded && row < n_owned) {
-            buf = std::fill_n(buf, wa + wb, 0.0);
-            continue;
-        }
-        buf = std::copy(pa + row * wa, pa + (row + 1) * wa, buf);
-        buf = std::copy(pb + row * wb, pb + (row + 1) * wb, buf);
-    }
-}
+MPI_Datatype mpi_type();
+template <>
+MPI_Datatype mpi_type<double>() { return MPI_DOUBLE; }
+template <>
+MPI_Datatype mpi_type<float>() { return MPI_FLOAT; }
 
-template <typename T>
-void unpack_rows(at::Tensor& a, at::Tensor& b, int n, const int* list, int first, const double* buf,
-                 const std::vector<std::int64_t>& row_of, std::int64_t n_owned, bool add) {
-    const std::int64_t wa = a.size(1), wb = b.size(1);
-    T* pa = a.mutable_data_ptr<T>();
-    T* pb = b.mutable_data_ptr<T>();
-    for (int k = 0; k < n; ++k) {
-        const std::int64_t atom = list ? list[k] : first + k;
-        const std::int64_t row = row_of[atom];
-        if (!add && row < n_owned) {
-            buf += wa + wb;
-            continue;
-        }
-        for (auto [p, w] : {std::pair<T*, std::int64_t>{pa + row * wa, wa}, {pb + row * wb, wb}}) {
-            if (add)
-                for (std::int64_t c = 0; c < w; ++c) p[c] += static_cast<T>(*buf++);
-            else
-                std::copy(buf, buf + w, p), buf += w;
-        }
-    }
-}
+// The rows of ghosts between ranks, point to point: each rank sends its owners' rows to the ranks
+// that need them, nothing else (LAMMPS's own forward_comm would move every ghost slot: all
+// images, and the skin's atoms that have no pair). Two per-atom tensors per exchange, in the
+// model's dtype.
+struct PointToPoint : painnfx::Exchange {
+    const PairPainnfx::Plan& plan;
+    MPI_Comm world;
+    PointToPoint(const PairPainnfx::Plan& p, MPI_Comm w) : plan(p), world(w) {}
 
-// per-atom rows between ranks: features and messages, and their gradients in the backward
-struct LammpsExchange : painnfx::Exchange {
-    PairPainnfx* pair;
-    Comm* comm;
-    bool active;  // false on one rank when every ghost is an image of an owned atom: nothing to move
-    LammpsExchange(PairPainnfx* p, Comm* c, bool a) : pair(p), comm(c), active(a) {}
+    template <typename T>
     void run(at::Tensor& a, at::Tensor& b, bool forward) {
-        if (!active) return;
-        at::Tensor flat_a = a.view({a.size(0), -1}), flat_b = b.view({b.size(0), -1});  // one row per atom
-        pair->comm_x = &flat_a;
-        pair->comm_mu = &flat_b;
-        pair->comm_width = static_cast<int>(flat_a.size(1) + flat_b.size(1));
-        if (forward) comm->forward_comm(pair, pair->comm_width);
-        else comm->reverse_comm(pair, pair->comm_width);
-        pair->comm_x = pair->comm_mu = nullptr;
+        const std::int64_t wa = a.numel() / std::max<std::int64_t>(a.size(0), 1);
+        const std::int64_t wb = b.numel() / std::max<std::int64_t>(b.size(0), 1), w = wa + wb;
+        T* pa = a.mutable_data_ptr<T>();
+        T* pb = b.mutable_data_ptr<T>();
+        // forward: owned rows (send_atoms) -> the ghost rows of the ranks that need them (recv_rows)
+        // reverse: ghost rows (recv_rows) -> added into the owners' rows (send_atoms)
+        const auto& out_ranks = forward ? plan.send_ranks : plan.recv_ranks;
+        const auto& out_rows = forward ? plan.send_atoms : plan.recv_rows;
+        const auto& in_ranks = forward ? plan.recv_ranks : plan.send_ranks;
+        const auto& in_rows = forward ? plan.recv_rows : plan.send_atoms;
+        std::vector<std::vector<T>> out(out_ranks.size()), in(in_ranks.size());
+        std::vector<MPI_Request> requests;
+        requests.reserve(out.size() + in.size());
+        for (std::size_t k = 0; k < in.size(); ++k) {
+            in[k].resize(in_rows[k].size() * w);
+            requests.emplace_back();
+            MPI_Irecv(in[k].data(), static_cast<int>(in[k].size()), mpi_type<T>(), in_ranks[k], 7417, world,
+                      &requests.back());
+        }
+        for (std::size_t k = 0; k < out.size(); ++k) {
+            out[k].resize(out_rows[k].size() * w);
+            T* buf = out[k].data();
+            for (const std::int64_t row : out_rows[k]) {
+                buf = std::copy(pa + row * wa, pa + (row + 1) * wa, buf);
+                buf = std::copy(pb + row * wb, pb + (row + 1) * wb, buf);
+            }
+            requests.emplace_back();
+            MPI_Isend(out[k].data(), static_cast<int>(out[k].size()), mpi_type<T>(), out_ranks[k], 7417, world,
+                      &requests.back());
+        }
+        MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
+        for (std::size_t k = 0; k < in.size(); ++k) {  // in rank order: sums do not depend on timing
+            const T* buf = in[k].data();
+            for (const std::int64_t row : in_rows[k]) {
+                for (auto [p, n] : {std::pair<T*, std::int64_t>{pa + row * wa, wa}, {pb + row * wb, wb}}) {
+                    if (forward) std::copy(buf, buf + n, p);
+                    else for (std::int64_t c = 0; c < n; ++c) p[c] += buf[c];
+                    buf += n;
+                }
+            }
+        }
     }
-    void forward(at::Tensor& a, at::Tensor& b) override { run(a, b, true); }
-    void reverse(at::Tensor& a, at::Tensor& b) override { run(a, b, false); }
+    void exchange(at::Tensor& a, at::Tensor& b, bool forward) {
+        if (a.scalar_type() == at::kDouble) run<double>(a, b, forward);
+        else run<float>(a, b, forward);
+    }
+    void forward(at::Tensor& a, at::Tensor& b) override { exchange(a, b, true); }
+    void reverse(at::Tensor& a, at::Tensor& b) override { exchange(a, b, false); }
 };
 
 }  // namespace
@@ -130,7 +134,7 @@ void PairPainnfx::settings(int narg, char** arg) {
     } catch (const std::exception& e) {
         error->all(FLERR, std::string(e.what()));
     }
-    comm_forward = comm_reverse = per_atom(*model);
+    comm_forward = 2;  // the plan's one LAMMPS exchange: each ghost's owner rank and index there
 }
 
 void PairPainnfx::coeff(int narg, char** arg) {
@@ -167,7 +171,11 @@ void PairPainnfx::init_style() {
     if (std::strcmp(update->unit_style, "metal") != 0)
         error->all(FLERR, "pair_style painnfx requires `units metal` (the model works in eV and Angstrom), got units {}",
                    update->unit_style);
-    neighbor->add_request(this);  // half list, newton on: every pair on one rank only
+    if (!atom->tag_enable) error->all(FLERR, "pair_style painnfx requires atom IDs (atom_modify id yes)");
+    // the order of the axes takes() compares: the most divided axis of the processor grid first
+    axes = {2, 1, 0};
+    std::stable_sort(axes.begin(), axes.end(), [&](int u, int v) { return comm->procgrid[u] > comm->procgrid[v]; });
+    neighbor->add_request(this, NeighConst::REQ_FULL);  // each rank takes half of the pairs it shares: takes()
 }
 
 double PairPainnfx::init_one(int, int) { return model->cutoff(); }
@@ -181,17 +189,8 @@ void PairPainnfx::compute(int eflag, int vflag) {
     const int nall = nlocal + atom->nghost;
     const double cut = model->cutoff(), cutsq_model = cut * cut;
 
-    // the model's rows: owned atoms first, then the ghosts that are not images of an owned atom;
-    // a ghost that is (same atom ID) shares its owned atom's row: on one rank the model then runs
-    // on exactly the periodic graph, and every edge's reverse is an edge of the list
-    model_row.resize(nall);
-    std::int64_t rows = nlocal;
-    const bool fold = atom->map_style != Atom::MAP_NONE && atom->tag_enable;
-    for (int i = 0; i < nall; ++i) {
-        int owned = -1;
-        if (i >= nlocal && fold) owned = atom->map(atom->tag[i]);
-        model_row[i] = i < nlocal ? i : (owned >= 0 && owned < nlocal ? owned : rows++);
-    }
+    const std::int64_t rows = assign_rows();
+    if (neighbor->ago == 0 || !reported) build_plan(rows);  // atoms move between ranks only when lists are rebuilt
     at::Tensor species = at::empty({rows}, at::kLong);
     auto* sp = species.mutable_data_ptr<std::int64_t>();
     for (int i = 0; i < nall; ++i) {
@@ -199,7 +198,7 @@ void PairPainnfx::compute(int eflag, int vflag) {
         if (s < 0) error->one(FLERR, "pair_style painnfx: atom type {} is mapped to NULL but has atoms", type[i]);
         sp[model_row[i]] = s;
     }
-    // both directions of each pair of the half list: i <- j and j <- i (LAMMPS indices in atoms_,
+    // both directions of each pair this rank takes: i <- j and j <- i (LAMMPS indices in atoms_,
     // model rows in idx_i, idx_j; the messages into ghosts go to their owners)
     std::vector<std::int64_t> atoms_, rows_i, rows_j;
     std::vector<double> rr;
@@ -210,7 +209,10 @@ void PairPainnfx::compute(int eflag, int vflag) {
         for (int m = 0; m < list->numneigh[i]; ++m) {
             const int j = jlist[m] & NEIGHMASK;
             const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
-            if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
+            if (dx * dx + dy * dy + dz * dz >= cutsq_model || !takes(dx, dy, dz)) continue;
+            if (model_row[j] >= nlocal && !in_plan[model_row[j]])
+                error->one(FLERR, "pair_style painnfx: atoms moved more than the neighbor skin since the last "
+                                  "neighbor list (use `neigh_modify check yes`, the default, or a larger skin)");
             atoms_.insert(atoms_.end(), {i, j, j, i});
             rows_i.insert(rows_i.end(), {model_row[i], model_row[j]});
             rows_j.insert(rows_j.end(), {model_row[j], model_row[i]});
@@ -224,14 +226,16 @@ void PairPainnfx::compute(int eflag, int vflag) {
 
     at::Tensor e_atom, g_r;
     painnfx::Counters counters;
-    LammpsExchange exchange(this, comm, comm->nprocs > 1 || rows > nlocal);
+    PointToPoint exchange(plan, world);
     try {
         model->evaluate(nlocal, species, idx_i, idx_j, r, true, exchange, e_atom, g_r, counters);
     } catch (const std::exception& e) {
         error->one(FLERR, std::string("pair_style painnfx: ") + e.what());
     }
     pvector[0] = static_cast<double>(counters.owned);
-    pvector[1] = static_cast<double>(counters.ghosts);
+    std::int64_t received = 0;
+    for (const auto& r : plan.recv_rows) received += static_cast<std::int64_t>(r.size());
+    pvector[1] = static_cast<double>(received);
     pvector[2] = static_cast<double>(counters.edges);
     pvector[3] = static_cast<double>(counters.exchanges);
 
@@ -261,40 +265,102 @@ void PairPainnfx::compute(int eflag, int vflag) {
         // one write per rank (atomic on a pipe), on stderr: never inside the thermo output
         const std::string line = "painnfx pair rank " + std::to_string(comm->me) + "/" + std::to_string(comm->nprocs) +
                                  ": owned " + std::to_string(counters.owned) + ", ghosts " +
-                                 std::to_string(counters.ghosts) + " (of " + std::to_string(atom->nghost) +
-                                 " in the shell; the others are images of owned atoms), edges " + std::to_string(counters.edges) +
+                                 std::to_string(received) + " (of " + std::to_string(atom->nghost) +
+                                 " in the shell; the others are images or have no pair here), edges " + std::to_string(counters.edges) +
                                  ", exchanges " + std::to_string(counters.exchanges) + ", ghost shell " +
                                  std::to_string(comm->get_comm_cutoff()) + " A; " + model->summary() + "\n";
         if (write(2, line.data(), line.size()) < 0) {}
     }
 }
 
+// The rows: owned atoms first, then one row per ghost atom ID that is not owned here (its first
+// image: LAMMPS's atom map returns the lowest index of an ID); every image of an atom shares its
+// row, features being translation invariant. On one rank every ghost is an image of an owned atom:
+// the model runs on exactly the periodic graph, and every edge's reverse is an edge of the list.
+std::int64_t PairPainnfx::assign_rows() {
+    const int nlocal = atom->nlocal, nall = nlocal + atom->nghost;
+    const bool by_id = atom->map_style != Atom::MAP_NONE && atom->tag_enable;
+    model_row.resize(nall);
+    std::int64_t rows = nlocal;
+    for (int i = 0; i < nall; ++i) {
+        const int first = i >= nlocal && by_id ? atom->map(atom->tag[i]) : i;
+        model_row[i] = i < nlocal ? i : (first >= 0 && first < i ? model_row[first] : rows++);
+    }
+    return rows;
+}
+
+// Whether this rank computes the pair of its owned atom i and an atom j (r = x_j - x_i) of its full
+// list: every pair of atoms is listed from both of its atoms (on one rank or two), and exactly one
+// side takes it: the one that sees r > 0 lexicographically, axes in the order of `axes` (the
+// processor grid's most divided axis first). A rank thus takes the pairs across the upper faces of
+// its subdomain along that axis and needs only the ghosts on that side; two ranks take the same
+// number of pairs (LAMMPS's newton half list split them 82,028 : 85,972 edges at 4000 Cu atoms).
+bool PairPainnfx::takes(double dx, double dy, double dz) const {
+    const double d[3] = {dx, dy, dz};
+    const double a = d[axes[0]], b = d[axes[1]], c = d[axes[2]];
+    return a > 0 || (a == 0 && (b > 0 || (b == 0 && c > 0)));
+}
+
+// Which rows this rank needs from which rank: the ghosts its neighbor list pairs with an owned
+// atom (lists include the skin: the plan holds until the next rebuild), by owner, found with one
+// LAMMPS forward exchange of (owner rank, index there); each owner is then told which of its
+// atoms to send (MPI_Alltoall of counts, MPI_Alltoallv of indices). Collective: every rank builds
+// it at the same step.
+void PairPainnfx::build_plan(std::int64_t rows) {
+    const int nlocal = atom->nlocal, nall = nlocal + atom->nghost, nprocs = comm->nprocs;
+    owner.assign(2 * static_cast<std::size_t>(nall), -1.0);
+    for (int i = 0; i < nlocal; ++i) owner[2 * i] = comm->me, owner[2 * i + 1] = i;
+    comm->forward_comm(this, 2);
+    std::vector<int> first_atom(rows, -1);  // per ghost row: the LAMMPS index that holds it first
+    for (int i = nall - 1; i >= nlocal; --i)
+        if (model_row[i] >= nlocal) first_atom[model_row[i]] = i;
+    std::vector<char> needed(rows, 0);
+    for (int k = 0; k < list->inum; ++k) {
+        const int i = list->ilist[k];
+        for (int m = 0; m < list->numneigh[i]; ++m) {
+            // the pairs this rank takes now, or may take before the next rebuild (atoms move less
+            // than the skin relative to each other between rebuilds: takes() cannot turn before)
+            const int j = list->firstneigh[i][m] & NEIGHMASK;
+            if (atom->x[j][axes[0]] - atom->x[i][axes[0]] > -neighbor->skin) needed[model_row[j]] = 1;
+        }
+    }
+    std::vector<std::vector<std::int64_t>> rows_from(nprocs), index_at(nprocs);
+    for (std::int64_t row = nlocal; row < rows; ++row) {
+        if (!needed[row]) continue;
+        const int i = first_atom[row];
+        const int q = static_cast<int>(owner[2 * i]);
+        if (q < 0 || q >= nprocs) error->one(FLERR, "pair_style painnfx: ghost atom {} has no owner", i);
+        rows_from[q].push_back(row);
+        index_at[q].push_back(static_cast<std::int64_t>(owner[2 * i + 1]));
+    }
+    std::vector<int> counts(nprocs), wanted(nprocs);
+    for (int q = 0; q < nprocs; ++q) counts[q] = static_cast<int>(rows_from[q].size());
+    MPI_Alltoall(counts.data(), 1, MPI_INT, wanted.data(), 1, MPI_INT, world);
+    std::vector<int> sdispl(nprocs + 1, 0), rdispl(nprocs + 1, 0);
+    for (int q = 0; q < nprocs; ++q) sdispl[q + 1] = sdispl[q] + counts[q], rdispl[q + 1] = rdispl[q] + wanted[q];
+    std::vector<std::int64_t> sendbuf(sdispl[nprocs]), recvbuf(rdispl[nprocs]);
+    for (int q = 0; q < nprocs; ++q) std::copy(index_at[q].begin(), index_at[q].end(), sendbuf.begin() + sdispl[q]);
+    MPI_Alltoallv(sendbuf.data(), counts.data(), sdispl.data(), MPI_INT64_T, recvbuf.data(), wanted.data(),
+                  rdispl.data(), MPI_INT64_T, world);
+    plan = {};
+    in_plan.assign(needed.begin(), needed.end());
+    for (int q = 0; q < nprocs; ++q) {
+        if (counts[q]) plan.recv_ranks.push_back(q), plan.recv_rows.push_back(std::move(rows_from[q]));
+        if (wanted[q]) {
+            plan.send_ranks.push_back(q);
+            plan.send_atoms.emplace_back(recvbuf.begin() + rdispl[q], recvbuf.begin() + rdispl[q + 1]);
+            for (const std::int64_t a : plan.send_atoms.back())
+                if (a < 0 || a >= nlocal) error->one(FLERR, "pair_style painnfx: rank {} asked for atom {} of {}", q, a,
+                                                     nlocal);
+        }
+    }
+}
+
 int PairPainnfx::pack_forward_comm(int n, int* list, double* buf, int, int*) {
-    if (comm_x->scalar_type() == at::kDouble)
-        pack_rows<double>(*comm_x, *comm_mu, n, list, 0, buf, model_row, atom->nlocal, false);
-    else
-        pack_rows<float>(*comm_x, *comm_mu, n, list, 0, buf, model_row, atom->nlocal, false);
-    return n * comm_width;
+    for (int k = 0; k < n; ++k) *buf++ = owner[2 * list[k]], *buf++ = owner[2 * list[k] + 1];
+    return 2 * n;
 }
 
 void PairPainnfx::unpack_forward_comm(int n, int first, double* buf) {
-    if (comm_x->scalar_type() == at::kDouble)
-        unpack_rows<double>(*comm_x, *comm_mu, n, nullptr, first, buf, model_row, atom->nlocal, false);
-    else
-        unpack_rows<float>(*comm_x, *comm_mu, n, nullptr, first, buf, model_row, atom->nlocal, false);
-}
-
-int PairPainnfx::pack_reverse_comm(int n, int first, double* buf) {
-    if (comm_x->scalar_type() == at::kDouble)
-        pack_rows<double>(*comm_x, *comm_mu, n, nullptr, first, buf, model_row, atom->nlocal, true);
-    else
-        pack_rows<float>(*comm_x, *comm_mu, n, nullptr, first, buf, model_row, atom->nlocal, true);
-    return n * comm_width;
-}
-
-void PairPainnfx::unpack_reverse_comm(int n, int* list, double* buf) {
-    if (comm_x->scalar_type() == at::kDouble)
-        unpack_rows<double>(*comm_x, *comm_mu, n, list, 0, buf, model_row, atom->nlocal, true);
-    else
-        unpack_rows<float>(*comm_x, *comm_mu, n, list, 0, buf, model_row, atom->nlocal, true);
+    for (int k = first; k < first + n; ++k) owner[2 * k] = *buf++, owner[2 * k + 1] = *buf++;
 }
