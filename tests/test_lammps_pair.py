@@ -272,3 +272,22 @@ def test_per_layer_weights_are_the_models(tmp_path):
     w = payload["weights"]
     assert torch.equal(w["layer1.filter.w"], model.filter_net.weight[3 * f:6 * f].double())
     assert torch.equal(w["atom_shift"], (model.atomref[[29]] + model.energy_shift).double())
+
+
+def test_compute_pair_reads_the_counters(tmp_path, lmp):
+    """`compute pair painnfx`: owned atoms (sum: the system), ghost rows received, edges (sum: the
+    periodic graph's) and exchanges, summed over ranks, as each rank printed them."""
+    atoms = periodic_cu()
+    write(tmp_path / "system.data", atoms, format="lammps-data", specorder=["Cu"], masses=True, units="metal")
+    _, lines, _ = export(str(tmp_path / "model.pfx"), None, ["Cu"], pair_style="painnfx")
+    (tmp_path / "in.counters").write_text(
+        "units metal\natom_style atomic\natom_modify map yes\nboundary p p p\nread_data system.data\n"
+        f"include {lines}\ncompute pp all pair painnfx\n"
+        "thermo_style custom step pe c_pp[1] c_pp[2] c_pp[3] c_pp[4]\nrun 0\n")
+    code, out = run(tmp_path, None, tmp_path / "in.counters", lines, 2)
+    assert code == 0, out[-3000:]
+    _, _, owned, ghosts, edges, exchanges = thermo_rows(out)[0]
+    ranks = rank_lines(out)
+    n_edges = neighbor_list(torch.tensor(atoms.positions), 5.0, torch.tensor(atoms.cell.array), True).edge_index.shape[1]
+    assert (owned, edges, exchanges) == (len(atoms), n_edges, 2 * 5)
+    assert ghosts == sum(r[3] for r in ranks) > 0
