@@ -25,7 +25,7 @@ from painnfx.model.lammps_pair import FORMAT_VERSION, export_model, model_file_p
 from painnfx.model.neighbors import neighbor_list
 from painnfx.tools.lammps_cmd import export
 
-from test_lammps import (NKTV2P, ase_reference, cuni_checkpoint, cuni_cluster, failing_run, hot_cu_md, lmp, periodic_cu,  # noqa: F401
+from test_lammps import (NKTV2P, ase_reference, assert_ran, cuni_checkpoint, cuni_cluster, failing_run, hot_cu_md, lmp, periodic_cu,  # noqa: F401
                          read_dump, rel, run, thermo_rows, triclinic_cu)
 
 pytestmark = pytest.mark.lammps
@@ -153,16 +153,20 @@ def test_per_atom_energy_and_virial(tmp_path, lmp):
     assert rel(virial, press) <= 1e-10
 
 
-def test_nve_identical_on_1_and_4_ranks(tmp_path, lmp):
-    """100 NVE steps of hot Cu: the same trajectory on 1 and 4 ranks (<= 1e-9 A), atoms crossing
-    between subdomains."""
+@pytest.mark.parametrize("pair_style", ["painnfx", "mliap"])
+def test_nve_identical_on_1_and_4_ranks(tmp_path, lmp, pair_style):
+    """100 NVE steps of hot Cu: the same trajectory on 1 and 4 ranks (<= 1e-9 A), for both pair
+    styles, while the atoms move (by more than 0.3 A)."""
     def check(out, nprocs):
-        assert len(rank_lines(out)) == nprocs
+        if pair_style == "painnfx":
+            assert len(rank_lines(out)) == nprocs
+        else:
+            assert_ran(out, nprocs, "fused", 3)
 
-    _, trajs, _ = hot_cu_md(tmp_path, (1, 4), 100, pair_style="painnfx", check=check)
+    _, trajs, _ = hot_cu_md(tmp_path, (1, 4), 100, pair_style=pair_style, check=check)
     assert len(trajs[1]) == 101
     assert np.abs(trajs[1] - trajs[4]).max() <= 1e-9
-    assert np.abs(trajs[1][-1] - trajs[1][0]).max() > 0.3  # the atoms moved
+    assert np.abs(trajs[1][-1] - trajs[1][0]).max() > 0.3
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
