@@ -40,7 +40,8 @@ MPI_Datatype mpi_type<float>() { return MPI_FLOAT; }
 struct PointToPoint : painnfx::Exchange {
     const PairPainnfx::Plan& plan;
     MPI_Comm world;
-    PointToPoint(const PairPainnfx::Plan& p, MPI_Comm w) : plan(p), world(w) {}
+    std::vector<std::uint64_t>& buffer;  // the pair's, kept between steps: grown (and zeroed) only when too small
+    PointToPoint(const PairPainnfx::Plan& p, MPI_Comm w, std::vector<std::uint64_t>& b) : plan(p), world(w), buffer(b) {}
 
     template <typename T>
     void run(at::Tensor& a, at::Tensor& b, bool forward) {
@@ -54,29 +55,33 @@ struct PointToPoint : painnfx::Exchange {
         const auto& out_rows = forward ? plan.send_atoms : plan.recv_rows;
         const auto& in_ranks = forward ? plan.recv_ranks : plan.send_ranks;
         const auto& in_rows = forward ? plan.recv_rows : plan.send_atoms;
-        std::vector<std::vector<T>> out(out_ranks.size()), in(in_ranks.size());
+        std::vector<std::size_t> offset{0};  // into one buffer: what comes in, per rank, then what goes out
+        for (const auto& rows : in_rows) offset.push_back(offset.back() + rows.size() * w);
+        for (const auto& rows : out_rows) offset.push_back(offset.back() + rows.size() * w);
+        const std::size_t words = (offset.back() * sizeof(T) + sizeof(std::uint64_t) - 1) / sizeof(std::uint64_t);
+        if (buffer.size() < words) buffer.resize(words);
+        T* base = reinterpret_cast<T*>(buffer.data());
+        const std::size_t n_in = in_rows.size();
         std::vector<MPI_Request> requests;
-        requests.reserve(out.size() + in.size());
-        for (std::size_t k = 0; k < in.size(); ++k) {
-            in[k].resize(in_rows[k].size() * w);
+        requests.reserve(in_rows.size() + out_rows.size());
+        for (std::size_t k = 0; k < n_in; ++k) {
             requests.emplace_back();
-            MPI_Irecv(in[k].data(), static_cast<int>(in[k].size()), mpi_type<T>(), in_ranks[k], 7417, world,
-                      &requests.back());
+            MPI_Irecv(base + offset[k], static_cast<int>(offset[k + 1] - offset[k]), mpi_type<T>(), in_ranks[k], 7417,
+                      world, &requests.back());
         }
-        for (std::size_t k = 0; k < out.size(); ++k) {
-            out[k].resize(out_rows[k].size() * w);
-            T* buf = out[k].data();
+        for (std::size_t k = 0; k < out_rows.size(); ++k) {
+            T* buf = base + offset[n_in + k];
             for (const std::int64_t row : out_rows[k]) {
                 buf = std::copy(pa + row * wa, pa + (row + 1) * wa, buf);
                 buf = std::copy(pb + row * wb, pb + (row + 1) * wb, buf);
             }
             requests.emplace_back();
-            MPI_Isend(out[k].data(), static_cast<int>(out[k].size()), mpi_type<T>(), out_ranks[k], 7417, world,
-                      &requests.back());
+            MPI_Isend(base + offset[n_in + k], static_cast<int>(offset[n_in + k + 1] - offset[n_in + k]), mpi_type<T>(),
+                      out_ranks[k], 7417, world, &requests.back());
         }
         MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
-        for (std::size_t k = 0; k < in.size(); ++k) {  // in rank order: sums do not depend on timing
-            const T* buf = in[k].data();
+        for (std::size_t k = 0; k < n_in; ++k) {  // in rank order: sums do not depend on timing
+            const T* buf = base + offset[k];
             for (const std::int64_t row : in_rows[k]) {
                 for (auto [p, n] : {std::pair<T*, std::int64_t>{pa + row * wa, wa}, {pb + row * wb, wb}}) {
                     if (forward) std::copy(buf, buf + n, p);
@@ -226,7 +231,7 @@ void PairPainnfx::compute(int eflag, int vflag) {
 
     at::Tensor e_atom, g_r;
     painnfx::Counters counters;
-    PointToPoint exchange(plan, world);
+    PointToPoint exchange(plan, world, exchange_buffer);
     try {
         model->evaluate(nlocal, species, idx_i, idx_j, r, true, exchange, e_atom, g_r, counters);
     } catch (const std::exception& e) {

@@ -50,7 +50,8 @@ class PairPainnfx : public Pair {
     std::vector<std::int64_t> model_row;  // per LAMMPS atom (owned + ghost): its row in the model's tensors
     std::array<int, 3> axes{2, 1, 0};      // takes(): the axes in the order it compares them
     std::vector<char> in_plan;            // per model row: exchanged by the plan
-    std::vector<double> owner;            // per LAMMPS atom: owning rank and its index there (2 values)
+    std::vector<double> owner;
+    std::vector<std::uint64_t> exchange_buffer;  // what the exchanges send and receive, reused between steps            // per LAMMPS atom: owning rank and its index there (2 values)
     bool reported = false;                // the first evaluation prints what each rank computes
     void allocate();
     std::int64_t assign_rows();
