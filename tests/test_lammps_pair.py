@@ -87,6 +87,17 @@ def test_periodic_cu_matches_ase_on_1_to_4_ranks(tmp_path, lmp, nprocs):
         assert ranks[0][3] == 0
 
 
+@pytest.mark.parametrize("nprocs", [2, 4])
+def test_point_to_point_exchange_matches_ase(tmp_path, lmp, monkeypatch, nprocs):
+    """Ranks on several nodes exchange point to point (MPI) instead of through the node-shared
+    window; PAINNFX_LAMMPS_P2P=1 takes that path on one node."""
+    monkeypatch.setenv("PAINNFX_LAMMPS_P2P", "1")
+    atoms = triclinic_cu()
+    pe, forces, press, out = static(tmp_path, atoms, ["Cu"], nprocs)
+    assert_matches(pe, forces, press, ase_reference(atoms))
+    assert sum(r[3] for r in assert_one_cutoff_and_owned_only(out, nprocs, len(atoms))) > 0
+
+
 @pytest.mark.parametrize("nprocs", [3, 4])
 def test_mliap_matches_ase_on_3_and_4_ranks(tmp_path, lmp, nprocs):
     """The same comparison for the ML-IAP path (1 and 2 ranks: test_lammps.py)."""

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <unistd.h>
@@ -38,13 +39,54 @@ MPI_Datatype mpi_type<float>() { return MPI_FLOAT; }
 // images, and the skin's atoms that have no pair). Two per-atom tensors per exchange, in the
 // model's dtype.
 struct PointToPoint : painnfx::Exchange {
+    PairPainnfx& pair;
     const PairPainnfx::Plan& plan;
     MPI_Comm world;
     std::vector<std::uint64_t>& buffer;  // the pair's, kept between steps: grown (and zeroed) only when too small
-    PointToPoint(const PairPainnfx::Plan& p, MPI_Comm w, std::vector<std::uint64_t>& b) : plan(p), world(w), buffer(b) {}
+    PointToPoint(PairPainnfx& p, MPI_Comm w, std::vector<std::uint64_t>& b)
+        : pair(p), plan(p.plan), world(w), buffer(b) {}
+
+    // through the node-shared window: write this rank's outgoing blocks into its part, wait for
+    // every rank to have written, read the incoming blocks from the writers' parts
+    template <typename T>
+    void run_shared(at::Tensor& a, at::Tensor& b, bool forward) {
+        const std::int64_t wa = a.numel() / std::max<std::int64_t>(a.size(0), 1);
+        const std::int64_t wb = b.numel() / std::max<std::int64_t>(b.size(0), 1), w = wa + wb;
+        T* pa = a.mutable_data_ptr<T>();
+        T* pb = b.mutable_data_ptr<T>();
+        const auto& out_rows = forward ? plan.send_atoms : plan.recv_rows;
+        const auto& out_at = forward ? plan.forward_written : plan.reverse_written;
+        const auto& in_ranks = forward ? plan.recv_ranks : plan.send_ranks;
+        const auto& in_rows = forward ? plan.recv_rows : plan.send_atoms;
+        const auto& in_at = forward ? plan.forward_read : plan.reverse_read;
+        const std::size_t half = pair.exchanges_done++ % 2;
+        T* mine = reinterpret_cast<T*>(pair.part[pair.rank] + half * (pair.part_bytes[pair.rank] / 2));
+        for (std::size_t k = 0; k < out_rows.size(); ++k) {
+            T* buf = mine + out_at[k] * w;
+            for (const std::int64_t row : out_rows[k]) {
+                buf = std::copy(pa + row * wa, pa + (row + 1) * wa, buf);
+                buf = std::copy(pb + row * wb, pb + (row + 1) * wb, buf);
+            }
+        }
+        MPI_Win_sync(pair.window);
+        MPI_Barrier(pair.node);
+        MPI_Win_sync(pair.window);
+        for (std::size_t k = 0; k < in_rows.size(); ++k) {  // in rank order: sums do not depend on timing
+            const int q = in_ranks[k];
+            const T* buf = reinterpret_cast<const T*>(pair.part[q] + half * (pair.part_bytes[q] / 2)) + in_at[k] * w;
+            for (const std::int64_t row : in_rows[k]) {
+                for (auto [p, n] : {std::pair<T*, std::int64_t>{pa + row * wa, wa}, {pb + row * wb, wb}}) {
+                    if (forward) std::copy(buf, buf + n, p);
+                    else for (std::int64_t c = 0; c < n; ++c) p[c] += buf[c];
+                    buf += n;
+                }
+            }
+        }
+    }
 
     template <typename T>
     void run(at::Tensor& a, at::Tensor& b, bool forward) {
+        if (pair.shared) return run_shared<T>(a, b, forward);
         const std::int64_t wa = a.numel() / std::max<std::int64_t>(a.size(0), 1);
         const std::int64_t wb = b.numel() / std::max<std::int64_t>(b.size(0), 1), w = wa + wb;
         T* pa = a.mutable_data_ptr<T>();
@@ -117,6 +159,8 @@ PairPainnfx::PairPainnfx(LAMMPS* lmp) : Pair(lmp) {
 
 PairPainnfx::~PairPainnfx() {
     delete[] pvector;
+    if (window != MPI_WIN_NULL) MPI_Win_unlock_all(window), MPI_Win_free(&window);
+    if (node != MPI_COMM_NULL) MPI_Comm_free(&node);
     if (allocated) {
         memory->destroy(setflag);
         memory->destroy(cutsq);
@@ -177,6 +221,13 @@ void PairPainnfx::init_style() {
         error->all(FLERR, "pair_style painnfx requires `units metal` (the model works in eV and Angstrom), got units {}",
                    update->unit_style);
     if (!atom->tag_enable) error->all(FLERR, "pair_style painnfx requires atom IDs (atom_modify id yes)");
+    rank = comm->me;
+    if (node == MPI_COMM_NULL) {  // collective: every rank runs init_style
+        MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+        int size = 0;
+        MPI_Comm_size(node, &size);
+        shared = size == comm->nprocs && comm->nprocs > 1 && std::getenv("PAINNFX_LAMMPS_P2P") == nullptr;
+    }
     // the order of the axes takes() compares: the most divided axis of the processor grid first
     axes = {2, 1, 0};
     std::stable_sort(axes.begin(), axes.end(), [&](int u, int v) { return comm->procgrid[u] > comm->procgrid[v]; });
@@ -231,7 +282,7 @@ void PairPainnfx::compute(int eflag, int vflag) {
 
     at::Tensor e_atom, g_r;
     painnfx::Counters counters;
-    PointToPoint exchange(plan, world, exchange_buffer);
+    PointToPoint exchange(*this, world, exchange_buffer);
     try {
         model->evaluate(nlocal, species, idx_i, idx_j, r, true, exchange, e_atom, g_r, counters);
     } catch (const std::exception& e) {
@@ -358,6 +409,47 @@ void PairPainnfx::build_plan(std::int64_t rows) {
                 if (a < 0 || a >= nlocal) error->one(FLERR, "pair_style painnfx: rank {} asked for atom {} of {}", q, a,
                                                      nlocal);
         }
+    }
+    if (!shared) return;
+    // where each block sits in its writer's part, told to its reader (rows; -1: no block)
+    std::vector<std::int64_t> told(2 * nprocs, -1), heard(2 * nprocs, -1);
+    std::int64_t forward_rows = 0, reverse_rows = 0;
+    for (std::size_t k = 0; k < plan.send_ranks.size(); ++k) {
+        plan.forward_written.push_back(forward_rows);
+        told[2 * plan.send_ranks[k]] = forward_rows;
+        forward_rows += static_cast<std::int64_t>(plan.send_atoms[k].size());
+    }
+    for (std::size_t k = 0; k < plan.recv_ranks.size(); ++k) {
+        plan.reverse_written.push_back(reverse_rows);
+        told[2 * plan.recv_ranks[k] + 1] = reverse_rows;
+        reverse_rows += static_cast<std::int64_t>(plan.recv_rows[k].size());
+    }
+    MPI_Alltoall(told.data(), 2, MPI_INT64_T, heard.data(), 2, MPI_INT64_T, world);
+    for (const int q : plan.recv_ranks) plan.forward_read.push_back(heard[2 * q]);
+    for (const int q : plan.send_ranks) plan.reverse_read.push_back(heard[2 * q + 1]);
+    // two halves, each for the widest exchange (x and mu: 6F values per row) in float64
+    grow_window(2 * static_cast<std::size_t>(std::max(forward_rows, reverse_rows)) * 6 * model->features() *
+                sizeof(double));
+}
+
+// (Re)allocates the node-shared window when a rank's part is too small: collective, every rank
+// decides the same from the largest need.
+void PairPainnfx::grow_window(std::size_t bytes) {
+    unsigned long long need = bytes > window_bytes ? bytes : 0, largest = 0;
+    MPI_Allreduce(&need, &largest, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, world);
+    if (largest == 0 && window != MPI_WIN_NULL) return;
+    if (window != MPI_WIN_NULL) MPI_Win_unlock_all(window), MPI_Win_free(&window);
+    window_bytes = std::max<std::size_t>({bytes + bytes / 4, 2 * window_bytes, 64});
+    char* base = nullptr;
+    MPI_Win_allocate_shared(static_cast<MPI_Aint>(window_bytes), 1, MPI_INFO_NULL, node, &base, &window);
+    MPI_Win_lock_all(MPI_MODE_NOCHECK, window);
+    part.assign(comm->nprocs, nullptr);
+    part_bytes.assign(comm->nprocs, 0);
+    for (int q = 0; q < comm->nprocs; ++q) {
+        MPI_Aint size = 0;
+        int unit = 0;
+        MPI_Win_shared_query(window, q, &size, &unit, &part[q]);
+        part_bytes[q] = static_cast<std::size_t>(size);
     }
 }
 

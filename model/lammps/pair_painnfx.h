@@ -12,6 +12,8 @@
 
 #include "pair.h"
 
+#include <mpi.h>
+
 #include <array>
 #include <memory>
 #include <vector>
@@ -42,7 +44,23 @@ class PairPainnfx : public Pair {
     struct Plan {
         std::vector<int> recv_ranks, send_ranks;
         std::vector<std::vector<std::int64_t>> recv_rows, send_atoms;
+        // with a node-shared window: where each block starts (in rows) in its writer's area, for
+        // the blocks this rank writes (per send rank forward, per receive rank in reverse) and
+        // reads (per receive rank forward, per send rank in reverse)
+        std::vector<std::int64_t> forward_written, reverse_written, forward_read, reverse_read;
     } plan;
+
+    // All ranks on one node: each writes its outgoing rows into its part of an MPI-3 shared
+    // window (two halves, used in turn) and each reads its incoming rows straight from the
+    // writers' parts: one copy each way instead of MPI's. Else point to point.
+    bool shared = false;
+    int rank = 0;
+    MPI_Comm node = MPI_COMM_NULL;
+    MPI_Win window = MPI_WIN_NULL;
+    std::size_t window_bytes = 0;                            // this rank's part
+    std::vector<char*> part;                                 // every rank's part
+    std::vector<std::size_t> part_bytes;
+    std::uint64_t exchanges_done = 0;                        // which half the next exchange uses
 
   private:
     std::unique_ptr<painnfx::PerLayerModel> model;
@@ -56,6 +74,7 @@ class PairPainnfx : public Pair {
     void allocate();
     std::int64_t assign_rows();
     void build_plan(std::int64_t rows);
+    void grow_window(std::size_t bytes);
     bool takes(double dx, double dy, double dz) const;
 };
 
