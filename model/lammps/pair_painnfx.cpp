@@ -34,26 +34,51 @@ MPI_Datatype mpi_type<double>() { return MPI_DOUBLE; }
 template <>
 MPI_Datatype mpi_type<float>() { return MPI_FLOAT; }
 
-// The rows of ghosts between ranks, point to point: each rank sends its owners' rows to the ranks
-// that need them, nothing else (LAMMPS's own forward_comm would move every ghost slot: all
-// images, and the skin's atoms that have no pair). Two per-atom tensors per exchange, in the
-// model's dtype.
-struct PointToPoint : painnfx::Exchange {
+// Two per-atom tensors (rows of wa and wb values) as one row of wa + wb values per atom.
+template <typename T>
+struct Rows {
+    T* a;
+    T* b;
+    std::int64_t wa, wb;
+    Rows(at::Tensor& ta, at::Tensor& tb)
+        : a(ta.mutable_data_ptr<T>()), b(tb.mutable_data_ptr<T>()),
+          wa(ta.numel() / std::max<std::int64_t>(ta.size(0), 1)), wb(tb.numel() / std::max<std::int64_t>(tb.size(0), 1)) {}
+    std::int64_t width() const { return wa + wb; }
+    T* pack(const std::vector<std::int64_t>& rows, T* buf) const {
+        for (const std::int64_t row : rows) {
+            buf = std::copy(a + row * wa, a + (row + 1) * wa, buf);
+            buf = std::copy(b + row * wb, b + (row + 1) * wb, buf);
+        }
+        return buf;
+    }
+    // forward: the rows become the buffer's; reverse: the buffer is added to them
+    void unpack(const std::vector<std::int64_t>& rows, const T* buf, bool forward) const {
+        for (const std::int64_t row : rows) {
+            for (auto [p, n] : {std::pair<T*, std::int64_t>{a + row * wa, wa}, {b + row * wb, wb}}) {
+                if (forward) std::copy(buf, buf + n, p);
+                else for (std::int64_t c = 0; c < n; ++c) p[c] += buf[c];
+                buf += n;
+            }
+        }
+    }
+};
+
+// The rows of ghosts between ranks: each rank sends the rows it owns to the ranks that need them
+// (forward), and the ghost rows' sums back to their owners (reverse), nothing else (LAMMPS's own
+// forward_comm would move every ghost slot: all images, and the skin's atoms that have no pair).
+// Incoming blocks are added in rank order: sums do not depend on timing.
+struct RowExchange : painnfx::Exchange {
     PairPainnfx& pair;
     const PairPainnfx::Plan& plan;
     MPI_Comm world;
     std::vector<std::uint64_t>& buffer;  // the pair's, kept between steps: grown (and zeroed) only when too small
-    PointToPoint(PairPainnfx& p, MPI_Comm w, std::vector<std::uint64_t>& b)
-        : pair(p), plan(p.plan), world(w), buffer(b) {}
+    RowExchange(PairPainnfx& p, MPI_Comm w, std::vector<std::uint64_t>& b) : pair(p), plan(p.plan), world(w), buffer(b) {}
 
-    // through the node-shared window: write this rank's outgoing blocks into its part, wait for
-    // every rank to have written, read the incoming blocks from the writers' parts
+    // ranks on one node: write this rank's outgoing blocks into its part of the shared window,
+    // wait for every rank to have written, read the incoming blocks from the writers' parts
     template <typename T>
-    void run_shared(at::Tensor& a, at::Tensor& b, bool forward) {
-        const std::int64_t wa = a.numel() / std::max<std::int64_t>(a.size(0), 1);
-        const std::int64_t wb = b.numel() / std::max<std::int64_t>(b.size(0), 1), w = wa + wb;
-        T* pa = a.mutable_data_ptr<T>();
-        T* pb = b.mutable_data_ptr<T>();
+    void run_shared(const Rows<T>& rows, bool forward) {
+        const std::int64_t w = rows.width();
         const auto& out_rows = forward ? plan.send_atoms : plan.recv_rows;
         const auto& out_at = forward ? plan.forward_written : plan.reverse_written;
         const auto& in_ranks = forward ? plan.recv_ranks : plan.send_ranks;
@@ -61,77 +86,51 @@ struct PointToPoint : painnfx::Exchange {
         const auto& in_at = forward ? plan.forward_read : plan.reverse_read;
         const std::size_t half = pair.exchanges_done++ % 2;
         T* mine = reinterpret_cast<T*>(pair.part[pair.rank] + half * (pair.part_bytes[pair.rank] / 2));
-        for (std::size_t k = 0; k < out_rows.size(); ++k) {
-            T* buf = mine + out_at[k] * w;
-            for (const std::int64_t row : out_rows[k]) {
-                buf = std::copy(pa + row * wa, pa + (row + 1) * wa, buf);
-                buf = std::copy(pb + row * wb, pb + (row + 1) * wb, buf);
-            }
-        }
+        for (std::size_t k = 0; k < out_rows.size(); ++k) rows.pack(out_rows[k], mine + out_at[k] * w);
         MPI_Win_sync(pair.window);
         MPI_Barrier(pair.node);
         MPI_Win_sync(pair.window);
-        for (std::size_t k = 0; k < in_rows.size(); ++k) {  // in rank order: sums do not depend on timing
+        for (std::size_t k = 0; k < in_rows.size(); ++k) {
             const int q = in_ranks[k];
-            const T* buf = reinterpret_cast<const T*>(pair.part[q] + half * (pair.part_bytes[q] / 2)) + in_at[k] * w;
-            for (const std::int64_t row : in_rows[k]) {
-                for (auto [p, n] : {std::pair<T*, std::int64_t>{pa + row * wa, wa}, {pb + row * wb, wb}}) {
-                    if (forward) std::copy(buf, buf + n, p);
-                    else for (std::int64_t c = 0; c < n; ++c) p[c] += buf[c];
-                    buf += n;
-                }
-            }
+            rows.unpack(in_rows[k], reinterpret_cast<const T*>(pair.part[q] + half * (pair.part_bytes[q] / 2)) +
+                                        in_at[k] * w, forward);
         }
     }
 
+    // across nodes: MPI_Isend / MPI_Irecv with the ranks that own or need the rows
     template <typename T>
-    void run(at::Tensor& a, at::Tensor& b, bool forward) {
-        if (pair.shared) return run_shared<T>(a, b, forward);
-        const std::int64_t wa = a.numel() / std::max<std::int64_t>(a.size(0), 1);
-        const std::int64_t wb = b.numel() / std::max<std::int64_t>(b.size(0), 1), w = wa + wb;
-        T* pa = a.mutable_data_ptr<T>();
-        T* pb = b.mutable_data_ptr<T>();
-        // forward: owned rows (send_atoms) -> the ghost rows of the ranks that need them (recv_rows)
-        // reverse: ghost rows (recv_rows) -> added into the owners' rows (send_atoms)
+    void run_point_to_point(const Rows<T>& rows, bool forward) {
+        const std::int64_t w = rows.width();
         const auto& out_ranks = forward ? plan.send_ranks : plan.recv_ranks;
         const auto& out_rows = forward ? plan.send_atoms : plan.recv_rows;
         const auto& in_ranks = forward ? plan.recv_ranks : plan.send_ranks;
         const auto& in_rows = forward ? plan.recv_rows : plan.send_atoms;
         std::vector<std::size_t> offset{0};  // into one buffer: what comes in, per rank, then what goes out
-        for (const auto& rows : in_rows) offset.push_back(offset.back() + rows.size() * w);
-        for (const auto& rows : out_rows) offset.push_back(offset.back() + rows.size() * w);
+        for (const auto& r : in_rows) offset.push_back(offset.back() + r.size() * w);
+        for (const auto& r : out_rows) offset.push_back(offset.back() + r.size() * w);
         const std::size_t words = (offset.back() * sizeof(T) + sizeof(std::uint64_t) - 1) / sizeof(std::uint64_t);
         if (buffer.size() < words) buffer.resize(words);
         T* base = reinterpret_cast<T*>(buffer.data());
         const std::size_t n_in = in_rows.size();
-        std::vector<MPI_Request> requests;
-        requests.reserve(in_rows.size() + out_rows.size());
-        for (std::size_t k = 0; k < n_in; ++k) {
-            requests.emplace_back();
+        std::vector<MPI_Request> requests(n_in + out_rows.size());
+        for (std::size_t k = 0; k < n_in; ++k)
             MPI_Irecv(base + offset[k], static_cast<int>(offset[k + 1] - offset[k]), mpi_type<T>(), in_ranks[k], 7417,
-                      world, &requests.back());
-        }
+                      world, &requests[k]);
         for (std::size_t k = 0; k < out_rows.size(); ++k) {
-            T* buf = base + offset[n_in + k];
-            for (const std::int64_t row : out_rows[k]) {
-                buf = std::copy(pa + row * wa, pa + (row + 1) * wa, buf);
-                buf = std::copy(pb + row * wb, pb + (row + 1) * wb, buf);
-            }
-            requests.emplace_back();
-            MPI_Isend(base + offset[n_in + k], static_cast<int>(offset[n_in + k + 1] - offset[n_in + k]), mpi_type<T>(),
-                      out_ranks[k], 7417, world, &requests.back());
+            T* start = base + offset[n_in + k];
+            rows.pack(out_rows[k], start);
+            MPI_Isend(start, static_cast<int>(offset[n_in + k + 1] - offset[n_in + k]), mpi_type<T>(), out_ranks[k],
+                      7417, world, &requests[n_in + k]);
         }
         MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
-        for (std::size_t k = 0; k < n_in; ++k) {  // in rank order: sums do not depend on timing
-            const T* buf = base + offset[k];
-            for (const std::int64_t row : in_rows[k]) {
-                for (auto [p, n] : {std::pair<T*, std::int64_t>{pa + row * wa, wa}, {pb + row * wb, wb}}) {
-                    if (forward) std::copy(buf, buf + n, p);
-                    else for (std::int64_t c = 0; c < n; ++c) p[c] += buf[c];
-                    buf += n;
-                }
-            }
-        }
+        for (std::size_t k = 0; k < n_in; ++k) rows.unpack(in_rows[k], base + offset[k], forward);
+    }
+
+    template <typename T>
+    void run(at::Tensor& a, at::Tensor& b, bool forward) {
+        const Rows<T> rows(a, b);
+        if (pair.shared) run_shared(rows, forward);
+        else run_point_to_point(rows, forward);
     }
     void exchange(at::Tensor& a, at::Tensor& b, bool forward) {
         if (a.scalar_type() == at::kDouble) run<double>(a, b, forward);
@@ -282,7 +281,7 @@ void PairPainnfx::compute(int eflag, int vflag) {
 
     at::Tensor e_atom, g_r;
     painnfx::Counters counters;
-    PointToPoint exchange(*this, world, exchange_buffer);
+    RowExchange exchange(*this, world, exchange_buffer);
     try {
         model->evaluate(nlocal, species, idx_i, idx_j, r, true, exchange, e_atom, g_r, counters);
     } catch (const std::exception& e) {
