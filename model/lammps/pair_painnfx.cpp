@@ -74,16 +74,32 @@ struct RowExchange : painnfx::Exchange {
     std::vector<std::uint64_t>& buffer;  // the pair's, kept between steps: grown (and zeroed) only when too small
     RowExchange(PairPainnfx& p, MPI_Comm w, std::vector<std::uint64_t>& b) : pair(p), plan(p.plan), world(w), buffer(b) {}
 
+    // what goes out and what comes in. forward: owned rows (send_atoms) to the ranks that need
+    // them, into their ghost rows (recv_rows); reverse: ghost rows back, added into the owners'
+    using Blocks = std::vector<std::vector<std::int64_t>>;
+    struct Sides {
+        const std::vector<int>& out_ranks;
+        const Blocks& out_rows;
+        const std::vector<std::int64_t>& out_at;  // shared window: where each outgoing block starts
+        const std::vector<int>& in_ranks;
+        const Blocks& in_rows;
+        const std::vector<std::int64_t>& in_at;
+    };
+    Sides sides(bool forward) const {
+        if (forward)
+            return {plan.send_ranks, plan.send_atoms, plan.forward_written, plan.recv_ranks, plan.recv_rows,
+                    plan.forward_read};
+        return {plan.recv_ranks, plan.recv_rows, plan.reverse_written, plan.send_ranks, plan.send_atoms,
+                plan.reverse_read};
+    }
+
     // ranks on one node: write this rank's outgoing blocks into its part of the shared window,
     // wait for every rank to have written, read the incoming blocks from the writers' parts
     template <typename T>
     void run_shared(const Rows<T>& rows, bool forward) {
         const std::int64_t w = rows.width();
-        const auto& out_rows = forward ? plan.send_atoms : plan.recv_rows;
-        const auto& out_at = forward ? plan.forward_written : plan.reverse_written;
-        const auto& in_ranks = forward ? plan.recv_ranks : plan.send_ranks;
-        const auto& in_rows = forward ? plan.recv_rows : plan.send_atoms;
-        const auto& in_at = forward ? plan.forward_read : plan.reverse_read;
+        const Sides side = sides(forward);
+        const auto& [out_ranks, out_rows, out_at, in_ranks, in_rows, in_at] = side;
         const std::size_t half = pair.exchanges_done++ % 2;
         T* mine = reinterpret_cast<T*>(pair.part[pair.rank] + half * (pair.part_bytes[pair.rank] / 2));
         for (std::size_t k = 0; k < out_rows.size(); ++k) rows.pack(out_rows[k], mine + out_at[k] * w);
@@ -101,10 +117,8 @@ struct RowExchange : painnfx::Exchange {
     template <typename T>
     void run_point_to_point(const Rows<T>& rows, bool forward) {
         const std::int64_t w = rows.width();
-        const auto& out_ranks = forward ? plan.send_ranks : plan.recv_ranks;
-        const auto& out_rows = forward ? plan.send_atoms : plan.recv_rows;
-        const auto& in_ranks = forward ? plan.recv_ranks : plan.send_ranks;
-        const auto& in_rows = forward ? plan.recv_rows : plan.send_atoms;
+        const Sides side = sides(forward);
+        const auto& [out_ranks, out_rows, out_at, in_ranks, in_rows, in_at] = side;
         std::vector<std::size_t> offset{0};  // into one buffer: what comes in, per rank, then what goes out
         for (const auto& r : in_rows) offset.push_back(offset.back() + r.size() * w);
         for (const auto& r : out_rows) offset.push_back(offset.back() + r.size() * w);
