@@ -3,11 +3,13 @@
 // Per layer l (x: the context net's output (3F) per atom, mu: vector features (3, F)):
 //   x_l = W2 silu(W1 q + b1) + b2   for owned atoms; the first layer's depends on the element only
 //   ghost rows of x_l, mu_l         <- their owners (Exchange::forward; none before the first layer)
-//   dq, dmu = painn_message(edges into owned atoms, x_l, mu_l)
-//   q, mu  = painn_update(q + dq, mu + dmu)
+//   dq, dmu = painn_message(the engine's edges, x_l, mu_l)
+//   owners' rows of dq, dmu         += their ghosts' (Exchange::reverse: the messages into ghosts)
+//   q, mu  = painn_update(q + dq, mu + dmu)      for owned atoms
 // e_i = scale * MLP(q_i) + shift + atomref(Z_i). The backward runs the same layers in reverse with
-// the ops' analytical backwards; the gradients to ghost rows of x_l and mu_l go to their owners
-// (Exchange::reverse) before the owners continue through their context nets.
+// the ops' analytical backwards: the ghost rows of dE/dq, dE/dmu come from their owners before each
+// message backward (Exchange::forward), and the gradients to ghost rows of x_l and mu_l go to their
+// owners (Exchange::reverse) before the owners continue through their context nets.
 #include "painnfx_model.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>

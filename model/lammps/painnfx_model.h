@@ -4,9 +4,9 @@
 // ops are painnfx's C++ kernels, called through torch's dispatcher.
 //
 // The engine gives, per evaluation: its owned atoms 0..n_owned-1 and ghost atoms
-// n_owned..n_all-1 (element index of each), and the edges into owned atoms (i owned <- j any,
-// r = x_j - x_i, |r| < cutoff). The edges may include messages into ghosts (both directions of each
-// pair, every pair on one rank only): per layer, the features of the ghosts come from their owners
+// n_owned..n_all-1 (element index of each), and edges i <- j between any of them (r = x_j - x_i,
+// |r| < cutoff; LAMMPS's pair style hands both directions of each pair it takes, every pair on one
+// rank only, so messages go into ghosts too): per layer, the features of the ghosts come from their owners
 // (`Exchange::forward`), and the messages into ghosts go to their owners (`Exchange::reverse`);
 // the backward exchanges the gradients the same way. The result: per-atom energies of the owned
 // atoms and dE/dr per edge, the gradient of the energy of ALL atoms (every rank's owned energies)
