@@ -186,23 +186,16 @@ def mpi_compiler() -> str:
     raise PluginBuildError("no MPI C++ compiler (mpicxx) found; set PAINNFX_MPICXX")
 
 
-def _torch_flags() -> tuple[list, list]:
-    from torch.utils import cpp_extension
-
-    lib = Path(torch.__file__).parent / "lib"
-    includes = [f"-I{p}" for p in cpp_extension.include_paths()]
-    return ([*includes, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"],
-            [f"-L{lib}", f"-Wl,-rpath,{lib}", "-ltorch", "-ltorch_cpu", "-lc10"])
-
-
 def build_plugin(lmp: Optional[str] = None, use_cache: bool = True) -> tuple[Path, dict]:
     """(plugin path, build info): the pair style compiled for the LAMMPS whose headers
     :func:`lammps_headers` finds and for the installed torch (~1 minute; then cached)."""
+    from painnfx.ops.cpu.build import compiler_version, torch_includes, torch_links
+
     headers = lammps_headers(lmp)
     cxx = mpi_compiler()
-    cflags, libs = _torch_flags()
-    flags = ["-O3", "-std=c++20", "-fPIC", "-shared", "-w", f"-I{headers}", f"-I{SOURCES}", *cflags]
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    libs = list(torch_links())
+    flags = ["-O3", "-std=c++20", "-fPIC", "-shared", "-w", f"-I{headers}", f"-I{SOURCES}", *torch_includes()]
+    version = compiler_version(cxx)
     key = digest([*((SOURCES / s).read_text() for s in (*PLUGIN_SOURCES, "painnfx_model.h", "pair_painnfx.h")),
                   (headers / "version.h").read_text(), (headers / "pair.h").read_text(), " ".join(flags + libs),
                   version, torch.__version__])

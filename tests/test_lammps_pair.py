@@ -9,7 +9,6 @@ tests skip, unless ``--require-env`` (CI) makes that a failure. Ranks are oversu
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +22,17 @@ from hypothesis import strategies as st
 from painnfx.model.default import default_model
 from painnfx.model.lammps_pair import FORMAT_VERSION, export_model, model_file_payload, read_model_file
 from painnfx.model.neighbors import neighbor_list
-from painnfx.tools.lammps_cmd import export
+from painnfx.tools.lammps_cmd import export, rank_counts
 
 from test_lammps import (NKTV2P, ase_reference, assert_ran, cuni_checkpoint, cuni_cluster, failing_run, hot_cu_md, lmp, periodic_cu,  # noqa: F401
                          read_dump, rel, run, thermo_rows, triclinic_cu)
 
 pytestmark = pytest.mark.lammps
 
-COUNTS = re.compile(r"painnfx pair rank (\d+)/(\d+): owned (\d+), ghosts (\d+) \(of (\d+) in the shell.*?edges (\d+), "
-                    r"exchanges (\d+), ghost shell ([0-9.]+) A")
-
-
 def rank_lines(out: str) -> list:
     """Per rank: (rank, ranks, owned, ghost rows received, ghosts in LAMMPS's shell, edges, exchanges, shell)."""
-    return sorted((int(a), int(b), int(c), int(d), int(e), int(f), int(g), float(h)) for a, b, c, d, e, f, g, h
-                  in COUNTS.findall(out))
+    return [(c["rank"], c["ranks"], c["owned"], c["ghosts"], c["shell"], c["edges"], c["exchanges"], c["shell_A"])
+            for c in rank_counts(out, "painnfx")]
 
 
 def static(tmp_path, atoms, types, nprocs, pair_style="painnfx", checkpoint=None, dtype=torch.float64, grid=None,

@@ -99,6 +99,11 @@ def lammps_env(threads: int | None = None) -> dict:
 PAIR_STYLES = ("painnfx", "mliap")
 
 
+def model_file(folder: Path, pair_style: str) -> str:
+    """Where a command that writes the model file into ``folder`` puts it."""
+    return str(folder / ("model.pfx" if pair_style == "painnfx" else "model.pkl"))
+
+
 def export(out: str, checkpoint=None, types=("Cu",), dtype=torch.float64, device="cpu", optimize="auto",
            skin: float = 2.0, pair_style: str = "mliap") -> tuple:
     """Write the model file ``out`` and ``out + '.lammps'`` (the lines to ``include``);
@@ -244,8 +249,7 @@ def main_run(args) -> int:
     check_device(args.device)
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    suffix = "pfx" if args.pair_style == "painnfx" else "pkl"
-    _, lines_file, _ = export(str(work / f"model.{suffix}"), args.checkpoint, args.types, DTYPES[args.dtype],
+    _, lines_file, _ = export(model_file(work, args.pair_style), args.checkpoint, args.types, DTYPES[args.dtype],
                               args.device, args.optimize, args.skin, args.pair_style)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.nprocs)
     variables = {"model_lines": lines_file, **dict(args.var)}
@@ -269,18 +273,25 @@ def main_run(args) -> int:
     return 0
 
 
-PAIR_COUNTS = re.compile(r"painnfx pair rank (\d+)/\d+: owned (\d+), ghosts (\d+) \(of (\d+) in the shell.*?edges (\d+)")
+PAIR_COUNTS = re.compile(r"painnfx pair rank (\d+)/(\d+): owned (\d+), ghosts (\d+) \(of (\d+) in the shell.*?edges (\d+), "
+                         r"exchanges (\d+), ghost shell ([0-9.]+) A")
 MLIAP_COUNTS = re.compile(r"computed per layer: (\d+) owned \+ (\d+) ghost atoms, (\d+) edges")
 
 
 def rank_counts(output: str, pair_style: str) -> list:
     """Per rank, what its first evaluation computed per layer: owned atoms, ghost atoms whose
-    features were computed (mliap) or received (painnfx), edges; painnfx also the ghosts LAMMPS
-    holds (``shell``)."""
+    features were computed (mliap) or received (painnfx), edges; painnfx also the rank and rank
+    count, the ghosts LAMMPS holds (``shell``), the exchanges each way and the ghost shell (A)."""
     if pair_style == "painnfx":
         found = sorted(PAIR_COUNTS.findall(output), key=lambda m: int(m[0]))
-        return [{"owned": int(o), "ghosts": int(g), "shell": int(sh), "edges": int(e)} for _, o, g, sh, e in found]
+        return [{"rank": int(k), "ranks": int(p), "owned": int(o), "ghosts": int(g), "shell": int(sh), "edges": int(e),
+                 "exchanges": int(x), "shell_A": float(a)} for k, p, o, g, sh, e, x, a in found]
     return [{"owned": int(o), "ghosts": int(g), "edges": int(e)} for o, g, e in MLIAP_COUNTS.findall(output)]
+
+
+def busiest(counts: list) -> dict:
+    """The rank with the most owned + ghost atoms ({} without counts)."""
+    return max(counts, key=lambda c: c["owned"] + c["ghosts"]) if counts else {}
 
 
 def main_bench(args) -> int:
@@ -296,8 +307,7 @@ def main_bench(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     lines = {}
     for style in args.pair_styles:
-        suffix = "pfx" if style == "painnfx" else "pkl"
-        lines[style] = export(str(work / f"model.{suffix}"), args.checkpoint, args.types, DTYPES[args.dtype],
+        lines[style] = export(model_file(work, style), args.checkpoint, args.types, DTYPES[args.dtype],
                               args.device, args.optimize, args.skin, style)[1]
     cores = os.cpu_count() or 1
     rows = []
@@ -315,7 +325,7 @@ def main_bench(args) -> int:
                 rows.append({"cells": size, "atoms": perf["atoms"], "pair_style": style, "ranks": ranks,
                              "threads_per_rank": threads, "steps": perf["steps"], "seconds": perf["seconds"],
                              "steps_per_s": perf["steps_per_s"], "per_rank": counts})
-                worst = max(counts, key=lambda c: c["owned"] + c["ghosts"]) if counts else {}
+                worst = busiest(counts)
                 print(f"{perf['atoms']:6d} atoms  {style:8s} {ranks} ranks x {threads} threads  "
                       f"{perf['steps_per_s']:.3g} steps/s  (busiest rank: {worst.get('owned')} owned + "
                       f"{worst.get('ghosts')} ghost atoms, {worst.get('edges')} edges)", flush=True)
@@ -333,9 +343,9 @@ def main_bench(args) -> int:
     table = ["| atoms | pair style | MPI ranks x threads | steps/s | vs " + f"{args.ranks[0]} rank(s) | "
              "per rank: owned + ghost atoms computed, edges (busiest rank) |", "|---|---|---|---|---|---|"]
     for r in rows:
-        c = max(r["per_rank"], key=lambda c: c["owned"] + c["ghosts"]) if r["per_rank"] else None
+        c = busiest(r["per_rank"])
         how = "received" if r["pair_style"] == "painnfx" else "computed"
-        what = "n/a" if c is None else f"{c['owned']} + {c['ghosts']} ({how}), {c['edges']}"
+        what = f"{c['owned']} + {c['ghosts']} ({how}), {c['edges']}" if c else "n/a"
         table.append(f"| {r['atoms']} | {r['pair_style']} | {r['ranks']} x {r['threads_per_rank']} | "
                      f"{r['steps_per_s']:.3g} | {r['speedup_vs_first']:.2f}x | {what} |")
     write_text(out.with_suffix(".md"),

@@ -178,8 +178,7 @@ Tensor PerLayerModel::context(const Layer& layer, const Tensor& q, Tensor& pre) 
 }
 
 void PerLayerModel::evaluate(std::int64_t n, const Tensor& species, const Tensor& idx_i, const Tensor& idx_j,
-                             const Tensor& r, bool forces, Exchange& exchange, Tensor& e_atom, Tensor& g_r,
-                             Counters& counters) {
+                             const Tensor& r, bool forces, Exchange& exchange, Tensor& e_atom, Tensor& g_r) {
     c10::InferenceMode guard;
     static const c10::OperatorHandle prepare = op("painnfx::prepare_edges");
     static const c10::OperatorHandle message = op("painnfx::painn_message");
@@ -188,7 +187,6 @@ void PerLayerModel::evaluate(std::int64_t n, const Tensor& species, const Tensor
     static const c10::OperatorHandle update_backward = op("painnfx::painn_update_backward");
     const std::int64_t n_all = species.size(0), f = features_;
     const auto opts = at::TensorOptions().dtype(dtype_);
-    counters = {n, n_all - n, r.size(0), 2 * layers_ - 1};
 
     const IValue none;
     const IValue basis(basis_), cutoff(cutoff_fn_), cutoff_params(cutoff_params_);

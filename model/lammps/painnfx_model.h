@@ -32,13 +32,6 @@ struct Exchange {
     virtual void reverse(at::Tensor& gx, at::Tensor& gmu) = 0;
 };
 
-struct Counters {
-    std::int64_t owned = 0;        // atoms whose features were computed, per layer
-    std::int64_t ghosts = 0;       // atoms whose features were received, per exchange
-    std::int64_t edges = 0;        // edges whose messages were computed, per layer
-    std::int64_t exchanges = 0;    // exchanges per evaluation, each way
-};
-
 class PerLayerModel {
   public:
     // Reads `path`; throws std::runtime_error naming what is wrong (missing file, not a painnfx
@@ -51,13 +44,13 @@ class PerLayerModel {
     at::ScalarType dtype() const { return dtype_; }
     const std::vector<std::string>& symbols() const { return symbols_; }  // element names it knows
     const std::string& summary() const { return summary_; }
+    int exchanges() const { return 2 * layers_ - 1; }  // Exchange calls per evaluation, each way
 
     // species: (n_all,) int64 indices into symbols(); idx_i, idx_j: (E,) int64; r: (E, 3) of
     // dtype(). Writes e_atom (n_owned,) and, with `forces`, g_r = dE/dr (E, 3). Not reentrant:
     // one evaluation at a time per object (one per MPI rank).
     void evaluate(std::int64_t n_owned, const at::Tensor& species, const at::Tensor& idx_i, const at::Tensor& idx_j,
-                  const at::Tensor& r, bool forces, Exchange& exchange, at::Tensor& e_atom, at::Tensor& g_r,
-                  Counters& counters);
+                  const at::Tensor& r, bool forces, Exchange& exchange, at::Tensor& e_atom, at::Tensor& g_r);
 
   private:
     struct Layer {

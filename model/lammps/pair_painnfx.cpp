@@ -258,8 +258,10 @@ void PairPainnfx::compute(int eflag, int vflag) {
     const int nall = nlocal + atom->nghost;
     const double cut = model->cutoff(), cutsq_model = cut * cut;
 
-    const std::int64_t rows = assign_rows();
-    if (neighbor->ago == 0 || !reported) build_plan(rows);  // atoms move between ranks only when lists are rebuilt
+    if (neighbor->ago == 0 || !reported) {  // atoms (and images) change only when the lists are rebuilt
+        rows = assign_rows();
+        build_plan(rows);
+    }
     at::Tensor species = at::empty({rows}, at::kLong);
     auto* sp = species.mutable_data_ptr<std::int64_t>();
     for (int i = 0; i < nall; ++i) {
@@ -294,19 +296,18 @@ void PairPainnfx::compute(int eflag, int vflag) {
     const at::Tensor r = at::from_blob(rr.data(), {n_edges, 3}, at::kDouble).to(model->dtype());
 
     at::Tensor e_atom, g_r;
-    painnfx::Counters counters;
     RowExchange exchange(*this, world, exchange_buffer);
     try {
-        model->evaluate(nlocal, species, idx_i, idx_j, r, true, exchange, e_atom, g_r, counters);
+        model->evaluate(nlocal, species, idx_i, idx_j, r, true, exchange, e_atom, g_r);
     } catch (const std::exception& e) {
         error->one(FLERR, std::string("pair_style painnfx: ") + e.what());
     }
-    pvector[0] = static_cast<double>(counters.owned);
+    pvector[0] = static_cast<double>(nlocal);
     std::int64_t received = 0;
     for (const auto& r : plan.recv_rows) received += static_cast<std::int64_t>(r.size());
     pvector[1] = static_cast<double>(received);
-    pvector[2] = static_cast<double>(counters.edges);
-    pvector[3] = static_cast<double>(counters.exchanges);
+    pvector[2] = static_cast<double>(n_edges);
+    pvector[3] = static_cast<double>(model->exchanges());
 
     const at::Tensor e = e_atom.to(at::kDouble).contiguous();
     const at::Tensor g = g_r.to(at::kDouble).contiguous();
@@ -333,10 +334,10 @@ void PairPainnfx::compute(int eflag, int vflag) {
         reported = true;
         // one write per rank (atomic on a pipe), on stderr: never inside the thermo output
         const std::string line = "painnfx pair rank " + std::to_string(comm->me) + "/" + std::to_string(comm->nprocs) +
-                                 ": owned " + std::to_string(counters.owned) + ", ghosts " +
+                                 ": owned " + std::to_string(nlocal) + ", ghosts " +
                                  std::to_string(received) + " (of " + std::to_string(atom->nghost) +
-                                 " in the shell; the others are images or have no pair here), edges " + std::to_string(counters.edges) +
-                                 ", exchanges " + std::to_string(counters.exchanges) + ", ghost shell " +
+                                 " in the shell; the others are images or have no pair here), edges " + std::to_string(n_edges) +
+                                 ", exchanges " + std::to_string(model->exchanges()) + ", ghost shell " +
                                  std::to_string(comm->get_comm_cutoff()) + " A; " + model->summary() + "\n";
         if (write(2, line.data(), line.size()) < 0) {}
     }

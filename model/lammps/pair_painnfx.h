@@ -66,6 +66,7 @@ class PairPainnfx : public Pair {
     std::unique_ptr<painnfx::PerLayerModel> model;
     std::vector<int> species_of_type;     // per type 1..ntypes: the model's element index, -1 for NULL
     std::vector<std::int64_t> model_row;  // per LAMMPS atom (owned + ghost): its row in the model's tensors
+    std::int64_t rows = 0;                // the model's rows: owned atoms, then one per ghost atom ID
     std::array<int, 3> axes{2, 1, 0};      // takes(): the axes in the order it compares them
     std::vector<char> in_plan;            // per model row: exchanged by the plan
     std::vector<double> owner;

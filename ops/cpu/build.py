@@ -104,7 +104,8 @@ def _cpu_identity() -> str:
         return platform.processor() or platform.machine()
 
 
-def _torch_includes() -> tuple:
+def torch_includes() -> tuple:
+    """Compiler flags for code that includes torch's headers (the installed torch's, its C++ ABI)."""
     from torch.utils import cpp_extension
 
     import torch
@@ -113,7 +114,8 @@ def _torch_includes() -> tuple:
             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}")
 
 
-def _torch_links() -> tuple:
+def torch_links() -> tuple:
+    """Linker flags for code that calls libtorch (found at run time through an rpath)."""
     import torch
 
     lib = Path(torch.__file__).parent / "lib"
@@ -165,7 +167,7 @@ def units() -> tuple:
     reads ``PER_DTYPE`` once per dtype (painn_message.cpp: ~4-5 s each, against ~9 s for one unit of
     both), the other kernels once (painn_update.cpp ~3 s)."""
     split = [s for s in SOURCES if PER_DTYPE in s.read_text()]
-    return ((OPERATORS, _torch_includes()), *((s, (f"-D{PER_DTYPE}={bits}",)) for s in split for bits in (64, 32)),
+    return ((OPERATORS, torch_includes()), *((s, (f"-D{PER_DTYPE}={bits}",)) for s in split for bits in (64, 32)),
             *((s, ()) for s in SOURCES if s not in split))
 
 
@@ -210,7 +212,7 @@ def compile_units(cxx: str, units, jobs: Optional[int] = None) -> list:
 
 
 def link(cxx: str, objects: list, out: Path) -> None:
-    res = subprocess.run([cxx, "-shared", "-fopenmp", *map(str, objects), "-o", str(out), *_torch_links(),
+    res = subprocess.run([cxx, "-shared", "-fopenmp", *map(str, objects), "-o", str(out), *torch_links(),
                           *vector_maths()], capture_output=True, text=True, timeout=600)
     if res.returncode:
         raise CpuBuildError(f"{cxx} failed to build the CPU kernels (linking):\n{res.stderr[-3000:]}")
