@@ -7,12 +7,15 @@ import os
 import numpy as np
 import pytest
 import torch
+from ase.build import bulk
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from painnfx.ops import prepare_edges, reference
 from painnfx.ops.cuda import message as cuda_message
 from painnfx.ops.cuda.nvrtc import kernel_source
-from strategies import message_inputs
+from strategies import message_inputs, molecules, periodic_cells
+from test_paired_edges import _structure_inputs
 
 from helpers import env_import, env_skip  # noqa: E402
 
@@ -241,6 +244,73 @@ def test_one_and_the_maximum_number_of_radial_functions(emu_all, k, schedule):
     _assert_backward(_backward(emu_all, inp, gq, gmu, schedule, True, seed=k), _reference_backward(inp, gq, gmu, True),
                      torch.float64)
 
+
+
+# Each pair's dL/dr once: the edge kernel's warp for a pair computes the rows a, b once and both edges'
+# dL/dr. The inputs are neighbor lists (every edge paired, atoms that see their own images), half lists
+# (no pair) and the same lists with `reverse` all -1 (every edge alone).
+
+def _paired_inputs(atoms, dtype, half=False, seed=0):
+    s = _structure_inputs(atoms, 3.0, dtype, f=5, k=4, mu=True, half=half, seed=seed)
+    return dict(r=s["r"], idx_i=s["ii"], idx_j=s["jj"], x=s["x"], mu=s["mu"], weight=s["w"], bias=s["b"],
+                basis_params=s["params"], basis="gaussian", cutoff="cosine", cutoff_params=[s["cutoff"]])
+
+
+def _backward_with(emu, inp, gq, gmu, reverse=None, schedule="forward", seed=0):
+    """The backward launches on the plan of ``inp``, its ``reverse`` replaced where given."""
+    edges = list(prepare_edges(inp["r"], inp["idx_i"], inp["idx_j"], inp["x"].shape[0]))
+    if reverse is not None:
+        edges[4] = reverse
+    launches, outputs = cuda_message.backward_launches(
+        gq, gmu, inp["r"], inp["idx_i"], inp["idx_j"], edges, inp["x"], inp["mu"], inp["weight"], inp["bias"],
+        inp["basis_params"], inp["basis"], inp["cutoff"], inp["cutoff_params"], False)
+    for launch in launches:
+        emu.launch(launch.kernel, launch.grid, launch.block, launch.args, schedule=schedule, seed=seed)
+    return outputs, edges[4]
+
+
+@settings(max_examples=10, deadline=None)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@given(atoms=st.one_of(periodic_cells(max_atoms=4), molecules(max_atoms=6)), half=st.booleans(),
+       schedule=st.sampled_from(SCHEDULES))
+def test_paired_edge_kernel_equals_per_edge_and_the_reference(emu_all, dtype, atoms, half, schedule):
+    """Drawn cells and molecules, full and half lists: dL/dr of the pairs' warps is bitwise the
+    per-edge kernel's (the partner's direction is exactly -u, its length the same), and equals the
+    reference; a full list pairs every edge."""
+    inp = _paired_inputs(atoms, dtype, half=half)
+    gq, gmu = _cotangents(inp, 1)
+    (paired, *rest), rev = _backward_with(emu_all, inp, gq, gmu, schedule=schedule, seed=4)
+    assert bool((rev < 0).all()) if half else bool((rev >= 0).all())
+    (alone, *_), _ = _backward_with(emu_all, inp, gq, gmu, reverse=torch.full_like(rev, -1), schedule=schedule)
+    assert torch.equal(paired, alone)
+    _assert_backward((paired, *rest), _reference_backward(inp, gq, gmu, False), dtype)
+
+
+def test_a_cu_cell_and_its_self_images_pair_in_the_edge_kernel(emu_all):
+    """One fcc Cu atom (every edge to its own image, paired with the opposite image) and a rattled
+    32-atom cell, fp64, with a cutoff of 5 A: against the reference."""
+    for atoms in (bulk("Cu", "fcc", a=3.61), bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)):
+        atoms.rattle(0.02, seed=len(atoms))
+        s = _structure_inputs(atoms, 5.0, torch.float64, f=6, k=5, mu=True)
+        inp = dict(r=s["r"], idx_i=s["ii"], idx_j=s["jj"], x=s["x"], mu=s["mu"], weight=s["w"], bias=s["b"],
+                   basis_params=s["params"], basis="gaussian", cutoff="cosine", cutoff_params=[5.0])
+        gq, gmu = _cotangents(inp, 2)
+        got, rev = _backward_with(emu_all, inp, gq, gmu, schedule="random", seed=1)
+        assert bool((rev >= 0).all())
+        _assert_backward(got, _reference_backward(inp, gq, gmu, False), torch.float64)
+
+
+def test_the_partner_edge_with_the_leaders_direction_is_caught():
+    """The mutant the pairing invites: the partner edge takes the leader's direction u, not -u."""
+    src = kernel_source("painn_message_backward.cu")
+    flipped = "const T back[3] = {-u[0], -u[1], -u[2]};"
+    assert src.count(flipped) == 1
+    mutated = src.replace(flipped, "const T back[3] = {u[0], u[1], u[2]};")
+    emu = emulator.build(["painn_message_backward.cu"], sources={"painn_message_backward.cu": mutated})
+    inp = _paired_inputs(bulk("Cu", "fcc", a=3.61, cubic=True), torch.float64)
+    gq, gmu = _cotangents(inp, 3)
+    gr = _backward_with(emu, inp, gq, gmu)[0][0]
+    assert not torch.allclose(gr, _reference_backward(inp, gq, gmu, False)[0], rtol=1e-6, atol=1e-9)
 
 ASAN_SCRIPT = r"""
 import sys, torch

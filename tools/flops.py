@@ -19,6 +19,10 @@ The paired algorithm (the C++ message kernels): the two directed edges of a pair
 paired: where a pair's atoms fall into two threads' ranges the kernels compute its rows twice, so
 this is a lower bound of the work that ran.
 
+The CUDA kernels pair only their dL/dr kernel: per edge the forward rows (6FK) and the node
+backward's rows a (6FK), per pair the edge kernel's a and b' (12FK), so 18 F K per edge, which is
+the per-edge count above (docs/cuda.md); the bench gives GPU runs the per-edge model.
+
 Elementwise work (silu, norms, the radial functions) is a few percent at F = 128 and is left out.
 """
 

@@ -99,7 +99,7 @@ def backward_launches(gq, gmu, r, idx_i, idx_j, edges, x, mu, weight, bias, basi
         Launch(f"painn_message_backward_nodes_{s}", (n, 1, 1), _feature_block(f),
                [r_, src_ptr, src_perm, ii, x_, mu_, gq_, gmu_, wt, b, *radial, gx, gmu_in], keep),
         Launch(f"painn_message_backward_edges_{s}", ((e + EDGE_WARPS - 1) // EDGE_WARPS, 1, 1), (32 * EDGE_WARPS, 1, 1),
-               [r_, ii, jj, x_, mu_, gq_, gmu_, wt, b, *radial, np.int64(e), gr], keep),
+               [r_, ii, jj, edges[4], x_, mu_, gq_, gmu_, wt, b, *radial, np.int64(e), gr], keep),
     ]
     if weight_grad:
         parts = min(WEIGHT_PARTS, e)

@@ -5,8 +5,10 @@
 //       for channel f in registers and writes them once:
 //           dL/dxs_j  += gq_i Ws,   dL/dxvr_j += (u . gmu_i) Wvr,   dL/dxvv_j += (gmu_i . mu_j) Wvv
 //           dL/dmu_j  += gmu_i Wvv xvv_j
-//   painn_message_backward_edges   one warp per edge: the lanes split the features, and the
-//       per-edge sums over F are reduced with warp shuffles:
+//   painn_message_backward_edges   one warp per pair of edges (i <- j, r), (j <- i, -r) (the
+//       `reverse` of prepare_edges; an edge without one alone): the pair's filter rows a and b
+//       once, the lanes split the features, and each edge's sums over F are reduced with warp
+//       shuffles:
 //           dL/dd = fc sum_f gW_f (Wf phi')_f + fc' sum_f gW_f (Wf phi + bf)_f,   gW = [gq_i, t, s] * x_j
 //           dL/du = sum_f gmu_i[:, f] Wvr_f xvr_j,f
 //           dL/dr = dL/dd u + (dL/du - (dL/du . u) u) / d
@@ -82,21 +84,67 @@ __device__ __forceinline__ T warp_sum(T v) {
     return v;
 }
 
+// One direction's part of painn_message_backward_edges, channel f: edge (i <- j) with direction u,
+// the filter rows a (= W phi + bias) and b (= W phi') of the pair, added into dL/dd and dL/du.
+template <typename T>
+__device__ __forceinline__ void edge_terms(
+    long long i, long long j, const T* u, int f, int F, const T* __restrict__ x, const T* __restrict__ mu,
+    const T* __restrict__ gq, const T* __restrict__ gmu, T fc, T dfc, T as, T ar, T av, T bs, T br, T bv, T& gd,
+    T& gu0, T& gu1, T& gu2)
+{
+    const int F3 = 3 * F;
+    const T q0 = gmu[i * F3 + f], q1 = gmu[i * F3 + F + f], q2 = gmu[i * F3 + 2 * F + f];
+    const T t = u[0] * q0 + u[1] * q1 + u[2] * q2;
+    T s = 0;
+    if (mu != nullptr) s = q0 * mu[j * F3 + f] + q1 * mu[j * F3 + F + f] + q2 * mu[j * F3 + 2 * F + f];
+    const T xvr = x[j * F3 + F + f];
+    const T ws = gq[i * F + f] * x[j * F3 + f], wr = t * xvr, wv = s * x[j * F3 + 2 * F + f];
+    gd += fc * (ws * bs + wr * br + wv * bv) + dfc * (ws * as + wr * ar + wv * av);
+    const T vr = ar * fc * xvr;
+    gu0 += q0 * vr;
+    gu1 += q1 * vr;
+    gu2 += q2 * vr;
+}
+
+// dL/dr of one edge, direction u, from the warp's per-lane sums (lane 0 writes)
+template <typename T>
+__device__ __forceinline__ void write_edge_gradient(T gd, T gu0, T gu1, T gu2, const T* u, T d, int lane,
+                                                    T* __restrict__ out) {
+    gd = warp_sum<T>(gd);
+    gu0 = warp_sum<T>(gu0);
+    gu1 = warp_sum<T>(gu1);
+    gu2 = warp_sum<T>(gu2);
+    if (lane == 0) {
+        const T dot = gu0 * u[0] + gu1 * u[1] + gu2 * u[2];
+        out[0] = gd * u[0] + (gu0 - dot * u[0]) / d;
+        out[1] = gd * u[1] + (gu1 - dot * u[1]) / d;
+        out[2] = gd * u[2] + (gu2 - dot * u[2]) / d;
+    }
+}
+
+// One warp per pair: edge e, and its reverse e' = reverse[e] (j <- i, -r_e) when there is one. The
+// warp of the edge with the smaller index computes the pair's rows a, b once and both edges' dL/dr
+// (the partner with direction -u, the two atoms' roles swapped); the other warp leaves at once.
+// An edge without a reverse (-1) is computed alone. Each dL/dr row is written by one warp.
 template <typename T>
 __device__ void painn_message_backward_edges(
     const T* __restrict__ r, const long long* __restrict__ idx_i, const long long* __restrict__ idx_j,
-    const T* __restrict__ x, const T* __restrict__ mu, const T* __restrict__ gq, const T* __restrict__ gmu,
-    const T* __restrict__ wt, const T* __restrict__ bias, const T* __restrict__ p0, const T* __restrict__ p1,
-    int basis, int cutoff, T c0, T c1, int F, int K, long long E, T* __restrict__ gr)
+    const long long* __restrict__ reverse, const T* __restrict__ x, const T* __restrict__ mu,
+    const T* __restrict__ gq, const T* __restrict__ gmu, const T* __restrict__ wt, const T* __restrict__ bias,
+    const T* __restrict__ p0, const T* __restrict__ p1, int basis, int cutoff, T c0, T c1, int F, int K,
+    long long E, T* __restrict__ gr)
 {
     __shared__ T s_phi[EDGE_WARPS * MAX_K];
     __shared__ T s_dphi[EDGE_WARPS * MAX_K];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const long long e = (long long)blockIdx.x * EDGE_WARPS + warp;
     if (e >= E) return;                      // a whole warp leaves together; no block barrier follows
+    const long long partner = reverse[e];
+    if (partner >= 0 && partner < e) return; // the partner's warp computes this edge
     const int F3 = 3 * F;
     T u[3];
     const T d = edge_length<T>(r, e, u);
+    const T back[3] = {-u[0], -u[1], -u[2]};  // the partner's direction
     T dfc;
     const T fc = cutoff_fn<T>(cutoff, d, c0, c1, &dfc);
     T* phi = s_phi + warp * MAX_K;
@@ -104,7 +152,7 @@ __device__ void painn_message_backward_edges(
     for (int k = lane; k < K; k += 32) phi[k] = radial_basis<T>(basis, d, p0[k], p1 ? p1[k] : T(0), dphi + k);
     __syncwarp();
     const long long i = idx_i[e], j = idx_j[e];
-    T gd = 0, gu0 = 0, gu1 = 0, gu2 = 0;
+    T gd = 0, gu0 = 0, gu1 = 0, gu2 = 0, pd = 0, pu0 = 0, pu1 = 0, pu2 = 0;
     if (fc != T(0) || dfc != T(0)) {
         for (int f = lane; f < F; f += 32) {
             T as = bias[f], ar = bias[F + f], av = bias[2 * F + f], bs = 0, br = 0, bv = 0;
@@ -117,29 +165,13 @@ __device__ void painn_message_backward_edges(
                 br += row[F + f] * dphi[k];
                 bv += row[2 * F + f] * dphi[k];
             }
-            const T q0 = gmu[i * F3 + f], q1 = gmu[i * F3 + F + f], q2 = gmu[i * F3 + 2 * F + f];
-            const T t = u[0] * q0 + u[1] * q1 + u[2] * q2;
-            T s = 0;
-            if (mu != nullptr) s = q0 * mu[j * F3 + f] + q1 * mu[j * F3 + F + f] + q2 * mu[j * F3 + 2 * F + f];
-            const T xvr = x[j * F3 + F + f];
-            const T ws = gq[i * F + f] * x[j * F3 + f], wr = t * xvr, wv = s * x[j * F3 + 2 * F + f];
-            gd += fc * (ws * bs + wr * br + wv * bv) + dfc * (ws * as + wr * ar + wv * av);
-            const T vr = ar * fc * xvr;
-            gu0 += q0 * vr;
-            gu1 += q1 * vr;
-            gu2 += q2 * vr;
+            edge_terms<T>(i, j, u, f, F, x, mu, gq, gmu, fc, dfc, as, ar, av, bs, br, bv, gd, gu0, gu1, gu2);
+            if (partner >= 0)
+                edge_terms<T>(j, i, back, f, F, x, mu, gq, gmu, fc, dfc, as, ar, av, bs, br, bv, pd, pu0, pu1, pu2);
         }
     }
-    gd = warp_sum<T>(gd);
-    gu0 = warp_sum<T>(gu0);
-    gu1 = warp_sum<T>(gu1);
-    gu2 = warp_sum<T>(gu2);
-    if (lane == 0) {
-        const T dot = gu0 * u[0] + gu1 * u[1] + gu2 * u[2];
-        gr[3 * e] = gd * u[0] + (gu0 - dot * u[0]) / d;
-        gr[3 * e + 1] = gd * u[1] + (gu1 - dot * u[1]) / d;
-        gr[3 * e + 2] = gd * u[2] + (gu2 - dot * u[2]) / d;
-    }
+    write_edge_gradient<T>(gd, gu0, gu1, gu2, u, d, lane, gr + 3 * e);
+    if (partner >= 0) write_edge_gradient<T>(pd, pu0, pu1, pu2, back, d, lane, gr + 3 * partner);
 }
 
 // stage 1: block p sums edges [p E / P, (p + 1) E / P) for the (row, k) pairs of blockIdx.y
@@ -202,11 +234,11 @@ __device__ void painn_message_reduce_partials(const T* __restrict__ partial, int
                                         cutoff, c0, c1, F, K, gx, gmu_in);                                    \
     }                                                                                                         \
     extern "C" __global__ void painn_message_backward_edges_##S(                                             \
-        const T* r, const long long* idx_i, const long long* idx_j, const T* x, const T* mu, const T* gq,     \
-        const T* gmu, const T* wt, const T* bias, const T* p0, const T* p1, int basis, int cutoff, T c0,      \
-        T c1, int F, int K, long long E, T* gr) {                                                             \
-        painn_message_backward_edges<T>(r, idx_i, idx_j, x, mu, gq, gmu, wt, bias, p0, p1, basis, cutoff, c0, \
-                                        c1, F, K, E, gr);                                                     \
+        const T* r, const long long* idx_i, const long long* idx_j, const long long* reverse, const T* x,     \
+        const T* mu, const T* gq, const T* gmu, const T* wt, const T* bias, const T* p0, const T* p1,        \
+        int basis, int cutoff, T c0, T c1, int F, int K, long long E, T* gr) {                               \
+        painn_message_backward_edges<T>(r, idx_i, idx_j, reverse, x, mu, gq, gmu, wt, bias, p0, p1, basis,    \
+                                        cutoff, c0, c1, F, K, E, gr);                                         \
     }                                                                                                         \
     extern "C" __global__ void painn_message_backward_weights_##S(                                           \
         const T* r, const long long* idx_i, const long long* idx_j, const T* x, const T* mu, const T* gq,     \
