@@ -19,7 +19,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -49,6 +51,11 @@ def _version() -> str:
         return "unknown"
 
 
+def _elements(net) -> list:
+    """The atomic numbers a PaiNN knows, in the order of the model file's per-element rows."""
+    return list(net.config.elements) if net.config.elements else list(range(1, net.config.max_z))
+
+
 def model_file_payload(model=None, dtype: torch.dtype = torch.float64) -> dict:
     """What :func:`export_model` writes: metadata and the weights, split per layer the way the
     pair style runs them (``model``: a PaiNN, ``optimize()`` of one, a checkpoint path, or None
@@ -59,7 +66,7 @@ def model_file_payload(model=None, dtype: torch.dtype = torch.float64) -> dict:
     net = plain_model(model)
     cfg = net.config
     f, n_layers = net.n_atom_basis, net.n_interactions
-    elements = list(cfg.elements) if cfg.elements else list(range(1, cfg.max_z))
+    elements = _elements(net)
     basis, basis_params = basis_of_module(net.radial_basis)
     cutoff_fn, cutoff_params = cutoff_of_module(net.cutoff_fn)
 
@@ -119,6 +126,20 @@ def export_model(out: str | os.PathLike, model=None, dtype: torch.dtype = torch.
     with replaced_when_complete(out, "wb") as fh:
         torch.save(payload, fh)
     return {k: v for k, v in payload.items() if k != "weights"}
+
+
+def export_with_plugin(out: str | os.PathLike, model=None, dtype: torch.dtype = torch.float64,
+                       lmp: Optional[str] = None, types: Sequence[str] = ()) -> tuple[dict, Path]:
+    """(metadata, plugin path): :func:`export_model` and :func:`build_plugin` side by side, the
+    plugin's compile in a thread while the model file (and, on a new machine, the C++ kernel
+    library) is built, so a first export waits for the longer of the two, not their sum. The
+    atom types ``types`` are checked against the model before anything is built."""
+    net = plain_model(model)
+    check_types({"symbols": [chemical_symbols[z] for z in _elements(net)]}, types)
+    with ThreadPoolExecutor(1, thread_name_prefix="painnfx-plugin") as pool:
+        plugin = pool.submit(build_plugin, lmp)
+        meta = export_model(out, net, dtype)
+        return meta, plugin.result()[0]
 
 
 def read_model_file(path: str | os.PathLike) -> dict:
@@ -194,7 +215,7 @@ def build_plugin(lmp: Optional[str] = None, use_cache: bool = True) -> tuple[Pat
     headers = lammps_headers(lmp)
     cxx = mpi_compiler()
     libs = list(torch_links())
-    flags = ["-O3", "-std=c++20", "-fPIC", "-shared", "-w", f"-I{headers}", f"-I{SOURCES}", *torch_includes()]
+    flags = ["-O3", "-std=c++20", "-fPIC", "-w", f"-I{headers}", f"-I{SOURCES}", *torch_includes()]
     version = compiler_version(cxx)
     key = digest([*((SOURCES / s).read_text() for s in (*PLUGIN_SOURCES, "painnfx_model.h", "pair_painnfx.h")),
                   (headers / "version.h").read_text(), (headers / "pair.h").read_text(), " ".join(flags + libs),
@@ -203,12 +224,20 @@ def build_plugin(lmp: Optional[str] = None, use_cache: bool = True) -> tuple[Pat
     if use_cache and (recorded := CACHE.lookup(name)) is not None:
         return CACHE.path(name), dict(recorded, cached=True)
 
-    def compile_to(out: Path) -> dict:
-        start = time.perf_counter()
-        cmd = [cxx, *flags, *(str(SOURCES / s) for s in PLUGIN_SOURCES), "-o", str(out), *libs]
+    def run(cmd: list) -> None:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
         if res.returncode != 0:
             raise PluginBuildError(f"building the painnfx pair style failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}")
+
+    def compile_to(out: Path) -> dict:
+        """One object per source, compiled side by side (each parses torch's headers), then linked."""
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            objects = [str(Path(tmp) / (Path(s).stem + ".o")) for s in PLUGIN_SOURCES]
+            units = [[cxx, *flags, "-c", str(SOURCES / s), "-o", o] for s, o in zip(PLUGIN_SOURCES, objects)]
+            with ThreadPoolExecutor(min(len(units), os.cpu_count() or 1)) as pool:
+                list(pool.map(run, units))
+            run([cxx, *flags, "-shared", *objects, "-o", str(out), *libs])
         return {"compiler": cxx, "headers": str(headers), "build_seconds": round(time.perf_counter() - start, 2)}
 
     info = CACHE.store(name, compile_to)

@@ -28,21 +28,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main_export(args) -> int:
-    from painnfx.model.lammps_pair import export_model, lammps_lines
+    from painnfx.model.lammps_pair import export_model, export_with_plugin, lammps_lines
+
+    from .lammps_cmd import find_lmp
 
     model = None if args.model == "default" else args.model
-    meta = export_model(args.out, model, DTYPES[args.dtype])
+    if args.plugin:
+        meta, plugin = export_with_plugin(args.out, model, DTYPES[args.dtype], find_lmp(), args.types or ())
+    else:
+        meta = export_model(args.out, model, DTYPES[args.dtype])
     shown = {k: meta[k] for k in ("dtype", "cutoff", "n_layers", "n_features", "symbols", "basis", "cutoff_fn",
                                   "painnfx_version", "torch_version", "cpu_library")}
     if len(shown["symbols"]) > 10:
         shown["symbols"] = f"{len(shown['symbols'])} elements"
     print(f"wrote {args.out}\n{json.dumps(shown, indent=2)}")
     if args.plugin:
-        from painnfx.model.lammps_pair import build_plugin
-
-        from .lammps_cmd import find_lmp
-
-        plugin, _ = build_plugin(find_lmp())
         print("\ninput lines (after the box is created):\n" +
               "\n".join(lammps_lines(args.out, str(plugin), args.types or meta["symbols"][:1])))
     return 0

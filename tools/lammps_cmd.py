@@ -131,15 +131,13 @@ def export_pair(out: str, checkpoint=None, types=("Cu",), dtype=torch.float64, d
                 skin: float = 2.0) -> tuple:
     """``export`` for ``pair_style painnfx``: the model file, the plugin (built for the LAMMPS
     ``find_lmp`` finds, cached) and the lines."""
-    from painnfx.model.lammps_pair import build_plugin, check_types, export_model, lammps_lines
+    from painnfx.model.lammps_pair import export_with_plugin, lammps_lines
 
     if str(device) != "cpu":
         raise UsageError("pair_style painnfx runs on the CPU (its CUDA build is not written yet); "
                          "use --pair-style mliap for CUDA")
     out = os.path.abspath(out)
-    meta = export_model(out, checkpoint, dtype)
-    check_types(meta, types)
-    plugin, _ = build_plugin(find_lmp())
+    meta, plugin = export_with_plugin(out, checkpoint, dtype, find_lmp(), types)
     lines = [f"neighbor {skin:g} bin", *lammps_lines(out, str(plugin), list(types))]
     header = [f"# painnfx PaiNN for LAMMPS (pair_style painnfx): {meta['n_layers']} message layers, cutoff "
               f"{meta['cutoff']:g} A, ghost shell r_c + skin; include after the box is created."]

@@ -13,10 +13,18 @@
 #include "painnfx_model.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <dlfcn.h>
+#include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/library.h>
-#include <torch/serialize.h>
 #include <torch/version.h>
 
 #include <fstream>
@@ -109,7 +117,7 @@ PerLayerModel::PerLayerModel(const std::string& path) {
     std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     IValue root;
     try {
-        root = torch::pickle_load(bytes);
+        root = torch::jit::pickle_load(bytes);
     } catch (const c10::Error& e) {
         throw fail(path, std::string("not a painnfx model file (unreadable: ") + e.what_without_backtrace() +
                    "); write one with `painnfx export`");

@@ -13,7 +13,7 @@
 // to the edge vectors this engine handed over.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <string>
 #include <vector>

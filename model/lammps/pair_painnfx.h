@@ -18,7 +18,6 @@
 #include <memory>
 #include <vector>
 
-#include <ATen/ATen.h>
 
 namespace painnfx {
 class PerLayerModel;
