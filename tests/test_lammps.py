@@ -75,9 +75,9 @@ def cuni_cluster() -> Atoms:
     return atoms
 
 
-def run(tmp_path, lmp, input_name, model_lines, nprocs, **variables):
+def run(tmp_path, lmp, input_name, model_lines, nprocs, threads=1, **variables):
     proc = run_lammps(INPUTS / input_name, {"model_lines": model_lines, **variables}, nprocs, cwd=str(tmp_path),
-                      threads=1, timeout=600)
+                      threads=threads, timeout=600)
     return proc.returncode, proc.stdout + proc.stderr
 
 

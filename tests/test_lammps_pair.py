@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from painnfx.model.default import default_model
 from painnfx.model.lammps_pair import FORMAT_VERSION, export_model, model_file_payload, read_model_file
 from painnfx.model.neighbors import neighbor_list
+from painnfx.model.validation import InputError
 from painnfx.tools.lammps_cmd import export, rank_counts
 
 from test_lammps import (NKTV2P, ase_reference, assert_ran, cuni_checkpoint, cuni_cluster, failing_run, hot_cu_md, lmp, periodic_cu,  # noqa: F401
@@ -36,7 +37,7 @@ def rank_lines(out: str) -> list:
 
 
 def static(tmp_path, atoms, types, nprocs, pair_style="painnfx", checkpoint=None, dtype=torch.float64, grid=None,
-           peratom=False):
+           peratom=False, threads=1):
     """Energy, forces (sorted by ID), pressure (6) and the output of one `run 0`."""
     data = tmp_path / "system.data"
     write(data, atoms, format="lammps-data", specorder=types, masses=True, units="metal")
@@ -44,7 +45,8 @@ def static(tmp_path, atoms, types, nprocs, pair_style="painnfx", checkpoint=None
     _, lines, _ = export(str(tmp_path / name), checkpoint, types, dtype=dtype, optimize="fused", pair_style=pair_style)
     grid = dict(zip(("px", "py", "pz"), map(str, grid))) if grid else {}
     bnd = "p" if atoms.pbc.all() else "f"
-    code, out = run(tmp_path, None, "in.static.lammps", lines, nprocs, data=data, bnd=bnd, peratom=int(peratom), **grid)
+    code, out = run(tmp_path, None, "in.static.lammps", lines, nprocs, threads, data=data, bnd=bnd, peratom=int(peratom),
+                    **grid)
     assert code == 0, out[-4000:]
     step, pe, *press = thermo_rows(out)[0]
     return pe, read_dump(tmp_path / "forces.dump")[0], np.array(press), out
@@ -80,6 +82,19 @@ def test_periodic_cu_matches_ase_on_1_to_4_ranks(tmp_path, lmp, nprocs):
     assert all(r[6] == 2 * 3 - 1 for r in ranks)  # exchanges each way per evaluation: 2L - 1
     if nprocs == 1:  # one rank: every ghost is an image of an owned atom, nothing is exchanged
         assert ranks[0][3] == 0
+
+
+@pytest.mark.parametrize("nprocs,threads", [(1, 2), (2, 2)])
+def test_threads_per_rank_match_ase(tmp_path, lmp, nprocs, threads):
+    """OpenMP threads in each rank (OMP_NUM_THREADS, as `painnfx lammps` sets cores / ranks): the
+    kernels split a rank's atoms into one range per thread (pairs across ranges computed per
+    edge), so the sums' order changes and the results agree with ASE's to rounding."""
+    atoms = triclinic_cu()
+    pe, forces, press, out = static(tmp_path, atoms, ["Cu"], nprocs, threads=threads)
+    assert_matches(pe, forces, press, ase_reference(atoms))
+    counts = rank_counts(out, "painnfx")
+    assert [c["threads"] for c in counts] == [threads] * nprocs, out[-3000:]
+    assert sum(c["owned"] for c in counts) == len(atoms)
 
 
 @pytest.mark.parametrize("nprocs", [2, 4])
@@ -273,6 +288,20 @@ def test_export_keeps_the_old_file_until_the_new_one_is_complete(tmp_path, monke
         export_model(out, None)
     assert out.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["m.pfx"]
+
+
+def test_export_with_plugin_checks_the_types_before_building(tmp_path, monkeypatch):
+    """An element the model lacks is named at once: neither the plugin nor the model file is built."""
+    from painnfx.model import lammps_pair
+
+    def built(*args, **kwargs):
+        raise AssertionError("built before the types were checked")
+
+    monkeypatch.setattr(lammps_pair, "build_plugin", built)
+    monkeypatch.setattr(lammps_pair, "export_model", built)
+    with pytest.raises(InputError, match="element Ni \\(atom type 2\\) is not in the model; it knows: Cu"):
+        lammps_pair.export_with_plugin(tmp_path / "m.pfx", None, types=["Cu", "Ni"])
+    assert not any(tmp_path.iterdir())
 
 
 def test_per_layer_weights_are_the_models(tmp_path):

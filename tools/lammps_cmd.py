@@ -272,18 +272,19 @@ def main_run(args) -> int:
 
 
 PAIR_COUNTS = re.compile(r"painnfx pair rank (\d+)/(\d+): owned (\d+), ghosts (\d+) \(of (\d+) in the shell.*?edges (\d+), "
-                         r"exchanges (\d+), ghost shell ([0-9.]+) A")
+                         r"exchanges (\d+), ghost shell ([0-9.]+) A, threads (\d+)")
 MLIAP_COUNTS = re.compile(r"computed per layer: (\d+) owned \+ (\d+) ghost atoms, (\d+) edges")
 
 
 def rank_counts(output: str, pair_style: str) -> list:
     """Per rank, what its first evaluation computed per layer: owned atoms, ghost atoms whose
     features were computed (mliap) or received (painnfx), edges; painnfx also the rank and rank
-    count, the ghosts LAMMPS holds (``shell``), the exchanges each way and the ghost shell (A)."""
+    count, the ghosts LAMMPS holds (``shell``), the exchanges each way, the ghost shell (A) and the
+    rank's threads."""
     if pair_style == "painnfx":
         found = sorted(PAIR_COUNTS.findall(output), key=lambda m: int(m[0]))
         return [{"rank": int(k), "ranks": int(p), "owned": int(o), "ghosts": int(g), "shell": int(sh), "edges": int(e),
-                 "exchanges": int(x), "shell_A": float(a)} for k, p, o, g, sh, e, x, a in found]
+                 "exchanges": int(x), "shell_A": float(a), "threads": int(t)} for k, p, o, g, sh, e, x, a, t in found]
     return [{"owned": int(o), "ghosts": int(g), "edges": int(e)} for o, g, e in MLIAP_COUNTS.findall(output)]
 
 

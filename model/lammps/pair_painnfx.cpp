@@ -14,6 +14,7 @@
 
 #include <mpi.h>
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
@@ -341,7 +342,8 @@ void PairPainnfx::compute(int eflag, int vflag) {
                                  std::to_string(received) + " (of " + std::to_string(atom->nghost) +
                                  " in the shell; the others are images or have no pair here), edges " + std::to_string(n_edges) +
                                  ", exchanges " + std::to_string(model->exchanges()) + ", ghost shell " +
-                                 std::to_string(comm->get_comm_cutoff()) + " A; " + model->summary() + "\n";
+                                 std::to_string(comm->get_comm_cutoff()) + " A, threads " +
+                                 std::to_string(at::get_num_threads()) + "; " + model->summary() + "\n";
         if (write(2, line.data(), line.size()) < 0) {}
     }
 }
