@@ -97,6 +97,81 @@ def test_threads_per_rank_match_ase(tmp_path, lmp, nprocs, threads):
     assert sum(c["owned"] for c in counts) == len(atoms)
 
 
+ZBL = "zbl 2.5 3.5"  # ZBL switched off between 2.5 and 3.5 A: it reaches the nearest neighbours (2.55 A)
+
+
+def static_lines(tmp_path, data, text: str, nprocs: int, name: str):
+    """Energy, forces (sorted by ID), pressure (6) and the output of `run 0` with model lines ``text``."""
+    lines = tmp_path / name
+    lines.write_text(text)
+    code, out = run(tmp_path, None, "in.static.lammps", lines, nprocs, data=data, bnd="p")
+    assert code == 0, out[-4000:]
+    step, pe, *press = thermo_rows(out)[0]
+    return pe, read_dump(tmp_path / "forces.dump")[0], np.array(press), out
+
+
+@pytest.mark.parametrize("nprocs", [1, 3])
+def test_hybrid_with_a_null_type_matches_ase(tmp_path, lmp, nprocs):
+    """`pair_style hybrid painnfx FILE zbl ...` with `pair_coeff * * painnfx Cu NULL`: the Ni atoms
+    (type 2, every fifth atom) are left to ZBL. What painnfx adds (the run minus the same run with
+    `zero` in its place) is the model on the Cu atoms alone: energy, forces (zero on Ni) and virial
+    equal ASE's for the Cu sublattice."""
+    atoms = periodic_cu()
+    symbols = ["Ni" if k % 5 == 0 else "Cu" for k in range(len(atoms))]
+    atoms.set_chemical_symbols(symbols)
+    data = tmp_path / "system.data"
+    write(data, atoms, format="lammps-data", specorder=["Cu", "Ni"], masses=True, units="metal")
+    _, lines, _ = export(str(tmp_path / "model.pfx"), None, ["Cu"], pair_style="painnfx")
+    text = Path(lines).read_text()
+    others = "pair_coeff 1 2 zbl 29 28\npair_coeff 2 2 zbl 28 28\n"
+    hybrid = text.replace("pair_style painnfx ", "pair_style hybrid painnfx ").replace(
+        ".pfx\n", f".pfx {ZBL}\n").replace("pair_coeff * * Cu", "pair_coeff * * painnfx Cu NULL\n" + others)
+    assert f"pair_style hybrid painnfx {tmp_path / 'model.pfx'} {ZBL}" in hybrid
+    zero = f"newton on\npair_style hybrid {ZBL} zero 5.0\npair_coeff 1 1 zero\n" + others
+    pe, forces, press, out = static_lines(tmp_path, data, hybrid, nprocs, "hybrid.lammps")
+    pe0, forces0, press0, _ = static_lines(tmp_path, data, zero, nprocs, "zero.lammps")
+    cu = np.array([s == "Cu" for s in symbols])
+    e_ref, f_ref, s_ref = ase_reference(atoms[cu])
+    assert abs(pe - pe0) > 1.0 and np.abs(forces0).max() > 0.1  # the ZBL part is there
+    assert abs((pe - pe0) - e_ref) <= 1e-10 * abs(e_ref)
+    assert rel((forces - forces0)[cu], f_ref) <= 1e-10 and np.abs((forces - forces0)[~cu]).max() <= 1e-12
+    assert rel(-(press - press0) / NKTV2P, s_ref) <= 1e-10  # the same cell: the same volume
+    counts = rank_counts(out, "painnfx")
+    assert len(counts) == nprocs and sum(c["owned"] for c in counts) == len(atoms)
+
+
+def test_hybrid_overlay_adds_zbl(tmp_path, lmp):
+    """`pair_style hybrid/overlay painnfx FILE zbl ...` (a short-range repulsion on top of the
+    model): energy and forces are the two styles' sums, on 2 ranks."""
+    atoms = periodic_cu()
+    data = tmp_path / "system.data"
+    write(data, atoms, format="lammps-data", specorder=["Cu"], masses=True, units="metal")
+    _, lines, _ = export(str(tmp_path / "model.pfx"), None, ["Cu"], pair_style="painnfx")
+    text = Path(lines).read_text()
+    overlay = text.replace("pair_style painnfx ", "pair_style hybrid/overlay painnfx ").replace(
+        ".pfx\n", f".pfx {ZBL}\n").replace("pair_coeff * * Cu", "pair_coeff * * painnfx Cu\npair_coeff * * zbl 29 29")
+    pe, forces, press, _ = static_lines(tmp_path, data, overlay, 2, "overlay.lammps")
+    pe_m, forces_m, press_m, _ = static_lines(tmp_path, data, text, 2, "model.lammps")
+    pe_z, forces_z, press_z, _ = static_lines(tmp_path, data, f"newton on\npair_style {ZBL}\npair_coeff * * 29 29\n",
+                                              2, "zbl.lammps")
+    assert abs(pe_z) > 1.0
+    assert abs(pe - pe_m - pe_z) <= 1e-10 * abs(pe)
+    assert rel(forces, forces_m + forces_z) <= 1e-12 and rel(press, press_m + press_z) <= 1e-12
+
+
+def test_a_null_type_outside_hybrid_is_reported(tmp_path, lmp):
+    """Without hybrid, a NULL type's pairs have no style: LAMMPS says so before running."""
+    atoms = periodic_cu()
+    atoms.set_chemical_symbols(["Ni" if k % 5 == 0 else "Cu" for k in range(len(atoms))])
+    data = tmp_path / "system.data"
+    write(data, atoms, format="lammps-data", specorder=["Cu", "Ni"], masses=True, units="metal")
+    _, lines, _ = export(str(tmp_path / "model.pfx"), None, ["Cu"], pair_style="painnfx")
+    bad = tmp_path / "bad.lammps"
+    bad.write_text(Path(lines).read_text().replace("pair_coeff * * Cu", "pair_coeff * * Cu NULL"))
+    code, out = run(tmp_path, None, "in.static.lammps", bad, 1, data=data, bnd="p")
+    assert code != 0 and "All pair coeffs are not set" in out, out[-2000:]
+
+
 @pytest.mark.parametrize("nprocs", [2, 4])
 def test_point_to_point_exchange_matches_ase(tmp_path, lmp, monkeypatch, nprocs):
     """Ranks on several nodes exchange point to point (MPI) instead of through the node-shared

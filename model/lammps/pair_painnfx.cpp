@@ -226,8 +226,9 @@ void PairPainnfx::coeff(int narg, char** arg) {
         }
         species_of_type[t] = found;
     }
+    // pairs with a NULL type are left to other styles of a `pair_style hybrid` (or reported unset)
     for (int i = 1; i <= ntypes; ++i)
-        for (int j = i; j <= ntypes; ++j) setflag[i][j] = 1;
+        for (int j = i; j <= ntypes; ++j) setflag[i][j] = species_of_type[i] >= 0 && species_of_type[j] >= 0;
 }
 
 void PairPainnfx::init_style() {
@@ -266,13 +267,11 @@ void PairPainnfx::compute(int eflag, int vflag) {
         rows = assign_rows();
         build_plan(rows);
     }
+    // an atom of a NULL type (left to another style of a hybrid) is a row with no edge (hybrid hands
+    // this style a list that skips it) whose energy is not counted: it takes no part in the model
     at::Tensor species = at::empty({rows}, at::kLong);
     auto* sp = species.mutable_data_ptr<std::int64_t>();
-    for (int i = 0; i < nall; ++i) {
-        const int s = species_of_type[type[i]];
-        if (s < 0) error->one(FLERR, "pair_style painnfx: atom type {} is mapped to NULL but has atoms", type[i]);
-        sp[model_row[i]] = s;
-    }
+    for (int i = 0; i < nall; ++i) sp[model_row[i]] = std::max(species_of_type[type[i]], 0);
     // both directions of each pair this rank takes: i <- j and j <- i (LAMMPS indices in atoms_,
     // model rows in idx_i, idx_j; the messages into ghosts go to their owners)
     std::vector<std::int64_t> atoms_, rows_i, rows_j;
@@ -317,10 +316,11 @@ void PairPainnfx::compute(int eflag, int vflag) {
     const at::Tensor g = g_r.to(at::kDouble).contiguous();
     const double* pe = e.const_data_ptr<double>();
     const double* pg = g.const_data_ptr<double>();
-    if (eflag_global)
-        for (int i = 0; i < nlocal; ++i) eng_vdwl += pe[i];
-    if (eflag_atom)
-        for (int i = 0; i < nlocal; ++i) eatom[i] += pe[i];
+    for (int i = 0; i < nlocal; ++i) {
+        if (species_of_type[type[i]] < 0) continue;
+        if (eflag_global) eng_vdwl += pe[i];
+        if (eflag_atom) eatom[i] += pe[i];
+    }
     const bool tally = vflag_atom || (vflag_global && !vflag_fdotr);
     for (std::int64_t k = 0; k < n_edges; ++k) {
         const std::int64_t i = atoms_[2 * k], j = atoms_[2 * k + 1];
