@@ -5,6 +5,9 @@
 #
 #   bash tools/lammps_build.sh [--suite S] [--version V] [--jobs N]   # prints the `lmp` path last
 #
+# Where painnfx is installed, it then compiles painnfx's pair style (`pair_style painnfx`) as a
+# plugin of this LAMMPS, against the installed torch.
+#
 # Source: Debian's source package (a pinned release, trixie's), built with CMake against Debian's
 # MPICH and the Python that runs this script. Needs root for apt-get (as on CI); on a machine
 # where MPICH, dpkg-dev and the source are already there it needs no root.
@@ -147,4 +150,19 @@ lmp.close()
 if missing:
     sys.exit(f"LAMMPS in {sys.argv[1]} lacks {missing}")
 EOF
+
+# painnfx's pair style (`pair_style painnfx`) as a plugin of this build, against the installed torch
+# (cached by painnfx under lammps-plugin/; skipped where painnfx is not installed yet: its export
+# builds it then)
+if "$python" -c 'import painnfx.model.lammps_pair' 2>/dev/null; then
+    "$python" - "$prefix/bin/lmp" <<'EOF' >&2 || { log "building pair_style painnfx failed"; exit 1; }
+import sys
+from painnfx.model.lammps_pair import build_plugin
+plugin, info = build_plugin(sys.argv[1])
+how = "cached" if info["cached"] else f"built in {info['build_seconds']} s"
+print(f"[lammps_build] pair_style painnfx: {plugin} ({how})")
+EOF
+else
+    log "painnfx is not importable: pair_style painnfx will be built at its first export"
+fi
 echo "$prefix/bin/lmp"
