@@ -50,6 +50,13 @@ def neighbor_list(
     from the density before the search, so that a tiny cell fails before allocating gigabytes,
     and counted exactly after it; ``validation.MAX_NEIGHBORS``).
     """
+    pos, cell, pbc = _checked(positions, cutoff, cell, pbc, max_neighbors)
+    i, j, s = _search(pos, cutoff, cell, pbc, cutoff)
+    return _result(i, j, s, len(pos), cutoff, cell, dtype, device, max_neighbors)
+
+
+def _checked(positions, cutoff: float, cell, pbc, max_neighbors: int) -> tuple:
+    """(positions, cell, pbc) as float64/bool numpy arrays, after the input checks of ``neighbor_list``."""
     pos = np.ascontiguousarray(
         positions.detach().cpu().numpy() if torch.is_tensor(positions) else positions,
         dtype=np.float64,
@@ -66,23 +73,68 @@ def neighbor_list(
     estimate = estimated_neighbors(pos, cutoff, cell, pbc)
     if estimate > max_neighbors:
         raise InputError(_too_many(f"about {estimate:.3g}", len(pos), cutoff, max_neighbors))
+    return pos, cell, pbc
 
+
+def _search(pos: np.ndarray, cutoff: float, cell: np.ndarray, pbc: np.ndarray, radius: float) -> tuple:
+    """(i, j, integer shifts) of the pairs within ``cutoff`` (strictly), from a vesin search of ``radius``."""
     if len(pos) == 0:
-        i = j = np.zeros(0, dtype=np.int64)
-        s = np.zeros((0, 3), dtype=np.int64)
-    else:
-        nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
-        i, j, s = nl.compute(points=pos, box=cell, periodic=pbc.tolist(), quantities="ijS")
-        i, j, s = _within(pos, i.astype(np.int64), j.astype(np.int64), s.astype(np.int64), cell, cutoff)
-        most = int(np.bincount(i).max()) if len(i) else 0
-        if most > max_neighbors:
-            raise InputError(_too_many(str(most), len(pos), cutoff, max_neighbors))
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
+    nl = vesin.NeighborList(cutoff=float(radius), full_list=True)
+    i, j, s = nl.compute(points=pos, box=cell, periodic=pbc.tolist(), quantities="ijS")
+    return _within(pos, i.astype(np.int64), j.astype(np.int64), s.astype(np.int64), cell, cutoff)
 
+
+def _result(i, j, s, n_atoms: int, cutoff: float, cell: np.ndarray, dtype, device, max_neighbors: int) -> NeighborList:
+    most = int(np.bincount(i).max()) if len(i) else 0
+    if most > max_neighbors:
+        raise InputError(_too_many(str(most), n_atoms, cutoff, max_neighbors))
     edge_index = torch.from_numpy(np.stack([i, j])).to(device)
     cell_shifts = torch.from_numpy(s).to(device)
     shifts = cell_shifts.to(dtype) @ torch.as_tensor(cell, dtype=dtype, device=device)
     return NeighborList(edge_index, cell_shifts, shifts)
 
+
+class SkinNeighborList:
+    """Neighbor lists of one system along a trajectory (MD, relaxations): one vesin search of
+    radius ``cutoff + skin`` gives candidate pairs, and each call keeps those within the cutoff
+    on the current positions, until an atom has moved ``skin / 2`` from where the search saw it,
+    or the cell, the periodicity or the number of atoms changed; then it searches again. No
+    pair can be missed: two atoms approach by at most twice the largest displacement, under
+    ``skin``. The result is the same as ``neighbor_list``'s (the same edges in the same order,
+    both sorted by atoms and shift, the same strict rule d < cutoff on the same coordinates), so
+    energies and forces do not change, bit for bit. ``searches`` and ``calls`` count the work.
+    Not thread-safe: one caller at a time (the ASE calculator holds its lock)."""
+
+    def __init__(self, cutoff: float, skin: float = 1.0, max_neighbors: int = MAX_NEIGHBORS):
+        if not skin >= 0:
+            raise InputError(f"skin must be >= 0, got {skin}")
+        self.cutoff, self.skin, self.max_neighbors = float(cutoff), float(skin), max_neighbors
+        self.searches = self.calls = 0
+        self._seen = None  # (positions, cell, pbc) of the last search, and its candidates (i, j, s)
+
+    def __call__(self, positions, cell=None, pbc=False, *, dtype: torch.dtype = torch.float64,
+                 device: torch.device | str = "cpu") -> NeighborList:
+        pos, cell, pbc = _checked(positions, self.cutoff, cell, pbc, self.max_neighbors)
+        self.calls += 1
+        if not self._valid(pos, cell, pbc):
+            candidates = _search(pos, self.cutoff + self.skin, cell, pbc, self.cutoff + self.skin)
+            self._seen = (pos.copy(), cell.copy(), pbc.copy(), candidates)
+            self.searches += 1
+        i, j, s = _within(pos, *self._seen[3], cell, self.cutoff, ordered=True)
+        return _result(i, j, s, len(pos), self.cutoff, cell, dtype, device, self.max_neighbors)
+
+    def _valid(self, pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
+        """Whether the candidates of the last search still hold every pair within the cutoff."""
+        if self._seen is None:
+            return False
+        seen, seen_cell, seen_pbc, _ = self._seen
+        if seen.shape != pos.shape or not np.array_equal(seen_cell, cell) or not np.array_equal(seen_pbc, pbc):
+            return False
+        # (skin / 2) less a margin for the rounding of the search's and this filter's distances
+        reach = max(0.5 * self.skin - 1e-6 * (1.0 + self.cutoff), 0.0)
+        moved = np.einsum("ij,ij->i", pos - seen, pos - seen)
+        return len(pos) == 0 or float(moved.max()) < reach * reach
 
 
 #: apart from the cutoff, how far the structures of one ``cluster_neighbor_lists`` search are set
@@ -134,13 +186,17 @@ def cluster_neighbor_lists(positions: list, cutoff: float, *, dtype: torch.dtype
     return lists
 
 
-def _within(pos: np.ndarray, i: np.ndarray, j: np.ndarray, s: np.ndarray, cell: np.ndarray, cutoff: float) -> tuple:
+def _within(pos: np.ndarray, i: np.ndarray, j: np.ndarray, s: np.ndarray, cell: np.ndarray, cutoff: float,
+            ordered: bool = False) -> tuple:
     """The pairs (i, j, integer shift s) a search found, kept by the strict rule d < cutoff (vesin
-    includes d <= its radius), computed on ``pos`` as given, sorted by (i, j)."""
+    includes d <= its radius), computed on ``pos`` as given, sorted by (i, j, s) (``ordered``:
+    they already are)."""
     r = pos[j] - pos[i] + s @ cell
     keep = np.einsum("ij,ij->i", r, r) < cutoff * cutoff
     i, j, s = i[keep], j[keep], s[keep]
-    order = np.lexsort((j, i))
+    if ordered:
+        return i, j, s
+    order = np.lexsort((s[:, 2], s[:, 1], s[:, 0], j, i))
     return i[order], j[order], s[order]
 
 

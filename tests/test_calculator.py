@@ -117,3 +117,25 @@ def test_empty_system():
 def test_model_argument_type_checked():
     with pytest.raises(TypeError, match="model must be"):
         PaiNNCalculator(model=42)
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_md_on_the_skin_list_is_bitwise_a_new_search_each_step(optimize):
+    """NVE of hot Cu (108 atoms) with the default model: the calculator's skin list (one search
+    serves many steps) gives the trajectory of a calculator that searches every step, bit for bit."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    start = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
+    MaxwellBoltzmannDistribution(start, temperature_K=1200, rng=np.random.default_rng(3))
+    runs = []
+    for skin in (0.2, 0.0):  # a skin of 0.2 A: atoms move ~0.2 A, so some steps search again
+        atoms = start.copy()
+        atoms.calc = calc = PaiNNCalculator(optimize=optimize, setup="now", neighbor_skin=skin)
+        VelocityVerlet(atoms, timestep=2 * units.fs).run(40)
+        runs.append((atoms.positions.copy(), atoms.get_forces(), atoms.get_potential_energy(), calc.neighbors))
+    (pos, forces, e, skinned), (pos0, forces0, e0, fresh) = runs
+    assert np.array_equal(pos, pos0) and np.array_equal(forces, forces0) and e == e0
+    assert fresh.searches == fresh.calls == 41
+    assert 1 < skinned.searches < 10 and skinned.calls == 41

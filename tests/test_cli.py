@@ -27,6 +27,7 @@ def test_md_text_output(capsys):
     assert main(["md", "--steps", "3", "--compare-steps", "2", "--size", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "steps/s" in out and "energy drift" in out and "speedup" in out
+    assert "neighbor searches: 1 for 4 evaluations (skin 1 A)" in out
     assert "set-up " in out and "first energy and forces after" in out
     assert "path from call 1" in out  # which path answered (the plain model while set-up is under way)
 
@@ -64,6 +65,8 @@ def test_md_json_summary_fused_path(capsys):
     # evaluations, 3 layers each, every one on the C++ kernels
     assert summary["kernels"]["painn_message"] == {"cpp": 15}
     assert summary["kernels"]["painn_message_backward"] == {"cpp": 15}
+    # one neighbor search (cutoff + 1 A) serves the 5 evaluations of 4 steps of 300 K Cu
+    assert (summary["neighbor_searches"], summary["neighbor_calls"]) == (1, 5)
     assert summary["max_position_difference_A"] < 1e-12  # fp64: the same trajectory to rounding
     # the speedup comes from the side-by-side replay of both calculators, not from the main run
     assert summary["compare_steps"] == 3

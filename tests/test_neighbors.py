@@ -5,10 +5,10 @@ import pytest
 import torch
 from ase import Atoms
 from ase.neighborlist import neighbor_list as ase_neighbor_list
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from painnfx.model.neighbors import cluster_neighbor_lists, neighbor_list
+from painnfx.model.neighbors import SkinNeighborList, cluster_neighbor_lists, neighbor_list
 from painnfx.model.validation import InputError
 from strategies import molecules, periodic_cells
 
@@ -119,3 +119,82 @@ def test_a_shared_search_beyond_the_span_is_refused():
     far = [np.array([[0.0, 0, 0], [2e4, 0, 0]])] * 8  # each within the span alone, not on a 2 x 2 x 2 grid
     with pytest.raises(InputError, match="search each alone"):
         cluster_neighbor_lists(far, 1.0)
+
+
+# --- one search along a trajectory (SkinNeighborList) ---------------------------------------------
+
+
+def _same(a, b):
+    assert torch.equal(a.edge_index, b.edge_index) and torch.equal(a.cell_shifts, b.cell_shifts)
+    assert torch.equal(a.shifts, b.shifts)
+
+
+@settings(max_examples=40, deadline=None)
+@given(atoms=st.one_of(periodic_cells(max_atoms=6), molecules(max_atoms=8)), cutoff=st.floats(1.0, 4.0),
+       skin=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**16),
+       steps=st.lists(st.sampled_from(["small", "large", "cell", "wrap"]), min_size=1, max_size=12))
+def test_a_skin_list_equals_a_new_search_along_a_trajectory(atoms, cutoff, skin, seed, steps):
+    """Random walks of drawn cells (atoms that see their own images) and molecules: steps below and
+    above half the skin, changed cells, wrapped atoms. Every call gives neighbor_list's edges, shifts
+    and order exactly; a search runs only when one is due."""
+    rng = np.random.default_rng(seed)
+    skinned = SkinNeighborList(cutoff, skin)
+    pos, cell = atoms.positions.copy(), atoms.cell.array.copy()
+    _same(skinned(pos, cell, atoms.pbc), neighbor_list(pos, cutoff, cell, atoms.pbc))
+    seen, seen_cell = pos.copy(), cell.copy()  # where the last search saw the atoms
+    for step in steps:
+        before = skinned.searches
+        if step == "small":
+            pos = pos + rng.uniform(-1, 1, pos.shape) * 0.2 * skin / np.sqrt(3)
+        elif step == "large":
+            pos = pos + rng.normal(scale=0.5, size=pos.shape)
+        elif step == "cell" and atoms.pbc.any():
+            cell = cell * (1 + 0.01 * rng.uniform(-1, 1))
+        elif step == "wrap" and atoms.pbc.all() and len(pos):
+            pos[0] += cell[0]  # the same structure, one atom an image further: a new search
+        try:
+            want = neighbor_list(pos, cutoff, cell, atoms.pbc)
+        except InputError as exc:  # overlapping or spread too far: the skin list refuses the same
+            with pytest.raises(InputError, match=str(exc)[:30].replace("(", r"\(")):
+                skinned(pos, cell, atoms.pbc)
+            return
+        _same(skinned(pos, cell, atoms.pbc), want)
+        moved = float(np.linalg.norm(pos - seen, axis=1).max()) if len(pos) else 0.0
+        if np.array_equal(cell, seen_cell) and moved < 0.49 * skin:
+            assert skinned.searches == before  # the candidates still hold every pair
+        elif moved > 0.5 * skin or not np.array_equal(cell, seen_cell):
+            assert skinned.searches == before + 1
+        if skinned.searches > before:
+            seen, seen_cell = pos.copy(), cell.copy()
+
+
+def test_a_skin_list_searches_when_an_atom_moves_half_the_skin():
+    atoms = Atoms("Cu4", positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [0, 0, 2.5]])
+    skinned = SkinNeighborList(3.0, skin=1.0)
+    pos = atoms.positions.copy()
+    skinned(pos)
+    pos[1, 0] += 0.49
+    skinned(pos)
+    assert (skinned.searches, skinned.calls) == (1, 2)
+    pos[1, 0] += 0.02  # 0.51 A from where the search saw it
+    _same(skinned(pos), neighbor_list(pos, 3.0))
+    assert skinned.searches == 2
+
+
+def test_a_skin_list_checks_every_call():
+    skinned = SkinNeighborList(3.0, skin=1.0, max_neighbors=2)
+    pos = np.array([[0.0, 0, 0], [2.0, 0, 0]])
+    skinned(pos)
+    bad = pos.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        skinned(bad)
+    # three atoms far away keep the density estimate (checked before a search) low
+    crowd = np.array([[0.0, 0, 0], [2.0, 0, 0], [0, 2.0, 0], [0, 0, 3.2], [30, 0, 0], [0, 30, 0], [0, 0, 30]])
+    skinned(crowd)  # at most two neighbors each within 3 A
+    crowd[3, 2] = 2.9  # 0.3 A: no new search, and a third neighbor of atom 0
+    with pytest.raises(InputError, match="more than max_neighbors = 2"):
+        skinned(crowd)
+    assert skinned.searches == 2
+    with pytest.raises(InputError, match="skin"):
+        SkinNeighborList(3.0, skin=-1.0)

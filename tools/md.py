@@ -240,6 +240,9 @@ def main_md(args) -> int:
         "final_path": paths[-1]["path"] if paths else ("plain model" if not calc.optimized else None),
         "final_path_steps_per_s": _final_rate(run_md.step_times, paths),
         "paths": [{k: c[k] for k in ("path", "call", "seconds", "why")} for c in paths],
+        # neighbor searches (cutoff + skin) against energy evaluations: the rest reused the candidates
+        "neighbor_searches": calc.neighbors.searches,
+        "neighbor_calls": calc.neighbors.calls,
         "energy_drift_eV_per_atom": float(drift[-1] / n),
         "max_energy_deviation_eV_per_atom": float(np.abs(drift).max() / n),
         "fused_nodes": report.fused_nodes if calc.optimized else 0,
@@ -276,6 +279,8 @@ def main_md(args) -> int:
         if summary["kernels"]:
             print("  ops ran on: " + ", ".join(f"{op} {'/'.join(f'{b} x{k}' for b, k in v.items())}"
                                                        for op, v in summary["kernels"].items()))
+        print(f"  neighbor searches: {summary['neighbor_searches']} for {summary['neighbor_calls']} evaluations "
+              f"(skin {calc.neighbors.skin:g} A)")
         final = summary["final_path_steps_per_s"]
         print(f"  {summary['steps_per_s']:.2f} steps/s over steps 2..{args.steps}"
               + (f"; {final:.2f} steps/s on the final path ({summary['final_path']})" if final else ""))
