@@ -134,15 +134,19 @@ class BatchEvaluator:
                              + (f" {atoms!r}" if atoms is None or isinstance(atoms, (str, int, float)) else ""))
         return self.prepare_arrays(index, atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc, atoms)
 
-    def prepare_arrays(self, index: int, positions, numbers, cell, pbc, atoms=None) -> _System:
-        """The same for plain arrays: positions (N, 3), numbers (N,), cell (3, 3) rows, pbc (3,)."""
+    def prepare_arrays(self, index: int, positions, numbers, cell, pbc, atoms=None, neighbors=None) -> _System:
+        """The same for plain arrays: positions (N, 3), numbers (N,), cell (3, 3) rows, pbc (3,);
+        ``neighbors``: a ``SkinNeighborList`` kept for this system along a trajectory (else one search)."""
         calc = self.calc
         numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
         check_numbers(numbers, calc.elements, calc.max_z)
         pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
         cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
         pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-        nl = neighbor_list(pos, calc.cutoff, cell, pbc, dtype=torch.float64, max_neighbors=calc.max_neighbors)
+        if neighbors is None:
+            nl = neighbor_list(pos, calc.cutoff, cell, pbc, dtype=torch.float64, max_neighbors=calc.max_neighbors)
+        else:
+            nl = neighbors(pos, cell, pbc, dtype=torch.float64)
         ei = nl.edge_index
         r = torch.from_numpy(pos)
         check_overlaps(ei, r[ei[1]] - r[ei[0]] + nl.shifts, calc.min_distance)

@@ -9,6 +9,7 @@ exactly at the cutoff contributes nothing either way.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -101,10 +102,13 @@ class SkinNeighborList:
     on the current positions, until an atom has moved ``skin / 2`` from where the search saw it,
     or the cell, the periodicity or the number of atoms changed; then it searches again. No
     pair can be missed: two atoms approach by at most twice the largest displacement, under
-    ``skin``. The result is the same as ``neighbor_list``'s (the same edges in the same order,
-    both sorted by atoms and shift, the same strict rule d < cutoff on the same coordinates), so
-    energies and forces do not change, bit for bit. ``searches`` and ``calls`` count the work.
-    Not thread-safe: one caller at a time (the ASE calculator holds its lock)."""
+    ``skin``. In a cell periodic in all three directions an atom wrapped back into the cell (by
+    the engine, or ``atoms.wrap()``) counts as moved by its displacement less the lattice vectors
+    it crossed, and its pairs' shifts follow. The result is the same as ``neighbor_list``'s (the
+    same edges in the same order, both sorted by atoms and shift, the same strict rule d < cutoff
+    on the same coordinates), so energies and forces do not change, bit for bit. ``searches`` and
+    ``calls`` count the work. Not thread-safe: one caller at a time (the ASE calculator holds its
+    lock)."""
 
     def __init__(self, cutoff: float, skin: float = 1.0, max_neighbors: int = MAX_NEIGHBORS):
         if not skin >= 0:
@@ -117,24 +121,37 @@ class SkinNeighborList:
                  device: torch.device | str = "cpu") -> NeighborList:
         pos, cell, pbc = _checked(positions, self.cutoff, cell, pbc, self.max_neighbors)
         self.calls += 1
-        if not self._valid(pos, cell, pbc):
+        crossed = self._crossed(pos, cell, pbc)
+        if crossed is None:
             candidates = _search(pos, self.cutoff + self.skin, cell, pbc, self.cutoff + self.skin)
             self._seen = (pos.copy(), cell.copy(), pbc.copy(), candidates)
             self.searches += 1
-        i, j, s = _within(pos, *self._seen[3], cell, self.cutoff, ordered=True)
+            crossed = np.zeros((0, 3), dtype=np.int64)
+        i, j, s = self._seen[3]
+        if crossed.any():  # x = x_seen + crossed cell + a move below reach: each pair's image, new shift
+            i, j, s = _within(pos, i, j, s - crossed[j] + crossed[i], cell, self.cutoff)
+        else:
+            i, j, s = _within(pos, i, j, s, cell, self.cutoff, ordered=True)
         return _result(i, j, s, len(pos), self.cutoff, cell, dtype, device, self.max_neighbors)
 
-    def _valid(self, pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
-        """Whether the candidates of the last search still hold every pair within the cutoff."""
+    def _crossed(self, pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> Optional[np.ndarray]:
+        """The lattice vectors (N, 3) integer each atom crossed since the last search, if its
+        candidates still hold every pair within the cutoff; None if a search is due."""
         if self._seen is None:
-            return False
+            return None
         seen, seen_cell, seen_pbc, _ = self._seen
         if seen.shape != pos.shape or not np.array_equal(seen_cell, cell) or not np.array_equal(seen_pbc, pbc):
-            return False
+            return None
+        moved = pos - seen
+        crossed = np.zeros(pos.shape, dtype=np.int64)
+        if pbc.all() and len(pos):
+            crossed = np.rint(np.linalg.solve(cell.T, moved.T).T).astype(np.int64)
+            moved = moved - crossed @ cell
         # (skin / 2) less a margin for the rounding of the search's and this filter's distances
         reach = max(0.5 * self.skin - 1e-6 * (1.0 + self.cutoff), 0.0)
-        moved = np.einsum("ij,ij->i", pos - seen, pos - seen)
-        return len(pos) == 0 or float(moved.max()) < reach * reach
+        if len(pos) and float(np.einsum("ij,ij->i", moved, moved).max()) >= reach * reach:
+            return None
+        return crossed
 
 
 #: apart from the cutoff, how far the structures of one ``cluster_neighbor_lists`` search are set

@@ -24,6 +24,7 @@ except ImportError as exc:  # the optional extra is not installed
     raise ImportError('painnfx.model.torchsim needs torch-sim: pip install "painnfx[torchsim]"') from exc
 
 from .batch import BatchEvaluator, atom_offsets
+from .neighbors import SkinNeighborList
 from .validation import MAX_NEIGHBORS, MIN_DISTANCE, InputError
 
 
@@ -40,11 +41,14 @@ class PaiNNModel(ModelInterface):
     """A painnfx PaiNN as a torch-sim model. ``model``: a PaiNN, ``optimize()`` of one, a checkpoint
     path, or None for the default model; ``optimize``, ``min_distance`` and ``max_neighbors`` as for
     ``PaiNNCalculator`` ("auto": the path rule, set up while the run goes). Bad systems raise
-    ``InputError`` naming the system, non-finite results ``NonFiniteError``."""
+    ``InputError`` naming the system, non-finite results ``NonFiniteError``. Each system of the
+    state keeps a neighbor search of radius cutoff + ``neighbor_skin`` from step to step, as the
+    calculator does (``neighbors.SkinNeighborList``: the same edges as a search per step; a system
+    swapped for another, or moved half the skin, is searched again)."""
 
     def __init__(self, model=None, *, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float64,
                  optimize: Union[bool, str] = "auto", compute_forces: bool = True, compute_stress: bool = True,
-                 min_distance: float = MIN_DISTANCE, max_neighbors: int = MAX_NEIGHBORS):
+                 min_distance: float = MIN_DISTANCE, max_neighbors: int = MAX_NEIGHBORS, neighbor_skin: float = 1.0):
         super().__init__()
         self._device = torch.device(device)
         self._dtype = dtype
@@ -55,6 +59,8 @@ class PaiNNModel(ModelInterface):
                                       stress=self._compute_stress, min_distance=min_distance,
                                       max_neighbors=max_neighbors)
         self.model = self.batched.evaluator
+        self.neighbor_skin = float(neighbor_skin)
+        self.neighbors: list = []  # per system index of the state: its SkinNeighborList
 
     @property
     def compute_stress(self) -> bool:
@@ -94,10 +100,14 @@ class PaiNNModel(ModelInterface):
             raise InputError(f"the state's sizes disagree: {len(pos)} positions, {len(z)} atomic numbers, "
                              f"{len(system_idx)} system indices (up to {len(counts) - 1}), {rows.shape[0]} cells")
         starts = atom_offsets(counts)
+        calc = self.batched.calc
+        while len(self.neighbors) < len(counts):
+            self.neighbors.append(SkinNeighborList(calc.cutoff, self.neighbor_skin, calc.max_neighbors))
         systems = []
         for k, (s, n) in enumerate(zip(starts, counts)):
             try:
-                systems.append(self.batched.prepare_arrays(k, pos[s:s + n], z[s:s + n], rows[k], pbc))
+                systems.append(self.batched.prepare_arrays(k, pos[s:s + n], z[s:s + n], rows[k], pbc,
+                                                           neighbors=self.neighbors[k]))
             except InputError as exc:
                 raise InputError(f"system {k} of the state: {exc}") from None
         out = self.batched.run_checked(systems)
