@@ -107,8 +107,9 @@ class SkinNeighborList:
     it crossed, and its pairs' shifts follow. The result is the same as ``neighbor_list``'s (the
     same edges in the same order, both sorted by atoms and shift, the same strict rule d < cutoff
     on the same coordinates), so energies and forces do not change, bit for bit. ``searches`` and
-    ``calls`` count the work. Not thread-safe: one caller at a time (the ASE calculator holds its
-    lock)."""
+    ``calls`` count the work (approximately, when threads share the list). Threads may share one:
+    each call checks and uses one snapshot of the last search, so a search by another thread
+    costs at most a search more, never a wrong edge."""
 
     def __init__(self, cutoff: float, skin: float = 1.0, max_neighbors: int = MAX_NEIGHBORS):
         if not skin >= 0:
@@ -121,25 +122,26 @@ class SkinNeighborList:
                  device: torch.device | str = "cpu") -> NeighborList:
         pos, cell, pbc = _checked(positions, self.cutoff, cell, pbc, self.max_neighbors)
         self.calls += 1
-        crossed = self._crossed(pos, cell, pbc)
+        seen = self._seen  # one snapshot: a call from another thread may replace it meanwhile
+        crossed = self._crossed(seen, pos, cell, pbc)
         if crossed is None:
             candidates = _search(pos, self.cutoff + self.skin, cell, pbc, self.cutoff + self.skin)
-            self._seen = (pos.copy(), cell.copy(), pbc.copy(), candidates)
+            seen = self._seen = (pos.copy(), cell.copy(), pbc.copy(), candidates)
             self.searches += 1
             crossed = np.zeros((0, 3), dtype=np.int64)
-        i, j, s = self._seen[3]
+        i, j, s = seen[3]
         if crossed.any():  # x = x_seen + crossed cell + a move below reach: each pair's image, new shift
             i, j, s = _within(pos, i, j, s - crossed[j] + crossed[i], cell, self.cutoff)
         else:
             i, j, s = _within(pos, i, j, s, cell, self.cutoff, ordered=True)
         return _result(i, j, s, len(pos), self.cutoff, cell, dtype, device, self.max_neighbors)
 
-    def _crossed(self, pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> Optional[np.ndarray]:
-        """The lattice vectors (N, 3) integer each atom crossed since the last search, if its
+    def _crossed(self, last, pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> Optional[np.ndarray]:
+        """The lattice vectors (N, 3) integer each atom crossed since the search ``last``, if its
         candidates still hold every pair within the cutoff; None if a search is due."""
-        if self._seen is None:
+        if last is None:
             return None
-        seen, seen_cell, seen_pbc, _ = self._seen
+        seen, seen_cell, seen_pbc, _ = last
         if seen.shape != pos.shape or not np.array_equal(seen_cell, cell) or not np.array_equal(seen_pbc, pbc):
             return None
         moved = pos - seen

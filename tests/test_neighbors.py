@@ -201,3 +201,31 @@ def test_a_skin_list_checks_every_call():
     assert skinned.searches == 2
     with pytest.raises(InputError, match="skin"):
         SkinNeighborList(3.0, skin=-1.0)
+
+
+def test_a_skin_list_shared_by_threads_gives_each_its_own_structures_edges():
+    """Threads that share one list, each walking its own structure (so each call may find the
+    other's search): every call still equals a new search of its own positions."""
+    import threading
+
+    from ase.build import bulk
+
+    structures = [bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2), bulk("Cu", "fcc", a=3.7, cubic=True) * (2, 2, 2)]
+    shared = SkinNeighborList(4.0, skin=0.5)
+    errors = []
+
+    def walk(atoms, seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(40):
+                pos = atoms.positions + rng.normal(scale=0.05, size=atoms.positions.shape)
+                _same(shared(pos, atoms.cell.array, True), neighbor_list(pos, 4.0, atoms.cell.array, True))
+        except Exception as exc:  # reported below, in the test's own thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=walk, args=(a, k)) for k, a in enumerate(structures)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
