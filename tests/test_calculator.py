@@ -121,13 +121,13 @@ def test_model_argument_type_checked():
 
 @pytest.mark.parametrize("optimize", [False, True])
 def test_md_on_the_skin_list_is_bitwise_a_new_search_each_step(optimize):
-    """NVE of hot Cu (108 atoms) with the default model: the calculator's skin list (one search
+    """NVE of hot Cu (32 atoms) with the default model: the calculator's skin list (one search
     serves many steps) gives the trajectory of a calculator that searches every step, bit for bit."""
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
 
-    start = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
+    start = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
     MaxwellBoltzmannDistribution(start, temperature_K=1200, rng=np.random.default_rng(3))
     runs = []
     for skin in (0.2, 0.0):  # a skin of 0.2 A: atoms move ~0.2 A, so some steps search again
