@@ -245,13 +245,12 @@ def test_one_and_the_maximum_number_of_radial_functions(emu_all, k, schedule):
                      torch.float64)
 
 
-
 # Each pair's dL/dr once: the edge kernel's warp for a pair computes the rows a, b once and both edges'
 # dL/dr. The inputs are neighbor lists (every edge paired, atoms that see their own images), half lists
 # (no pair) and the same lists with `reverse` all -1 (every edge alone).
 
-def _paired_inputs(atoms, dtype, half=False, seed=0):
-    s = _structure_inputs(atoms, 3.0, dtype, f=5, k=4, mu=True, half=half, seed=seed)
+def _paired_inputs(atoms, dtype, half=False, seed=0, cutoff=3.0, f=5, k=4):
+    s = _structure_inputs(atoms, cutoff, dtype, f=f, k=k, mu=True, half=half, seed=seed)
     return dict(r=s["r"], idx_i=s["ii"], idx_j=s["jj"], x=s["x"], mu=s["mu"], weight=s["w"], bias=s["b"],
                 basis_params=s["params"], basis="gaussian", cutoff="cosine", cutoff_params=[s["cutoff"]])
 
@@ -291,9 +290,7 @@ def test_a_cu_cell_and_its_self_images_pair_in_the_edge_kernel(emu_all):
     32-atom cell, fp64, with a cutoff of 5 A: against the reference."""
     for atoms in (bulk("Cu", "fcc", a=3.61), bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)):
         atoms.rattle(0.02, seed=len(atoms))
-        s = _structure_inputs(atoms, 5.0, torch.float64, f=6, k=5, mu=True)
-        inp = dict(r=s["r"], idx_i=s["ii"], idx_j=s["jj"], x=s["x"], mu=s["mu"], weight=s["w"], bias=s["b"],
-                   basis_params=s["params"], basis="gaussian", cutoff="cosine", cutoff_params=[5.0])
+        inp = _paired_inputs(atoms, torch.float64, cutoff=5.0, f=6, k=5)
         gq, gmu = _cotangents(inp, 2)
         got, rev = _backward_with(emu_all, inp, gq, gmu, schedule="random", seed=1)
         assert bool((rev >= 0).all())
@@ -311,6 +308,7 @@ def test_the_partner_edge_with_the_leaders_direction_is_caught():
     gq, gmu = _cotangents(inp, 3)
     gr = _backward_with(emu, inp, gq, gmu)[0][0]
     assert not torch.allclose(gr, _reference_backward(inp, gq, gmu, False)[0], rtol=1e-6, atol=1e-9)
+
 
 ASAN_SCRIPT = r"""
 import sys, torch
