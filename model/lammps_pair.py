@@ -132,10 +132,11 @@ def export_with_plugin(out: str | os.PathLike, model=None, dtype: torch.dtype = 
                        lmp: Optional[str] = None, types: Sequence[str] = ()) -> tuple[dict, Path]:
     """(metadata, plugin path): :func:`export_model` and :func:`build_plugin` side by side, the
     plugin's compile in a thread while the model file (and, on a new machine, the C++ kernel
-    library) is built, so a first export waits for the longer of the two, not their sum. The
+    library) is built, so a first export waits for the longer of the two, not their sum (each
+    build runs ``default_jobs`` compilers at a time, so a new machine briefly runs both sets). The
     atom types ``types`` are checked against the model before anything is built."""
     net = plain_model(model)
-    check_types({"symbols": [chemical_symbols[z] for z in _elements(net)]}, types)
+    check_types([chemical_symbols[z] for z in _elements(net)], types)
     with ThreadPoolExecutor(1, thread_name_prefix="painnfx-plugin") as pool:
         plugin = pool.submit(build_plugin, lmp)
         meta = export_model(out, net, dtype)
@@ -153,12 +154,13 @@ def read_model_file(path: str | os.PathLike) -> dict:
     return payload
 
 
-def check_types(meta: dict, types: Sequence[str]) -> None:
-    """Every atom type maps to an element of the model (or NULL), as ``pair_coeff`` will check."""
+def check_types(symbols: Sequence[str], types: Sequence[str]) -> None:
+    """Every atom type maps to an element of the model (``symbols``) or NULL, as ``pair_coeff``
+    will check."""
     for t, name in enumerate(types, 1):
-        if name != "NULL" and name not in meta["symbols"]:
+        if name != "NULL" and name not in symbols:
             raise InputError(f"pair_coeff for painnfx: element {name} (atom type {t}) is not in the model; "
-                             f"it knows: {' '.join(meta['symbols'])}")
+                             f"it knows: {' '.join(symbols)}")
 
 
 def lammps_lines(model_file: str, plugin: str, types: Sequence[str]) -> list:
@@ -210,7 +212,7 @@ def mpi_compiler() -> str:
 def build_plugin(lmp: Optional[str] = None, use_cache: bool = True) -> tuple[Path, dict]:
     """(plugin path, build info): the pair style compiled for the LAMMPS whose headers
     :func:`lammps_headers` finds and for the installed torch (~1 minute; then cached)."""
-    from painnfx.ops.cpu.build import compiler_version, torch_includes, torch_links
+    from painnfx.ops.cpu.build import compiler_version, default_jobs, torch_includes, torch_links
 
     headers = lammps_headers(lmp)
     cxx = mpi_compiler()
@@ -230,12 +232,14 @@ def build_plugin(lmp: Optional[str] = None, use_cache: bool = True) -> tuple[Pat
             raise PluginBuildError(f"building the painnfx pair style failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}")
 
     def compile_to(out: Path) -> dict:
-        """One object per source, compiled side by side (each parses torch's headers), then linked."""
+        """One object per source, compiled side by side (each parses torch's headers) as many at a
+        time as the C++ library's build runs (``default_jobs``: the threads the user gave torch),
+        then linked."""
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             objects = [str(Path(tmp) / (Path(s).stem + ".o")) for s in PLUGIN_SOURCES]
             units = [[cxx, *flags, "-c", str(SOURCES / s), "-o", o] for s, o in zip(PLUGIN_SOURCES, objects)]
-            with ThreadPoolExecutor(min(len(units), os.cpu_count() or 1)) as pool:
+            with ThreadPoolExecutor(min(len(units), default_jobs())) as pool:
                 list(pool.map(run, units))
             run([cxx, *flags, "-shared", *objects, "-o", str(out), *libs])
         return {"compiler": cxx, "headers": str(headers), "build_seconds": round(time.perf_counter() - start, 2)}

@@ -52,7 +52,7 @@ def neighbor_list(
     and counted exactly after it; ``validation.MAX_NEIGHBORS``).
     """
     pos, cell, pbc = _checked(positions, cutoff, cell, pbc, max_neighbors)
-    i, j, s = _search(pos, cutoff, cell, pbc, cutoff)
+    i, j, s = _search(pos, cutoff, cell, pbc)
     return _result(i, j, s, len(pos), cutoff, cell, dtype, device, max_neighbors)
 
 
@@ -77,11 +77,11 @@ def _checked(positions, cutoff: float, cell, pbc, max_neighbors: int) -> tuple:
     return pos, cell, pbc
 
 
-def _search(pos: np.ndarray, cutoff: float, cell: np.ndarray, pbc: np.ndarray, radius: float) -> tuple:
-    """(i, j, integer shifts) of the pairs within ``cutoff`` (strictly), from a vesin search of ``radius``."""
+def _search(pos: np.ndarray, cutoff: float, cell: np.ndarray, pbc: np.ndarray) -> tuple:
+    """(i, j, integer shifts) of the pairs within ``cutoff`` (strictly), from a vesin search."""
     if len(pos) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
-    nl = vesin.NeighborList(cutoff=float(radius), full_list=True)
+    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
     i, j, s = nl.compute(points=pos, box=cell, periodic=pbc.tolist(), quantities="ijS")
     return _within(pos, i.astype(np.int64), j.astype(np.int64), s.astype(np.int64), cell, cutoff)
 
@@ -125,7 +125,7 @@ class SkinNeighborList:
         seen = self._seen  # one snapshot: a call from another thread may replace it meanwhile
         crossed = self._crossed(seen, pos, cell, pbc)
         if crossed is None:
-            candidates = _search(pos, self.cutoff + self.skin, cell, pbc, self.cutoff + self.skin)
+            candidates = _search(pos, self.cutoff + self.skin, cell, pbc)
             seen = self._seen = (pos.copy(), cell.copy(), pbc.copy(), candidates)
             self.searches += 1
             crossed = np.zeros((0, 3), dtype=np.int64)
@@ -215,8 +215,19 @@ def _within(pos: np.ndarray, i: np.ndarray, j: np.ndarray, s: np.ndarray, cell: 
     i, j, s = i[keep], j[keep], s[keep]
     if ordered:
         return i, j, s
-    order = np.lexsort((s[:, 2], s[:, 1], s[:, 0], j, i))
+    order = _order(i, j, s, len(pos))
     return i[order], j[order], s[order]
+
+
+def _order(i: np.ndarray, j: np.ndarray, s: np.ndarray, n_atoms: int) -> np.ndarray:
+    """The permutation that sorts pairs by (i, j, s): one stable sort of a single int64 key where it
+    fits (a third of a two-key lexsort's time), else a lexsort of the five columns."""
+    span = int(np.abs(s).max()) + 1 if len(s) else 1
+    width = 2 * span + 1
+    if float(n_atoms) ** 2 * width ** 3 < 2.0 ** 62:
+        shift = ((s[:, 0] + span) * width + (s[:, 1] + span)) * width + (s[:, 2] + span)
+        return np.argsort((i * n_atoms + j) * width ** 3 + shift, kind="stable")
+    return np.lexsort((s[:, 2], s[:, 1], s[:, 0], j, i))
 
 
 def _too_many(count: str, n_atoms: int, cutoff: float, limit: int) -> str:

@@ -23,7 +23,7 @@ from painnfx.model.default import default_model
 from painnfx.model.lammps_pair import FORMAT_VERSION, export_model, model_file_payload, read_model_file
 from painnfx.model.neighbors import neighbor_list
 from painnfx.model.validation import InputError
-from painnfx.tools.lammps_cmd import export, rank_counts
+from painnfx.tools.lammps_cmd import export, model_file, rank_counts
 
 from test_lammps import (NKTV2P, ase_reference, assert_ran, cuni_checkpoint, cuni_cluster, failing_run, hot_cu_md, lmp, periodic_cu,  # noqa: F401
                          read_dump, rel, run, thermo_rows, triclinic_cu)
@@ -41,12 +41,17 @@ def static(tmp_path, atoms, types, nprocs, pair_style="painnfx", checkpoint=None
     """Energy, forces (sorted by ID), pressure (6) and the output of one `run 0`."""
     data = tmp_path / "system.data"
     write(data, atoms, format="lammps-data", specorder=types, masses=True, units="metal")
-    name = "model.pfx" if pair_style == "painnfx" else "model.pkl"
-    _, lines, _ = export(str(tmp_path / name), checkpoint, types, dtype=dtype, optimize="fused", pair_style=pair_style)
+    _, lines, _ = export(model_file(tmp_path, pair_style), checkpoint, types, dtype=dtype, optimize="fused",
+                         pair_style=pair_style)
     grid = dict(zip(("px", "py", "pz"), map(str, grid))) if grid else {}
     bnd = "p" if atoms.pbc.all() else "f"
-    code, out = run(tmp_path, None, "in.static.lammps", lines, nprocs, threads, data=data, bnd=bnd, peratom=int(peratom),
-                    **grid)
+    return run_static(tmp_path, lines, nprocs, threads, data=data, bnd=bnd, peratom=int(peratom), **grid)
+
+
+def run_static(tmp_path, lines, nprocs, threads=1, **variables):
+    """Energy, forces (sorted by ID), pressure (6) and the output of `in.static.lammps` with the model
+    lines ``lines``."""
+    code, out = run(tmp_path, None, "in.static.lammps", lines, nprocs, threads, **variables)
     assert code == 0, out[-4000:]
     step, pe, *press = thermo_rows(out)[0]
     return pe, read_dump(tmp_path / "forces.dump")[0], np.array(press), out
@@ -101,13 +106,20 @@ ZBL = "zbl 2.5 3.5"  # ZBL switched off between 2.5 and 3.5 A: it reaches the ne
 
 
 def static_lines(tmp_path, data, text: str, nprocs: int, name: str):
-    """Energy, forces (sorted by ID), pressure (6) and the output of `run 0` with model lines ``text``."""
+    """``run_static`` of a periodic data file with the model lines ``text`` (written to ``name``)."""
     lines = tmp_path / name
     lines.write_text(text)
-    code, out = run(tmp_path, None, "in.static.lammps", lines, nprocs, data=data, bnd="p")
-    assert code == 0, out[-4000:]
-    step, pe, *press = thermo_rows(out)[0]
-    return pe, read_dump(tmp_path / "forces.dump")[0], np.array(press), out
+    return run_static(tmp_path, lines, nprocs, data=data, bnd="p")
+
+
+def cu_with_ni(tmp_path):
+    """(atoms, symbols, data file): the periodic Cu cell with every fifth atom Ni (type 2)."""
+    atoms = periodic_cu()
+    symbols = ["Ni" if k % 5 == 0 else "Cu" for k in range(len(atoms))]
+    atoms.set_chemical_symbols(symbols)
+    data = tmp_path / "system.data"
+    write(data, atoms, format="lammps-data", specorder=["Cu", "Ni"], masses=True, units="metal")
+    return atoms, symbols, data
 
 
 @pytest.mark.parametrize("nprocs", [1, 3])
@@ -116,13 +128,8 @@ def test_hybrid_with_a_null_type_matches_ase(tmp_path, lmp, nprocs):
     (type 2, every fifth atom) are left to ZBL. What painnfx adds (the run minus the same run with
     `zero` in its place) is the model on the Cu atoms alone: energy, forces (zero on Ni) and virial
     equal ASE's for the Cu sublattice."""
-    atoms = periodic_cu()
-    symbols = ["Ni" if k % 5 == 0 else "Cu" for k in range(len(atoms))]
-    atoms.set_chemical_symbols(symbols)
-    data = tmp_path / "system.data"
-    write(data, atoms, format="lammps-data", specorder=["Cu", "Ni"], masses=True, units="metal")
-    _, lines, _ = export(str(tmp_path / "model.pfx"), None, ["Cu"], pair_style="painnfx")
-    text = Path(lines).read_text()
+    atoms, symbols, data = cu_with_ni(tmp_path)
+    text = lines_text(tmp_path)
     others = "pair_coeff 1 2 zbl 29 28\npair_coeff 2 2 zbl 28 28\n"
     hybrid = text.replace("pair_style painnfx ", "pair_style hybrid painnfx ").replace(
         ".pfx\n", f".pfx {ZBL}\n").replace("pair_coeff * * Cu", "pair_coeff * * painnfx Cu NULL\n" + others)
@@ -146,8 +153,7 @@ def test_hybrid_overlay_adds_zbl(tmp_path, lmp):
     atoms = periodic_cu()
     data = tmp_path / "system.data"
     write(data, atoms, format="lammps-data", specorder=["Cu"], masses=True, units="metal")
-    _, lines, _ = export(str(tmp_path / "model.pfx"), None, ["Cu"], pair_style="painnfx")
-    text = Path(lines).read_text()
+    text = lines_text(tmp_path)
     overlay = text.replace("pair_style painnfx ", "pair_style hybrid/overlay painnfx ").replace(
         ".pfx\n", f".pfx {ZBL}\n").replace("pair_coeff * * Cu", "pair_coeff * * painnfx Cu\npair_coeff * * zbl 29 29")
     pe, forces, press, _ = static_lines(tmp_path, data, overlay, 2, "overlay.lammps")
@@ -161,13 +167,9 @@ def test_hybrid_overlay_adds_zbl(tmp_path, lmp):
 
 def test_a_null_type_outside_hybrid_is_reported(tmp_path, lmp):
     """Without hybrid, a NULL type's pairs have no style: LAMMPS says so before running."""
-    atoms = periodic_cu()
-    atoms.set_chemical_symbols(["Ni" if k % 5 == 0 else "Cu" for k in range(len(atoms))])
-    data = tmp_path / "system.data"
-    write(data, atoms, format="lammps-data", specorder=["Cu", "Ni"], masses=True, units="metal")
-    _, lines, _ = export(str(tmp_path / "model.pfx"), None, ["Cu"], pair_style="painnfx")
+    _, _, data = cu_with_ni(tmp_path)
     bad = tmp_path / "bad.lammps"
-    bad.write_text(Path(lines).read_text().replace("pair_coeff * * Cu", "pair_coeff * * Cu NULL"))
+    bad.write_text(lines_text(tmp_path).replace("pair_coeff * * Cu", "pair_coeff * * Cu NULL"))
     code, out = run(tmp_path, None, "in.static.lammps", bad, 1, data=data, bnd="p")
     assert code != 0 and "All pair coeffs are not set" in out, out[-2000:]
 

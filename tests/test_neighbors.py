@@ -229,3 +229,15 @@ def test_a_skin_list_shared_by_threads_gives_each_its_own_structures_edges():
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_the_edge_order_is_by_atoms_then_shift_with_either_sort():
+    """The one-key sort and the five-column lexsort (for keys that would not fit int64) agree."""
+    from painnfx.model.neighbors import _order
+
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, 5, 400), rng.integers(0, 5, 400)
+    s = rng.integers(-3, 4, (400, 3))
+    want = np.lexsort((s[:, 2], s[:, 1], s[:, 0], j, i))
+    assert np.array_equal(_order(i, j, s, 5), want)
+    assert np.array_equal(_order(i, j, s, 2**31), want)  # n^2 w^3 beyond int64: the lexsort
