@@ -2,14 +2,16 @@
 //
 // Per layer l (x: the context net's output (3F) per atom, mu: vector features (3, F)):
 //   x_l = W2 silu(W1 q + b1) + b2   for owned atoms; the first layer's depends on the element only
-//   ghost rows of x_l, mu_l         <- their owners (Exchange::forward; none before the first layer)
+//   ghost rows of x_l, mu_l         <- their owners (a forward exchange; none before the first layer)
 //   dq, dmu = painn_message(the engine's edges, x_l, mu_l)
-//   owners' rows of dq, dmu         += their ghosts' (Exchange::reverse: the messages into ghosts)
+//   owners' rows of dq, dmu         += their ghosts' (a reverse exchange: the messages into ghosts)
 //   q, mu  = painn_update(q + dq, mu + dmu)      for owned atoms
 // e_i = scale * MLP(q_i) + shift + atomref(Z_i). The backward runs the same layers in reverse with
 // the ops' analytical backwards: the ghost rows of dE/dq, dE/dmu come from their owners before each
-// message backward (Exchange::forward), and the gradients to ghost rows of x_l and mu_l go to their
-// owners (Exchange::reverse) before the owners continue through their context nets.
+// message backward (forward exchange), and the gradients to ghost rows of x_l and mu_l go to their
+// owners (reverse exchange) before the owners continue through their context nets. The dense steps
+// (context net, update, their backwards) run per part of the owned rows, boundary and interior, so
+// that the interior's run while an exchange is under way.
 #include "painnfx_model.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -98,14 +100,6 @@ std::vector<IValue> call(const c10::OperatorHandle& handle, std::vector<IValue> 
 Tensor silu_grad(const Tensor& pre) {
     const Tensor s = at::sigmoid(pre);
     return s * (1 + pre * (1 - s));
-}
-
-// rows n..n_all-1 of zeros below t: the op's gradients are per atom, ghosts included
-Tensor padded(const Tensor& t, std::int64_t n_all) {
-    if (t.size(0) == n_all) return t;
-    std::vector<std::int64_t> shape(t.sizes().begin(), t.sizes().end());
-    shape[0] = n_all - t.size(0);
-    return at::cat({t, at::zeros(shape, t.options())});
 }
 
 }  // namespace
@@ -201,10 +195,21 @@ void PerLayerModel::evaluate(std::int64_t n, const Tensor& species, const Tensor
     for (const auto& t : call(prepare, {r, idx_i, idx_j, n_all})) plan.push_back(t.toTensor());
     const IValue edges{c10::List<Tensor>(plan)};
 
-    struct Saved { Tensor x, mu, q_in, pre, q_mid, mu_mid; };
+    // The owned rows in two parts: the boundary [0, nb), rows other ranks hold as ghosts, and the
+    // interior [nb, n). Around each exchange the interior's dense steps run while rows travel: the
+    // boundary's rows are computed first and sent, or the interior's are computed while the
+    // boundary waits for the sums coming back. A part without rows is skipped (one rank: no boundary).
+    constexpr int BOUNDARY = 0, INTERIOR = 1;
+    const std::int64_t nb = exchange.boundary();
+    const std::int64_t first[2] = {0, nb}, count[2] = {nb, n - nb};
+    auto part = [&](const Tensor& t, int p) { return t.narrow(0, first[p], count[p]); };
+    auto has = [&](int p) { return count[p] > 0; };
+
+    struct Saved { Tensor x, mu, pre[2], q_mid[2], mu_mid[2]; };
     std::vector<Saved> saved(layers_);
-    const Tensor owned_species = species.narrow(0, 0, n);
-    Tensor q = embedding_.index_select(0, owned_species), mu;
+    Tensor q[2], mu[2];
+    for (const int p : {BOUNDARY, INTERIOR})
+        if (has(p)) q[p] = embedding_.index_select(0, part(species, p));
     for (int l = 0; l < layers_; ++l) {
         const Layer& layer = layer_[l];
         Saved& s = saved[l];
@@ -213,50 +218,91 @@ void PerLayerModel::evaluate(std::int64_t n, const Tensor& species, const Tensor
         } else {
             s.x = at::empty({n_all, 3 * f}, opts);
             s.mu = at::empty({n_all, 3, f}, opts);
-            s.q_in = q;
-            s.x.narrow(0, 0, n).copy_(context(layer, q, s.pre));
-            s.mu.narrow(0, 0, n).copy_(mu);
-            exchange.forward(s.x, s.mu);
+            for (const int p : {BOUNDARY, INTERIOR}) {
+                if (has(p)) {
+                    part(s.x, p).copy_(context(layer, q[p], s.pre[p]));
+                    part(s.mu, p).copy_(mu[p]);
+                }
+                if (p == BOUNDARY) exchange.start_forward(s.x, s.mu);
+            }
+            exchange.finish();
         }
         const auto out = call(message, {r, idx_i, idx_j, edges, s.x, l == 0 ? none : IValue(s.mu), layer.filter_w,
                                         layer.filter_b, basis_params_, basis, cutoff, cutoff_params, 0});
         Tensor dq = out[0].toTensor(), dmu = out[1].toTensor();
-        exchange.reverse(dq, dmu);  // the messages into ghosts go to their owners
-        s.q_mid = q + dq.narrow(0, 0, n);
-        s.mu_mid = l == 0 ? dmu.narrow(0, 0, n).contiguous() : mu + dmu.narrow(0, 0, n);
-        const auto up = call(update, {s.q_mid, s.mu_mid, layer.mix, layer.up_w1, layer.up_b1, layer.up_w2,
-                                      layer.up_b2, epsilon_});
-        q = up[0].toTensor();
-        mu = up[1].toTensor();
+        exchange.start_reverse(dq, dmu);  // the messages into ghosts go to their owners
+        for (const int p : {INTERIOR, BOUNDARY}) {
+            if (p == BOUNDARY) exchange.finish();
+            if (!has(p)) continue;
+            s.q_mid[p] = q[p] + part(dq, p);
+            s.mu_mid[p] = l == 0 ? part(dmu, p).contiguous() : mu[p] + part(dmu, p);
+            const auto up = call(update, {s.q_mid[p], s.mu_mid[p], layer.mix, layer.up_w1, layer.up_b1, layer.up_w2,
+                                          layer.up_b2, epsilon_});
+            q[p] = up[0].toTensor();
+            mu[p] = up[1].toTensor();
+        }
     }
-    const Tensor head_pre = at::linear(q, head_w1_, head_b1_);
-    const Tensor e = at::linear(at::silu(head_pre), head_w2_, head_b2_).squeeze(-1);
-    e_atom = e * scale_ + atom_shift_.index_select(0, owned_species);
+    Tensor head_pre[2], gq[2], gmu[2];
+    std::vector<Tensor> energies;
+    for (const int p : {BOUNDARY, INTERIOR}) {
+        if (!has(p)) continue;
+        head_pre[p] = at::linear(q[p], head_w1_, head_b1_);
+        energies.push_back(at::linear(at::silu(head_pre[p]), head_w2_, head_b2_).squeeze(-1));
+    }
+    const Tensor e = energies.empty() ? at::empty({0}, opts) : at::cat(energies);
+    e_atom = e * scale_ + atom_shift_.index_select(0, species.narrow(0, 0, n));
     if (!forces) return;
 
-    // dE/dq of the readout: scale * W2 silu'(pre) W1, per atom
-    Tensor gq = (head_w2_ * scale_ * silu_grad(head_pre)).mm(head_w1_);
-    Tensor gmu = at::zeros({n, 3, f}, opts);
+    for (const int p : {BOUNDARY, INTERIOR}) {
+        if (!has(p)) continue;
+        gq[p] = (head_w2_ * scale_ * silu_grad(head_pre[p])).mm(head_w1_);  // dE/dq of the readout
+        gmu[p] = at::zeros({count[p], 3, f}, opts);
+    }
     g_r = at::zeros({r.size(0), 3}, opts);
     for (int l = layers_ - 1; l >= 0; --l) {
         const Layer& layer = layer_[l];
         const Saved& s = saved[l];
-        const auto up = call(update_backward, {gq, gmu, s.q_mid, s.mu_mid, layer.mix, layer.up_w1, layer.up_b1,
-                                               layer.up_w2, layer.up_b2, epsilon_, false});
-        gq = up[0].toTensor();  // dE/dq_mid = dE/dq_in (residual) = dE/d(dq)
-        gmu = up[1].toTensor();
-        Tensor gq_all = padded(gq, n_all), gmu_all = padded(gmu, n_all);
-        exchange.forward(gq_all, gmu_all);  // the ghosts' rows: their owners' gradients
+        // dE/dq_mid = dE/dq_in (residual) = dE/d(dq) per owned row; the ghosts' rows come from their
+        // owners. When every row is owned and interior (one rank), the update's outputs are the rows.
+        const bool own_all = n_all == n && !has(BOUNDARY) && has(INTERIOR);
+        Tensor gq_all, gmu_all;
+        if (!own_all) {
+            gq_all = at::empty({n_all, f}, opts), gmu_all = at::empty({n_all, 3, f}, opts);
+            gq_all.narrow(0, n, n_all - n).zero_();
+            gmu_all.narrow(0, n, n_all - n).zero_();
+        }
+        for (const int p : {BOUNDARY, INTERIOR}) {
+            if (has(p)) {
+                const auto up = call(update_backward, {gq[p], gmu[p], s.q_mid[p], s.mu_mid[p], layer.mix, layer.up_w1,
+                                                       layer.up_b1, layer.up_w2, layer.up_b2, epsilon_, false});
+                gq[p] = up[0].toTensor();
+                gmu[p] = up[1].toTensor();
+                if (!own_all) {
+                    part(gq_all, p).copy_(gq[p]);
+                    part(gmu_all, p).copy_(gmu[p]);
+                }
+            }
+            if (p == BOUNDARY && !own_all) exchange.start_forward(gq_all, gmu_all);
+        }
+        if (own_all) {  // nothing to send: the exchange only keeps every rank's calls in step
+            gq_all = gq[INTERIOR], gmu_all = gmu[INTERIOR];
+            exchange.start_forward(gq_all, gmu_all);
+        }
+        exchange.finish();
         const auto back = call(message_backward, {gq_all, gmu_all, r, idx_i, idx_j, edges, s.x,
                                                   l == 0 ? none : IValue(s.mu), layer.filter_w, layer.filter_b,
                                                   basis_params_, basis, cutoff, cutoff_params, 0, false});
         g_r.add_(back[0].toTensor());
         if (l == 0) break;  // x0 depends on the element only, mu0 is zero
         Tensor gx = back[1].toTensor().contiguous(), gmu_in = back[2].toTensor().contiguous();
-        exchange.reverse(gx, gmu_in);
-        gmu = gmu + gmu_in.narrow(0, 0, n);
-        const Tensor gpre = gx.narrow(0, 0, n).mm(layer.ctx_w2) * silu_grad(s.pre);
-        gq = gq + gpre.mm(layer.ctx_w1);
+        exchange.start_reverse(gx, gmu_in);  // the gradients to ghost rows go to their owners
+        for (const int p : {INTERIOR, BOUNDARY}) {
+            if (p == BOUNDARY) exchange.finish();
+            if (!has(p)) continue;
+            gmu[p] = gmu[p] + part(gmu_in, p);
+            const Tensor gpre = part(gx, p).mm(layer.ctx_w2) * silu_grad(s.pre[p]);
+            gq[p] = gq[p] + gpre.mm(layer.ctx_w1);
+        }
     }
 }
 

@@ -7,8 +7,9 @@
 // n_owned..n_all-1 (element index of each), and edges i <- j between any of them (r = x_j - x_i,
 // |r| < cutoff; LAMMPS's pair style hands both directions of each pair it takes, every pair on one
 // rank only, so messages go into ghosts too): per layer, the features of the ghosts come from their owners
-// (`Exchange::forward`), and the messages into ghosts go to their owners (`Exchange::reverse`);
-// the backward exchanges the gradients the same way. The result: per-atom energies of the owned
+// (`Exchange::start_forward`), and the messages into ghosts go to their owners (`start_reverse`);
+// the backward exchanges the gradients the same way. While rows travel, the rank computes the dense
+// steps of its interior atoms (those no other rank sees). The result: per-atom energies of the owned
 // atoms and dE/dr per edge, the gradient of the energy of ALL atoms (every rank's owned energies)
 // to the edge vectors this engine handed over.
 #pragma once
@@ -20,16 +21,21 @@
 
 namespace painnfx {
 
-// What the engine does between the ops: fill the ghost rows of two per-atom tensors from their
-// owners' rows (forward), or add the ghost rows into their owners' rows (reverse). Both are
-// contiguous, of the model's dtype, one row per model atom (n_all rows).
-// Per layer l: forward (x, mu) before the messages (l > 0), reverse (dq, dmu) after them (the
-// messages into ghosts); in the backward: forward (dE/dq, dE/dmu) before the message backward,
-// reverse (dE/dx, dE/dmu) after it (l > 0). Every rank makes the same calls in the same order.
+// What the engine does between the ops, in two halves, so that a rank computes while rows travel.
+// start_forward(a, b) sends the rows other ranks hold as ghosts (owned rows 0..boundary()-1, which
+// must be final by then); finish() fills this rank's ghost rows from their owners' rows.
+// start_reverse(a, b) sends the ghost rows' values to their owners; finish() adds what the other
+// ranks sent into owned rows 0..boundary()-1. One exchange at a time; a and b stay alive and
+// untouched until finish(). Both are contiguous, of the model's dtype, one row per model atom
+// (n_all rows). Per layer l: (x, mu) forward before the messages (l > 0), (dq, dmu) reverse after
+// them (the messages into ghosts); in the backward: (dE/dq, dE/dmu) forward before the message
+// backward, (dE/dx, dE/dmu) reverse after it (l > 0). Every rank makes the same calls in the same order.
 struct Exchange {
     virtual ~Exchange() = default;
-    virtual void forward(at::Tensor& x, at::Tensor& mu) = 0;
-    virtual void reverse(at::Tensor& gx, at::Tensor& gmu) = 0;
+    virtual std::int64_t boundary() const = 0;
+    virtual void start_forward(at::Tensor& a, at::Tensor& b) = 0;
+    virtual void start_reverse(at::Tensor& a, at::Tensor& b) = 0;
+    virtual void finish() = 0;
 };
 
 class PerLayerModel {
@@ -44,7 +50,7 @@ class PerLayerModel {
     at::ScalarType dtype() const { return dtype_; }
     const std::vector<std::string>& symbols() const { return symbols_; }  // element names it knows
     const std::string& summary() const { return summary_; }
-    int exchanges() const { return 2 * layers_ - 1; }  // Exchange calls per evaluation, each way
+    int exchanges() const { return 2 * layers_ - 1; }  // exchanges per evaluation, each way
 
     // species: (n_all,) int64 indices into symbols(); idx_i, idx_j: (E,) int64; r: (E, 3) of
     // dtype(). Writes e_atom (n_owned,) and, with `forces`, g_r = dE/dr (E, 3). Not reentrant:

@@ -25,6 +25,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <iterator>
+#include <sched.h>
 #include <unistd.h>
 
 using namespace LAMMPS_NS;
@@ -70,7 +72,8 @@ struct Rows {
 // The rows of ghosts between ranks: each rank sends the rows it owns to the ranks that need them
 // (forward), and the ghost rows' sums back to their owners (reverse), nothing else (LAMMPS's own
 // forward_comm would move every ghost slot: all images, and the skin's atoms that have no pair).
-// Incoming blocks are added in rank order: sums do not depend on timing.
+// Incoming blocks are added in rank order: sums do not depend on timing. An exchange is started
+// (rows packed and sent) and finished (rows received) apart: the model computes in between.
 struct RowExchange : painnfx::Exchange {
     PairPainnfx& pair;
     const PairPainnfx::Plan& plan;
@@ -78,7 +81,7 @@ struct RowExchange : painnfx::Exchange {
     std::vector<std::uint64_t>& buffer;  // the pair's, kept between steps: grown (and zeroed) only when too small
     RowExchange(PairPainnfx& p, MPI_Comm w, std::vector<std::uint64_t>& b) : pair(p), plan(p.plan), world(w), buffer(b) {}
 
-    // what goes out and what comes in. forward: owned rows (send_atoms) to the ranks that need
+    // what goes out and what comes in. forward: owned rows (send_rows) to the ranks that need
     // them, into their ghost rows (recv_rows); reverse: ghost rows back, added into the owners'
     using Blocks = std::vector<std::vector<std::int64_t>>;
     struct Sides {
@@ -91,71 +94,91 @@ struct RowExchange : painnfx::Exchange {
     };
     Sides sides(bool forward) const {
         if (forward)
-            return {plan.send_ranks, plan.send_atoms, plan.forward_written, plan.recv_ranks, plan.recv_rows,
+            return {plan.send_ranks, plan.send_rows, plan.forward_written, plan.recv_ranks, plan.recv_rows,
                     plan.forward_read};
-        return {plan.recv_ranks, plan.recv_rows, plan.reverse_written, plan.send_ranks, plan.send_atoms,
+        return {plan.recv_ranks, plan.recv_rows, plan.reverse_written, plan.send_ranks, plan.send_rows,
                 plan.reverse_read};
     }
 
-    // ranks on one node: write this rank's outgoing blocks into its part of the shared window,
-    // wait for every rank to have written, read the incoming blocks from the writers' parts
+    // the exchange under way
+    at::Tensor a, b;
+    bool forward = true;
+    std::vector<MPI_Request> requests;       // point to point: receives, then sends
+    std::vector<std::size_t> offset;         // point to point: blocks in the buffer, incoming then outgoing
+
+    // ranks on one node: write this rank's outgoing blocks into its part of the shared window and
+    // publish the exchange's number; the readers take the incoming blocks from the writers' parts
+    // once those have published it. Nothing waits on MPI's progress, so the writes go out at once.
+    std::uint64_t number = 0;  // shared window: this exchange's (1, 2, ... per pair style)
     template <typename T>
-    void run_shared(const Rows<T>& rows, bool forward) {
-        const std::int64_t w = rows.width();
-        const Sides side = sides(forward);
-        const auto& [out_ranks, out_rows, out_at, in_ranks, in_rows, in_at] = side;
-        const std::size_t half = pair.exchanges_done++ % 2;
-        T* mine = reinterpret_cast<T*>(pair.part[pair.rank] + half * (pair.part_bytes[pair.rank] / 2));
-        for (std::size_t k = 0; k < out_rows.size(); ++k) rows.pack(out_rows[k], mine + out_at[k] * w);
+    void start_shared(const Rows<T>& rows, const Sides& side) {
+        number = ++pair.exchanges_done;
+        // the half this exchange writes was read two exchanges ago: by every rank that has since
+        // started the one before this
+        for (const int q : plan.partners) pair.wait_for(q, number - 1);
+        T* mine = reinterpret_cast<T*>(pair.block(pair.rank, number));
+        for (std::size_t k = 0; k < side.out_rows.size(); ++k) rows.pack(side.out_rows[k], mine + side.out_at[k] * rows.width());
+        pair.publish(number);
+    }
+    template <typename T>
+    void finish_shared(const Rows<T>& rows, const Sides& side) {
+        for (const int q : side.in_ranks) pair.wait_for(q, number);
         MPI_Win_sync(pair.window);
-        MPI_Barrier(pair.node);
-        MPI_Win_sync(pair.window);
-        for (std::size_t k = 0; k < in_rows.size(); ++k) {
-            const int q = in_ranks[k];
-            rows.unpack(in_rows[k], reinterpret_cast<const T*>(pair.part[q] + half * (pair.part_bytes[q] / 2)) +
-                                        in_at[k] * w, forward);
+        for (std::size_t k = 0; k < side.in_rows.size(); ++k) {
+            const T* theirs = reinterpret_cast<const T*>(pair.block(side.in_ranks[k], number));
+            rows.unpack(side.in_rows[k], theirs + side.in_at[k] * rows.width(), forward);
         }
     }
 
     // across nodes: MPI_Isend / MPI_Irecv with the ranks that own or need the rows
     template <typename T>
-    void run_point_to_point(const Rows<T>& rows, bool forward) {
+    void start_point_to_point(const Rows<T>& rows, const Sides& side) {
         const std::int64_t w = rows.width();
-        const Sides side = sides(forward);
-        const auto& [out_ranks, out_rows, out_at, in_ranks, in_rows, in_at] = side;
-        std::vector<std::size_t> offset{0};  // into one buffer: what comes in, per rank, then what goes out
-        for (const auto& r : in_rows) offset.push_back(offset.back() + r.size() * w);
-        for (const auto& r : out_rows) offset.push_back(offset.back() + r.size() * w);
+        offset.assign(1, 0);  // into one buffer: what comes in, per rank, then what goes out
+        for (const auto& r : side.in_rows) offset.push_back(offset.back() + r.size() * w);
+        for (const auto& r : side.out_rows) offset.push_back(offset.back() + r.size() * w);
         const std::size_t words = (offset.back() * sizeof(T) + sizeof(std::uint64_t) - 1) / sizeof(std::uint64_t);
         if (buffer.size() < words) buffer.resize(words);
         T* base = reinterpret_cast<T*>(buffer.data());
-        const std::size_t n_in = in_rows.size();
-        std::vector<MPI_Request> requests(n_in + out_rows.size());
+        const std::size_t n_in = side.in_rows.size();
+        requests.assign(n_in + side.out_rows.size(), MPI_REQUEST_NULL);
         for (std::size_t k = 0; k < n_in; ++k)
-            MPI_Irecv(base + offset[k], static_cast<int>(offset[k + 1] - offset[k]), mpi_type<T>(), in_ranks[k], 7417,
-                      world, &requests[k]);
-        for (std::size_t k = 0; k < out_rows.size(); ++k) {
+            MPI_Irecv(base + offset[k], static_cast<int>(offset[k + 1] - offset[k]), mpi_type<T>(), side.in_ranks[k],
+                      7417, world, &requests[k]);
+        for (std::size_t k = 0; k < side.out_rows.size(); ++k) {
             T* start = base + offset[n_in + k];
-            rows.pack(out_rows[k], start);
-            MPI_Isend(start, static_cast<int>(offset[n_in + k + 1] - offset[n_in + k]), mpi_type<T>(), out_ranks[k],
-                      7417, world, &requests[n_in + k]);
+            rows.pack(side.out_rows[k], start);
+            MPI_Isend(start, static_cast<int>(offset[n_in + k + 1] - offset[n_in + k]), mpi_type<T>(),
+                      side.out_ranks[k], 7417, world, &requests[n_in + k]);
         }
+    }
+    template <typename T>
+    void finish_point_to_point(const Rows<T>& rows, const Sides& side) {
         MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
-        for (std::size_t k = 0; k < n_in; ++k) rows.unpack(in_rows[k], base + offset[k], forward);
+        const T* base = reinterpret_cast<const T*>(buffer.data());
+        for (std::size_t k = 0; k < side.in_rows.size(); ++k) rows.unpack(side.in_rows[k], base + offset[k], forward);
     }
 
     template <typename T>
-    void run(at::Tensor& a, at::Tensor& b, bool forward) {
+    void step(bool starting) {
         const Rows<T> rows(a, b);
-        if (pair.shared) run_shared(rows, forward);
-        else run_point_to_point(rows, forward);
+        const Sides side = sides(forward);
+        if (pair.shared) starting ? start_shared(rows, side) : finish_shared(rows, side);
+        else starting ? start_point_to_point(rows, side) : finish_point_to_point(rows, side);
     }
-    void exchange(at::Tensor& a, at::Tensor& b, bool forward) {
-        if (a.scalar_type() == at::kDouble) run<double>(a, b, forward);
-        else run<float>(a, b, forward);
+    void step(bool starting) { a.scalar_type() == at::kDouble ? step<double>(starting) : step<float>(starting); }
+    void start(at::Tensor& x, at::Tensor& y, bool fwd) {
+        a = x, b = y, forward = fwd;
+        step(true);
     }
-    void forward(at::Tensor& a, at::Tensor& b) override { exchange(a, b, true); }
-    void reverse(at::Tensor& a, at::Tensor& b) override { exchange(a, b, false); }
+
+    std::int64_t boundary() const override { return pair.boundary_rows; }
+    void start_forward(at::Tensor& x, at::Tensor& y) override { start(x, y, true); }
+    void start_reverse(at::Tensor& x, at::Tensor& y) override { start(x, y, false); }
+    void finish() override {
+        step(false);
+        a.reset(), b.reset();
+    }
 };
 
 }  // namespace
@@ -266,6 +289,7 @@ void PairPainnfx::compute(int eflag, int vflag) {
     if (neighbor->ago == 0 || !reported) {  // atoms (and images) change only when the lists are rebuilt
         rows = assign_rows();
         build_plan(rows);
+        order_owned_rows();
     }
     // an atom of a NULL type (left to another style of a hybrid) is a row with no edge (hybrid hands
     // this style a list that skips it) whose energy is not counted: it takes no part in the model
@@ -318,8 +342,9 @@ void PairPainnfx::compute(int eflag, int vflag) {
     const double* pg = g.const_data_ptr<double>();
     for (int i = 0; i < nlocal; ++i) {
         if (species_of_type[type[i]] < 0) continue;
-        if (eflag_global) eng_vdwl += pe[i];
-        if (eflag_atom) eatom[i] += pe[i];
+        const double e_i = pe[model_row[i]];
+        if (eflag_global) eng_vdwl += e_i;
+        if (eflag_atom) eatom[i] += e_i;
     }
     const bool tally = vflag_atom || (vflag_global && !vflag_fdotr);
     for (std::int64_t k = 0; k < n_edges; ++k) {
@@ -423,20 +448,22 @@ void PairPainnfx::build_plan(std::int64_t rows) {
         if (counts[q]) plan.recv_ranks.push_back(q), plan.recv_rows.push_back(std::move(rows_from[q]));
         if (wanted[q]) {
             plan.send_ranks.push_back(q);
-            plan.send_atoms.emplace_back(recvbuf.begin() + rdispl[q], recvbuf.begin() + rdispl[q + 1]);
-            for (const std::int64_t a : plan.send_atoms.back())
+            plan.send_rows.emplace_back(recvbuf.begin() + rdispl[q], recvbuf.begin() + rdispl[q + 1]);
+            for (const std::int64_t a : plan.send_rows.back())
                 if (a < 0 || a >= nlocal) error->one(FLERR, "pair_style painnfx: rank {} asked for atom {} of {}", q, a,
                                                      nlocal);
         }
     }
     if (!shared) return;
+    std::set_union(plan.send_ranks.begin(), plan.send_ranks.end(), plan.recv_ranks.begin(), plan.recv_ranks.end(),
+                   std::back_inserter(plan.partners));
     // where each block sits in its writer's part, told to its reader (rows; -1: no block)
     std::vector<std::int64_t> told(2 * nprocs, -1), heard(2 * nprocs, -1);
     std::int64_t forward_rows = 0, reverse_rows = 0;
     for (std::size_t k = 0; k < plan.send_ranks.size(); ++k) {
         plan.forward_written.push_back(forward_rows);
         told[2 * plan.send_ranks[k]] = forward_rows;
-        forward_rows += static_cast<std::int64_t>(plan.send_atoms[k].size());
+        forward_rows += static_cast<std::int64_t>(plan.send_rows[k].size());
     }
     for (std::size_t k = 0; k < plan.recv_ranks.size(); ++k) {
         plan.reverse_written.push_back(reverse_rows);
@@ -451,14 +478,36 @@ void PairPainnfx::build_plan(std::int64_t rows) {
                 sizeof(double));
 }
 
+// The owned atoms' model rows: those other ranks hold as ghosts first (the boundary, rows
+// 0..boundary_rows-1), then the others in LAMMPS's order, so that the model computes the boundary's
+// rows before an exchange and the interior's while it runs. Images of owned atoms follow them.
+void PairPainnfx::order_owned_rows() {
+    const int nlocal = atom->nlocal;
+    std::vector<char> sent(nlocal, 0);
+    for (const auto& atoms : plan.send_rows)
+        for (const std::int64_t a : atoms) sent[a] = 1;
+    std::vector<std::int64_t> row_of(nlocal);
+    std::int64_t next = 0;
+    for (int i = 0; i < nlocal; ++i)
+        if (sent[i]) row_of[i] = next++;
+    boundary_rows = next;
+    for (int i = 0; i < nlocal; ++i)
+        if (!sent[i]) row_of[i] = next++;
+    for (auto& row : model_row)
+        if (row < nlocal) row = row_of[row];
+    for (auto& atoms : plan.send_rows)
+        for (auto& a : atoms) a = row_of[a];
+}
+
 // (Re)allocates the node-shared window when a rank's part is too small: collective, every rank
 // decides the same from the largest need.
 void PairPainnfx::grow_window(std::size_t bytes) {
-    unsigned long long need = bytes > window_bytes ? bytes : 0, largest = 0;
+    unsigned long long need = bytes + HEADER > window_bytes ? bytes : 0, largest = 0;
     MPI_Allreduce(&need, &largest, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, world);
     if (largest == 0 && window != MPI_WIN_NULL) return;
     if (window != MPI_WIN_NULL) MPI_Win_unlock_all(window), MPI_Win_free(&window);
-    window_bytes = std::max<std::size_t>({bytes + bytes / 4, 2 * window_bytes, 64});
+    // a multiple of 64 bytes: every rank's part (they follow each other) starts on a cache line
+    window_bytes = (std::max<std::size_t>({bytes + bytes / 4, 2 * window_bytes, 64}) + HEADER + 63) / 64 * 64;
     char* base = nullptr;
     MPI_Win_allocate_shared(static_cast<MPI_Aint>(window_bytes), 1, MPI_INFO_NULL, node, &base, &window);
     MPI_Win_lock_all(MPI_MODE_NOCHECK, window);
@@ -470,6 +519,33 @@ void PairPainnfx::grow_window(std::size_t bytes) {
         MPI_Win_shared_query(window, q, &size, &unit, &part[q]);
         part_bytes[q] = static_cast<std::size_t>(size);
     }
+    counter(rank).store(exchanges_done, std::memory_order_release);
+    MPI_Win_sync(window);
+    MPI_Barrier(node);  // every counter set before anyone reads one
+}
+
+// The window: per rank a part of [its exchange counter, 64 bytes][two halves of rows, used in turn].
+char* PairPainnfx::block(int q, std::uint64_t number) const {
+    const std::size_t half = (part_bytes[q] - HEADER) / 128 * 64;
+    return part[q] + HEADER + (number % 2) * half;
+}
+
+std::atomic_ref<std::uint64_t> PairPainnfx::counter(int q) const {
+    return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(part[q]));
+}
+
+// This rank's rows of exchange `number` are written.
+void PairPainnfx::publish(std::uint64_t number) {
+    MPI_Win_sync(window);
+    counter(rank).store(number, std::memory_order_release);
+}
+
+// Until rank q has published exchange `number`: spinning, then yielding the core (ranks may
+// outnumber cores).
+void PairPainnfx::wait_for(int q, std::uint64_t number) const {
+    const auto published = counter(q);
+    for (int spin = 0; published.load(std::memory_order_acquire) < number; ++spin)
+        if (spin >= 256) sched_yield();
 }
 
 int PairPainnfx::pack_forward_comm(int n, int* list, double* buf, int, int*) {

@@ -15,6 +15,8 @@
 #include <mpi.h>
 
 #include <array>
+#include <atomic>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -38,20 +40,23 @@ class PairPainnfx : public Pair {
     void unpack_forward_comm(int, int, double*) override;
 
     // The exchange plan, rebuilt when LAMMPS rebuilds its neighbor lists: per rank q, the model
-    // rows of the ghosts this rank needs from q (`recv_rows`, in q's order) and the owned atoms q
-    // needs from this rank (`send_atoms`); every list is sorted by rank.
+    // rows of the ghosts this rank needs from q (`recv_rows`, in q's order) and the rows of the
+    // owned atoms q needs from this rank (`send_rows`; LAMMPS indices until order_owned_rows());
+    // every list is sorted by rank.
     struct Plan {
         std::vector<int> recv_ranks, send_ranks;
-        std::vector<std::vector<std::int64_t>> recv_rows, send_atoms;
+        std::vector<std::vector<std::int64_t>> recv_rows, send_rows;
         // with a node-shared window: where each block starts (in rows) in its writer's area, for
         // the blocks this rank writes (per send rank forward, per receive rank in reverse) and
         // reads (per receive rank forward, per send rank in reverse)
         std::vector<std::int64_t> forward_written, reverse_written, forward_read, reverse_read;
+        std::vector<int> partners;  // with a shared window: the ranks that read this rank's part
     } plan;
 
     // All ranks on one node: each writes its outgoing rows into its part of an MPI-3 shared
     // window (two halves, used in turn) and each reads its incoming rows straight from the
-    // writers' parts: one copy each way instead of MPI's. Else point to point.
+    // writers' parts: one copy each way instead of MPI's. A counter at the start of each part
+    // says which exchange its writer has written last. Else point to point.
     bool shared = false;
     int rank = 0;
     MPI_Comm node = MPI_COMM_NULL;
@@ -59,7 +64,13 @@ class PairPainnfx : public Pair {
     std::size_t window_bytes = 0;                            // this rank's part
     std::vector<char*> part;                                 // every rank's part
     std::vector<std::size_t> part_bytes;
-    std::uint64_t exchanges_done = 0;                        // which half the next exchange uses
+    std::uint64_t exchanges_done = 0;                        // exchanges started (each way), ever
+    static constexpr std::size_t HEADER = 64;                // a part's counter, before its rows
+    char* block(int q, std::uint64_t number) const;          // rank q's half for exchange `number`
+    std::atomic_ref<std::uint64_t> counter(int q) const;
+    void publish(std::uint64_t number);
+    void wait_for(int q, std::uint64_t number) const;
+    std::int64_t boundary_rows = 0;  // owned rows 0..boundary_rows-1 are other ranks' ghosts: order_owned_rows()
 
   private:
     std::unique_ptr<painnfx::PerLayerModel> model;
@@ -68,12 +79,13 @@ class PairPainnfx : public Pair {
     std::int64_t rows = 0;                // the model's rows: owned atoms, then one per ghost atom ID
     std::array<int, 3> axes{2, 1, 0};      // takes(): the axes in the order it compares them
     std::vector<char> in_plan;            // per model row: exchanged by the plan
-    std::vector<double> owner;
-    std::vector<std::uint64_t> exchange_buffer;  // what the exchanges send and receive, reused between steps            // per LAMMPS atom: owning rank and its index there (2 values)
+    std::vector<double> owner;            // per LAMMPS atom: owning rank and its index there (2 values)
+    std::vector<std::uint64_t> exchange_buffer;  // what the exchanges send and receive, reused between steps
     bool reported = false;                // the first evaluation prints what each rank computes
     void allocate();
     std::int64_t assign_rows();
     void build_plan(std::int64_t rows);
+    void order_owned_rows();
     void grow_window(std::size_t bytes);
     bool takes(double dx, double dy, double dz) const;
 };
