@@ -502,12 +502,14 @@ void PairPainnfx::order_owned_rows() {
 // (Re)allocates the node-shared window when a rank's part is too small: collective, every rank
 // decides the same from the largest need.
 void PairPainnfx::grow_window(std::size_t bytes) {
-    unsigned long long need = bytes + HEADER > window_bytes ? bytes : 0, largest = 0;
+    const std::size_t usable = window == MPI_WIN_NULL ? 0 : 2 * half_bytes(rank);
+    unsigned long long need = bytes > usable ? bytes : 0, largest = 0;
     MPI_Allreduce(&need, &largest, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, world);
     if (largest == 0 && window != MPI_WIN_NULL) return;
     if (window != MPI_WIN_NULL) MPI_Win_unlock_all(window), MPI_Win_free(&window);
-    // a multiple of 64 bytes: every rank's part (they follow each other) starts on a cache line
-    window_bytes = (std::max<std::size_t>({bytes + bytes / 4, 2 * window_bytes, 64}) + HEADER + 63) / 64 * 64;
+    // halves of a multiple of 64 bytes: every rank's part (they follow each other) and every half
+    // starts on a cache line
+    window_bytes = HEADER + (std::max<std::size_t>({bytes + bytes / 4, 2 * window_bytes, 128}) + 127) / 128 * 128;
     char* base = nullptr;
     MPI_Win_allocate_shared(static_cast<MPI_Aint>(window_bytes), 1, MPI_INFO_NULL, node, &base, &window);
     MPI_Win_lock_all(MPI_MODE_NOCHECK, window);
@@ -525,9 +527,10 @@ void PairPainnfx::grow_window(std::size_t bytes) {
 }
 
 // The window: per rank a part of [its exchange counter, 64 bytes][two halves of rows, used in turn].
+std::size_t PairPainnfx::half_bytes(int q) const { return (part_bytes[q] - HEADER) / 128 * 64; }
+
 char* PairPainnfx::block(int q, std::uint64_t number) const {
-    const std::size_t half = (part_bytes[q] - HEADER) / 128 * 64;
-    return part[q] + HEADER + (number % 2) * half;
+    return part[q] + HEADER + (number % 2) * half_bytes(q);
 }
 
 std::atomic_ref<std::uint64_t> PairPainnfx::counter(int q) const {

@@ -66,6 +66,7 @@ class PairPainnfx : public Pair {
     std::vector<std::size_t> part_bytes;
     std::uint64_t exchanges_done = 0;                        // exchanges started (each way), ever
     static constexpr std::size_t HEADER = 64;                // a part's counter, before its rows
+    std::size_t half_bytes(int q) const;                     // the size of each half of rank q's rows
     char* block(int q, std::uint64_t number) const;          // rank q's half for exchange `number`
     std::atomic_ref<std::uint64_t> counter(int q) const;
     void publish(std::uint64_t number);
