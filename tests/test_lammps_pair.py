@@ -23,9 +23,9 @@ from painnfx.model.default import default_model
 from painnfx.model.lammps_pair import FORMAT_VERSION, export_model, model_file_payload, read_model_file
 from painnfx.model.neighbors import neighbor_list
 from painnfx.model.validation import InputError
-from painnfx.tools.lammps_cmd import export, model_file, rank_counts
+from painnfx.tools.lammps_cmd import export, model_file, rank_counts, run_lammps
 
-from test_lammps import (NKTV2P, ase_reference, assert_ran, cuni_checkpoint, cuni_cluster, failing_run, hot_cu_md, lmp, periodic_cu,  # noqa: F401
+from test_lammps import (INPUTS, NKTV2P, ase_reference, assert_ran, cuni_checkpoint, cuni_cluster, failing_run, hot_cu_md, lmp, periodic_cu,  # noqa: F401
                          read_dump, rel, run, thermo_rows, triclinic_cu)
 
 pytestmark = pytest.mark.lammps
@@ -183,6 +183,31 @@ def test_point_to_point_exchange_matches_ase(tmp_path, lmp, monkeypatch, nprocs)
     pe, forces, press, out = static(tmp_path, atoms, ["Cu"], nprocs)
     assert_matches(pe, forces, press, ase_reference(atoms))
     assert sum(r[3] for r in assert_one_cutoff_and_owned_only(out, nprocs, len(atoms))) > 0
+
+
+def test_the_shared_window_grows_with_the_plan(tmp_path, lmp):
+    """Two ranks evaluate the cell stretched 3x first (no edge, a row or two to exchange: a small
+    shared window), then the cell itself (tens of rows per rank: the window is allocated again, its
+    exchange counters carried over): that evaluation equals ASE's."""
+    atoms = periodic_cu()
+    data = tmp_path / "system.data"
+    write(data, atoms, format="lammps-data", specorder=["Cu"], masses=True, units="metal")
+    _, lines, _ = export(model_file(tmp_path, "painnfx"), None, ["Cu"], dtype=torch.float64, pair_style="painnfx")
+    side = float(atoms.cell.array[0, 0])
+    steps = (INPUTS / "in.static.lammps").read_text().replace(
+        "run 0", f"change_box all x scale 3 y scale 3 z scale 3 remap\nrun 0\n"
+                 f"change_box all x final 0 {side!r} y final 0 {side!r} z final 0 {side!r} remap\n"
+                 "undump f\ndump g all custom 1 regrown.dump id fx fy fz\n"  # a dump writes a timestep once
+                 "dump_modify g sort id format float %.17g\nrun 0")
+    (tmp_path / "in.regrow.lammps").write_text(steps)
+    proc = run_lammps(tmp_path / "in.regrow.lammps", {"model_lines": lines, "data": data, "bnd": "p"}, 2,
+                      cwd=str(tmp_path), timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert rank_lines(out)[0][5] == 0  # the first evaluation: no edge on either rank
+    step, pe, *press = thermo_rows(out.split("Loop time")[-2])[0]
+    forces = read_dump(tmp_path / "regrown.dump")[0]
+    assert_matches(pe, forces, np.array(press), ase_reference(atoms), tol=1e-9)
 
 
 @pytest.mark.parametrize("nprocs", [3, 4])
