@@ -25,8 +25,9 @@ namespace painnfx {
 // start_forward(a, b) sends the rows other ranks hold as ghosts (owned rows 0..boundary()-1, which
 // must be final by then); finish() fills this rank's ghost rows from their owners' rows.
 // start_reverse(a, b) sends the ghost rows' values to their owners; finish() adds what the other
-// ranks sent into owned rows 0..boundary()-1. One exchange at a time; a and b stay alive and
-// untouched until finish(). Both are contiguous, of the model's dtype, one row per model atom
+// ranks sent into owned rows 0..boundary()-1. One exchange at a time; a and b stay alive until
+// finish(), and until then the model touches only the rows the exchange neither sends nor
+// receives (the interior's). Both are contiguous, of the model's dtype, one row per model atom
 // (n_all rows). Per layer l: (x, mu) forward before the messages (l > 0), (dq, dmu) reverse after
 // them (the messages into ghosts); in the backward: (dE/dq, dE/dmu) forward before the message
 // backward, (dE/dx, dE/dmu) reverse after it (l > 0). Every rank makes the same calls in the same order.
